@@ -1,0 +1,299 @@
+//! `cidev`: the Solstice CI developer tool. Validate, inspect and format
+//! workflow files. This binary is wiring and output formatting only; the
+//! language lives in `solstice-kdl`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use solstice_kdl::{ParseError, ParseOptions, Plan, Workflow};
+
+/// Default workflow location inside a repository.
+const DEFAULT_WORKFLOW: &str = ".solstice/workflow.kdl";
+
+/// Exit codes: 0 valid, 1 invalid workflow, 2 usage or I/O error.
+const EXIT_INVALID: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "cidev", version, about = "Solstice CI developer tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check workflow files and print every problem.
+    Validate {
+        /// Files to check (default: .solstice/workflow.kdl).
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Show jobs, steps, matrix expansion, execution order and triggers.
+    Inspect {
+        /// File to inspect (default: .solstice/workflow.kdl).
+        file: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Rewrite files in the canonical layout, keeping comments.
+    Fmt {
+        /// Files to format (default: .solstice/workflow.kdl).
+        files: Vec<PathBuf>,
+        /// Do not write; exit 1 if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Validate { files, format } => validate(&default_files(files), format),
+        Command::Inspect { file, format } => inspect(&file.unwrap_or_else(|| DEFAULT_WORKFLOW.into()), format),
+        Command::Fmt { files, check } => fmt(&default_files(files), check),
+    }
+}
+
+fn default_files(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    if files.is_empty() { vec![PathBuf::from(DEFAULT_WORKFLOW)] } else { files }
+}
+
+/// Why a file could not be turned into a workflow.
+enum Failure {
+    Io(String),
+    Invalid(Box<ParseError>),
+}
+
+fn load(path: &Path) -> Result<Workflow, Failure> {
+    let options = ParseOptions::default();
+    let bytes = read(path, &options)?;
+    solstice_kdl::parse_bytes(&path.display().to_string(), &bytes, &options).map_err(|e| Failure::Invalid(Box::new(e)))
+}
+
+/// Reads at most one byte more than the limit, so a huge file costs nothing.
+fn read(path: &Path, options: &ParseOptions) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(options.max_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
+    Ok(bytes)
+}
+
+fn render(err: &ParseError) -> String {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    err.render(color, 100)
+}
+
+#[derive(Serialize)]
+struct FileReport {
+    file: String,
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    problems: Vec<solstice_kdl::ProblemRecord>,
+}
+
+fn validate(files: &[PathBuf], format: Format) -> ExitCode {
+    let mut worst = 0u8;
+    let mut reports = Vec::new();
+    for path in files {
+        let name = path.display().to_string();
+        let report = match load(path) {
+            Ok(_) => {
+                if format == Format::Human {
+                    println!("{name}: valid");
+                }
+                FileReport { file: name, valid: true, error: None, problems: Vec::new() }
+            }
+            Err(Failure::Io(msg)) => {
+                worst = worst.max(EXIT_USAGE);
+                if format == Format::Human {
+                    eprintln!("error: {msg}");
+                }
+                FileReport { file: name, valid: false, error: Some(msg), problems: Vec::new() }
+            }
+            Err(Failure::Invalid(err)) => {
+                worst = worst.max(EXIT_INVALID);
+                if format == Format::Human {
+                    eprint!("{}", render(&err));
+                    eprintln!("{err}");
+                }
+                FileReport { file: name, valid: false, error: None, problems: err.to_json_records() }
+            }
+        };
+        reports.push(report);
+    }
+    if format == Format::Json {
+        print_json(&reports);
+    }
+    ExitCode::from(worst)
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+fn fail(failure: Failure) -> ExitCode {
+    match failure {
+        Failure::Io(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Failure::Invalid(err) => {
+            eprint!("{}", render(&err));
+            eprintln!("{err}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Inspection<'a> {
+    file: String,
+    workflow: &'a Workflow,
+    plan: &'a Plan,
+    stages: Vec<Vec<&'a str>>,
+}
+
+fn inspect(path: &Path, format: Format) -> ExitCode {
+    let workflow = match load(path) {
+        Ok(w) => w,
+        Err(f) => return fail(f),
+    };
+    let plan = match workflow.plan() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let stages: Vec<Vec<&str>> = plan
+        .stages()
+        .iter()
+        .map(|s| s.iter().map(|j| j.id.as_str()).collect())
+        .collect();
+    if format == Format::Json {
+        print_json(&Inspection { file: path.display().to_string(), workflow: &workflow, plan: &plan, stages });
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", describe(path, &workflow, &plan, &stages));
+    ExitCode::SUCCESS
+}
+
+fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "workflow {} ({})", wf.name.as_deref().unwrap_or("(unnamed)"), path.display());
+    let triggers = wf.on.clone().unwrap_or_else(solstice_kdl::Triggers::default_when_absent);
+    let _ = writeln!(s, "\ntriggers{}:", if wf.on.is_none() { " (default)" } else { "" });
+    for (name, f) in [("push", &triggers.push), ("pull_request", &triggers.pull_request)] {
+        if let Some(f) = f {
+            let mut parts = Vec::new();
+            for (what, list) in [("branches", &f.branches), ("tags", &f.tags), ("paths", &f.paths), ("paths_ignore", &f.paths_ignore)] {
+                if !list.is_empty() {
+                    parts.push(format!("{what} {}", list.join(" ")));
+                }
+            }
+            let _ = writeln!(s, "  {name}: {}", if parts.is_empty() { "any".to_string() } else { parts.join("; ") });
+        }
+    }
+    if triggers.manual {
+        let _ = writeln!(s, "  manual");
+    }
+    for c in &triggers.cron {
+        let _ = writeln!(s, "  cron: {c}");
+    }
+    let _ = writeln!(s, "\njobs ({} after matrix expansion):", plan.jobs.len());
+    for pj in &plan.jobs {
+        let job = &pj.job;
+        let mut facts = vec![format!("runs_on {}", job.runs_on.as_deref().unwrap_or("(default)"))];
+        if !job.needs.is_empty() {
+            facts.push(format!("needs {}", job.needs.join(", ")));
+        }
+        if let Some(t) = job.timeout {
+            facts.push(format!("timeout {t}"));
+        }
+        if job.retry > 0 {
+            facts.push(format!("retry {}", job.retry));
+        }
+        let _ = writeln!(s, "  {}  [{}]", pj.id, facts.join("; "));
+        for (i, step) in job.steps.iter().enumerate() {
+            let mut extra = Vec::new();
+            if let Some(t) = step.timeout {
+                extra.push(format!("timeout {t}"));
+            }
+            if step.continue_on_error {
+                extra.push("continue_on_error".to_string());
+            }
+            let extra = if extra.is_empty() { String::new() } else { format!("  [{}]", extra.join("; ")) };
+            let _ = writeln!(s, "    {}. {}{extra}", i + 1, step.display_name());
+        }
+        if !job.artifacts.is_empty() {
+            let _ = writeln!(s, "    artifacts: {}", job.artifacts.join(" "));
+        }
+    }
+    let _ = writeln!(s, "\nexecution order:");
+    for (i, stage) in stages.iter().enumerate() {
+        let _ = writeln!(s, "  stage {}: {}", i + 1, stage.join(", "));
+    }
+    s
+}
+
+fn fmt(files: &[PathBuf], check: bool) -> ExitCode {
+    let options = ParseOptions::default();
+    let mut worst = 0u8;
+    for path in files {
+        let name = path.display().to_string();
+        let result = read(path, &options).and_then(|bytes| {
+            let text = solstice_kdl::decode(&name, &bytes, &options).map_err(|e| Failure::Invalid(Box::new(e)))?;
+            let formatted = solstice_kdl::format(&name, text, &options).map_err(|e| Failure::Invalid(Box::new(e)))?;
+            Ok((text.to_string(), formatted))
+        });
+        let (original, formatted) = match result {
+            Ok(pair) => pair,
+            Err(f) => {
+                worst = worst.max(match fail(f) {
+                    c if c == ExitCode::from(EXIT_USAGE) => EXIT_USAGE,
+                    _ => EXIT_INVALID,
+                });
+                continue;
+            }
+        };
+        if original == formatted {
+            continue;
+        }
+        if check {
+            println!("{name}: not formatted");
+            worst = worst.max(EXIT_INVALID);
+        } else if let Err(e) = std::fs::write(path, formatted) {
+            eprintln!("error: {name}: {e}");
+            worst = worst.max(EXIT_USAGE);
+        } else {
+            println!("{name}: formatted");
+        }
+    }
+    ExitCode::from(worst)
+}

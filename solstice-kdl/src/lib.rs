@@ -1,0 +1,323 @@
+//! # solstice-kdl
+//!
+//! The Solstice CI workflow language: KDL text (v2, or v1) in, a typed and
+//! validated [`Workflow`] out, or a [`ParseError`] holding **every** problem
+//! of the document as [`miette`] diagnostics with stable codes
+//! (`solstice::unknown_property`, ...) and labels on the exact spans.
+//!
+//! The crate has no async runtime and does no I/O, so an editor plugin or a
+//! linter can depend on it alone. The reference of the language is
+//! `docs/workflow-language.md` in the repository.
+//!
+//! ```
+//! let text = r#"
+//! workflow name="Solstice CI" {
+//!   job id="build" runs_on="illumos-stable" {
+//!     step name="Format" run="cargo fmt --check"
+//!     step name="Test" run="cargo test --workspace"
+//!   }
+//!   job id="lint" runs_on="ubuntu-22.04" {
+//!     step name="Lint" run="ruff check ."
+//!   }
+//! }
+//! "#;
+//! let workflow = solstice_kdl::parse(text).unwrap();
+//! assert_eq!(workflow.jobs[1].steps[0].run, "ruff check .");
+//!
+//! let plan = workflow.plan().unwrap();
+//! assert_eq!(plan.jobs.len(), 2);
+//!
+//! let broken = solstice_kdl::parse("workflow { job id=\"a\" { stpe run=\"x\" } }").unwrap_err();
+//! let typo = broken.problems().iter().find(|p| p.code.as_str() == "solstice::unknown_node").unwrap();
+//! assert_eq!(typo.help.as_deref(), Some("did you mean `step`?"));
+//! ```
+//!
+//! ## Hostile input
+//!
+//! Workflow files come from whoever opened the pull request. Every entry
+//! point returns `Ok` or `Err` in bounded time and memory: files over
+//! [`ParseOptions::max_bytes`] and invalid UTF-8 are refused up front, and
+//! nesting deeper than [`ParseOptions::max_depth`] is refused before the KDL
+//! parser (which recurses per level) sees it.
+
+mod cron;
+mod dag;
+mod diagnostic;
+mod format;
+mod guard;
+pub mod matrix;
+mod model;
+mod plan;
+mod print;
+mod schema;
+mod strict;
+mod trigger;
+
+use std::sync::Arc;
+
+use kdl::KdlDocument;
+use miette::SourceSpan;
+
+pub use diagnostic::{Code, ParseError, Problem, ProblemRecord};
+pub use format::format;
+pub use model::{Axis, Duration, Env, Job, Matrix, RefFilter, Step, Triggers, Workflow};
+pub use plan::{Plan, PlanError, PlannedJob};
+pub use print::{ident as print_ident, quote as print_string};
+pub use schema::{MAX_MATRIX_COMBINATIONS, MAX_RETRY};
+pub use trigger::{Event, GitRef, compile_glob};
+
+/// The default file name when none is given.
+pub const DEFAULT_FILE_NAME: &str = "workflow.kdl";
+
+/// Limits applied before parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Largest accepted file, in bytes. Default 1 MiB.
+    pub max_bytes: usize,
+    /// Deepest accepted nesting of `{ }` blocks and `/* */` comments. Default 16
+    /// (a workflow needs 4; `kdl` needs about 34 KB of stack per level in a
+    /// debug build, so 16 levels stay well inside a 2 MiB thread).
+    pub max_depth: usize,
+    /// Read the text as this KDL version only. `None` (the default): a
+    /// `/- kdl-version N` first line decides, otherwise v2 with v1 fallback.
+    pub version: Option<KdlVersion>,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            max_bytes: 1024 * 1024,
+            max_depth: 16,
+            version: None,
+        }
+    }
+}
+
+/// Which KDL syntax a document was read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KdlVersion {
+    /// KDL 1.0
+    V1,
+    /// KDL 2.0
+    V2,
+}
+
+/// Parses and validates workflow text with the default limits.
+pub fn parse(text: &str) -> Result<Workflow, ParseError> {
+    parse_named(DEFAULT_FILE_NAME, text, &ParseOptions::default())
+}
+
+/// Parses and validates workflow text; `name` is used in diagnostics.
+pub fn parse_named(name: &str, text: &str, options: &ParseOptions) -> Result<Workflow, ParseError> {
+    let source: Arc<str> = Arc::from(text);
+    let fail = |problems| ParseError::new(name, source.clone(), problems);
+    let (doc, _) = read_document(text, options).map_err(fail)?;
+    let mut problems = Vec::new();
+    schema::workflow(&doc, &mut problems).ok_or_else(|| fail(problems))
+}
+
+/// Parses and validates raw bytes (as read from a file or a forge API):
+/// oversized files and invalid UTF-8 are refused with a diagnostic.
+pub fn parse_bytes(name: &str, bytes: &[u8], options: &ParseOptions) -> Result<Workflow, ParseError> {
+    let text = decode(name, bytes, options)?;
+    parse_named(name, text, options)
+}
+
+/// Checks size and encoding of raw bytes and returns them as text.
+pub fn decode<'a>(name: &str, bytes: &'a [u8], options: &ParseOptions) -> Result<&'a str, ParseError> {
+    if bytes.len() > options.max_bytes {
+        return Err(ParseError::new(
+            name,
+            Arc::from(""),
+            vec![too_large(bytes.len(), options.max_bytes)],
+        ));
+    }
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let lossy: Arc<str> = Arc::from(String::from_utf8_lossy(bytes).as_ref());
+        let problem = Problem::new(
+            Code::InvalidUtf8,
+            SourceSpan::from(at..at + 1),
+            format!("the file is not valid UTF-8 (byte {at})"),
+            "invalid UTF-8 here",
+        )
+        .help("save the workflow as UTF-8");
+        ParseError::new(name, lossy, vec![problem])
+    })
+}
+
+fn too_large(len: usize, max: usize) -> Problem {
+    Problem::new(
+        Code::TooLarge,
+        SourceSpan::from(0..0),
+        format!("the file is {len} bytes, more than the limit of {max} bytes"),
+        "file too large",
+    )
+    .help("split the workflow, or move long scripts into files in the repository")
+}
+
+/// Applies the guards, then parses KDL v2, falling back to v1. A first line
+/// of `/- kdl-version 1` or `/- kdl-version 2` selects the version outright.
+pub(crate) fn read_document(text: &str, options: &ParseOptions) -> Result<(KdlDocument, KdlVersion), Vec<Problem>> {
+    if text.len() > options.max_bytes {
+        return Err(vec![too_large(text.len(), options.max_bytes)]);
+    }
+    if let Err(deep) = guard::check_depth(text, options.max_depth) {
+        if deep.depth == 0 {
+            return Err(vec![
+                Problem::new(
+                    Code::TooDeep,
+                    SourceSpan::from(deep.offset..deep.offset + 2),
+                    format!("more than {} `/-` in a row", guard::MAX_SLASHDASH_RUN),
+                    "one `/-` too many",
+                )
+                .help("one `/-` comments out the whole node, entry or block after it"),
+            ]);
+        }
+        return Err(vec![
+            Problem::new(
+                Code::TooDeep,
+                SourceSpan::from(deep.offset..deep.offset + 1),
+                format!("blocks nest more than {} levels deep", options.max_depth),
+                format!("level {} starts here", deep.depth),
+            )
+            .help("a workflow needs only a few levels: workflow > job > step"),
+        ]);
+    }
+    if let Some((at, c)) = forbidden_char(text) {
+        return Err(vec![
+            Problem::new(
+                Code::Syntax,
+                SourceSpan::from(at..at + c.len_utf8()),
+                format!("U+{:04X} may not appear in a KDL document", c as u32),
+                "forbidden character",
+            )
+            .help("write it as an escape inside a string, e.g. \\u{7f}"),
+        ]);
+    }
+    let first_line = text.trim_start_matches('\u{feff}').lines().next().unwrap_or("");
+    let marker = first_line.trim().strip_prefix("/-").map(str::trim);
+    let forced = match options.version {
+        Some(KdlVersion::V1) => Some("kdl-version 1"),
+        Some(KdlVersion::V2) => Some("kdl-version 2"),
+        None => marker,
+    };
+    match forced {
+        Some("kdl-version 1") => {
+            return KdlDocument::parse_v1(text).map(|d| (d, KdlVersion::V1)).map_err(syntax);
+        }
+        Some("kdl-version 2") => return parse_v2(text).map(|d| (d, KdlVersion::V2)),
+        _ => {}
+    }
+    match parse_v2(text) {
+        Ok(doc) => Ok((doc, KdlVersion::V2)),
+        Err(v2_problems) => match KdlDocument::parse_v1(text) {
+            Ok(doc) => Ok((doc, KdlVersion::V1)),
+            Err(v1_err) if looks_like_v1(text) => Err(syntax(v1_err)),
+            Err(_) => Err(v2_problems),
+        },
+    }
+}
+
+/// Stack for the careful path: virtual address space, touched only as used.
+const CAREFUL_STACK: usize = 64 << 20;
+/// Largest text the careful path hands to `kdl`: its v2 parser needs up to
+/// about 3.3 KB of stack per input byte in a debug build and 0.6 KB in a
+/// release build (measured on input such as `}}}}...`), with a margin.
+const CAREFUL_MAX_BYTES: usize = if cfg!(debug_assertions) {
+    CAREFUL_STACK / 4096
+} else {
+    CAREFUL_STACK / 1024
+};
+
+/// KDL v2. Text inside the strict subset goes straight to `kdl` (no error
+/// recovery, so no deep recursion). Other text, which is either invalid or
+/// uses rarer syntax, goes to `kdl` on a thread with a large stack when it
+/// is small enough for the worst case to fit; otherwise the strict
+/// recogniser's own error is reported.
+fn parse_v2(text: &str) -> Result<KdlDocument, Vec<Problem>> {
+    let rejection = match strict::check(text) {
+        Ok(()) => return KdlDocument::parse_v2(text).map_err(syntax),
+        Err(r) => r,
+    };
+    if text.len() <= CAREFUL_MAX_BYTES {
+        let owned = text.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("solstice-kdl-parse".into())
+            .stack_size(CAREFUL_STACK)
+            .spawn(move || KdlDocument::parse_v2(&owned).map_err(syntax));
+        if let Ok(handle) = spawned
+            && let Ok(result) = handle.join()
+        {
+            return result;
+        }
+    }
+    let at = rejection.offset;
+    let end = text[at..].chars().next().map_or(at, |c| at + c.len_utf8());
+    Err(vec![
+        Problem::new(
+            Code::Syntax,
+            SourceSpan::from(at..end),
+            format!("invalid KDL: {}", rejection.message),
+            "here",
+        )
+        .help(format!(
+            "files over {} KiB are checked against a strict subset of KDL v2; keep to plain \
+             nodes, properties, strings and numbers",
+            CAREFUL_MAX_BYTES / 1024
+        )),
+    ])
+}
+
+/// The first code point that KDL v2 forbids anywhere in a document
+/// (control characters other than whitespace and newlines, U+007F, bidi
+/// controls, and U+FEFF except as the first character). `kdl` 6.7.1 lets
+/// U+007F through; Solstice refuses all of them, in v1 documents too.
+fn forbidden_char(text: &str) -> Option<(usize, char)> {
+    text.char_indices().find(|&(i, c)| {
+        matches!(c,
+            '\u{0}'..='\u{8}'
+            | '\u{E}'..='\u{1F}'
+            | '\u{7F}'
+            | '\u{200E}' | '\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}')
+            || (c == '\u{FEFF}' && i != 0)
+    })
+}
+
+/// When neither version parses, whose errors to show: v1 when the text
+/// uses spellings only v1 has.
+fn looks_like_v1(text: &str) -> bool {
+    !text.contains("#true") && !text.contains("#false") && !text.contains("#null") && !text.contains("\"\"\"")
+        && (text.contains("r#\"")
+            || text.contains("r\"")
+            || ["=true", "=false", "=null", " true", " false", " null"]
+                .iter()
+                .any(|s| text.contains(s)))
+}
+
+fn syntax(err: kdl::KdlError) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = err
+        .diagnostics
+        .into_iter()
+        .map(|d| {
+            let message = d.message.unwrap_or_else(|| "invalid KDL syntax".to_string());
+            let label = d.label.unwrap_or_else(|| "here".to_string());
+            let p = Problem::new(Code::Syntax, d.span, message, label);
+            match d.help {
+                Some(h) => p.help(h),
+                None => p,
+            }
+        })
+        .collect();
+    if problems.is_empty() {
+        problems.push(Problem::new(
+            Code::Syntax,
+            SourceSpan::from(0..0),
+            "invalid KDL syntax",
+            "here",
+        ));
+    }
+    problems
+}

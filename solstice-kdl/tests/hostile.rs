@@ -1,0 +1,112 @@
+//! Hostile input: whatever the bytes, parsing returns `Ok` or `Err` in
+//! bounded time and memory, and never panics, hangs or overflows the stack.
+//! These run on the test harness's threads (2 MiB stacks), smaller than a
+//! daemon's main thread, so they also bound the parser's stack use.
+
+use solstice_kdl::{Code, KdlVersion, ParseOptions, parse, parse_bytes, parse_named};
+
+fn codes(text: &str) -> Vec<Code> {
+    match parse(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(|p| p.code).collect(),
+    }
+}
+
+#[test]
+fn hundred_thousand_nested_blocks_are_refused_before_parsing() {
+    let text = format!("workflow {}", "{".repeat(100_000));
+    assert_eq!(codes(&text), vec![Code::TooDeep]);
+    let text = format!("workflow {}{}", "a {".repeat(100_000), "}".repeat(100_000));
+    assert_eq!(codes(&text), vec![Code::TooDeep]);
+}
+
+#[test]
+fn deep_block_comments_are_refused() {
+    let text = format!("workflow {{ {} }}", "/*".repeat(100_000));
+    assert_eq!(codes(&text), vec![Code::TooDeep]);
+}
+
+#[test]
+fn nesting_at_the_limit_parses_on_a_small_stack() {
+    // The deepest document the guard lets through must not overflow a 2 MiB
+    // test thread in either parser, even in a debug build.
+    let limit = ParseOptions::default().max_depth;
+    assert_eq!(limit, 16);
+    let text = format!("workflow {}{}", "a {".repeat(limit - 1), "}".repeat(limit - 1));
+    for version in [None, Some(KdlVersion::V1), Some(KdlVersion::V2)] {
+        let options = ParseOptions { version, ..ParseOptions::default() };
+        let err = parse_named("deep.kdl", &text, &options).expect_err("not a workflow");
+        assert!(!err.problems().iter().any(|p| p.code == Code::TooDeep), "{version:?}");
+    }
+    // One more level is refused.
+    let text = format!("workflow {}{}", "a {".repeat(limit + 1), "}".repeat(limit + 1));
+    assert_eq!(codes(&text), vec![Code::TooDeep]);
+}
+
+#[test]
+fn braces_inside_strings_do_not_count_but_cannot_hide_real_ones() {
+    let script = "{".repeat(500);
+    let text = format!("workflow {{ job id=\"a\" {{ step run=\"{script}\" }} }}");
+    assert!(parse(&text).is_ok());
+    let text = format!("workflow {{ job id=\"a\" {{ step run=\"{}\" }} }} {}", "}".repeat(5000), "{".repeat(5000));
+    assert_eq!(codes(&text), vec![Code::TooDeep]);
+}
+
+#[test]
+fn a_two_mebibyte_file_is_refused_up_front() {
+    let big = format!("workflow {{ job id=\"a\" {{ step run=\"{}\" }} }}", "x".repeat(2 * 1024 * 1024));
+    let err = parse_bytes("big.kdl", big.as_bytes(), &ParseOptions::default()).expect_err("too big");
+    assert_eq!(err.problems()[0].code, Code::TooLarge);
+    assert_eq!(codes(&big), vec![Code::TooLarge]);
+}
+
+#[test]
+fn invalid_utf8_is_a_clear_error() {
+    let mut bytes = b"workflow { job id=\"a\" { step run=\"".to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe, 0x80]);
+    bytes.extend_from_slice(b"\" } }");
+    let err = parse_bytes("bad.kdl", &bytes, &ParseOptions::default()).expect_err("not utf-8");
+    assert_eq!(err.problems()[0].code, Code::InvalidUtf8);
+    assert_eq!(err.problems()[0].span.offset(), 34);
+}
+
+#[test]
+fn forbidden_characters_are_refused() {
+    for c in ['\u{0}', '\u{7f}', '\u{202e}', '\u{2066}', '\u{feff}'] {
+        let text = format!("workflow {{ job id=\"a\" {{ step run=\"x{c}\" }} }}");
+        assert_eq!(codes(&text), vec![Code::Syntax], "{:?}", c);
+    }
+    // A byte-order mark at the very start is allowed.
+    assert!(parse("\u{feff}workflow { job id=\"a\" { step run=\"x\" } }").is_ok());
+}
+
+#[test]
+fn a_matrix_bomb_is_refused() {
+    let axes: String = (0..12).map(|i| format!("a{i} \"1\" \"2\" \"3\" \"4\"\n")).collect();
+    let text = format!("workflow {{ job id=\"t\" {{ matrix {{ {axes} }}\n step run=\"x\" }} }}");
+    assert!(codes(&text).contains(&Code::InvalidMatrix));
+}
+
+#[test]
+fn a_very_long_needs_chain_is_checked_without_recursion() {
+    let mut text = String::from("workflow {\n");
+    let n = 5_000;
+    for i in 0..n {
+        let needs = if i == 0 { String::new() } else { format!("needs \"j{}\"; ", i - 1) };
+        text.push_str(&format!("job id=\"j{i}\" {{ {needs}step run=\"x\" }}\n"));
+    }
+    text.push_str("}\n");
+    let wf = parse(&text).expect("valid");
+    let plan = wf.plan().expect("plan");
+    assert_eq!(plan.order.len(), n);
+    // Close the chain into a cycle: reported, not a stack overflow.
+    let cyclic = text.replacen("job id=\"j0\" { ", &format!("job id=\"j0\" {{ needs \"j{}\"; ", n - 1), 1);
+    assert!(codes(&cyclic).contains(&Code::NeedsCycle));
+}
+
+#[test]
+fn long_names_do_not_make_suggestions_expensive() {
+    let long = "x".repeat(200_000);
+    let text = format!("workflow {{ job id=\"a\" {long}=\"1\" {{ step run=\"x\" }} }}");
+    assert_eq!(codes(&text), vec![Code::UnknownProperty]);
+}

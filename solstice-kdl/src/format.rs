@@ -27,11 +27,14 @@ pub fn format(name: &str, text: &str, options: &ParseOptions) -> Result<String, 
     let Some(before) = schema::workflow(&doc, &mut problems) else {
         return Err(fail(problems));
     };
+    let mut kept = Vec::new();
+    remember(&doc, text, version == KdlVersion::V2, &mut kept);
     if version == KdlVersion::V1 {
         doc.ensure_v2();
     }
     doc.autoformat();
-    respell(&mut doc, 0);
+    let mut kept = kept.into_iter();
+    respell(&mut doc, 0, &mut kept);
     let mut out = doc.to_string();
     if !out.ends_with('\n') {
         out.push('\n');
@@ -57,15 +60,97 @@ fn unformattable(_: Workflow) -> Problem {
     .help("please report this file as a bug in `cidev fmt`")
 }
 
-fn respell(doc: &mut KdlDocument, depth: usize) {
+/// What autoformat throws away but a person wants kept, per node in
+/// document order: a blank line before it, and the spelling of each string
+/// value when it is already safe (raw and multi-line strings stay as written).
+struct Kept {
+    blank_line_before: bool,
+    string_reprs: Vec<Option<String>>,
+    /// Block comments before entries, by entry index.
+    entry_comments: Vec<Option<String>>,
+    /// `/* ... */` after the last entry, and `// ...` ending the line.
+    before_terminator: Option<String>,
+    line_comment: Option<String>,
+}
+
+fn has_comment(s: &str) -> bool {
+    s.contains("/*") || s.contains("//")
+}
+
+/// `kdl` 6.7.1 drops a comment that follows a block's closing `}` on the
+/// same line; read it from the source instead.
+fn comment_after_block(text: &str, node_end: usize) -> Option<String> {
+    let rest = text.get(node_end..)?;
+    let rest = rest.trim_start_matches([' ', '\t']);
+    let line = rest.split(['\n', '\r']).next().unwrap_or("");
+    line.starts_with("//").then(|| line.trim_end().to_string())
+}
+
+fn remember(doc: &KdlDocument, text: &str, keep_reprs: bool, out: &mut Vec<Kept>) {
+    for (i, node) in doc.nodes().iter().enumerate() {
+        let leading = node.format().map_or("", |f| f.leading.as_str());
+        // The previous node's terminator took one newline; another one right
+        // away is a blank line.
+        let blank_line_before =
+            i > 0 && matches!(leading.trim_start_matches([' ', '\t']).as_bytes().first(), Some(b'\n' | b'\r'));
+        let string_reprs = node
+            .entries()
+            .iter()
+            .map(|e| {
+                let repr = e.format().map(|f| f.value_repr.clone()).filter(|r| !r.is_empty())?;
+                let safe = keep_reprs
+                    && matches!(e.value(), KdlValue::String(_))
+                    && !repr.chars().any(|c| c != '\n' && c != '\t' && crate::print::needs_escape(c))
+                    && !repr.contains('\r');
+                safe.then_some(repr)
+            })
+            .collect();
+        let entry_comments = node
+            .entries()
+            .iter()
+            .map(|e| e.format().map(|f| f.leading.trim().to_string()).filter(|l| has_comment(l)))
+            .collect();
+        let format = node.format();
+        let before_terminator = format.map(|f| f.before_terminator.trim().to_string()).filter(|t| has_comment(t));
+        let line_comment = format
+            .map(|f| f.terminator.trim_end_matches(['\n', '\r']).trim().to_string())
+            .filter(|t| t.starts_with("//"))
+            .or_else(|| {
+                node.children()?;
+                comment_after_block(text, node.span().offset() + node.span().len())
+            });
+        out.push(Kept { blank_line_before, string_reprs, entry_comments, before_terminator, line_comment });
+        if let Some(children) = node.children() {
+            remember(children, text, keep_reprs, out);
+        }
+    }
+}
+
+fn respell(doc: &mut KdlDocument, depth: usize, kept: &mut std::vec::IntoIter<Kept>) {
     for node in doc.nodes_mut() {
+        let memory = kept.next();
+        if let Some(m) = &memory
+            && let Some(f) = node.format_mut()
+        {
+            if m.blank_line_before {
+                f.leading.insert(0, '\n');
+            }
+            if let Some(c) = &m.before_terminator {
+                f.before_terminator = format!(" {c}");
+            }
+            if let Some(c) = &m.line_comment {
+                f.before_terminator.push(' ');
+                f.terminator = format!("{c}\n");
+            }
+        }
         let name = node.name().value().to_string();
         node.name_mut().set_repr(ident(&name));
         if let Some(ty) = node.ty_mut() {
             let t = ty.value().to_string();
             ty.set_repr(ident(&t));
         }
-        for entry in node.entries_mut() {
+        for (i, entry) in node.entries_mut().iter_mut().enumerate() {
+            let original = memory.as_ref().and_then(|m| m.string_reprs.get(i).cloned().flatten());
             if let Some(key) = entry.name_mut() {
                 let k = key.value().to_string();
                 key.set_repr(ident(&k));
@@ -74,17 +159,23 @@ fn respell(doc: &mut KdlDocument, depth: usize) {
                 let t = ty.value().to_string();
                 ty.set_repr(ident(&t));
             }
-            if let KdlValue::String(s) = entry.value() {
-                let repr = string_value(s, depth);
-                entry.set_format(KdlEntryFormat {
-                    value_repr: repr,
-                    leading: " ".into(),
-                    ..Default::default()
-                });
+            let comment = memory.as_ref().and_then(|m| m.entry_comments.get(i).cloned().flatten());
+            let leading = match &comment {
+                Some(c) => format!(" {c} "),
+                None => " ".to_string(),
+            };
+            let repr = match entry.value() {
+                KdlValue::String(s) => Some(original.unwrap_or_else(|| string_value(s, depth))),
+                _ if comment.is_some() => Some(entry.value().to_string()),
+                _ => None,
+            };
+            if let Some(value_repr) = repr {
+                // A property's key is printed from its name; `value_repr` is the value alone.
+                entry.set_format(KdlEntryFormat { value_repr, leading, ..Default::default() });
             }
         }
         if let Some(children) = node.children_mut() {
-            respell(children, depth + 1);
+            respell(children, depth + 1, kept);
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::model::{Env, Job, Matrix, RefFilter, Step, Triggers, Workflow};
 const INDENT: &str = "    ";
 
 /// True for characters that must never appear raw inside a KDL string.
-fn needs_escape(c: char) -> bool {
+pub(crate) fn needs_escape(c: char) -> bool {
     matches!(c,
         '\u{0}'..='\u{1F}'
         | '\u{7F}'

@@ -16,7 +16,12 @@ const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 /// Shorthands accepted in place of five fields.
 pub const SHORTHANDS: [&str; 6] = [
-    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly",
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@hourly",
 ];
 
 /// Checks an expression; the error says which field is wrong and why.
@@ -26,7 +31,10 @@ pub fn validate(expr: &str) -> Result<(), String> {
         return if SHORTHANDS.contains(&expr) {
             Ok(())
         } else {
-            Err(format!("unknown shorthand (use one of {})", SHORTHANDS.join(", ")))
+            Err(format!(
+                "unknown shorthand (use one of {})",
+                SHORTHANDS.join(", ")
+            ))
         };
     }
     let fields: Vec<&str> = expr.split_whitespace().collect();
@@ -41,7 +49,8 @@ pub fn validate(expr: &str) -> Result<(), String> {
         };
         let name_base = if i == 3 { 1 } else { 0 };
         for item in field.split(',') {
-            check_item(item, lo, hi, names, name_base).map_err(|e| format!("{what} field `{field}`: {e}"))?;
+            check_item(item, lo, hi, names, name_base)
+                .map_err(|e| format!("{what} field `{field}`: {e}"))?;
         }
     }
     Ok(())
@@ -97,8 +106,16 @@ mod tests {
     #[test]
     fn accepts_common_schedules() {
         for ok in [
-            "* * * * *", "0 3 * * *", "*/15 * * * *", "0 9-17 * * mon-fri", "0 0 1 jan,jul *",
-            "30 2 * * 0", "0 0 * * 7", "5,10,15 */2 1-15/3 * *", "@daily", "@hourly",
+            "* * * * *",
+            "0 3 * * *",
+            "*/15 * * * *",
+            "0 9-17 * * mon-fri",
+            "0 0 1 jan,jul *",
+            "30 2 * * 0",
+            "0 0 * * 7",
+            "5,10,15 */2 1-15/3 * *",
+            "@daily",
+            "@hourly",
         ] {
             assert_eq!(validate(ok), Ok(()), "{ok}");
         }
@@ -107,8 +124,19 @@ mod tests {
     #[test]
     fn rejects_bad_schedules() {
         for bad in [
-            "", "* * * *", "* * * * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *",
-            "* * * * 8", "*/0 * * * *", "5-1 * * * *", "a * * * *", "@sometimes", "1,,2 * * * *",
+            "",
+            "* * * *",
+            "* * * * * *",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "* * * * 8",
+            "*/0 * * * *",
+            "5-1 * * * *",
+            "a * * * *",
+            "@sometimes",
+            "1,,2 * * * *",
         ] {
             assert!(validate(bad).is_err(), "{bad:?} accepted");
         }

@@ -91,7 +91,12 @@ mod tests {
     #[test]
     fn finds_cycles_once() {
         // 0 -> 1 -> 2 -> 0, 3 -> 3
-        let edges = vec![vec![(1, 'a')], vec![(2, 'b')], vec![(0, 'c')], vec![(3, 'd')]];
+        let edges = vec![
+            vec![(1, 'a')],
+            vec![(2, 'b')],
+            vec![(0, 'c')],
+            vec![(3, 'd')],
+        ];
         let found = cycles(&edges);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0], vec![(0, 'a'), (1, 'b'), (2, 'c')]);
@@ -104,7 +109,9 @@ mod tests {
         let n = 200_000;
         let edges: Vec<Vec<(usize, ())>> = (0..n).map(|i| vec![((i + 1) % n, ())]).collect();
         assert_eq!(cycles(&edges).len(), 1);
-        let deps: Vec<Vec<usize>> = (0..n).map(|i| if i == 0 { vec![] } else { vec![i - 1] }).collect();
+        let deps: Vec<Vec<usize>> = (0..n)
+            .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
+            .collect();
         assert_eq!(topo_order(&deps).map(|o| o.len()), Some(n));
     }
 

@@ -91,16 +91,24 @@ fn remember(doc: &KdlDocument, text: &str, keep_reprs: bool, out: &mut Vec<Kept>
         let leading = node.format().map_or("", |f| f.leading.as_str());
         // The previous node's terminator took one newline; another one right
         // away is a blank line.
-        let blank_line_before =
-            i > 0 && matches!(leading.trim_start_matches([' ', '\t']).as_bytes().first(), Some(b'\n' | b'\r'));
+        let blank_line_before = i > 0
+            && matches!(
+                leading.trim_start_matches([' ', '\t']).as_bytes().first(),
+                Some(b'\n' | b'\r')
+            );
         let string_reprs = node
             .entries()
             .iter()
             .map(|e| {
-                let repr = e.format().map(|f| f.value_repr.clone()).filter(|r| !r.is_empty())?;
+                let repr = e
+                    .format()
+                    .map(|f| f.value_repr.clone())
+                    .filter(|r| !r.is_empty())?;
                 let safe = keep_reprs
                     && matches!(e.value(), KdlValue::String(_))
-                    && !repr.chars().any(|c| c != '\n' && c != '\t' && crate::print::needs_escape(c))
+                    && !repr
+                        .chars()
+                        .any(|c| c != '\n' && c != '\t' && crate::print::needs_escape(c))
                     && !repr.contains('\r');
                 safe.then_some(repr)
             })
@@ -108,18 +116,35 @@ fn remember(doc: &KdlDocument, text: &str, keep_reprs: bool, out: &mut Vec<Kept>
         let entry_comments = node
             .entries()
             .iter()
-            .map(|e| e.format().map(|f| f.leading.trim().to_string()).filter(|l| has_comment(l)))
+            .map(|e| {
+                e.format()
+                    .map(|f| f.leading.trim().to_string())
+                    .filter(|l| has_comment(l))
+            })
             .collect();
         let format = node.format();
-        let before_terminator = format.map(|f| f.before_terminator.trim().to_string()).filter(|t| has_comment(t));
+        let before_terminator = format
+            .map(|f| f.before_terminator.trim().to_string())
+            .filter(|t| has_comment(t));
         let line_comment = format
-            .map(|f| f.terminator.trim_end_matches(['\n', '\r']).trim().to_string())
+            .map(|f| {
+                f.terminator
+                    .trim_end_matches(['\n', '\r'])
+                    .trim()
+                    .to_string()
+            })
             .filter(|t| t.starts_with("//"))
             .or_else(|| {
                 node.children()?;
                 comment_after_block(text, node.span().offset() + node.span().len())
             });
-        out.push(Kept { blank_line_before, string_reprs, entry_comments, before_terminator, line_comment });
+        out.push(Kept {
+            blank_line_before,
+            string_reprs,
+            entry_comments,
+            before_terminator,
+            line_comment,
+        });
         if let Some(children) = node.children() {
             remember(children, text, keep_reprs, out);
         }
@@ -150,7 +175,9 @@ fn respell(doc: &mut KdlDocument, depth: usize, kept: &mut std::vec::IntoIter<Ke
             ty.set_repr(ident(&t));
         }
         for (i, entry) in node.entries_mut().iter_mut().enumerate() {
-            let original = memory.as_ref().and_then(|m| m.string_reprs.get(i).cloned().flatten());
+            let original = memory
+                .as_ref()
+                .and_then(|m| m.string_reprs.get(i).cloned().flatten());
             if let Some(key) = entry.name_mut() {
                 let k = key.value().to_string();
                 key.set_repr(ident(&k));
@@ -159,7 +186,9 @@ fn respell(doc: &mut KdlDocument, depth: usize, kept: &mut std::vec::IntoIter<Ke
                 let t = ty.value().to_string();
                 ty.set_repr(ident(&t));
             }
-            let comment = memory.as_ref().and_then(|m| m.entry_comments.get(i).cloned().flatten());
+            let comment = memory
+                .as_ref()
+                .and_then(|m| m.entry_comments.get(i).cloned().flatten());
             let leading = match &comment {
                 Some(c) => format!(" {c} "),
                 None => " ".to_string(),
@@ -171,7 +200,11 @@ fn respell(doc: &mut KdlDocument, depth: usize, kept: &mut std::vec::IntoIter<Ke
             };
             if let Some(value_repr) = repr {
                 // A property's key is printed from its name; `value_repr` is the value alone.
-                entry.set_format(KdlEntryFormat { value_repr, leading, ..Default::default() });
+                entry.set_format(KdlEntryFormat {
+                    value_repr,
+                    leading,
+                    ..Default::default()
+                });
             }
         }
         if let Some(children) = node.children_mut() {

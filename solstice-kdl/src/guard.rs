@@ -20,10 +20,16 @@ enum Rules {
 /// `kdl` parsers take quadratic time and recurse on longer chains.
 pub(crate) const MAX_SLASHDASH_RUN: usize = 8;
 
+/// Most parts (`*`, `/`, runs of other text, nested comments) one block
+/// comment may have: `kdl` recurses once per part, about 3.6 KB of stack
+/// each in a debug build.
+pub(crate) const MAX_COMMENT_PARTS: usize = 128;
+
 /// Where a limit was first crossed.
 pub(crate) struct TooDeep {
     pub offset: usize,
-    /// The nesting depth reached, or 0 for a run of `/-`.
+    /// The nesting depth reached, 0 for a run of `/-`, `usize::MAX` for a
+    /// block comment with too many parts.
     pub depth: usize,
 }
 
@@ -43,7 +49,10 @@ fn scan(b: &[u8], rules: Rules, limit: usize) -> Result<(), TooDeep> {
             b'/' if b.get(i + 1) == Some(&b'-') => {
                 slashdashes += 1;
                 if slashdashes > MAX_SLASHDASH_RUN {
-                    return Err(TooDeep { offset: i, depth: 0 });
+                    return Err(TooDeep {
+                        offset: i,
+                        depth: 0,
+                    });
                 }
                 i += 2;
                 continue;
@@ -128,8 +137,21 @@ fn skip_line(b: &[u8], mut i: usize) -> usize {
 /// toward the depth limit because the parser recurses for it as well.
 fn skip_block_comment(b: &[u8], i: usize, depth: usize, limit: usize) -> Result<usize, TooDeep> {
     let mut nested = 0usize;
+    let mut parts = 0usize;
+    let mut in_text = false;
     let mut j = i;
     while j < b.len() {
+        let plain = !matches!(b[j], b'*' | b'/');
+        if !(plain && in_text) {
+            parts += 1;
+            if parts > MAX_COMMENT_PARTS {
+                return Err(TooDeep {
+                    offset: j,
+                    depth: usize::MAX,
+                });
+            }
+        }
+        in_text = plain;
         if b[j..].starts_with(b"/*") {
             nested += 1;
             if depth + nested > limit {
@@ -207,6 +229,13 @@ mod tests {
         assert!(!depth_ok(&format!("a {}b", "/- ".repeat(9)), 64));
         assert!(!depth_ok(&format!("{}a", "/-".repeat(9)), 64));
         assert!(depth_ok(&"/- a\n".repeat(100), 64));
+    }
+
+    #[test]
+    fn block_comments_with_many_parts_are_refused() {
+        assert!(depth_ok(&format!("/* {} */", "x".repeat(10_000)), 16));
+        assert!(depth_ok(&format!("/* {} */", "*".repeat(100)), 16));
+        assert!(!depth_ok(&format!("/* {} */", "x*".repeat(100)), 16));
     }
 
     #[test]

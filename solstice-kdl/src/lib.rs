@@ -118,13 +118,21 @@ pub fn parse_named(name: &str, text: &str, options: &ParseOptions) -> Result<Wor
 
 /// Parses and validates raw bytes (as read from a file or a forge API):
 /// oversized files and invalid UTF-8 are refused with a diagnostic.
-pub fn parse_bytes(name: &str, bytes: &[u8], options: &ParseOptions) -> Result<Workflow, ParseError> {
+pub fn parse_bytes(
+    name: &str,
+    bytes: &[u8],
+    options: &ParseOptions,
+) -> Result<Workflow, ParseError> {
     let text = decode(name, bytes, options)?;
     parse_named(name, text, options)
 }
 
 /// Checks size and encoding of raw bytes and returns them as text.
-pub fn decode<'a>(name: &str, bytes: &'a [u8], options: &ParseOptions) -> Result<&'a str, ParseError> {
+pub fn decode<'a>(
+    name: &str,
+    bytes: &'a [u8],
+    options: &ParseOptions,
+) -> Result<&'a str, ParseError> {
     if bytes.len() > options.max_bytes {
         return Err(ParseError::new(
             name,
@@ -158,11 +166,28 @@ fn too_large(len: usize, max: usize) -> Problem {
 
 /// Applies the guards, then parses KDL v2, falling back to v1. A first line
 /// of `/- kdl-version 1` or `/- kdl-version 2` selects the version outright.
-pub(crate) fn read_document(text: &str, options: &ParseOptions) -> Result<(KdlDocument, KdlVersion), Vec<Problem>> {
+pub(crate) fn read_document(
+    text: &str,
+    options: &ParseOptions,
+) -> Result<(KdlDocument, KdlVersion), Vec<Problem>> {
     if text.len() > options.max_bytes {
         return Err(vec![too_large(text.len(), options.max_bytes)]);
     }
     if let Err(deep) = guard::check_depth(text, options.max_depth) {
+        if deep.depth == usize::MAX {
+            return Err(vec![
+                Problem::new(
+                    Code::TooDeep,
+                    SourceSpan::from(deep.offset..deep.offset + 1),
+                    format!(
+                        "a block comment with more than {} `*` or `/`",
+                        guard::MAX_COMMENT_PARTS
+                    ),
+                    "too many parts",
+                )
+                .help("use `//` line comments for banners and long commented-out text"),
+            ]);
+        }
         if deep.depth == 0 {
             return Err(vec![
                 Problem::new(
@@ -195,7 +220,11 @@ pub(crate) fn read_document(text: &str, options: &ParseOptions) -> Result<(KdlDo
             .help("write it as an escape inside a string, e.g. \\u{7f}"),
         ]);
     }
-    let first_line = text.trim_start_matches('\u{feff}').lines().next().unwrap_or("");
+    let first_line = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .next()
+        .unwrap_or("");
     let marker = first_line.trim().strip_prefix("/-").map(str::trim);
     let forced = match options.version {
         Some(KdlVersion::V1) => Some("kdl-version 1"),
@@ -203,70 +232,81 @@ pub(crate) fn read_document(text: &str, options: &ParseOptions) -> Result<(KdlDo
         None => marker,
     };
     match forced {
-        Some("kdl-version 1") => {
-            return KdlDocument::parse_v1(text).map(|d| (d, KdlVersion::V1)).map_err(syntax);
-        }
+        Some("kdl-version 1") => return parse_v1(text).map(|d| (d, KdlVersion::V1)),
         Some("kdl-version 2") => return parse_v2(text).map(|d| (d, KdlVersion::V2)),
         _ => {}
     }
     match parse_v2(text) {
         Ok(doc) => Ok((doc, KdlVersion::V2)),
-        Err(v2_problems) => match KdlDocument::parse_v1(text) {
+        Err(v2_problems) => match parse_v1(text) {
             Ok(doc) => Ok((doc, KdlVersion::V1)),
-            Err(v1_err) if looks_like_v1(text) => Err(syntax(v1_err)),
+            Err(v1_problems) if looks_like_v1(text) => Err(v1_problems),
             Err(_) => Err(v2_problems),
         },
     }
 }
 
-/// Stack for the careful path: virtual address space, touched only as used.
-const CAREFUL_STACK: usize = 64 << 20;
-/// Largest text the careful path hands to `kdl`: its v2 parser needs up to
-/// about 3.3 KB of stack per input byte in a debug build and 0.6 KB in a
-/// release build (measured on input such as `}}}}...`), with a margin.
-const CAREFUL_MAX_BYTES: usize = if cfg!(debug_assertions) {
-    CAREFUL_STACK / 4096
-} else {
-    CAREFUL_STACK / 1024
-};
-
-/// KDL v2. Text inside the strict subset goes straight to `kdl` (no error
-/// recovery, so no deep recursion). Other text, which is either invalid or
-/// uses rarer syntax, goes to `kdl` on a thread with a large stack when it
-/// is small enough for the worst case to fit; otherwise the strict
-/// recogniser's own error is reported.
-fn parse_v2(text: &str) -> Result<KdlDocument, Vec<Problem>> {
-    let rejection = match strict::check(text) {
-        Ok(()) => return KdlDocument::parse_v2(text).map_err(syntax),
-        Err(r) => r,
-    };
-    if text.len() <= CAREFUL_MAX_BYTES {
-        let owned = text.to_string();
-        let spawned = std::thread::Builder::new()
-            .name("solstice-kdl-parse".into())
-            .stack_size(CAREFUL_STACK)
-            .spawn(move || KdlDocument::parse_v2(&owned).map_err(syntax));
-        if let Ok(handle) = spawned
-            && let Ok(result) = handle.join()
-        {
-            return result;
-        }
+/// Runs one of `kdl`'s parsers; a panic inside it (`kdl` 4.7's v1 parser
+/// slices out of bounds on some malformed input) becomes a syntax error.
+fn guarded(
+    parse: fn(&str) -> Result<KdlDocument, kdl::KdlError>,
+    text: &str,
+) -> Result<KdlDocument, Vec<Problem>> {
+    match std::panic::catch_unwind(|| parse(text)) {
+        Ok(result) => result.map_err(syntax),
+        Err(_) => Err(vec![
+            Problem::new(
+                Code::Syntax,
+                SourceSpan::from(0..0),
+                "invalid KDL",
+                "the KDL parser gave up here",
+            )
+            .help(
+                "check the file with a KDL v2 validator; this input also crashed the KDL v1 parser",
+            ),
+        ]),
     }
-    let at = rejection.offset;
+}
+
+/// KDL v1: text in the strict v1 subset goes straight to the parser; other
+/// text only when small, and under `catch_unwind`.
+fn parse_v1(text: &str) -> Result<KdlDocument, Vec<Problem>> {
+    let rejections = strict::check(text, true);
+    if rejections.is_empty() || text.len() <= CAREFUL_MAX_BYTES {
+        return guarded(KdlDocument::parse_v1, text);
+    }
+    Err(rejections
+        .iter()
+        .map(|r| strict_rejection(text, r, "KDL v1"))
+        .collect())
+}
+
+fn strict_rejection(text: &str, rejection: &strict::Rejection, version: &str) -> Problem {
+    let at = rejection.offset.min(text.len());
     let end = text[at..].chars().next().map_or(at, |c| at + c.len_utf8());
-    Err(vec![
-        Problem::new(
-            Code::Syntax,
-            SourceSpan::from(at..end),
-            format!("invalid KDL: {}", rejection.message),
-            "here",
-        )
-        .help(format!(
-            "files over {} KiB are checked against a strict subset of KDL v2; keep to plain \
-             nodes, properties, strings and numbers",
-            CAREFUL_MAX_BYTES / 1024
-        )),
-    ])
+    Problem::new(
+        Code::Syntax,
+        SourceSpan::from(at..end),
+        format!("invalid {version}: {}", rejection.message),
+        "here",
+    )
+}
+
+/// Largest text that goes to the v1 parser without passing the strict v1
+/// check (under `catch_unwind`); it has no error recovery and is linear.
+const CAREFUL_MAX_BYTES: usize = 64 * 1024;
+
+/// KDL v2: `strict` checks the syntax and reports its errors; only text it
+/// accepts reaches `kdl`, whose error recovery can recurse and take seconds.
+fn parse_v2(text: &str) -> Result<KdlDocument, Vec<Problem>> {
+    let rejections = strict::check(text, false);
+    if rejections.is_empty() {
+        return guarded(KdlDocument::parse_v2, text);
+    }
+    Err(rejections
+        .iter()
+        .map(|r| strict_rejection(text, r, "KDL"))
+        .collect())
 }
 
 /// The first code point that KDL v2 forbids anywhere in a document
@@ -289,7 +329,10 @@ fn forbidden_char(text: &str) -> Option<(usize, char)> {
 /// When neither version parses, whose errors to show: v1 when the text
 /// uses spellings only v1 has.
 fn looks_like_v1(text: &str) -> bool {
-    !text.contains("#true") && !text.contains("#false") && !text.contains("#null") && !text.contains("\"\"\"")
+    !text.contains("#true")
+        && !text.contains("#false")
+        && !text.contains("#null")
+        && !text.contains("\"\"\"")
         && (text.contains("r#\"")
             || text.contains("r\"")
             || ["=true", "=false", "=null", " true", " false", " null"]
@@ -302,7 +345,9 @@ fn syntax(err: kdl::KdlError) -> Vec<Problem> {
         .diagnostics
         .into_iter()
         .map(|d| {
-            let message = d.message.unwrap_or_else(|| "invalid KDL syntax".to_string());
+            let message = d
+                .message
+                .unwrap_or_else(|| "invalid KDL syntax".to_string());
             let label = d.label.unwrap_or_else(|| "here".to_string());
             let p = Problem::new(Code::Syntax, d.span, message, label);
             match d.help {
@@ -320,4 +365,20 @@ fn syntax(err: kdl::KdlError) -> Vec<Problem> {
         ));
     }
     problems
+}
+
+/// Hooks for the fuzz targets; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// True when the text passes the pre-parse guards and the strict
+    /// recogniser (of KDL v1 when `v1`, else v2), i.e. when `kdl` is called
+    /// on it directly. The property the fuzzer checks: `kdl` then parses it
+    /// without error or panic.
+    pub fn strict_path(text: &str, v1: bool) -> bool {
+        let options = crate::ParseOptions::default();
+        text.len() <= options.max_bytes
+            && crate::guard::check_depth(text, options.max_depth).is_ok()
+            && crate::forbidden_char(text).is_none()
+            && crate::strict::check(text, v1).is_empty()
+    }
 }

@@ -99,17 +99,28 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn pairs(p: &[(&str, &str)]) -> Combination {
-        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn expands_and_excludes() {
         let m = Matrix {
             axes: vec![
-                Axis { name: "rust".into(), values: vec!["stable".into(), "beta".into()] },
-                Axis { name: "os".into(), values: vec!["linux".into(), "illumos".into()] },
+                Axis {
+                    name: "rust".into(),
+                    values: vec!["stable".into(), "beta".into()],
+                },
+                Axis {
+                    name: "os".into(),
+                    values: vec!["linux".into(), "illumos".into()],
+                },
             ],
-            exclude: vec![BTreeMap::from([("rust".into(), "beta".into()), ("os".into(), "illumos".into())])],
+            exclude: vec![BTreeMap::from([
+                ("rust".into(), "beta".into()),
+                ("os".into(), "illumos".into()),
+            ])],
         };
         let c = combinations(&m);
         assert_eq!(c.len(), 3);
@@ -120,10 +131,19 @@ mod tests {
     #[test]
     fn interpolates() {
         let c = pairs(&[("rust", "beta")]);
-        assert_eq!(interpolate("cargo +${{ matrix.rust }} t", &c), "cargo +beta t");
-        assert_eq!(interpolate("x $${{ matrix.rust }}", &c), "x ${{ matrix.rust }}");
+        assert_eq!(
+            interpolate("cargo +${{ matrix.rust }} t", &c),
+            "cargo +beta t"
+        );
+        assert_eq!(
+            interpolate("x $${{ matrix.rust }}", &c),
+            "x ${{ matrix.rust }}"
+        );
         assert_eq!(interpolate("${{ matrix.nope }}", &c), "${{ matrix.nope }}");
         assert_eq!(interpolate("a ${{ unclosed", &c), "a ${{ unclosed");
-        assert_eq!(references("${{matrix.a}} $${{ b }} ${{ env.X }}"), vec![Ok("a"), Err("env.X")]);
+        assert_eq!(
+            references("${{matrix.a}} $${{ b }} ${{ env.X }}"),
+            vec![Ok("a"), Err("env.X")]
+        );
     }
 }

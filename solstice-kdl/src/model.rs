@@ -233,7 +233,9 @@ impl Duration {
             if pos < next_unit {
                 return Err("units must come in the order d, h, m, s, each once".into());
             }
-            let n: u64 = digits.parse().map_err(|_| format!("bad number in `{text}`"))?;
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("bad number in `{text}`"))?;
             total = total.saturating_add(n.saturating_mul(units[pos].1));
             digits.clear();
             next_unit = pos + 1;
@@ -293,7 +295,17 @@ mod tests {
     #[test]
     fn bad_durations_are_refused() {
         for bad in [
-            "", "10", "m", "10x", "1m1h", "1h1h", "0s", "8d", "99999999999h", "-1s", "1.5h",
+            "",
+            "10",
+            "m",
+            "10x",
+            "1m1h",
+            "1h1h",
+            "0s",
+            "8d",
+            "99999999999h",
+            "-1s",
+            "1.5h",
         ] {
             assert!(Duration::parse(bad).is_err(), "{bad:?} accepted");
         }

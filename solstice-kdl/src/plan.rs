@@ -54,8 +54,12 @@ impl Plan {
     /// Jobs grouped into stages: a job's stage is one more than the
     /// latest stage of what it needs, so each stage can run in parallel.
     pub fn stages(&self) -> Vec<Vec<&PlannedJob>> {
-        let index: std::collections::HashMap<&str, usize> =
-            self.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+        let index: std::collections::HashMap<&str, usize> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.id.as_str(), i))
+            .collect();
         let mut stage_of = vec![0usize; self.jobs.len()];
         let mut stages: Vec<Vec<&PlannedJob>> = Vec::new();
         for &i in &self.order {
@@ -128,11 +132,20 @@ impl Workflow {
             }
             pj.job.needs = needs;
         }
-        let index: std::collections::HashMap<&str, usize> =
-            jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+        let index: std::collections::HashMap<&str, usize> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.id.as_str(), i))
+            .collect();
         let deps: Vec<Vec<usize>> = jobs
             .iter()
-            .map(|j| j.job.needs.iter().filter_map(|n| index.get(n.as_str()).copied()).collect())
+            .map(|j| {
+                j.job
+                    .needs
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied())
+                    .collect()
+            })
             .collect();
         let order = dag::topo_order(&deps).ok_or(PlanError::Cycle)?;
         Ok(Plan { jobs, order })

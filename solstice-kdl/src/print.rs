@@ -62,7 +62,9 @@ pub fn string_value(s: &str, indent: usize) -> String {
     // a leading or trailing blank line is indistinguishable from the quotes'
     // own line breaks, so those values stay single-line.
     let multi_ok = lines.len() > 1
-        && lines.iter().all(|l| l.is_empty() || !l.trim_matches([' ', '\t']).is_empty())
+        && lines
+            .iter()
+            .all(|l| l.is_empty() || !l.trim_matches([' ', '\t']).is_empty())
         && !lines[0].is_empty();
     if !multi_ok {
         return quote(s);
@@ -86,8 +88,12 @@ pub fn string_value(s: &str, indent: usize) -> String {
 
 /// An identifier: bare when that is unambiguous, quoted otherwise.
 pub fn ident(s: &str) -> String {
-    let bare = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    let bare = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && !matches!(s, "true" | "false" | "null" | "inf" | "nan");
     if bare { s.to_string() } else { quote(s) }
 }
@@ -98,7 +104,11 @@ impl Workflow {
     /// format a file and keep them, use [`crate::format`].
     pub fn to_kdl(&self) -> String {
         let mut p = Printer::default();
-        p.open("workflow", &props([("name", self.name.as_ref().map(|n| quote(n)))]), 0);
+        p.open(
+            "workflow",
+            &props([("name", self.name.as_ref().map(|n| quote(n)))]),
+            0,
+        );
         if let Some(on) = &self.on {
             p.triggers(on, 1);
         }
@@ -220,10 +230,16 @@ impl Printer {
         self.open("matrix", "", indent);
         for axis in &m.axes {
             let values: Vec<String> = axis.values.iter().map(|v| quote(v)).collect();
-            self.line(indent + 1, &format!("{} {}", ident(&axis.name), values.join(" ")));
+            self.line(
+                indent + 1,
+                &format!("{} {}", ident(&axis.name), values.join(" ")),
+            );
         }
         for ex in &m.exclude {
-            let pairs: Vec<String> = ex.iter().map(|(k, v)| format!("{}={}", ident(k), quote(v))).collect();
+            let pairs: Vec<String> = ex
+                .iter()
+                .map(|(k, v)| format!("{}={}", ident(k), quote(v)))
+                .collect();
             self.line(indent + 1, &format!("exclude {}", pairs.join(" ")));
         }
         self.close(indent);
@@ -235,7 +251,10 @@ impl Printer {
             ("run", Some(string_value(&step.run, indent))),
             ("timeout", step.timeout.map(|d| quote(&d.to_string()))),
             ("workdir", step.workdir.as_ref().map(|s| quote(s))),
-            ("continue_on_error", step.continue_on_error.then(|| "#true".to_string())),
+            (
+                "continue_on_error",
+                step.continue_on_error.then(|| "#true".to_string()),
+            ),
         ]);
         if step.env.is_empty() {
             self.line(indent, &format!("step{p}"));
@@ -253,7 +272,10 @@ mod tests {
 
     #[test]
     fn escapes_what_kdl_forbids() {
-        assert_eq!(quote("a\u{0}b\u{7f}\u{2028}\u{202e}\u{feff}"), r#""a\u{0}b\u{7f}\u{2028}\u{202e}\u{feff}""#);
+        assert_eq!(
+            quote("a\u{0}b\u{7f}\u{2028}\u{202e}\u{feff}"),
+            r#""a\u{0}b\u{7f}\u{2028}\u{202e}\u{feff}""#
+        );
         assert_eq!(quote("tab\there \"q\" \\"), r#""tab\there \"q\" \\""#);
         assert_eq!(ident("runs_on"), "runs_on");
         assert_eq!(ident("true"), "\"true\"");

@@ -362,7 +362,11 @@ impl Cx {
         (job, spans)
     }
 
-    fn step<'a>(&mut self, node: &'a KdlNode, interpolated: &mut Vec<(&'a KdlEntry, String)>) -> Step {
+    fn step<'a>(
+        &mut self,
+        node: &'a KdlNode,
+        interpolated: &mut Vec<(&'a KdlEntry, String)>,
+    ) -> Step {
         let props = self.props(
             node,
             &["name", "run", "timeout", "workdir", "continue_on_error"],
@@ -393,7 +397,9 @@ impl Cx {
                 )
                 .help("add `run=\"make test\"`, or a multi-line `run=\"\"\"...\"\"\"`"),
             ),
-            Some(entry) if step.run.trim().is_empty() && matches!(entry.value(), KdlValue::String(_)) => {
+            Some(entry)
+                if step.run.trim().is_empty() && matches!(entry.value(), KdlValue::String(_)) =>
+            {
                 self.push(Problem::new(
                     Code::InvalidValue,
                     entry.span(),
@@ -554,7 +560,9 @@ impl Cx {
                         let mut p = Problem::new(
                             Code::UnknownMatrixAxis,
                             entry.span(),
-                            format!("`${{{{ matrix.{name} }}}}` names no axis of this job's matrix"),
+                            format!(
+                                "`${{{{ matrix.{name} }}}}` names no axis of this job's matrix"
+                            ),
                             "unknown matrix axis",
                         );
                         p = match suggest(name, &axes) {
@@ -713,7 +721,9 @@ impl Cx {
                         format!("`{name}` is not a valid secret name"),
                         "invalid name",
                     )
-                    .help("secrets reach steps as environment variables: use letters, digits and `_`"),
+                    .help(
+                        "secrets reach steps as environment variables: use letters, digits and `_`",
+                    ),
                 );
             }
             if !secrets.contains(&name) {
@@ -793,7 +803,11 @@ impl Cx {
     // --- generic readers ------------------------------------------------
 
     /// Reads a node's properties: unknown and repeated ones are reported.
-    fn props<'a>(&mut self, node: &'a KdlNode, known: &[&'static str]) -> HashMap<&'static str, &'a KdlEntry> {
+    fn props<'a>(
+        &mut self,
+        node: &'a KdlNode,
+        known: &[&'static str],
+    ) -> HashMap<&'static str, &'a KdlEntry> {
         let mut out: HashMap<&'static str, &'a KdlEntry> = HashMap::new();
         let node_name = node.name().value();
         for entry in node.entries() {
@@ -823,7 +837,9 @@ impl Cx {
                     );
                     p = match suggest(name, known) {
                         Some(s) => p.help(format!("did you mean `{s}`?")),
-                        None if known.is_empty() => p.help(format!("`{node_name}` takes no properties")),
+                        None if known.is_empty() => {
+                            p.help(format!("`{node_name}` takes no properties"))
+                        }
                         None => p.help(format!("`{node_name}` takes {}", list(known))),
                     };
                     self.push(p);
@@ -954,7 +970,11 @@ impl Cx {
         }
     }
 
-    fn opt_string(&mut self, props: &HashMap<&'static str, &KdlEntry>, key: &str) -> Option<String> {
+    fn opt_string(
+        &mut self,
+        props: &HashMap<&'static str, &KdlEntry>,
+        key: &str,
+    ) -> Option<String> {
         props.get(key).and_then(|e| self.expect_string(e))
     }
 
@@ -971,7 +991,11 @@ impl Cx {
         }
     }
 
-    fn opt_duration(&mut self, props: &HashMap<&'static str, &KdlEntry>, key: &str) -> Option<Duration> {
+    fn opt_duration(
+        &mut self,
+        props: &HashMap<&'static str, &KdlEntry>,
+        key: &str,
+    ) -> Option<Duration> {
         let entry = *props.get(key)?;
         let text = self.expect_string(entry)?;
         match Duration::parse(&text) {
@@ -1016,7 +1040,11 @@ impl Cx {
         }
     }
 
-    fn opt_workdir(&mut self, props: &HashMap<&'static str, &KdlEntry>, key: &str) -> Option<String> {
+    fn opt_workdir(
+        &mut self,
+        props: &HashMap<&'static str, &KdlEntry>,
+        key: &str,
+    ) -> Option<String> {
         let entry = *props.get(key)?;
         let dir = self.expect_string(entry)?;
         self.relative_path(&dir, entry.span(), "`workdir`");
@@ -1046,10 +1074,12 @@ impl Cx {
 }
 
 fn env_entries(node: &KdlNode) -> impl Iterator<Item = (&KdlEntry, String)> {
-    node.entries().iter().filter_map(|e| match (e.name(), e.value()) {
-        (Some(_), KdlValue::String(s)) => Some((e, s.clone())),
-        _ => None,
-    })
+    node.entries()
+        .iter()
+        .filter_map(|e| match (e.name(), e.value()) {
+            (Some(_), KdlValue::String(s)) => Some((e, s.clone())),
+            _ => None,
+        })
 }
 
 fn valid_id(id: &str) -> bool {

@@ -20,7 +20,8 @@ impl GitRef {
         if let Some(b) = full.strip_prefix("refs/heads/") {
             Some(GitRef::Branch(b.to_string()))
         } else {
-            full.strip_prefix("refs/tags/").map(|t| GitRef::Tag(t.to_string()))
+            full.strip_prefix("refs/tags/")
+                .map(|t| GitRef::Tag(t.to_string()))
         }
     }
 }
@@ -90,7 +91,10 @@ impl Triggers {
     /// Does `event` satisfy these triggers?
     pub fn matches(&self, event: &Event) -> bool {
         match event {
-            Event::Push { git_ref, changed_paths } => {
+            Event::Push {
+                git_ref,
+                changed_paths,
+            } => {
                 let Some(f) = &self.push else { return false };
                 let ref_ok = match git_ref {
                     GitRef::Branch(b) => {
@@ -110,8 +114,13 @@ impl Triggers {
                 };
                 ref_ok && paths_pass(f, changed_paths.as_deref())
             }
-            Event::PullRequest { base_branch, changed_paths } => {
-                let Some(f) = &self.pull_request else { return false };
+            Event::PullRequest {
+                base_branch,
+                changed_paths,
+            } => {
+                let Some(f) = &self.pull_request else {
+                    return false;
+                };
                 (f.branches.is_empty() || any_match(&f.branches, base_branch))
                     && paths_pass(f, changed_paths.as_deref())
             }

@@ -9,6 +9,7 @@ use solstice_kdl::{ParseOptions, parse_named};
 /// File stem -> codes that must be among its problems.
 const EXPECTED: &[(&str, &[&str])] = &[
     ("syntax_error", &["solstice::syntax"]),
+    ("syntax_errors_many", &["solstice::syntax"]),
     ("unknown_property", &["solstice::unknown_property"]),
     ("unknown_node", &["solstice::unknown_node"]),
     ("wrong_type", &["solstice::wrong_type"]),
@@ -36,7 +37,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "solstice::missing_property",
         ],
     ),
-    ("matrix_problems", &["solstice::unknown_matrix_axis", "solstice::invalid_matrix"]),
+    (
+        "matrix_problems",
+        &["solstice::unknown_matrix_axis", "solstice::invalid_matrix"],
+    ),
     ("unsafe_paths", &["solstice::invalid_value"]),
 ];
 
@@ -64,7 +68,24 @@ fn every_broken_file_is_rejected_with_its_codes_and_pinned_text() {
         seen += 1;
     }
     let files = std::fs::read_dir(&dir).expect("dir").count();
-    assert_eq!(seen, files, "every file in tests/broken has an entry in EXPECTED");
+    assert_eq!(
+        seen, files,
+        "every file in tests/broken has an entry in EXPECTED"
+    );
+}
+
+#[test]
+fn several_syntax_errors_are_reported_in_one_pass() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken/syntax_errors_many.kdl"),
+    )
+    .expect("fixture");
+    let err = parse_named("w.kdl", &text, &ParseOptions::default()).expect_err("invalid");
+    let lines: Vec<usize> = err.to_json_records().iter().map(|r| r.line).collect();
+    assert!(
+        lines.len() >= 2 && lines.contains(&3) && lines.contains(&4),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -77,6 +98,9 @@ fn json_records_point_at_lines_and_columns() {
     let records = err.to_json_records();
     assert_eq!(records.len(), 1);
     let r = &records[0];
-    assert_eq!((r.code, r.line, r.column), ("solstice::unknown_property", 2, 18));
+    assert_eq!(
+        (r.code, r.line, r.column),
+        ("solstice::unknown_property", 2, 18)
+    );
     assert_eq!(r.help.as_deref(), Some("did you mean `runs_on`?"));
 }

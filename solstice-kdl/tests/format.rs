@@ -6,7 +6,9 @@ use std::path::Path;
 use solstice_kdl::{ParseOptions, format, parse, parse_named};
 
 fn example(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workflows").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/workflows")
+        .join(name);
     std::fs::read_to_string(path).expect("example")
 }
 
@@ -29,7 +31,11 @@ fn every_example_formats_to_an_equal_workflow_idempotently() {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("read");
         let once = fmt(&text);
-        assert_eq!(parse(&once).expect("reparses"), parse(&text).expect("valid"), "{path:?}");
+        assert_eq!(
+            parse(&once).expect("reparses"),
+            parse(&text).expect("valid"),
+            "{path:?}"
+        );
         assert_eq!(fmt(&once), once, "{path:?} is not idempotent");
     }
 }
@@ -48,7 +54,14 @@ fn layout_is_canonical_and_comments_and_blank_lines_stay() {
 fn end_of_line_and_inline_comments_stay() {
     let text = "workflow {\n    job id=\"a\" { // job\n        step run=\"x\" /* inline */ name=\"y\" /* end */\n        step run=\"z\" // last\n    } // after job\n} // after workflow\n";
     let out = fmt(text);
-    for comment in ["// job", "/* inline */", "/* end */", "// last", "// after job", "// after workflow"] {
+    for comment in [
+        "// job",
+        "/* inline */",
+        "/* end */",
+        "// last",
+        "// after job",
+        "// after workflow",
+    ] {
         assert!(out.contains(comment), "{comment} lost:\n{out}");
     }
     assert_eq!(fmt(&out), out);
@@ -59,7 +72,10 @@ fn kdl_v1_input_becomes_v2() {
     let out = fmt(&example("nightly-v1.kdl"));
     assert!(out.contains("continue_on_error=#true"), "{out}");
     assert!(!out.contains("run=r#"), "{out}");
-    let options = ParseOptions { version: Some(solstice_kdl::KdlVersion::V2), ..ParseOptions::default() };
+    let options = ParseOptions {
+        version: Some(solstice_kdl::KdlVersion::V2),
+        ..ParseOptions::default()
+    };
     parse_named("out.kdl", &out, &options).expect("output is KDL v2");
 }
 
@@ -68,31 +84,64 @@ fn kdl_v1_input_becomes_v2() {
 #[test]
 fn characters_kdl_prints_raw_are_escaped() {
     let nasty = [
-        "\\u{0}", "\\u{1}", "\\u{b}", "\\u{1f}", "\\u{7f}", "\\u{85}", "\\u{2028}", "\\u{2029}",
-        "\\u{200e}", "\\u{202e}", "\\u{2066}", "\\u{feff}",
+        "\\u{0}",
+        "\\u{1}",
+        "\\u{b}",
+        "\\u{1f}",
+        "\\u{7f}",
+        "\\u{85}",
+        "\\u{2028}",
+        "\\u{2029}",
+        "\\u{200e}",
+        "\\u{202e}",
+        "\\u{2066}",
+        "\\u{feff}",
     ];
     let mut raw_in_kdl_output = 0;
     for esc in nasty {
-        let text = format!("workflow {{\n    job id=\"a\" {{\n        step run=\"echo {esc}x\" name=\"n{esc}\"\n    }}\n}}\n");
+        let text = format!(
+            "workflow {{\n    job id=\"a\" {{\n        step run=\"echo {esc}x\" name=\"n{esc}\"\n    }}\n}}\n"
+        );
         let before = parse(&text).expect("escapes are valid");
         // The bug being guarded against: kdl's own printer emits the raw character.
         let mut doc: kdl::KdlDocument = text.parse().expect("kdl parses");
         doc.autoformat();
-        let raw = char::from_u32(u32::from_str_radix(&esc[3..esc.len() - 1], 16).expect("hex")).expect("char");
+        let raw = char::from_u32(u32::from_str_radix(&esc[3..esc.len() - 1], 16).expect("hex"))
+            .expect("char");
         if doc.to_string().contains(raw) {
             raw_in_kdl_output += 1;
         }
         let out = fmt(&text);
         assert_eq!(parse(&out).expect("formatted text parses"), before, "{esc}");
-        assert!(out.chars().all(|c| c == '\n' || !(c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{202e}' | '\u{2066}' | '\u{feff}'))),
-            "{esc}: raw character in {out:?}");
+        assert!(
+            out.chars().all(|c| c == '\n'
+                || !(c.is_control()
+                    || matches!(
+                        c,
+                        '\u{85}'
+                            | '\u{2028}'
+                            | '\u{2029}'
+                            | '\u{200e}'
+                            | '\u{202e}'
+                            | '\u{2066}'
+                            | '\u{feff}'
+                    ))),
+            "{esc}: raw character in {out:?}"
+        );
     }
-    assert!(raw_in_kdl_output > 0, "kdl's printer no longer writes raw characters; simplify format.rs");
+    assert!(
+        raw_in_kdl_output > 0,
+        "kdl's printer no longer writes raw characters; simplify format.rs"
+    );
 }
 
 #[test]
 fn invalid_workflows_are_not_formatted() {
-    let err = format("w.kdl", "workflow { job id=\"a\" { stpe run=\"x\" } }", &ParseOptions::default())
-        .expect_err("invalid");
+    let err = format(
+        "w.kdl",
+        "workflow { job id=\"a\" { stpe run=\"x\" } }",
+        &ParseOptions::default(),
+    )
+    .expect_err("invalid");
     assert_eq!(err.problems()[0].code.as_str(), "solstice::unknown_node");
 }

@@ -32,14 +32,28 @@ fn nesting_at_the_limit_parses_on_a_small_stack() {
     // test thread in either parser, even in a debug build.
     let limit = ParseOptions::default().max_depth;
     assert_eq!(limit, 16);
-    let text = format!("workflow {}{}", "a {".repeat(limit - 1), "}".repeat(limit - 1));
+    let text = format!(
+        "workflow {}{}",
+        "a {".repeat(limit - 1),
+        "}".repeat(limit - 1)
+    );
     for version in [None, Some(KdlVersion::V1), Some(KdlVersion::V2)] {
-        let options = ParseOptions { version, ..ParseOptions::default() };
+        let options = ParseOptions {
+            version,
+            ..ParseOptions::default()
+        };
         let err = parse_named("deep.kdl", &text, &options).expect_err("not a workflow");
-        assert!(!err.problems().iter().any(|p| p.code == Code::TooDeep), "{version:?}");
+        assert!(
+            !err.problems().iter().any(|p| p.code == Code::TooDeep),
+            "{version:?}"
+        );
     }
     // One more level is refused.
-    let text = format!("workflow {}{}", "a {".repeat(limit + 1), "}".repeat(limit + 1));
+    let text = format!(
+        "workflow {}{}",
+        "a {".repeat(limit + 1),
+        "}".repeat(limit + 1)
+    );
     assert_eq!(codes(&text), vec![Code::TooDeep]);
 }
 
@@ -48,14 +62,22 @@ fn braces_inside_strings_do_not_count_but_cannot_hide_real_ones() {
     let script = "{".repeat(500);
     let text = format!("workflow {{ job id=\"a\" {{ step run=\"{script}\" }} }}");
     assert!(parse(&text).is_ok());
-    let text = format!("workflow {{ job id=\"a\" {{ step run=\"{}\" }} }} {}", "}".repeat(5000), "{".repeat(5000));
+    let text = format!(
+        "workflow {{ job id=\"a\" {{ step run=\"{}\" }} }} {}",
+        "}".repeat(5000),
+        "{".repeat(5000)
+    );
     assert_eq!(codes(&text), vec![Code::TooDeep]);
 }
 
 #[test]
 fn a_two_mebibyte_file_is_refused_up_front() {
-    let big = format!("workflow {{ job id=\"a\" {{ step run=\"{}\" }} }}", "x".repeat(2 * 1024 * 1024));
-    let err = parse_bytes("big.kdl", big.as_bytes(), &ParseOptions::default()).expect_err("too big");
+    let big = format!(
+        "workflow {{ job id=\"a\" {{ step run=\"{}\" }} }}",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let err =
+        parse_bytes("big.kdl", big.as_bytes(), &ParseOptions::default()).expect_err("too big");
     assert_eq!(err.problems()[0].code, Code::TooLarge);
     assert_eq!(codes(&big), vec![Code::TooLarge]);
 }
@@ -82,7 +104,9 @@ fn forbidden_characters_are_refused() {
 
 #[test]
 fn a_matrix_bomb_is_refused() {
-    let axes: String = (0..12).map(|i| format!("a{i} \"1\" \"2\" \"3\" \"4\"\n")).collect();
+    let axes: String = (0..12)
+        .map(|i| format!("a{i} \"1\" \"2\" \"3\" \"4\"\n"))
+        .collect();
     let text = format!("workflow {{ job id=\"t\" {{ matrix {{ {axes} }}\n step run=\"x\" }} }}");
     assert!(codes(&text).contains(&Code::InvalidMatrix));
 }
@@ -92,7 +116,11 @@ fn a_very_long_needs_chain_is_checked_without_recursion() {
     let mut text = String::from("workflow {\n");
     let n = 5_000;
     for i in 0..n {
-        let needs = if i == 0 { String::new() } else { format!("needs \"j{}\"; ", i - 1) };
+        let needs = if i == 0 {
+            String::new()
+        } else {
+            format!("needs \"j{}\"; ", i - 1)
+        };
         text.push_str(&format!("job id=\"j{i}\" {{ {needs}step run=\"x\" }}\n"));
     }
     text.push_str("}\n");
@@ -100,7 +128,11 @@ fn a_very_long_needs_chain_is_checked_without_recursion() {
     let plan = wf.plan().expect("plan");
     assert_eq!(plan.order.len(), n);
     // Close the chain into a cycle: reported, not a stack overflow.
-    let cyclic = text.replacen("job id=\"j0\" { ", &format!("job id=\"j0\" {{ needs \"j{}\"; ", n - 1), 1);
+    let cyclic = text.replacen(
+        "job id=\"j0\" { ",
+        &format!("job id=\"j0\" {{ needs \"j{}\"; ", n - 1),
+        1,
+    );
     assert!(codes(&cyclic).contains(&Code::NeedsCycle));
 }
 
@@ -109,4 +141,64 @@ fn long_names_do_not_make_suggestions_expensive() {
     let long = "x".repeat(200_000);
     let text = format!("workflow {{ job id=\"a\" {long}=\"1\" {{ step run=\"x\" }} }}");
     assert_eq!(codes(&text), vec![Code::UnknownProperty]);
+}
+
+/// Found by `cargo fuzz run parse`: `kdl` 4.7's v1 parser panics on this
+/// (a slice out of bounds in its error path).
+#[test]
+fn input_that_crashes_the_v1_parser_is_a_syntax_error() {
+    for version in [None, Some(KdlVersion::V1)] {
+        let options = ParseOptions {
+            version,
+            ..ParseOptions::default()
+        };
+        let err = parse_named("f.kdl", "node (false\n", &options).expect_err("invalid");
+        assert!(err.is_syntax(), "{version:?}");
+    }
+}
+
+/// Found by `cargo fuzz run parse`: a `;` with no node before it must not
+/// pass the strict recogniser, which would hand it to `kdl` unguarded.
+#[test]
+fn stray_semicolons_take_the_careful_path() {
+    assert!(!solstice_kdl::__fuzz::strict_path(
+        "nnoodenoodwwwwwwwwwwwwwwwwe0; ; ",
+        false
+    ));
+    let err = parse("workflow { job id=\"a\" { step run=\"x\" } }; ; ").expect_err("invalid");
+    assert!(err.is_syntax());
+}
+
+/// Found by `cargo fuzz run parse`: on these 1,159 bytes `kdl` 6.7.1's error
+/// recovery produced 41,627 diagnostics in 13 s. Solstice checks syntax
+/// itself, so `kdl` never runs its recovery; at most 20 errors come back.
+#[test]
+fn kdl_error_recovery_is_never_reached() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/kdl-recovery-13s.kdl");
+    let bytes = std::fs::read(path).expect("fixture");
+    let err = parse_bytes("slow.kdl", &bytes, &ParseOptions::default()).expect_err("invalid");
+    assert!(err.is_syntax());
+    assert!(
+        err.problems().len() <= 20,
+        "{} problems",
+        err.problems().len()
+    );
+}
+
+/// `kdl` recurses once per `*`, `/` or run of text inside a block comment:
+/// about 580 parts overflow a 2 MiB debug thread, even in valid KDL.
+#[test]
+fn block_comments_with_thousands_of_parts_are_refused() {
+    let text = format!(
+        "workflow {{ /* {} */ job id=\"a\" {{ step run=\"x\" }} }}",
+        "x*".repeat(50_000)
+    );
+    assert_eq!(codes(&text), vec![Code::TooDeep]);
+    let banner = format!(
+        "// {}\n/* {} */\nworkflow {{ job id=\"a\" {{ step run=\"x\" }} }}",
+        "*".repeat(5000),
+        "=".repeat(5000)
+    );
+    assert!(parse(&banner).is_ok());
 }

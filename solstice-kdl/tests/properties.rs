@@ -31,7 +31,12 @@ fn env() -> impl Strategy<Value = BTreeMap<String, String>> {
 }
 
 fn glob() -> impl Strategy<Value = String> {
-    prop_oneof![Just("main".to_string()), Just("release/*".to_string()), Just("src/**".to_string()), "[a-z]{1,6}(/\\*)?"]
+    prop_oneof![
+        Just("main".to_string()),
+        Just("release/*".to_string()),
+        Just("src/**".to_string()),
+        "[a-z]{1,6}(/\\*)?"
+    ]
 }
 
 fn globs() -> impl Strategy<Value = Vec<String>> {
@@ -39,12 +44,15 @@ fn globs() -> impl Strategy<Value = Vec<String>> {
 }
 
 fn triggers() -> impl Strategy<Value = Option<Triggers>> {
-    let filter = (globs(), globs(), globs(), globs()).prop_map(|(branches, tags, paths, paths_ignore)| RefFilter {
-        branches,
-        tags,
-        paths,
-        paths_ignore,
-    });
+    let filter =
+        (globs(), globs(), globs(), globs()).prop_map(|(branches, tags, paths, paths_ignore)| {
+            RefFilter {
+                branches,
+                tags,
+                paths,
+                paths_ignore,
+            }
+        });
     let pr = (globs(), globs(), globs()).prop_map(|(branches, paths, paths_ignore)| RefFilter {
         branches,
         tags: Vec::new(),
@@ -52,12 +60,27 @@ fn triggers() -> impl Strategy<Value = Option<Triggers>> {
         paths_ignore,
     });
     let cron = proptest::collection::vec(
-        prop_oneof![Just("0 3 * * *".to_string()), Just("*/5 * * * 1-5".to_string()), Just("@daily".to_string())],
+        prop_oneof![
+            Just("0 3 * * *".to_string()),
+            Just("*/5 * * * 1-5".to_string()),
+            Just("@daily".to_string())
+        ],
         0..2,
     );
-    proptest::option::of((proptest::option::of(filter), proptest::option::of(pr), any::<bool>(), cron).prop_map(
-        |(push, pull_request, manual, cron)| Triggers { push, pull_request, manual, cron },
-    ))
+    proptest::option::of(
+        (
+            proptest::option::of(filter),
+            proptest::option::of(pr),
+            any::<bool>(),
+            cron,
+        )
+            .prop_map(|(push, pull_request, manual, cron)| Triggers {
+                push,
+                pull_request,
+                manual,
+                cron,
+            }),
+    )
 }
 
 fn duration() -> impl Strategy<Value = Option<Duration>> {
@@ -69,20 +92,44 @@ fn workdir() -> impl Strategy<Value = Option<String>> {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (proptest::option::of(text()), text(), env(), duration(), workdir(), any::<bool>()).prop_map(
-        |(name, run, env, timeout, workdir, continue_on_error)| Step { name, run, env, timeout, workdir, continue_on_error },
+    (
+        proptest::option::of(text()),
+        text(),
+        env(),
+        duration(),
+        workdir(),
+        any::<bool>(),
     )
+        .prop_map(
+            |(name, run, env, timeout, workdir, continue_on_error)| Step {
+                name,
+                run,
+                env,
+                timeout,
+                workdir,
+                continue_on_error,
+            },
+        )
 }
 
 fn matrix() -> impl Strategy<Value = Option<Matrix>> {
-    let axis = ("[a-z][a-z0-9_]{0,5}", proptest::collection::vec(text(), 1..3))
+    let axis = (
+        "[a-z][a-z0-9_]{0,5}",
+        proptest::collection::vec(text(), 1..3),
+    )
         .prop_map(|(name, values)| Axis { name, values });
-    proptest::option::of(proptest::collection::vec(axis, 1..3).prop_filter_map("unique axes", |mut axes| {
-        axes.sort_by(|a, b| a.name.cmp(&b.name));
-        axes.dedup_by(|a, b| a.name == b.name);
-        let exclude = vec![BTreeMap::from([(axes[0].name.clone(), axes[0].values[0].clone())])];
-        Some(Matrix { axes, exclude })
-    }))
+    proptest::option::of(proptest::collection::vec(axis, 1..3).prop_filter_map(
+        "unique axes",
+        |mut axes| {
+            axes.sort_by(|a, b| a.name.cmp(&b.name));
+            axes.dedup_by(|a, b| a.name == b.name);
+            let exclude = vec![BTreeMap::from([(
+                axes[0].name.clone(),
+                axes[0].values[0].clone(),
+            )])];
+            Some(Matrix { axes, exclude })
+        },
+    ))
 }
 
 fn workflow() -> impl Strategy<Value = Workflow> {
@@ -110,16 +157,62 @@ fn workflow() -> impl Strategy<Value = Workflow> {
             let jobs: Vec<Job> = jobs
                 .into_iter()
                 .enumerate()
-                .map(|(i, ((runs_on, env, mut job_secrets, timeout, retry, workdir, matrix, artifacts, steps), bits))| {
-                    job_secrets.dedup();
-                    // `needs` only points backwards, so the graph is a DAG.
-                    let needs = (0..i).filter(|j| bits >> j & 1 == 1).map(|j| format!("job-{j}")).collect();
-                    Job { id: format!("job-{i}"), runs_on, needs, env, secrets: job_secrets, timeout, retry, workdir, matrix, artifacts, steps }
-                })
+                .map(
+                    |(
+                        i,
+                        (
+                            (
+                                runs_on,
+                                env,
+                                mut job_secrets,
+                                timeout,
+                                retry,
+                                workdir,
+                                matrix,
+                                artifacts,
+                                steps,
+                            ),
+                            bits,
+                        ),
+                    )| {
+                        job_secrets.dedup();
+                        // `needs` only points backwards, so the graph is a DAG.
+                        let needs = (0..i)
+                            .filter(|j| bits >> j & 1 == 1)
+                            .map(|j| format!("job-{j}"))
+                            .collect();
+                        Job {
+                            id: format!("job-{i}"),
+                            runs_on,
+                            needs,
+                            env,
+                            secrets: job_secrets,
+                            timeout,
+                            retry,
+                            workdir,
+                            matrix,
+                            artifacts,
+                            steps,
+                        }
+                    },
+                )
                 .collect();
             let mut seen = Vec::new();
-            secrets.retain(|s| if seen.contains(s) { false } else { seen.push(s.clone()); true });
-            Workflow { name, on, env, secrets, jobs }
+            secrets.retain(|s| {
+                if seen.contains(s) {
+                    false
+                } else {
+                    seen.push(s.clone());
+                    true
+                }
+            });
+            Workflow {
+                name,
+                on,
+                env,
+                secrets,
+                jobs,
+            }
         })
 }
 
@@ -191,7 +284,14 @@ proptest! {
 }
 
 fn seed(which: usize) -> String {
-    let name = ["seed.kdl", "rust-project.kdl", "monorepo.kdl", "nightly-v1.kdl"][which];
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workflows").join(name);
+    let name = [
+        "seed.kdl",
+        "rust-project.kdl",
+        "monorepo.kdl",
+        "nightly-v1.kdl",
+    ][which];
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/workflows")
+        .join(name);
     std::fs::read_to_string(path).expect("example")
 }

@@ -63,18 +63,28 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {
         Command::Validate { files, format } => validate(&default_files(files), format),
-        Command::Inspect { file, format } => inspect(&file.unwrap_or_else(|| DEFAULT_WORKFLOW.into()), format),
+        Command::Inspect { file, format } => {
+            inspect(&file.unwrap_or_else(|| DEFAULT_WORKFLOW.into()), format)
+        }
         Command::Fmt { files, check } => fmt(&default_files(files), check),
     }
 }
 
 fn default_files(files: Vec<PathBuf>) -> Vec<PathBuf> {
-    if files.is_empty() { vec![PathBuf::from(DEFAULT_WORKFLOW)] } else { files }
+    if files.is_empty() {
+        vec![PathBuf::from(DEFAULT_WORKFLOW)]
+    } else {
+        files
+    }
 }
 
 /// Why a file could not be turned into a workflow.
@@ -86,13 +96,15 @@ enum Failure {
 fn load(path: &Path) -> Result<Workflow, Failure> {
     let options = ParseOptions::default();
     let bytes = read(path, &options)?;
-    solstice_kdl::parse_bytes(&path.display().to_string(), &bytes, &options).map_err(|e| Failure::Invalid(Box::new(e)))
+    solstice_kdl::parse_bytes(&path.display().to_string(), &bytes, &options)
+        .map_err(|e| Failure::Invalid(Box::new(e)))
 }
 
 /// Reads at most one byte more than the limit, so a huge file costs nothing.
 fn read(path: &Path, options: &ParseOptions) -> Result<Vec<u8>, Failure> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
     let mut bytes = Vec::new();
     file.take(options.max_bytes as u64 + 1)
         .read_to_end(&mut bytes)
@@ -124,14 +136,24 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
                 if format == Format::Human {
                     println!("{name}: valid");
                 }
-                FileReport { file: name, valid: true, error: None, problems: Vec::new() }
+                FileReport {
+                    file: name,
+                    valid: true,
+                    error: None,
+                    problems: Vec::new(),
+                }
             }
             Err(Failure::Io(msg)) => {
                 worst = worst.max(EXIT_USAGE);
                 if format == Format::Human {
                     eprintln!("error: {msg}");
                 }
-                FileReport { file: name, valid: false, error: Some(msg), problems: Vec::new() }
+                FileReport {
+                    file: name,
+                    valid: false,
+                    error: Some(msg),
+                    problems: Vec::new(),
+                }
             }
             Err(Failure::Invalid(err)) => {
                 worst = worst.max(EXIT_INVALID);
@@ -139,7 +161,12 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
                     eprint!("{}", render(&err));
                     eprintln!("{err}");
                 }
-                FileReport { file: name, valid: false, error: None, problems: err.to_json_records() }
+                FileReport {
+                    file: name,
+                    valid: false,
+                    error: None,
+                    problems: err.to_json_records(),
+                }
             }
         };
         reports.push(report);
@@ -196,7 +223,12 @@ fn inspect(path: &Path, format: Format) -> ExitCode {
         .map(|s| s.iter().map(|j| j.id.as_str()).collect())
         .collect();
     if format == Format::Json {
-        print_json(&Inspection { file: path.display().to_string(), workflow: &workflow, plan: &plan, stages });
+        print_json(&Inspection {
+            file: path.display().to_string(),
+            workflow: &workflow,
+            plan: &plan,
+            stages,
+        });
         return ExitCode::SUCCESS;
     }
     print!("{}", describe(path, &workflow, &plan, &stages));
@@ -206,18 +238,46 @@ fn inspect(path: &Path, format: Format) -> ExitCode {
 fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "workflow {} ({})", wf.name.as_deref().unwrap_or("(unnamed)"), path.display());
-    let triggers = wf.on.clone().unwrap_or_else(solstice_kdl::Triggers::default_when_absent);
-    let _ = writeln!(s, "\ntriggers{}:", if wf.on.is_none() { " (default)" } else { "" });
-    for (name, f) in [("push", &triggers.push), ("pull_request", &triggers.pull_request)] {
+    let _ = writeln!(
+        s,
+        "workflow {} ({})",
+        wf.name.as_deref().unwrap_or("(unnamed)"),
+        path.display()
+    );
+    let triggers = wf
+        .on
+        .clone()
+        .unwrap_or_else(solstice_kdl::Triggers::default_when_absent);
+    let _ = writeln!(
+        s,
+        "\ntriggers{}:",
+        if wf.on.is_none() { " (default)" } else { "" }
+    );
+    for (name, f) in [
+        ("push", &triggers.push),
+        ("pull_request", &triggers.pull_request),
+    ] {
         if let Some(f) = f {
             let mut parts = Vec::new();
-            for (what, list) in [("branches", &f.branches), ("tags", &f.tags), ("paths", &f.paths), ("paths_ignore", &f.paths_ignore)] {
+            for (what, list) in [
+                ("branches", &f.branches),
+                ("tags", &f.tags),
+                ("paths", &f.paths),
+                ("paths_ignore", &f.paths_ignore),
+            ] {
                 if !list.is_empty() {
                     parts.push(format!("{what} {}", list.join(" ")));
                 }
             }
-            let _ = writeln!(s, "  {name}: {}", if parts.is_empty() { "any".to_string() } else { parts.join("; ") });
+            let _ = writeln!(
+                s,
+                "  {name}: {}",
+                if parts.is_empty() {
+                    "any".to_string()
+                } else {
+                    parts.join("; ")
+                }
+            );
         }
     }
     if triggers.manual {
@@ -229,7 +289,10 @@ fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> St
     let _ = writeln!(s, "\njobs ({} after matrix expansion):", plan.jobs.len());
     for pj in &plan.jobs {
         let job = &pj.job;
-        let mut facts = vec![format!("runs_on {}", job.runs_on.as_deref().unwrap_or("(default)"))];
+        let mut facts = vec![format!(
+            "runs_on {}",
+            job.runs_on.as_deref().unwrap_or("(default)")
+        )];
         if !job.needs.is_empty() {
             facts.push(format!("needs {}", job.needs.join(", ")));
         }
@@ -248,7 +311,11 @@ fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> St
             if step.continue_on_error {
                 extra.push("continue_on_error".to_string());
             }
-            let extra = if extra.is_empty() { String::new() } else { format!("  [{}]", extra.join("; ")) };
+            let extra = if extra.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", extra.join("; "))
+            };
             let _ = writeln!(s, "    {}. {}{extra}", i + 1, step.display_name());
         }
         if !job.artifacts.is_empty() {
@@ -268,8 +335,10 @@ fn fmt(files: &[PathBuf], check: bool) -> ExitCode {
     for path in files {
         let name = path.display().to_string();
         let result = read(path, &options).and_then(|bytes| {
-            let text = solstice_kdl::decode(&name, &bytes, &options).map_err(|e| Failure::Invalid(Box::new(e)))?;
-            let formatted = solstice_kdl::format(&name, text, &options).map_err(|e| Failure::Invalid(Box::new(e)))?;
+            let text = solstice_kdl::decode(&name, &bytes, &options)
+                .map_err(|e| Failure::Invalid(Box::new(e)))?;
+            let formatted = solstice_kdl::format(&name, text, &options)
+                .map_err(|e| Failure::Invalid(Box::new(e)))?;
             Ok((text.to_string(), formatted))
         });
         let (original, formatted) = match result {

@@ -1,0 +1,43 @@
+//! Valid workflows: `format` succeeds, its output parses to the same model,
+//! is a fixed point, and holds no raw character KDL forbids; the model
+//! printer's output parses back to the same model.
+#![no_main]
+
+use std::sync::Once;
+
+use libfuzzer_sys::fuzz_target;
+use solstice_kdl::{ParseOptions, format, parse};
+
+static HOOK: Once = Once::new();
+
+fuzz_target!(|data: &[u8]| {
+    // See `parse.rs`: panics inside `kdl` are caught by the library.
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            if !info.location().is_some_and(|l| l.file().contains("/kdl-")) {
+                eprintln!("{info}");
+                std::process::abort();
+            }
+        }));
+    });
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(workflow) = parse(text) else {
+        assert!(format("f.kdl", text, &ParseOptions::default()).is_err(), "formatted an invalid file");
+        return;
+    };
+    let out = match format("f.kdl", text, &ParseOptions::default()) {
+        Ok(out) => out,
+        Err(e) => panic!("a valid workflow could not be formatted: {}", e.render(false, 100)),
+    };
+    let relaxed = ParseOptions { max_bytes: usize::MAX, ..ParseOptions::default() };
+    let again = solstice_kdl::parse_named("f.kdl", &out, &relaxed).expect("formatted output parses");
+    assert_eq!(again, workflow, "format changed the meaning");
+    assert_eq!(format("f.kdl", &out, &relaxed).expect("formats again"), out, "format is not idempotent");
+    assert!(
+        !out.chars().any(|c| c != '\n' && (c.is_control() && c != '\t' || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'))),
+        "raw forbidden character in formatted output"
+    );
+    let printed = workflow.to_kdl();
+    let reparsed = solstice_kdl::parse_named("p.kdl", &printed, &relaxed).expect("printed model parses");
+    assert_eq!(reparsed, workflow, "to_kdl changed the meaning");
+});

@@ -26,16 +26,24 @@ fuzz_target!(|data: &[u8]| {
         }));
     });
     let _ = solstice_kdl::parse_bytes("fuzz.kdl", data, &ParseOptions::default());
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if solstice_kdl::__fuzz::strict_path(text, false) {
         if let Err(e) = kdl::KdlDocument::parse_v2(text) {
-            panic!("strict v2 subset accepted text that kdl rejects: {text:?}: {:?}", e.diagnostics);
+            panic!(
+                "strict v2 subset accepted text that kdl rejects: {text:?}: {:?}",
+                e.diagnostics
+            );
         }
     }
     if solstice_kdl::__fuzz::strict_path(text, true) {
         match std::panic::catch_unwind(|| kdl::KdlDocument::parse_v1(text)) {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("strict v1 subset accepted text that kdl v1 rejects: {text:?}: {:?}", e.diagnostics),
+            Ok(Err(e)) => panic!(
+                "strict v1 subset accepted text that kdl v1 rejects: {text:?}: {:?}",
+                e.diagnostics
+            ),
             Err(_) => panic!("strict v1 subset accepted text that crashes kdl v1: {text:?}"),
         }
     }

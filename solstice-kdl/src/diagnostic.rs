@@ -185,8 +185,12 @@ impl Diagnostic for Problem {
 }
 
 /// All problems of one document, with the document's text for rendering.
+/// (Boxed, so that `Result<Workflow, ParseError>` stays small.)
 #[derive(Debug, Clone)]
-pub struct ParseError {
+pub struct ParseError(Box<Inner>);
+
+#[derive(Debug, Clone)]
+struct Inner {
     name: String,
     source: NamedSource<Arc<str>>,
     text: Arc<str>,
@@ -197,38 +201,39 @@ impl ParseError {
     pub(crate) fn new(name: &str, text: Arc<str>, mut problems: Vec<Problem>) -> Self {
         problems.sort_by_key(|p| (p.span.offset(), p.code.as_str()));
         problems.dedup();
-        ParseError {
+        ParseError(Box::new(Inner {
             name: name.to_string(),
             source: NamedSource::new(name, text.clone()),
             text,
             problems,
-        }
+        }))
     }
 
     /// The problems, ordered by position.
     pub fn problems(&self) -> &[Problem] {
-        &self.problems
+        &self.0.problems
     }
 
     /// The file name the error was created with.
     pub fn file_name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// True when every problem is a syntax-level one (see [`Code::is_syntax`]).
     pub fn is_syntax(&self) -> bool {
-        self.problems.iter().all(|p| p.code.is_syntax())
+        self.0.problems.iter().all(|p| p.code.is_syntax())
     }
 
     /// The problems in a stable, machine-readable form with 1-based lines
     /// and columns (columns count characters).
     pub fn to_json_records(&self) -> Vec<ProblemRecord> {
-        self.problems
+        self.0
+            .problems
             .iter()
             .map(|p| {
-                let (line, column) = line_col(&self.text, p.span.offset());
+                let (line, column) = line_col(&self.0.text, p.span.offset());
                 ProblemRecord {
-                    file: self.name.clone(),
+                    file: self.0.name.clone(),
                     code: p.code.as_str(),
                     severity: "error",
                     message: p.message.clone(),
@@ -258,10 +263,10 @@ impl ParseError {
         };
         let handler = GraphicalReportHandler::new_themed(theme).with_width(width);
         let mut out = String::new();
-        for problem in &self.problems {
+        for problem in &self.0.problems {
             let report = Report {
                 problem,
-                source: &self.source,
+                source: &self.0.source,
             };
             let _ = handler.render_report(&mut out, &report);
         }
@@ -341,9 +346,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.problems.len() {
-            1 => write!(f, "{}: 1 problem", self.name),
-            n => write!(f, "{}: {n} problems", self.name),
+        match self.0.problems.len() {
+            1 => write!(f, "{}: 1 problem", self.0.name),
+            n => write!(f, "{}: {n} problems", self.0.name),
         }
     }
 }
@@ -356,11 +361,13 @@ impl Diagnostic for ParseError {
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        Some(&self.source)
+        Some(&self.0.source)
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
-        Some(Box::new(self.problems.iter().map(|p| p as &dyn Diagnostic)))
+        Some(Box::new(
+            self.0.problems.iter().map(|p| p as &dyn Diagnostic),
+        ))
     }
 }
 

@@ -282,7 +282,10 @@ fn parse_v1(text: &str) -> Result<KdlDocument, Vec<Problem>> {
 }
 
 fn strict_rejection(text: &str, rejection: &strict::Rejection, version: &str) -> Problem {
-    let at = rejection.offset.min(text.len());
+    let mut at = rejection.offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let end = text[at..].chars().next().map_or(at, |c| at + c.len_utf8());
     Problem::new(
         Code::Syntax,

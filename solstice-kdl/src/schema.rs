@@ -189,10 +189,8 @@ impl Cx {
         let mut on_seen: Option<SourceSpan> = None;
         for child in self.children(node, &["on", "env", "secret", "job"]) {
             match child.name().value() {
-                "on" => {
-                    if self.once(child, &mut on_seen, "the workflow") {
-                        wf.on = Some(self.triggers(child));
-                    }
+                "on" if self.once(child, &mut on_seen, "the workflow") => {
+                    wf.on = Some(self.triggers(child));
                 }
                 "env" => self.env(child, &mut wf.env),
                 "secret" => self.secrets(child, &mut wf.secrets),
@@ -324,10 +322,8 @@ impl Cx {
                     interpolated.extend(env_entries(child));
                 }
                 "secret" => self.secrets(child, &mut job.secrets),
-                "matrix" => {
-                    if self.once(child, &mut matrix_seen, "a job") {
-                        job.matrix = self.matrix(child);
-                    }
+                "matrix" if self.once(child, &mut matrix_seen, "a job") => {
+                    job.matrix = self.matrix(child);
                 }
                 "step" => {
                     let step = self.step(child, &mut interpolated);
@@ -593,15 +589,11 @@ impl Cx {
         let (mut push_seen, mut pr_seen, mut manual_seen) = (None, None, None);
         for child in self.children(node, &["push", "pull_request", "manual", "cron"]) {
             match child.name().value() {
-                "push" => {
-                    if self.once(child, &mut push_seen, "`on`") {
-                        t.push = Some(self.ref_filter(child, true));
-                    }
+                "push" if self.once(child, &mut push_seen, "`on`") => {
+                    t.push = Some(self.ref_filter(child, true));
                 }
-                "pull_request" => {
-                    if self.once(child, &mut pr_seen, "`on`") {
-                        t.pull_request = Some(self.ref_filter(child, false));
-                    }
+                "pull_request" if self.once(child, &mut pr_seen, "`on`") => {
+                    t.pull_request = Some(self.ref_filter(child, false));
                 }
                 "manual" => {
                     self.props(child, &[]);

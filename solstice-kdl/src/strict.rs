@@ -43,6 +43,14 @@ pub(crate) fn check(text: &str, v1: bool) -> Vec<Rejection> {
     if text.starts_with('\u{feff}') {
         p.i = 3;
     }
+    // v1 mode knows only CR and LF as line breaks: the rarer ones (which
+    // end a `//` comment in `kdl` 4.7) are left to the careful path.
+    if v1 && let Some(at) = text.find(['\u{b}', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}']) {
+        return vec![Rejection {
+            offset: at,
+            message: "unusual line break character",
+        }];
+    }
     if let Err(e) = p.nodes(false) {
         p.errors.push(e);
     }
@@ -140,28 +148,7 @@ impl Checker<'_> {
 
     fn is_ident_char(&self, c: char) -> bool {
         if self.v1 {
-            return c.is_ascii_alphanumeric()
-                || matches!(
-                    c,
-                    '_' | '-'
-                        | '.'
-                        | ':'
-                        | '+'
-                        | '*'
-                        | '!'
-                        | '?'
-                        | '$'
-                        | '%'
-                        | '&'
-                        | '<'
-                        | '>'
-                        | '@'
-                        | '^'
-                        | '|'
-                        | '~'
-                        | '\''
-                        | ','
-                );
+            return c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
         }
         !is_unicode_space(c)
             && !is_newline_char(c)
@@ -200,7 +187,8 @@ impl Checker<'_> {
         let start = self.i;
         loop {
             self.spaces()?;
-            if self.peek() != Some(b'\\') {
+            // v1: line continuations are left to the guarded careful path.
+            if self.peek() != Some(b'\\') || self.v1 {
                 return Ok(self.i > start);
             }
             // escline := '\' ws* (single-line-comment | newline | eof) ws*
@@ -259,6 +247,9 @@ impl Checker<'_> {
     }
 
     /// Skips to the next line break, to resume checking after an error.
+    /// (Byte steps are safe: no line break byte occurs inside a UTF-8
+    /// sequence, and the multi-byte line breaks are found by `at_newline`
+    /// only at character starts, which byte stepping also visits.)
     fn skip_line(&mut self) {
         while self.i < self.s.len() && !self.at_newline() {
             self.i += 1;
@@ -295,7 +286,7 @@ impl Checker<'_> {
                 let before = self.i;
                 self.skip_line();
                 if self.i == before && self.i < self.s.len() && !self.at_newline() {
-                    self.i += 1;
+                    self.i += self.char_at(self.i).map_or(1, char::len_utf8);
                 }
             }
         }
@@ -990,6 +981,10 @@ mod tests {
             "a \"\\s\"",
             "a 12345678901234567890",
             "node (false\n",
+            "foo123<bar>foee\n",
+            "node //-\u{c}-\u{c}{\nno",
+            "\\\n",
+            "a \\\n b",
         ] {
             assert!(!ok(bad, true), "{bad:?} accepted");
         }

@@ -202,3 +202,18 @@ fn block_comments_with_thousands_of_parts_are_refused() {
     );
     assert!(parse(&banner).is_ok());
 }
+
+/// Found by `cargo fuzz run parse`: a syntax error reported in the middle
+/// of a multi-byte character made the span slicing panic.
+#[test]
+fn error_offsets_inside_a_character_do_not_panic() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/hostile/error-inside-a-character.kdl");
+    let bytes = std::fs::read(path).expect("fixture");
+    let err = parse_bytes("f.kdl", &bytes, &ParseOptions::default()).expect_err("invalid");
+    let text = std::str::from_utf8(&bytes).expect("utf-8");
+    for p in err.problems() {
+        assert!(text.is_char_boundary(p.span.offset()), "{p:?}");
+    }
+    let _ = err.render(false, 80);
+}

@@ -254,11 +254,10 @@ proptest! {
             }
         }
         let _ = solstice_kdl::parse_bytes("m.kdl", &bytes, &ParseOptions::default());
-        if let Ok(text) = std::str::from_utf8(&bytes) {
-            if let Ok(out) = format("m.kdl", text, &ParseOptions::default()) {
+        if let Ok(text) = std::str::from_utf8(&bytes)
+            && let Ok(out) = format("m.kdl", text, &ParseOptions::default()) {
                 prop_assert_eq!(parse(&out).ok(), parse(text).ok());
             }
-        }
     }
 
     #[test]

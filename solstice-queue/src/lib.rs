@@ -1,9 +1,174 @@
 //! # solstice-queue
 //!
-//! The `JobQueue` trait (publish, consume with explicit ack/nack, redelivery,
-//! dead-lettering), generic over a serde message, with an in-memory queue for
-//! the embedded deployment and a RabbitMQ queue (lapin) for multi-host ones.
-//! A conformance suite behind the `testing` feature will check every
-//! implementation against the same contract.
+//! The durable job queue between the integration layer (which publishes one
+//! message per workflow job) and the orchestrators (which consume them up
+//! to their capacity). One trait, [`JobQueue`], generic over a serde
+//! message; [`MemoryQueue`] for the embedded, single-process deployment; a
+//! RabbitMQ queue for many hosts (to come); and a conformance suite
+//! ([`testing`], behind the `testing` feature) that every implementation,
+//! including third parties', runs.
 //!
-//! Nothing is implemented here yet.
+//! ## Contract
+//!
+//! - **At-least-once.** A message is removed only when a consumer acks it.
+//!   Unacked messages come back when their delivery is dropped, when
+//!   [`Delivery::nack`] asks for it, or when the consumer goes away.
+//! - **Redelivery is counted.** [`Delivery::deliveries`] is 1 the first time;
+//!   after [`QueueOptions::max_deliveries`] the message is dead-lettered
+//!   instead of being handed out again, so a message that crashes its
+//!   consumer cannot crash-loop the fleet.
+//! - **Undecodable messages never reach a consumer**: they are dead-lettered
+//!   with the decode error as the reason.
+//! - **Prefetch** bounds how many unacked deliveries one consumer holds.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use solstice_queue::{JobQueue, MemoryQueue};
+//!
+//! let queue: MemoryQueue<String> = MemoryQueue::new(Default::default());
+//! queue.publish(&"build".to_string()).await.unwrap();
+//! let mut consumer = queue.consume(4).await.unwrap();
+//! let delivery = consumer.next().await.unwrap();
+//! assert_eq!(delivery.message(), "build");
+//! delivery.ack().await.unwrap();
+//! # });
+//! ```
+
+mod memory;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use memory::MemoryQueue;
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The message could not be serialised.
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The queue (or the connection to the broker) is closed.
+    #[error("the queue is closed")]
+    Closed,
+    /// The broker reported an error; retrying may help.
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Settings shared by all implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// After this many deliveries a message that is requeued again is
+    /// dead-lettered instead. Default 5.
+    pub max_deliveries: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions { max_deliveries: 5 }
+    }
+}
+
+/// A message that will not be delivered again, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The raw body as published.
+    pub body: Vec<u8>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+}
+
+/// A durable, at-least-once queue of `M`.
+#[async_trait]
+pub trait JobQueue<M>: Send + Sync
+where
+    M: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Appends a message. When this returns `Ok`, the message survives the
+    /// publisher going away. Not idempotent: publishing twice queues twice.
+    async fn publish(&self, message: &M) -> Result<(), QueueError>;
+
+    /// Appends a raw body without checking it decodes. For tools and tests
+    /// (the conformance suite uses it to check dead-lettering).
+    async fn publish_bytes(&self, body: Vec<u8>) -> Result<(), QueueError>;
+
+    /// Opens a consumer holding at most `prefetch` (at least 1) unacked
+    /// deliveries. Several consumers share the messages; each message goes
+    /// to one of them at a time.
+    async fn consume(&self, prefetch: usize) -> Result<Box<dyn Consumer<M>>, QueueError>;
+
+    /// Messages that were dead-lettered (oldest first), for operators.
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError>;
+}
+
+/// One consumer. Dropping it returns its unacked deliveries to the queue.
+#[async_trait]
+pub trait Consumer<M>: Send
+where
+    M: Send + 'static,
+{
+    /// Waits for the next message. Waits while `prefetch` deliveries are
+    /// unacked. Returns `Err(QueueError::Closed)` once the queue is closed.
+    async fn next(&mut self) -> Result<Delivery<M>, QueueError>;
+}
+
+/// How a delivery is settled; implemented by each queue.
+#[async_trait]
+pub trait Settle: Send {
+    /// Removes the message for good.
+    async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+    /// Returns the message to the queue (`requeue`) or dead-letters it.
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), QueueError>;
+}
+
+/// A message handed to a consumer. Settle it with [`Delivery::ack`] or
+/// [`Delivery::nack`]; dropping it unsettled returns it to the queue.
+pub struct Delivery<M> {
+    message: M,
+    deliveries: u32,
+    settle: Box<dyn Settle>,
+}
+
+impl<M> Delivery<M> {
+    /// Builds a delivery (for queue implementations).
+    pub fn new(message: M, deliveries: u32, settle: Box<dyn Settle>) -> Self {
+        Delivery {
+            message,
+            deliveries,
+            settle,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &M {
+        &self.message
+    }
+
+    /// How many times this message has been handed out, this time included.
+    pub fn deliveries(&self) -> u32 {
+        self.deliveries
+    }
+
+    /// Done with the message: remove it.
+    pub async fn ack(self) -> Result<(), QueueError> {
+        self.settle.ack().await
+    }
+
+    /// Give the message back (`requeue`), or dead-letter it.
+    pub async fn nack(self, requeue: bool) -> Result<(), QueueError> {
+        self.settle.nack(requeue).await
+    }
+}
+
+impl<M: std::fmt::Debug> std::fmt::Debug for Delivery<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("deliveries", &self.deliveries)
+            .finish_non_exhaustive()
+    }
+}

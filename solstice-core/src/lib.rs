@@ -6,4 +6,8 @@
 //! the state store (SQLite and PostgreSQL through sqlx) and the gRPC runner
 //! protocol.
 //!
-//! Nothing is implemented here yet: see the issue tracker for the engine work.
+//! Built so far: [`log`], the log ingestion path (secret masking and the
+//! per-job size cap) that every byte from a runner goes through before it is
+//! stored or shown. The rest is the subject of the engine issue.
+
+pub mod log;

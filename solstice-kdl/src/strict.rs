@@ -359,13 +359,14 @@ impl Checker<'_> {
     /// (v2), then the node's end.
     fn after_children(&mut self, mut real_block: bool) -> R<End> {
         loop {
-            self.node_space()?;
-            if !self.v1 && !real_block && self.peek() == Some(b'{') {
+            // `kdl` wants space before another block after a `/-` block.
+            let spaced = self.node_space()?;
+            if !self.v1 && spaced && !real_block && self.peek() == Some(b'{') {
                 real_block = true;
                 self.children()?;
                 continue;
             }
-            if !self.v1 && self.starts(b"/-") {
+            if !self.v1 && spaced && self.starts(b"/-") {
                 self.i += 2;
                 self.line_space()?;
                 if self.peek() != Some(b'{') {
@@ -947,6 +948,7 @@ mod tests {
             "a // x\u{b}/-1\n",
             "/-\nnode 1 2 ;\n",
             "a { /- b }",
+            "node foo /-{\n}/-{\n}\n",
             "a /* unclosed",
             "a .5",
             "a #maybe",

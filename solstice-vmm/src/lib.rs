@@ -1,8 +1,196 @@
 //! # solstice-vmm
 //!
-//! The `VmProvider` trait (provision a VM for a `VmSpec`, observe it, destroy
-//! it idempotently, list what exists for the reaper) and its providers: an
-//! in-memory mock, a local child-process provider, QEMU/KVM on Linux and bhyve
-//! zones on ZFS clones on illumos.
+//! Execution environments for jobs. One trait, [`VmProvider`]: provision a
+//! VM for a [`VmSpec`], observe it, destroy it, and list what exists so a
+//! reaper can destroy what no live job owns. Implementations:
 //!
-//! Nothing is implemented here yet.
+//! - [`MockVmProvider`]: in memory and scriptable (boot failure, slow boot,
+//!   runner crash after N steps); the "guest" is a [`Guest`] the caller
+//!   supplies, so engine tests run real jobs without VMs.
+//! - [`LocalProvider`]: the runner as a host child process in a fresh
+//!   workspace directory. **No isolation**: a job can do anything the
+//!   orchestrator's user can. For development and hosts without
+//!   virtualisation.
+//! - QEMU/KVM (Linux) and bhyve zones on ZFS (illumos): to come.
+//!
+//! A conformance suite ([`testing`], behind the `testing` feature) checks
+//! every provider against the same contract.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use solstice_vmm::{MockVmProvider, VmProvider, VmSpec, VmState};
+//!
+//! let provider = MockVmProvider::idle();
+//! let vm = provider.provision(&VmSpec::example("job-1")).await.unwrap();
+//! assert!(matches!(provider.state(&vm.id).await.unwrap(), VmState::Running));
+//! provider.destroy(&vm.id).await.unwrap();
+//! provider.destroy(&vm.id).await.unwrap(); // idempotent
+//! # });
+//! ```
+
+mod local;
+mod mock;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use local::LocalProvider;
+pub use mock::{Guest, GuestContext, MockScript, MockVmProvider};
+
+/// How the runner inside a VM reaches the orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerEndpoint {
+    /// `host:port`, as the guest must dial it.
+    Tcp(String),
+    /// A unix socket path on the host (local provider, virtio-serial bridges).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for RunnerEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunnerEndpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
+            RunnerEndpoint::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// What to provision.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Unique name, used for the VM, its disk and its workspace.
+    pub name: String,
+    /// The runner label (`runs_on`): selects the golden image.
+    pub label: String,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Disk in GiB.
+    pub disk_gib: u32,
+    /// Where the runner connects.
+    pub endpoint: RunnerEndpoint,
+    /// The single-use job token the runner presents. Secret: not printed by `Debug`.
+    pub token: String,
+    /// Who owns the VM (the job attempt); the reaper destroys VMs whose owner is gone.
+    pub owner: String,
+}
+
+impl fmt::Debug for VmSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmSpec")
+            .field("name", &self.name)
+            .field("label", &self.label)
+            .field("vcpus", &self.vcpus)
+            .field("memory_mib", &self.memory_mib)
+            .field("disk_gib", &self.disk_gib)
+            .field("endpoint", &self.endpoint)
+            .field("token", &"<redacted>")
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl VmSpec {
+    /// A small spec for examples and tests.
+    pub fn example(name: &str) -> Self {
+        VmSpec {
+            name: name.to_string(),
+            label: "ubuntu-22.04".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 4,
+            endpoint: RunnerEndpoint::Tcp("127.0.0.1:1".into()),
+            token: "token".into(),
+            owner: name.to_string(),
+        }
+    }
+}
+
+/// A provider's id for a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VmId(pub String);
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A provisioned VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmHandle {
+    /// The provider's id.
+    pub id: VmId,
+    /// The spec's owner.
+    pub owner: String,
+}
+
+/// What a VM is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmState {
+    /// Created, not yet running the runner.
+    Booting,
+    /// Running.
+    Running,
+    /// Stopped by itself; the exit status when the provider knows it.
+    Stopped(Option<i32>),
+    /// Failed; the reason.
+    Failed(String),
+}
+
+/// One VM as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    /// The provider's id.
+    pub id: VmId,
+    /// The owner recorded at provisioning.
+    pub owner: String,
+    /// Its state.
+    pub state: VmState,
+}
+
+/// Why a provider operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VmError {
+    /// The VM could not be created or booted. An infrastructure failure:
+    /// a job with `retry` gets another attempt.
+    #[error("VM failed to boot: {0}")]
+    Boot(String),
+    /// No such VM (from `state`; `destroy` treats it as done).
+    #[error("no such VM: {0}")]
+    NotFound(VmId),
+    /// The provider or its host failed.
+    #[error("provider error: {0}")]
+    Provider(String),
+}
+
+/// Creates and destroys execution environments for jobs.
+#[async_trait]
+pub trait VmProvider: Send + Sync {
+    /// A short name for logs (`mock`, `local`, `qemu`).
+    fn name(&self) -> &'static str;
+
+    /// Creates and starts a VM; returns once it is booting. On error
+    /// nothing is left behind (the provider cleans up what it created).
+    /// Not idempotent: each call makes a new VM.
+    async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError>;
+
+    /// The VM's current state; [`VmError::NotFound`] when it does not exist.
+    async fn state(&self, id: &VmId) -> Result<VmState, VmError>;
+
+    /// Stops and removes the VM and everything created for it. Idempotent,
+    /// and tolerant of half-created state: destroying something that does
+    /// not exist (any more) is `Ok`.
+    async fn destroy(&self, id: &VmId) -> Result<(), VmError>;
+
+    /// Every VM this provider manages, including ones left behind by an
+    /// earlier process, so a reaper can destroy those no live job owns.
+    async fn list(&self) -> Result<Vec<VmInfo>, VmError>;
+}

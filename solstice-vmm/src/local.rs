@@ -1,0 +1,234 @@
+//! The runner as a host child process. **No isolation.**
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState};
+
+/// Runs each job's runner as a child process of the orchestrator, in its
+/// own process group and a fresh directory `ROOT/NAME/`:
+///
+/// - `ROOT/NAME/work/`: the job's workspace (the runner's current directory),
+/// - `ROOT/NAME/owner`, `ROOT/NAME/pgid`: so a later process can find and
+///   reap what an earlier one left behind,
+/// - `ROOT/NAME/runner.log`: the runner's own stdout and stderr.
+///
+/// The runner learns where to connect and its token from the environment
+/// (`SOLSTICE_ENDPOINT`, `SOLSTICE_JOB_TOKEN`), never from its command line,
+/// which other users of the host can read.
+///
+/// There is **no isolation**: the job runs with the orchestrator's user,
+/// network and files. Use it for development (`cidev run`) and trusted code.
+pub struct LocalProvider {
+    command: Vec<OsString>,
+    root: PathBuf,
+    children: Mutex<HashMap<VmId, Child>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl LocalProvider {
+    /// Runs `command` (program and arguments; usually the `solstice-runner`
+    /// binary) for each job, in directories under `root`.
+    pub fn new(command: Vec<OsString>, root: impl Into<PathBuf>) -> Self {
+        LocalProvider {
+            command,
+            root: root.into(),
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dir(&self, id: &VmId) -> PathBuf {
+        self.root.join(&id.0)
+    }
+
+    /// The workspace directory of a VM.
+    pub fn workspace(&self, id: &VmId) -> PathBuf {
+        self.dir(id).join("work")
+    }
+
+    async fn create(&self, spec: &VmSpec, dir: &Path) -> Result<Child, VmError> {
+        let io = |e: std::io::Error| VmError::Boot(format!("{}: {e}", dir.display()));
+        tokio::fs::create_dir_all(dir.join("work"))
+            .await
+            .map_err(io)?;
+        tokio::fs::write(dir.join("owner"), &spec.owner)
+            .await
+            .map_err(io)?;
+        let log = std::fs::File::create(dir.join("runner.log")).map_err(io)?;
+        let log2 = log.try_clone().map_err(io)?;
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| VmError::Provider("local provider: empty command".into()))?;
+        let endpoint = match &spec.endpoint {
+            RunnerEndpoint::Tcp(addr) => format!("http://{addr}"),
+            RunnerEndpoint::Unix(path) => format!("unix://{}", path.display()),
+        };
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(dir.join("work"))
+            .env("SOLSTICE_ENDPOINT", endpoint)
+            .env("SOLSTICE_JOB_TOKEN", &spec.token)
+            .env("SOLSTICE_VM_NAME", &spec.name)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                VmError::Boot(format!("cannot start {}: {e}", program.to_string_lossy()))
+            })?;
+        if let Some(pid) = child.id() {
+            tokio::fs::write(dir.join("pgid"), pid.to_string())
+                .await
+                .map_err(io)?;
+        }
+        Ok(child)
+    }
+
+    /// Kills a process group recorded in `dir/pgid`, if it still runs.
+    fn kill_recorded(dir: &Path) {
+        let Ok(text) = std::fs::read_to_string(dir.join("pgid")) else {
+            return;
+        };
+        if let Ok(pgid) = text.trim().parse::<i32>()
+            && pgid > 1
+        {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+
+    fn recorded_alive(dir: &Path) -> bool {
+        std::fs::read_to_string(dir.join("pgid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .is_some_and(|pid| pid > 1 && kill(Pid::from_raw(pid), None).is_ok())
+    }
+}
+
+#[async_trait]
+impl VmProvider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {
+        if !safe_name(&spec.name) {
+            return Err(VmError::Provider(format!(
+                "invalid VM name {:?}",
+                spec.name
+            )));
+        }
+        let id = VmId(spec.name.clone());
+        let dir = self.dir(&id);
+        if dir.exists() {
+            return Err(VmError::Provider(format!(
+                "{} already exists",
+                dir.display()
+            )));
+        }
+        tracing::warn!(
+            vm = %spec.name,
+            "local provider: the job runs as a plain host process, with no isolation from this machine"
+        );
+        match self.create(spec, &dir).await {
+            Ok(child) => {
+                lock(&self.children).insert(id.clone(), child);
+                Ok(VmHandle {
+                    id,
+                    owner: spec.owner.clone(),
+                })
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn state(&self, id: &VmId) -> Result<VmState, VmError> {
+        if let Some(child) = lock(&self.children).get_mut(id) {
+            return Ok(match child.try_wait() {
+                Ok(None) => VmState::Running,
+                Ok(Some(status)) => VmState::Stopped(status.code()),
+                Err(e) => VmState::Failed(e.to_string()),
+            });
+        }
+        let dir = self.dir(id);
+        if !dir.join("owner").exists() {
+            return Err(VmError::NotFound(id.clone()));
+        }
+        Ok(if Self::recorded_alive(&dir) {
+            VmState::Running
+        } else {
+            VmState::Stopped(None)
+        })
+    }
+
+    async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
+        if !safe_name(&id.0) {
+            return Ok(());
+        }
+        let dir = self.dir(id);
+        let child = lock(&self.children).remove(id);
+        if let Some(mut child) = child {
+            if let Some(pid) = child.id() {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        } else {
+            // Left behind by an earlier process, or half-created.
+            Self::kill_recorded(&dir);
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VmError::Provider(format!("{}: {e}", dir.display()))),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>, VmError> {
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&self.root).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(VmError::Provider(format!("{}: {e}", self.root.display()))),
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(owner) = tokio::fs::read_to_string(entry.path().join("owner")).await else {
+                continue;
+            };
+            let id = VmId(name);
+            let state = self.state(&id).await.unwrap_or(VmState::Stopped(None));
+            out.push(VmInfo { id, owner, state });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}

@@ -1,0 +1,159 @@
+//! Both providers pass the conformance suite; provider-specific behaviour.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use solstice_vmm::{
+    Guest, GuestContext, LocalProvider, MockScript, MockVmProvider, VmError, VmId, VmProvider,
+    VmSpec, VmState, testing,
+};
+
+fn temp_root(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("solstice-vmm-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_provider_conforms() {
+    testing::run_all(&MockVmProvider::idle(), VmSpec::example).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_provider_conforms() {
+    let root = temp_root("conform");
+    let provider = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
+    testing::run_all(&provider, VmSpec::example).await;
+    assert_eq!(
+        std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing left behind"
+    );
+}
+
+#[tokio::test]
+async fn mock_scripts_boot_failure_delay_and_crash() {
+    struct Echo;
+    #[async_trait]
+    impl Guest for Echo {
+        async fn run(&self, context: GuestContext) -> i32 {
+            context.crash_after_steps.map_or(0, |n| 100 + n as i32)
+        }
+    }
+    let provider = MockVmProvider::new(Arc::new(Echo));
+    provider.script_next(MockScript {
+        fail_boot: true,
+        ..MockScript::default()
+    });
+    provider.script_next(MockScript {
+        crash_after_steps: Some(2),
+        ..MockScript::default()
+    });
+    let spec = VmSpec::example("m");
+    assert!(matches!(
+        provider.provision(&spec).await,
+        Err(VmError::Boot(_))
+    ));
+    let vm = provider
+        .provision(&spec)
+        .await
+        .expect("second attempt boots");
+    let mut state = provider.state(&vm.id).await.expect("state");
+    for _ in 0..100 {
+        if matches!(state, VmState::Stopped(_)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        state = provider.state(&vm.id).await.expect("state");
+    }
+    assert_eq!(
+        state,
+        VmState::Stopped(Some(102)),
+        "the guest saw crash_after_steps"
+    );
+    provider.set_default_script(MockScript {
+        boot_delay: Duration::from_millis(50),
+        ..MockScript::default()
+    });
+    let started = std::time::Instant::now();
+    provider.provision(&spec).await.expect("slow boot");
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(provider.provisioned(), 3);
+}
+
+#[tokio::test]
+async fn local_provider_passes_endpoint_and_token_by_environment_and_kills_the_group() {
+    let root = temp_root("env");
+    // The "runner" records its environment and leaves a grandchild running.
+    let script = "echo \"$SOLSTICE_ENDPOINT $SOLSTICE_JOB_TOKEN\" > seen; sleep 30 & echo $! > grandchild; wait";
+    let provider = LocalProvider::new(vec!["sh".into(), "-c".into(), script.into()], &root);
+    let mut spec = VmSpec::example("env-test");
+    spec.token = "t0ken-xyz".into();
+    let vm = provider.provision(&spec).await.expect("provision");
+    let work = provider.workspace(&vm.id);
+    let mut grandchild = None;
+    for _ in 0..200 {
+        if let Ok(pid) = std::fs::read_to_string(work.join("grandchild")) {
+            grandchild = pid.trim().parse::<i32>().ok();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grandchild = grandchild.expect("the runner started");
+    let seen = std::fs::read_to_string(work.join("seen")).expect("seen");
+    assert_eq!(seen.trim(), "http://127.0.0.1:1 t0ken-xyz");
+    provider.destroy(&vm.id).await.expect("destroy");
+    let mut gone = false;
+    for _ in 0..200 {
+        gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild), None).is_err();
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the whole process group is killed");
+    assert!(!root.join("env-test").exists());
+}
+
+#[tokio::test]
+async fn a_new_local_provider_finds_and_reaps_what_an_old_one_left() {
+    let root = temp_root("reap");
+    let old = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
+    let vm = old
+        .provision(&VmSpec::example("orphan"))
+        .await
+        .expect("provision");
+    std::mem::forget(old); // the orchestrator "crashes": no destroy, no kill_on_drop
+    let new = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
+    let listed = new.list().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.clone(), listed[0].state.clone()),
+        (vm.id.clone(), VmState::Running)
+    );
+    new.destroy(&vm.id).await.expect("reap");
+    assert!(new.list().await.expect("list").is_empty());
+    assert!(matches!(
+        new.state(&VmId("orphan".into())).await,
+        Err(VmError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn local_provider_refuses_unsafe_names_and_cleans_up_failed_starts() {
+    let root = temp_root("bad");
+    let provider = LocalProvider::new(vec!["/no/such/runner".into()], &root);
+    assert!(matches!(
+        provider.provision(&VmSpec::example("../escape")).await,
+        Err(VmError::Provider(_))
+    ));
+    assert!(matches!(
+        provider.provision(&VmSpec::example("nope")).await,
+        Err(VmError::Boot(_))
+    ));
+    assert!(
+        !root.join("nope").exists(),
+        "a failed start leaves nothing behind"
+    );
+}

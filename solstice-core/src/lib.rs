@@ -11,3 +11,7 @@
 //! stored or shown. The rest is the subject of the engine issue.
 
 pub mod log;
+#[cfg(feature = "store")]
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;

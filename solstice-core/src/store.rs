@@ -1,0 +1,903 @@
+//! The state store: runs, jobs, attempts, steps and log chunks, and the
+//! leases that tell a live attempt from an abandoned one.
+//!
+//! [`StateStore`] is the trait; [`SqlStore`] implements it for SQLite (the
+//! embedded default) and PostgreSQL (many hosts) with the same SQL through
+//! sqlx's `Any` driver, with one migration set per dialect in
+//! `migrations/`. Both pass the same conformance suite
+//! (`solstice_core::testing::store`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+/// Row ids.
+pub type RunId = i64;
+/// Row ids.
+pub type JobId = i64;
+/// Row ids.
+pub type AttemptId = i64;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed or refused.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The row is not in the state the operation needs (e.g. claiming a job
+    /// that someone else claimed first).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored value could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The URL names no supported database.
+    #[error("unsupported database URL: {0}")]
+    Url(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+macro_rules! status_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// The stored text.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(StoreError::Corrupt(format!("{} `{other}`", stringify!($name)))),
+                }
+            }
+        }
+    };
+}
+
+status_enum!(
+    /// Where a run is.
+    RunStatus {
+        /// Jobs are waiting or running.
+        Running => "running",
+        /// Every job succeeded.
+        Succeeded => "succeeded",
+        /// A job failed (or was skipped because of one).
+        Failed => "failed",
+        /// Cancelled by a user.
+        Cancelled => "cancelled",
+    }
+);
+
+status_enum!(
+    /// Where a job is.
+    JobStatus {
+        /// Waiting for its `needs`.
+        Pending => "pending",
+        /// Published to the queue.
+        Queued => "queued",
+        /// An attempt holds it.
+        Running => "running",
+        /// Done, every step passed (or was allowed to fail).
+        Succeeded => "succeeded",
+        /// Done, a step failed, or attempts ran out.
+        Failed => "failed",
+        /// Cancelled by a user.
+        Cancelled => "cancelled",
+        /// Not run because something it needs did not succeed.
+        Skipped => "skipped",
+    }
+);
+
+impl JobStatus {
+    /// True once the job will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped
+        )
+    }
+}
+
+status_enum!(
+    /// Where an attempt is.
+    AttemptStatus {
+        /// Holds a lease.
+        Running => "running",
+        /// The job passed.
+        Succeeded => "succeeded",
+        /// A step failed, or the job timed out.
+        Failed => "failed",
+        /// Cancelled by a user.
+        Cancelled => "cancelled",
+        /// Infrastructure failure: VM did not boot, runner lost, engine died.
+        Lost => "lost",
+    }
+);
+
+status_enum!(
+    /// Where a step is.
+    StepStatus {
+        /// Started, not finished.
+        Running => "running",
+        /// Exit status 0.
+        Succeeded => "succeeded",
+        /// Non-zero exit, or could not start.
+        Failed => "failed",
+        /// Killed by its timeout.
+        TimedOut => "timed_out",
+    }
+);
+
+/// A run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Run {
+    /// Id.
+    pub id: RunId,
+    /// The workflow's name.
+    pub name: String,
+    /// Where it came from (JSON: repository, commit, event), opaque to the store.
+    pub source: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+/// A job to insert with its run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// Expanded id, unique in the run (`test (rust=stable)`).
+    pub key: String,
+    /// Runner label.
+    pub label: String,
+    /// The planned job as JSON, opaque to the store.
+    pub spec: String,
+    /// Keys of the jobs it needs.
+    pub needs: Vec<String>,
+    /// 1 + `retry`.
+    pub max_attempts: u32,
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    /// Id.
+    pub id: JobId,
+    /// Its run.
+    pub run_id: RunId,
+    /// Position in the workflow (file order).
+    pub position: i64,
+    /// Expanded id.
+    pub key: String,
+    /// Runner label.
+    pub label: String,
+    /// Planned job (JSON).
+    pub spec: String,
+    /// Keys it needs.
+    pub needs: Vec<String>,
+    /// Status.
+    pub status: JobStatus,
+    /// Why it is in that status (skipped because ..., failed because ...).
+    pub reason: Option<String>,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// One attempt at a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    /// Id.
+    pub id: AttemptId,
+    /// Its job.
+    pub job_id: JobId,
+    /// 1, 2, ...
+    pub number: u32,
+    /// Status.
+    pub status: AttemptStatus,
+    /// Why it ended that way.
+    pub reason: Option<String>,
+    /// The engine instance holding the lease.
+    pub holder: String,
+    /// Unix ms; past this, the attempt is abandoned.
+    pub lease_expires_at: i64,
+    /// The VM that runs it.
+    pub vm_id: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+/// A step of an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    /// Its attempt.
+    pub attempt_id: AttemptId,
+    /// 0-based index in the job.
+    pub index: u32,
+    /// Display name.
+    pub name: String,
+    /// Status.
+    pub status: StepStatus,
+    /// Exit status, when it ran.
+    pub exit_code: Option<i32>,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+/// A piece of an attempt's log (already masked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogChunk {
+    /// Its attempt.
+    pub attempt_id: AttemptId,
+    /// Order within the attempt, from 0.
+    pub seq: i64,
+    /// Step index (or `u32::MAX` for system lines).
+    pub step: u32,
+    /// 0 stdout, 1 stderr, 2 system.
+    pub stream: u8,
+    /// Bytes, not necessarily UTF-8.
+    pub data: Vec<u8>,
+    /// Unix ms.
+    pub at: i64,
+}
+
+/// What the engine records. Every method is safe to call from several
+/// engines at once: state changes are compare-and-set, so a race has one
+/// winner and the others get `false` or [`StoreError::Conflict`].
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Inserts a run and all its jobs (status `pending`) atomically.
+    async fn create_run(
+        &self,
+        name: &str,
+        source: &str,
+        jobs: &[NewJob],
+        now: i64,
+    ) -> Result<RunId>;
+    /// A run.
+    async fn run(&self, id: RunId) -> Result<Option<Run>>;
+    /// Sets a run's final status.
+    async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()>;
+    /// A run's jobs in workflow order.
+    async fn jobs(&self, run: RunId) -> Result<Vec<Job>>;
+    /// A job.
+    async fn job(&self, id: JobId) -> Result<Option<Job>>;
+    /// Moves a job to `to` if its status is one of `from`; `false` if not.
+    async fn transition_job(
+        &self,
+        id: JobId,
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<bool>;
+    /// Claims a `queued` job: creates its next attempt (running, leased to
+    /// `holder` until `lease_until`, with the hash of its token) and marks
+    /// the job running. [`StoreError::Conflict`] if the job is not queued
+    /// or has no attempts left.
+    async fn claim(
+        &self,
+        job: JobId,
+        holder: &str,
+        lease_until: i64,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Attempt>;
+    /// Extends a running attempt's lease; `false` if it is not running or
+    /// not held by `holder`.
+    async fn renew_lease(&self, attempt: AttemptId, holder: &str, lease_until: i64)
+    -> Result<bool>;
+    /// Records which VM runs an attempt.
+    async fn set_vm(&self, attempt: AttemptId, vm_id: &str) -> Result<()>;
+    /// Ends a running attempt; `false` if it was not running.
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptId,
+        status: AttemptStatus,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool>;
+    /// Running attempts whose lease expired before `now`.
+    async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>>;
+    /// Running attempts (for reaping VMs no live job owns).
+    async fn running_attempts(&self) -> Result<Vec<Attempt>>;
+    /// A job's attempts, oldest first.
+    async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>>;
+    /// An attempt.
+    async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>>;
+    /// The attempt a token (by hash) belongs to.
+    async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>>;
+    /// Marks the token used; `true` only the first time (tokens are single-use).
+    async fn use_token(&self, attempt: AttemptId) -> Result<bool>;
+    /// Inserts or updates a step.
+    async fn put_step(&self, step: &StepRecord) -> Result<()>;
+    /// An attempt's steps in order.
+    async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>>;
+    /// Appends log chunks (one transaction).
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()>;
+    /// An attempt's log in order.
+    async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>>;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// [`StateStore`] on SQLite or PostgreSQL.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+fn col<T>(row: &AnyRow, name: &str) -> Result<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(name).map_err(StoreError::Database)
+}
+
+fn to_u32(v: i64, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v}")))
+}
+
+impl SqlStore {
+    /// Connects and migrates: `sqlite:///path/to/state.db` (created when
+    /// missing), `sqlite::memory:`, or `postgres://user@host/db`.
+    pub async fn connect(url: &str) -> Result<SqlStore> {
+        Self::connect_in_schema(url, None).await
+    }
+
+    /// Like [`SqlStore::connect`], with every PostgreSQL table in `schema`
+    /// (created when missing). Lets tests and tenants share a database.
+    pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Url(url.to_string()));
+        };
+        if let Some(s) = schema
+            && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::Url(format!("invalid schema name {s:?}")));
+        }
+        let url =
+            if dialect == Dialect::Sqlite && !url.contains(":memory:") && !url.contains("mode=") {
+                format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+            } else {
+                url.to_string()
+            };
+        let schema = schema.map(str::to_string);
+        if let (Dialect::Postgres, Some(s)) = (dialect, &schema) {
+            let setup = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await?;
+            setup
+                .execute(format!("CREATE SCHEMA IF NOT EXISTS {s}").as_str())
+                .await?;
+            setup.close().await;
+        }
+        let in_memory = url.contains(":memory:");
+        let pool = AnyPoolOptions::new()
+            // One in-memory SQLite database exists per connection.
+            .max_connections(if in_memory { 1 } else { 8 })
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    match dialect {
+                        Dialect::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                        }
+                        Dialect::Postgres => {
+                            if let Some(s) = schema {
+                                conn.execute(format!("SET search_path TO {s}").as_str())
+                                    .await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        match dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(SqlStore { pool, dialect })
+    }
+
+    /// SQL is written with `$1` placeholders; SQLite numbers them `?1`.
+    fn sql(&self, text: &'static str) -> std::borrow::Cow<'static, str> {
+        match self.dialect {
+            Dialect::Postgres => text.into(),
+            Dialect::Sqlite => text.replace('$', "?").into(),
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn job_from(row: &AnyRow) -> Result<Job> {
+    let needs: String = col(row, "needs")?;
+    Ok(Job {
+        id: col(row, "id")?,
+        run_id: col(row, "run_id")?,
+        position: col(row, "position")?,
+        key: col(row, "job_key")?,
+        label: col(row, "label")?,
+        spec: col(row, "spec")?,
+        needs: serde_json::from_str(&needs)
+            .map_err(|e| StoreError::Corrupt(format!("needs: {e}")))?,
+        status: col::<String>(row, "status")?.parse()?,
+        reason: col(row, "reason")?,
+        max_attempts: to_u32(col(row, "max_attempts")?, "max_attempts")?,
+        attempts: to_u32(col(row, "attempts")?, "attempts")?,
+    })
+}
+
+fn attempt_from(row: &AnyRow) -> Result<Attempt> {
+    Ok(Attempt {
+        id: col(row, "id")?,
+        job_id: col(row, "job_id")?,
+        number: to_u32(col(row, "number")?, "number")?,
+        status: col::<String>(row, "status")?.parse()?,
+        reason: col(row, "reason")?,
+        holder: col(row, "holder")?,
+        lease_expires_at: col(row, "lease_expires_at")?,
+        vm_id: col(row, "vm_id")?,
+        started_at: col(row, "started_at")?,
+        finished_at: col(row, "finished_at")?,
+    })
+}
+
+const ATTEMPT_COLUMNS: &str =
+    "id, job_id, number, status, reason, holder, lease_expires_at, vm_id, started_at, finished_at";
+const JOB_COLUMNS: &str =
+    "id, run_id, position, job_key, label, spec, needs, status, reason, max_attempts, attempts";
+
+#[async_trait]
+impl StateStore for SqlStore {
+    async fn create_run(
+        &self,
+        name: &str,
+        source: &str,
+        jobs: &[NewJob],
+        now: i64,
+    ) -> Result<RunId> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&self.sql(
+            "INSERT INTO runs (name, source, status, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        ))
+        .bind(name)
+        .bind(source)
+        .bind(RunStatus::Running.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let run: i64 = col(&row, "id")?;
+        let insert = self.sql(
+            "INSERT INTO jobs (run_id, position, job_key, label, spec, needs, status, max_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        );
+        for (i, job) in jobs.iter().enumerate() {
+            let needs = serde_json::to_string(&job.needs)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(&insert)
+                .bind(run)
+                .bind(i as i64)
+                .bind(&job.key)
+                .bind(&job.label)
+                .bind(&job.spec)
+                .bind(needs)
+                .bind(JobStatus::Pending.as_str())
+                .bind(i64::from(job.max_attempts.max(1)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    async fn run(&self, id: RunId) -> Result<Option<Run>> {
+        let row = sqlx::query(&self.sql(
+            "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE id = $1",
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Run {
+                id: col(&r, "id")?,
+                name: col(&r, "name")?,
+                source: col(&r, "source")?,
+                status: col::<String>(&r, "status")?.parse()?,
+                created_at: col(&r, "created_at")?,
+                finished_at: col(&r, "finished_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()> {
+        sqlx::query(&self.sql("UPDATE runs SET status = $1, finished_at = $2 WHERE id = $3"))
+            .bind(status.as_str())
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn jobs(&self, run: RunId) -> Result<Vec<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY position");
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let rows = sqlx::query(&sql).bind(run).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from).transpose()
+    }
+
+    async fn transition_job(
+        &self,
+        id: JobId,
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        // At most 7 statuses: a fixed IN list of placeholders.
+        let mut sql =
+            String::from("UPDATE jobs SET status = $1, reason = $2 WHERE id = $3 AND status IN (");
+        for i in 0..from.len().max(1) {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", i + 4));
+        }
+        sql.push(')');
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let mut q = sqlx::query(&sql).bind(to.as_str()).bind(reason).bind(id);
+        if from.is_empty() {
+            q = q.bind("");
+        }
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn claim(
+        &self,
+        job: JobId,
+        holder: &str,
+        lease_until: i64,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Attempt> {
+        let mut tx = self.pool.begin().await?;
+        // The compare-and-set on the job is the claim: one winner.
+        let claimed = sqlx::query(&self.sql(
+            "UPDATE jobs SET status = $1, attempts = attempts + 1 \
+             WHERE id = $2 AND status = $3 AND attempts < max_attempts",
+        ))
+        .bind(JobStatus::Running.as_str())
+        .bind(job)
+        .bind(JobStatus::Queued.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "job {job} is not queued or has no attempts left"
+            )));
+        }
+        let row = sqlx::query(&self.sql("SELECT attempts FROM jobs WHERE id = $1"))
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
+        let number: i64 = col(&row, "attempts")?;
+        let sql = format!(
+            "INSERT INTO attempts (job_id, number, status, holder, lease_expires_at, token_hash, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {ATTEMPT_COLUMNS}"
+        );
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let row = sqlx::query(&sql)
+            .bind(job)
+            .bind(number)
+            .bind(AttemptStatus::Running.as_str())
+            .bind(holder)
+            .bind(lease_until)
+            .bind(token_hash)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        let attempt = attempt_from(&row)?;
+        tx.commit().await?;
+        Ok(attempt)
+    }
+
+    async fn renew_lease(
+        &self,
+        attempt: AttemptId,
+        holder: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(&self.sql(
+            "UPDATE attempts SET lease_expires_at = $1 WHERE id = $2 AND holder = $3 AND status = $4",
+        ))
+        .bind(lease_until)
+        .bind(attempt)
+        .bind(holder)
+        .bind(AttemptStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_vm(&self, attempt: AttemptId, vm_id: &str) -> Result<()> {
+        sqlx::query(&self.sql("UPDATE attempts SET vm_id = $1 WHERE id = $2"))
+            .bind(vm_id)
+            .bind(attempt)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptId,
+        status: AttemptStatus,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(&self.sql(
+            "UPDATE attempts SET status = $1, reason = $2, finished_at = $3 WHERE id = $4 AND status = $5",
+        ))
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(attempt)
+        .bind(AttemptStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>> {
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE status = $1 AND lease_expires_at < $2 ORDER BY id"
+        );
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let rows = sqlx::query(&sql)
+            .bind(AttemptStatus::Running.as_str())
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn running_attempts(&self) -> Result<Vec<Attempt>> {
+        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE status = $1 ORDER BY id");
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let rows = sqlx::query(&sql)
+            .bind(AttemptStatus::Running.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
+        let sql =
+            format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number");
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let rows = sqlx::query(&sql).bind(job).fetch_all(&self.pool).await?;
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
+        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1");
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(attempt_from).transpose()
+    }
+
+    async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>> {
+        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE token_hash = $1");
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let row = sqlx::query(&sql)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(attempt_from).transpose()
+    }
+
+    async fn use_token(&self, attempt: AttemptId) -> Result<bool> {
+        let n = sqlx::query(
+            &self.sql("UPDATE attempts SET token_used = 1 WHERE id = $1 AND token_used = 0"),
+        )
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn put_step(&self, step: &StepRecord) -> Result<()> {
+        sqlx::query(&self.sql(
+            "INSERT INTO steps (attempt_id, idx, name, status, exit_code, started_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (attempt_id, idx) DO UPDATE SET name = $3, status = $4, exit_code = $5, \
+             started_at = COALESCE(steps.started_at, $6), finished_at = $7",
+        ))
+        .bind(step.attempt_id)
+        .bind(i64::from(step.index))
+        .bind(&step.name)
+        .bind(step.status.as_str())
+        .bind(step.exit_code.map(i64::from))
+        .bind(step.started_at)
+        .bind(step.finished_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT attempt_id, idx, name, status, exit_code, started_at, finished_at \
+             FROM steps WHERE attempt_id = $1 ORDER BY idx",
+        ))
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepRecord {
+                    attempt_id: col(r, "attempt_id")?,
+                    index: to_u32(col(r, "idx")?, "idx")?,
+                    name: col(r, "name")?,
+                    status: col::<String>(r, "status")?.parse()?,
+                    exit_code: col::<Option<i64>>(r, "exit_code")?.map(|c| c as i32),
+                    started_at: col(r, "started_at")?,
+                    finished_at: col(r, "finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let insert = self.sql(
+            "INSERT INTO log_chunks (attempt_id, seq, step, stream, data, at) VALUES ($1, $2, $3, $4, $5, $6)",
+        );
+        let mut tx = self.pool.begin().await?;
+        for c in chunks {
+            sqlx::query(&insert)
+                .bind(c.attempt_id)
+                .bind(c.seq)
+                .bind(i64::from(c.step))
+                .bind(i64::from(c.stream))
+                .bind(c.data.as_slice())
+                .bind(c.at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT attempt_id, seq, step, stream, data, at FROM log_chunks WHERE attempt_id = $1 ORDER BY seq",
+        ))
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogChunk {
+                    attempt_id: col(r, "attempt_id")?,
+                    seq: col(r, "seq")?,
+                    step: to_u32(col(r, "step")?, "step")?,
+                    stream: u8::try_from(col::<i64>(r, "stream")?)
+                        .map_err(|_| StoreError::Corrupt("stream".into()))?,
+                    data: col(r, "data")?,
+                    at: col(r, "at")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,3 @@
+//! Conformance suites (the `testing` feature).
+
+pub mod store;

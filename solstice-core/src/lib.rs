@@ -10,7 +10,13 @@
 //! per-job size cap) that every byte from a runner goes through before it is
 //! stored or shown. The rest is the subject of the engine issue.
 
+#[cfg(feature = "engine")]
+pub mod engine;
 pub mod log;
+#[cfg(feature = "protocol")]
+pub mod protocol;
+#[cfg(feature = "protocol")]
+pub mod runner;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "testing")]

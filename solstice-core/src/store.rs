@@ -301,6 +301,9 @@ pub trait StateStore: Send + Sync {
         to: JobStatus,
         reason: Option<&str>,
     ) -> Result<bool>;
+    /// Allows `n` more attempts (an attempt lost to the engine itself does
+    /// not count against the workflow's `retry`).
+    async fn add_attempts(&self, job: JobId, n: u32) -> Result<()>;
     /// Claims a `queued` job: creates its next attempt (running, leased to
     /// `holder` until `lease_until`, with the hash of its token) and marks
     /// the job running. [`StoreError::Conflict`] if the job is not queued
@@ -626,6 +629,15 @@ impl StateStore for SqlStore {
             q = q.bind(s.as_str());
         }
         Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn add_attempts(&self, job: JobId, n: u32) -> Result<()> {
+        sqlx::query(&self.sql("UPDATE jobs SET max_attempts = max_attempts + $1 WHERE id = $2"))
+            .bind(i64::from(n))
+            .bind(job)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn claim(

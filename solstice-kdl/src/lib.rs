@@ -332,15 +332,23 @@ fn forbidden_char(text: &str) -> Option<(usize, char)> {
 /// When neither version parses, whose errors to show: v1 when the text
 /// uses spellings only v1 has.
 fn looks_like_v1(text: &str) -> bool {
-    !text.contains("#true")
-        && !text.contains("#false")
-        && !text.contains("#null")
-        && !text.contains("\"\"\"")
-        && (text.contains("r#\"")
-            || text.contains("r\"")
-            || ["=true", "=false", "=null", " true", " false", " null"]
-                .iter()
-                .any(|s| text.contains(s)))
+    if text.contains("#true")
+        || text.contains("#false")
+        || text.contains("#null")
+        || text.contains("\"\"\"")
+    {
+        return false;
+    }
+    // A v1 raw string `r"..."` or `r#"..."#` starts a token: `r` after space or `=`.
+    let raw = text.match_indices('r').any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = &text[i + 1..];
+        before.is_none_or(|c| c.is_whitespace() || c == '=')
+            && (after.starts_with('"') || after.starts_with("#\""))
+    });
+    raw || ["=true", "=false", "=null"]
+        .iter()
+        .any(|s| text.contains(s))
 }
 
 fn syntax(err: kdl::KdlError) -> Vec<Problem> {

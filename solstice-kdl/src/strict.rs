@@ -781,6 +781,10 @@ impl Checker<'_> {
                     return self.err("this raw string is never closed");
                 }
                 Some(b'"') if self.closes(self.i + 1, hashes) => {
+                    // `kdl` refuses a raw string whose value is one `"`.
+                    if &self.s[start + 1..self.i] == b"\"" {
+                        return self.err("a raw string holding only `\"`: write \"\\\"\" instead");
+                    }
                     self.i += 1 + hashes;
                     return self.delimiter();
                 }
@@ -848,6 +852,15 @@ impl Checker<'_> {
                             self.i = line.first().map_or(self.i, |&(a, _)| a);
                             return self
                                 .err("this line is indented less than the closing `\"\"\"`");
+                        }
+                    }
+                    // `kdl` refuses a raw string whose value is one `"`.
+                    if hashes > 0 && lines.len() == 1 {
+                        let only: String =
+                            lines[0].iter().map(|&(a, b)| &self.text[a..b]).collect();
+                        if only.strip_prefix(indent.as_str()) == Some("\"") {
+                            return self
+                                .err("a raw string holding only `\"`: write \"\\\"\" instead");
                         }
                     }
                     self.i += 3 + hashes;
@@ -949,6 +962,8 @@ mod tests {
             "/-\nnode 1 2 ;\n",
             "a { /- b }",
             "node foo /-{\n}/-{\n}\n",
+            "de #\"\"\"\n\"\n\"\"\"#",
+            "de #\"\"\"\"#",
             "a /* unclosed",
             "a .5",
             "a #maybe",

@@ -1,0 +1,1059 @@
+//! The orchestrator engine: takes jobs from the queue up to its capacity,
+//! claims each in the store with a lease that a heartbeat renews, boots a VM
+//! through the provider, serves the runner over gRPC, masks and stores the
+//! logs, destroys the VM, records the outcome and releases the jobs whose
+//! `needs` are now met.
+//!
+//! Failure handling, in one place:
+//!
+//! | what happened | attempt | job |
+//! | --- | --- | --- |
+//! | every step passed (or was allowed to fail) | succeeded | succeeded |
+//! | a step failed, or the job timed out | failed | failed |
+//! | VM did not boot, runner lost or exited without reporting | lost | queued again while `retry` allows, else failed |
+//! | the engine holding it died (lease expired) | lost | queued again as a new attempt, `retry` or not |
+//! | a user cancelled | cancelled | cancelled |
+//! | something it needs did not succeed | (none) | skipped, with the reason |
+
+mod guest;
+mod service;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use solstice_kdl::{PlannedJob, Workflow};
+use solstice_queue::{Delivery, JobQueue};
+use solstice_vmm::{RunnerEndpoint, VmId, VmProvider, VmSpec, VmState};
+use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use guest::{FakeExecutor, RunnerGuest};
+
+use crate::log::{DEFAULT_LOG_CAP, LogIngest};
+use crate::store::{
+    Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, NewJob, RunId, RunStatus,
+    StateStore, StepStatus,
+};
+
+/// The queue message: one job of one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// The run.
+    pub run_id: RunId,
+    /// The job.
+    pub job_id: JobId,
+}
+
+/// Where the runner gets the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Checkout {
+    /// Nothing to check out.
+    None,
+    /// `git clone URL` and check out `commit`.
+    Git {
+        /// Clone URL.
+        url: String,
+        /// Commit to check out.
+        commit: String,
+    },
+    /// Copy a directory of the host (`cidev run`, local provider only).
+    Local {
+        /// The directory.
+        path: String,
+    },
+}
+
+/// What the store keeps as a job's spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredJob {
+    /// The planned job (matrix expanded, `needs` resolved).
+    pub planned: PlannedJob,
+    /// Job-level environment: workflow `env`, job `env`, `MATRIX_*`.
+    pub env: BTreeMap<String, String>,
+    /// Names of the secrets this job receives.
+    pub secrets: Vec<String>,
+    /// Where the code comes from.
+    pub checkout: Checkout,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This engine's unique name; leases are held in it.
+    pub holder: String,
+    /// Most jobs at once.
+    pub capacity: usize,
+    /// Lease length; the heartbeat renews it every third of that.
+    pub lease: Duration,
+    /// Timeout of jobs without `timeout`.
+    pub default_job_timeout: Duration,
+    /// Per-job log cap after masking.
+    pub log_cap: u64,
+    /// Secret values by name.
+    pub secrets: BTreeMap<String, String>,
+    /// Where the runner endpoint listens.
+    pub listen: SocketAddr,
+    /// How often a VM's state is checked while its job runs.
+    pub poll: Duration,
+    /// VM shape.
+    pub vcpus: u32,
+    /// VM memory.
+    pub memory_mib: u32,
+    /// VM disk.
+    pub disk_gib: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            holder: format!("engine-{}-{}", std::process::id(), now_ms()),
+            capacity: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            lease: Duration::from_secs(30),
+            default_job_timeout: Duration::from_secs(3600),
+            log_cap: DEFAULT_LOG_CAP,
+            secrets: BTreeMap::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            poll: Duration::from_millis(100),
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_gib: 20,
+        }
+    }
+}
+
+/// Why the engine could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] solstice_queue::QueueError),
+    /// The workflow cannot be planned.
+    #[error(transparent)]
+    Plan(#[from] solstice_kdl::PlanError),
+    /// The runner endpoint could not listen.
+    #[error("runner endpoint: {0}")]
+    Listen(std::io::Error),
+    /// A declared secret has no value.
+    #[error("secret `{0}` is declared by the workflow but has no value (use --secret {0}=VALUE)")]
+    MissingSecret(String),
+}
+
+/// What happens, for live output (`cidev run`) and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A job was published to the queue.
+    JobQueued {
+        /// Run.
+        run: RunId,
+        /// Expanded job id.
+        key: String,
+    },
+    /// An attempt started.
+    JobStarted {
+        /// Run.
+        run: RunId,
+        /// Expanded job id.
+        key: String,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// A step started.
+    StepStarted {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// Step index.
+        index: u32,
+        /// Step name.
+        name: String,
+    },
+    /// Output (masked).
+    Log {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// Step index (`u32::MAX`: the system).
+        step: u32,
+        /// 0 stdout, 1 stderr, 2 system.
+        stream: u8,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+    /// A step ended.
+    StepFinished {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// Step index.
+        index: u32,
+        /// Status.
+        status: StepStatus,
+        /// Exit status.
+        exit_code: i32,
+    },
+    /// An attempt was lost and the job goes round again.
+    JobRetrying {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// The attempt that was lost.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A job reached its final status.
+    JobFinished {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// Final status.
+        status: JobStatus,
+        /// Why, when not succeeded.
+        reason: Option<String>,
+    },
+    /// Every job of the run is final.
+    RunFinished {
+        /// Run.
+        run: RunId,
+        /// Final status.
+        status: RunStatus,
+    },
+}
+
+/// Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Succeeded,
+    Failed(String),
+    Lost(String),
+    Cancelled,
+}
+
+/// What the runner reported through the service.
+#[derive(Debug)]
+enum RunnerResult {
+    Finished {
+        success: bool,
+        failed_step: Option<String>,
+    },
+    Disconnected(String),
+}
+
+/// An attempt this engine is running: what the gRPC service needs.
+struct LiveAttempt {
+    attempt: Attempt,
+    run: RunId,
+    key: String,
+    stored: StoredJob,
+    secrets: BTreeMap<String, String>,
+    result: Mutex<Option<oneshot::Sender<RunnerResult>>>,
+    ingest: tokio::sync::Mutex<(LogIngest, i64)>,
+    failed_step: Mutex<Option<String>>,
+    cancel: Notify,
+}
+
+struct Inner {
+    config: EngineConfig,
+    store: Arc<dyn StateStore>,
+    queue: Arc<dyn JobQueue<JobMessage>>,
+    provider: Arc<dyn VmProvider>,
+    endpoint: SocketAddr,
+    live: Mutex<HashMap<AttemptId, Arc<LiveAttempt>>>,
+    cancelled_runs: Mutex<HashSet<RunId>>,
+    events: broadcast::Sender<EngineEvent>,
+    /// Long-lived tasks (endpoint, consumer, recovery).
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by `kill`: job tasks and heartbeats stop dead, as in a crash.
+    killed: tokio::sync::watch::Sender<bool>,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts serving the runner endpoint, recovers what an earlier life (or
+    /// a dead peer) left, and starts consuming the queue.
+    pub async fn start(
+        config: EngineConfig,
+        store: Arc<dyn StateStore>,
+        queue: Arc<dyn JobQueue<JobMessage>>,
+        provider: Arc<dyn VmProvider>,
+    ) -> Result<Engine, EngineError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(EngineError::Listen)?;
+        let endpoint = listener.local_addr().map_err(EngineError::Listen)?;
+        let (events, _) = broadcast::channel(1 << 16);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                queue,
+                provider,
+                endpoint,
+                live: Mutex::new(HashMap::new()),
+                cancelled_runs: Mutex::new(HashSet::new()),
+                events,
+                tasks: Mutex::new(Vec::new()),
+                killed: tokio::sync::watch::channel(false).0,
+            }),
+        };
+        let server = service::serve(engine.clone(), listener);
+        engine.spawn(server);
+        engine.recover().await?;
+        let consumer = engine.clone();
+        engine.spawn(async move { consumer.consume().await });
+        let keeper = engine.clone();
+        engine.spawn(async move {
+            let every = keeper.inner.config.lease / 2;
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = keeper.recover().await {
+                    tracing::warn!(error = %e, "recovery pass failed");
+                }
+            }
+        });
+        tracing::info!(holder = %engine.inner.config.holder, endpoint = %endpoint, "engine started");
+        Ok(engine)
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(f);
+        lock(&self.inner.tasks).push(handle);
+    }
+
+    /// The address runners connect to.
+    pub fn endpoint(&self) -> SocketAddr {
+        self.inner.endpoint
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.store
+    }
+
+    /// Live events.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, event: EngineEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Plans a workflow and inserts it as a run; queues the jobs without
+    /// `needs`. Fails before inserting anything if a secret has no value.
+    pub async fn submit(
+        &self,
+        workflow: &Workflow,
+        source: &str,
+        checkout: Checkout,
+    ) -> Result<RunId, EngineError> {
+        let plan = workflow.plan()?;
+        let mut new_jobs = Vec::with_capacity(plan.jobs.len());
+        for planned in plan.jobs {
+            let mut secrets: Vec<String> = workflow.secrets.clone();
+            for s in &planned.job.secrets {
+                if !secrets.contains(s) {
+                    secrets.push(s.clone());
+                }
+            }
+            if let Some(missing) = secrets
+                .iter()
+                .find(|s| !self.inner.config.secrets.contains_key(*s))
+            {
+                return Err(EngineError::MissingSecret(missing.clone()));
+            }
+            let mut env = workflow.env.clone();
+            env.extend(planned.job.env.clone());
+            for (axis, value) in &planned.matrix {
+                env.insert(format!("MATRIX_{}", axis.to_uppercase()), value.clone());
+            }
+            let key = planned.id.clone();
+            let needs = planned.job.needs.clone();
+            let label = planned
+                .job
+                .runs_on
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let max_attempts = planned.job.retry + 1;
+            let stored = StoredJob {
+                planned,
+                env,
+                secrets,
+                checkout: checkout.clone(),
+            };
+            let spec = serde_json::to_string(&stored)
+                .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+            new_jobs.push(NewJob {
+                key,
+                label,
+                spec,
+                needs,
+                max_attempts,
+            });
+        }
+        let name = workflow.name.clone().unwrap_or_else(|| "workflow".into());
+        let run = self
+            .inner
+            .store
+            .create_run(&name, source, &new_jobs, now_ms())
+            .await?;
+        self.schedule(run).await?;
+        Ok(run)
+    }
+
+    /// Cancels a run: waiting jobs are cancelled, running ones stopped.
+    pub async fn cancel_run(&self, run: RunId) -> Result<(), EngineError> {
+        lock(&self.inner.cancelled_runs).insert(run);
+        for job in self.inner.store.jobs(run).await? {
+            if self
+                .inner
+                .store
+                .transition_job(
+                    job.id,
+                    &[JobStatus::Pending, JobStatus::Queued],
+                    JobStatus::Cancelled,
+                    Some("cancelled"),
+                )
+                .await?
+            {
+                self.emit(EngineEvent::JobFinished {
+                    run,
+                    key: job.key.clone(),
+                    status: JobStatus::Cancelled,
+                    reason: Some("cancelled".into()),
+                });
+            }
+        }
+        let live: Vec<Arc<LiveAttempt>> = lock(&self.inner.live)
+            .values()
+            .filter(|l| l.run == run)
+            .cloned()
+            .collect();
+        for l in live {
+            l.cancel.notify_one();
+        }
+        self.schedule(run).await
+    }
+
+    /// Waits until the run is final.
+    pub async fn wait(&self, run: RunId) -> Result<RunStatus, EngineError> {
+        let mut events = self.subscribe();
+        loop {
+            if let Some(r) = self.inner.store.run(run).await?
+                && r.status != RunStatus::Running
+            {
+                return Ok(r.status);
+            }
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Stops everything at once, without recording or cleaning up: what a
+    /// crash looks like to the store and the provider. For fault tests.
+    pub fn kill(&self) {
+        let _ = self.inner.killed.send(true);
+        for t in lock(&self.inner.tasks).drain(..) {
+            t.abort();
+        }
+        lock(&self.inner.live).clear();
+    }
+
+    /// Cancels every run this engine is working on and waits until their
+    /// VMs are destroyed (Ctrl-C in `cidev run`).
+    pub async fn shutdown(&self) {
+        let runs: HashSet<RunId> = lock(&self.inner.live).values().map(|l| l.run).collect();
+        for run in runs {
+            let _ = self.cancel_run(run).await;
+        }
+        for _ in 0..600 {
+            if lock(&self.inner.live).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for t in lock(&self.inner.tasks).drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Queues jobs whose `needs` succeeded, skips jobs whose `needs` did
+    /// not, and finishes the run when every job is final.
+    async fn schedule(&self, run: RunId) -> Result<(), EngineError> {
+        loop {
+            let jobs = self.inner.store.jobs(run).await?;
+            let status: HashMap<&str, JobStatus> =
+                jobs.iter().map(|j| (j.key.as_str(), j.status)).collect();
+            let cancelled = lock(&self.inner.cancelled_runs).contains(&run);
+            let mut changed = false;
+            for job in jobs.iter().filter(|j| j.status == JobStatus::Pending) {
+                if cancelled {
+                    if self
+                        .inner
+                        .store
+                        .transition_job(
+                            job.id,
+                            &[JobStatus::Pending],
+                            JobStatus::Cancelled,
+                            Some("cancelled"),
+                        )
+                        .await?
+                    {
+                        changed = true;
+                    }
+                    continue;
+                }
+                let blocked = job.needs.iter().find(|n| {
+                    matches!(
+                        status.get(n.as_str()),
+                        Some(JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped)
+                    )
+                });
+                if let Some(need) = blocked {
+                    let reason = format!("needs `{need}`, which did not succeed");
+                    if self
+                        .inner
+                        .store
+                        .transition_job(
+                            job.id,
+                            &[JobStatus::Pending],
+                            JobStatus::Skipped,
+                            Some(&reason),
+                        )
+                        .await?
+                    {
+                        self.emit(EngineEvent::JobFinished {
+                            run,
+                            key: job.key.clone(),
+                            status: JobStatus::Skipped,
+                            reason: Some(reason),
+                        });
+                        changed = true;
+                    }
+                } else if job
+                    .needs
+                    .iter()
+                    .all(|n| status.get(n.as_str()) == Some(&JobStatus::Succeeded))
+                    && self
+                        .inner
+                        .store
+                        .transition_job(job.id, &[JobStatus::Pending], JobStatus::Queued, None)
+                        .await?
+                {
+                    self.inner
+                        .queue
+                        .publish(&JobMessage {
+                            run_id: run,
+                            job_id: job.id,
+                        })
+                        .await?;
+                    self.emit(EngineEvent::JobQueued {
+                        run,
+                        key: job.key.clone(),
+                    });
+                }
+            }
+            if changed {
+                continue;
+            }
+            if jobs.iter().all(|j| j.status.is_final())
+                && let Some(r) = self.inner.store.run(run).await?
+                && r.status == RunStatus::Running
+            {
+                let final_status = if jobs.iter().any(|j| j.status == JobStatus::Cancelled) {
+                    RunStatus::Cancelled
+                } else if jobs.iter().all(|j| j.status == JobStatus::Succeeded) {
+                    RunStatus::Succeeded
+                } else {
+                    RunStatus::Failed
+                };
+                self.inner
+                    .store
+                    .finish_run(run, final_status, now_ms())
+                    .await?;
+                self.emit(EngineEvent::RunFinished {
+                    run,
+                    status: final_status,
+                });
+            }
+            return Ok(());
+        }
+    }
+
+    /// Marks attempts with expired leases as lost and queues their jobs
+    /// again; then destroys VMs that no running attempt owns.
+    async fn recover(&self) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        for attempt in store.expired_attempts(now_ms()).await? {
+            let reason = format!(
+                "lease expired: engine `{}` stopped renewing it",
+                attempt.holder
+            );
+            if !store
+                .finish_attempt(attempt.id, AttemptStatus::Lost, Some(&reason), now_ms())
+                .await?
+            {
+                continue;
+            }
+            let Some(job) = store.job(attempt.job_id).await? else {
+                continue;
+            };
+            tracing::warn!(job = %job.key, attempt = attempt.number, "{reason}; running the job again");
+            // Our failure, not the job's: it does not use up `retry`.
+            store.add_attempts(job.id, 1).await?;
+            if store
+                .transition_job(job.id, &[JobStatus::Running], JobStatus::Queued, None)
+                .await?
+            {
+                self.emit(EngineEvent::JobRetrying {
+                    run: job.run_id,
+                    key: job.key.clone(),
+                    attempt: attempt.number,
+                    reason,
+                });
+                self.inner
+                    .queue
+                    .publish(&JobMessage {
+                        run_id: job.run_id,
+                        job_id: job.id,
+                    })
+                    .await?;
+            }
+        }
+        let owners: HashSet<String> = store
+            .running_attempts()
+            .await?
+            .iter()
+            .map(|a| a.id.to_string())
+            .collect();
+        match self.inner.provider.list().await {
+            Ok(vms) => {
+                for vm in vms.into_iter().filter(|vm| !owners.contains(&vm.owner)) {
+                    tracing::info!(vm = %vm.id, owner = %vm.owner, "reaping a VM no running attempt owns");
+                    if let Err(e) = self.inner.provider.destroy(&vm.id).await {
+                        tracing::warn!(vm = %vm.id, error = %e, "reaping failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list VMs to reap"),
+        }
+        Ok(())
+    }
+
+    async fn consume(&self) {
+        let capacity = self.inner.config.capacity.max(1);
+        let slots = Arc::new(Semaphore::new(capacity));
+        let mut consumer = match self.inner.queue.consume(capacity).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot consume the job queue");
+                return;
+            }
+        };
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let delivery = match consumer.next().await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::info!(error = %e, "job queue closed");
+                    return;
+                }
+            };
+            let engine = self.clone();
+            let msg = delivery.message().clone();
+            let span = tracing::info_span!("job", run = msg.run_id, job = msg.job_id);
+            let mut killed = self.inner.killed.subscribe();
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        () = engine.handle(delivery) => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery<JobMessage>) {
+        let msg = delivery.message().clone();
+        match self.run_job(&msg).await {
+            Ok(()) => {
+                let _ = delivery.ack().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "job handling failed; the message goes back to the queue");
+                let _ = delivery.nack(true).await;
+            }
+        }
+        if let Err(e) = self.schedule(msg.run_id).await {
+            tracing::error!(error = %e, "scheduling failed");
+        }
+    }
+
+    async fn run_job(&self, msg: &JobMessage) -> Result<(), EngineError> {
+        let store = self.inner.store.clone();
+        let Some(job) = store.job(msg.job_id).await? else {
+            return Ok(());
+        };
+        if job.status != JobStatus::Queued {
+            return Ok(()); // a stale or duplicate message
+        }
+        if lock(&self.inner.cancelled_runs).contains(&msg.run_id) {
+            store
+                .transition_job(
+                    job.id,
+                    &[JobStatus::Queued],
+                    JobStatus::Cancelled,
+                    Some("cancelled"),
+                )
+                .await?;
+            return Ok(());
+        }
+        let stored: StoredJob = serde_json::from_str(&job.spec)
+            .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+        let token = new_token();
+        let lease = self.inner.config.lease;
+        let attempt = match store
+            .claim(
+                job.id,
+                &self.inner.config.holder,
+                now_ms() + lease.as_millis() as i64,
+                &hash_token(&token),
+                now_ms(),
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(crate::store::StoreError::Conflict(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let span = tracing::info_span!("attempt", key = %job.key, attempt = attempt.number);
+        self.attempt(job, stored, attempt, token)
+            .instrument(span)
+            .await
+    }
+
+    async fn attempt(
+        &self,
+        job: Job,
+        stored: StoredJob,
+        attempt: Attempt,
+        token: String,
+    ) -> Result<(), EngineError> {
+        let store = self.inner.store.clone();
+        let run = job.run_id;
+        self.emit(EngineEvent::JobStarted {
+            run,
+            key: job.key.clone(),
+            attempt: attempt.number,
+        });
+        let secrets: BTreeMap<String, String> = stored
+            .secrets
+            .iter()
+            .filter_map(|n| {
+                self.inner
+                    .config
+                    .secrets
+                    .get(n)
+                    .map(|v| (n.clone(), v.clone()))
+            })
+            .collect();
+        let secret_values: Vec<String> = secrets.values().cloned().collect();
+        let (result_tx, result_rx) = oneshot::channel();
+        let timeout = stored
+            .planned
+            .job
+            .timeout
+            .map_or(self.inner.config.default_job_timeout, |t| t.to_std());
+        let live = Arc::new(LiveAttempt {
+            attempt: attempt.clone(),
+            run,
+            key: job.key.clone(),
+            stored,
+            secrets,
+            result: Mutex::new(Some(result_tx)),
+            ingest: tokio::sync::Mutex::new((
+                LogIngest::new(&secret_values, self.inner.config.log_cap),
+                0,
+            )),
+            failed_step: Mutex::new(None),
+            cancel: Notify::new(),
+        });
+        lock(&self.inner.live).insert(attempt.id, live.clone());
+
+        let lease = self.inner.config.lease;
+        let heartbeat = {
+            let store = store.clone();
+            let holder = self.inner.config.holder.clone();
+            let live = live.clone();
+            let mut killed = self.inner.killed.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(lease / 3) => {}
+                        _ = killed.wait_for(|k| *k) => return,
+                    }
+                    match store
+                        .renew_lease(
+                            live.attempt.id,
+                            &holder,
+                            now_ms() + lease.as_millis() as i64,
+                        )
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lost the lease; stopping the attempt");
+                            live.cancel.notify_one();
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                    }
+                }
+            })
+        };
+
+        let spec = VmSpec {
+            name: format!("solstice-r{}-j{}-a{}", run, job.id, attempt.number),
+            label: job.label.clone(),
+            vcpus: self.inner.config.vcpus,
+            memory_mib: self.inner.config.memory_mib,
+            disk_gib: self.inner.config.disk_gib,
+            endpoint: RunnerEndpoint::Tcp(self.inner.endpoint.to_string()),
+            token,
+            owner: attempt.id.to_string(),
+        };
+        let mut vm: Option<VmId> = None;
+        let outcome = match self.inner.provider.provision(&spec).await {
+            Err(e) => Outcome::Lost(format!("VM failed to boot: {e}")),
+            Ok(handle) => {
+                store.set_vm(attempt.id, &handle.id.0).await?;
+                vm = Some(handle.id.clone());
+                self.watch(&live, &handle.id, result_rx, timeout).await
+            }
+        };
+        heartbeat.abort();
+        if let Some(id) = &vm
+            && let Err(e) = self.inner.provider.destroy(id).await
+        {
+            tracing::warn!(vm = %id, error = %e, "destroying the VM failed; the reaper will retry");
+        }
+        let reason_line = match &outcome {
+            Outcome::Succeeded => None,
+            Outcome::Failed(r) | Outcome::Lost(r) => Some(r.clone()),
+            Outcome::Cancelled => Some("cancelled".to_string()),
+        };
+        if let Some(r) = &reason_line {
+            self.system_log(
+                &live,
+                &format!("[solstice] attempt {}: {r}\n", attempt.number),
+            )
+            .await;
+        }
+        self.flush_log(&live).await;
+        lock(&self.inner.live).remove(&attempt.id);
+
+        let (attempt_status, reason) = match &outcome {
+            Outcome::Succeeded => (AttemptStatus::Succeeded, None),
+            Outcome::Failed(r) => (AttemptStatus::Failed, Some(r.clone())),
+            Outcome::Lost(r) => (AttemptStatus::Lost, Some(r.clone())),
+            Outcome::Cancelled => (AttemptStatus::Cancelled, Some("cancelled".into())),
+        };
+        if !store
+            .finish_attempt(attempt.id, attempt_status, reason.as_deref(), now_ms())
+            .await?
+        {
+            // Someone else (recovery after a lost lease) already ended it.
+            return Ok(());
+        }
+        let current = store
+            .job(job.id)
+            .await?
+            .map(|j| (j.attempts, j.max_attempts))
+            .unwrap_or((attempt.number, attempt.number));
+        let (job_status, reason) = match outcome {
+            Outcome::Succeeded => (JobStatus::Succeeded, None),
+            Outcome::Failed(r) => (JobStatus::Failed, Some(r)),
+            Outcome::Cancelled => (JobStatus::Cancelled, Some("cancelled".into())),
+            Outcome::Lost(r)
+                if current.0 < current.1 && !lock(&self.inner.cancelled_runs).contains(&run) =>
+            {
+                if store
+                    .transition_job(job.id, &[JobStatus::Running], JobStatus::Queued, Some(&r))
+                    .await?
+                {
+                    self.emit(EngineEvent::JobRetrying {
+                        run,
+                        key: job.key.clone(),
+                        attempt: attempt.number,
+                        reason: r,
+                    });
+                    self.inner
+                        .queue
+                        .publish(&JobMessage {
+                            run_id: run,
+                            job_id: job.id,
+                        })
+                        .await?;
+                }
+                return Ok(());
+            }
+            Outcome::Lost(r) => (JobStatus::Failed, Some(format!("{r} (no attempts left)"))),
+        };
+        store
+            .transition_job(job.id, &[JobStatus::Running], job_status, reason.as_deref())
+            .await?;
+        self.emit(EngineEvent::JobFinished {
+            run,
+            key: job.key,
+            status: job_status,
+            reason,
+        });
+        Ok(())
+    }
+
+    /// Waits for the runner's result, the VM's death, the timeout or a cancel.
+    async fn watch(
+        &self,
+        live: &Arc<LiveAttempt>,
+        vm: &VmId,
+        mut result: oneshot::Receiver<RunnerResult>,
+        timeout: Duration,
+    ) -> Outcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = tokio::time::interval(self.inner.config.poll);
+        let mut stopped_at: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                r = &mut result => {
+                    return match r {
+                        Ok(RunnerResult::Finished { success: true, .. }) => Outcome::Succeeded,
+                        Ok(RunnerResult::Finished { success: false, failed_step }) => Outcome::Failed(
+                            failed_step.map_or_else(|| "the job failed".to_string(), |s| format!("step `{s}` failed"))),
+                        Ok(RunnerResult::Disconnected(why)) => Outcome::Lost(format!("runner lost: {why}")),
+                        Err(_) => Outcome::Lost("runner lost".into()),
+                    };
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Outcome::Failed(format!("timed out after {}", solstice_kdl::Duration::from_secs(timeout.as_secs().max(1))));
+                }
+                _ = live.cancel.notified() => return Outcome::Cancelled,
+                _ = poll.tick() => {
+                    match self.inner.provider.state(vm).await {
+                        Ok(VmState::Stopped(_)) | Ok(VmState::Failed(_)) | Err(_) => {
+                            // Give the runner's last events a moment to land.
+                            let since = *stopped_at.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() > Duration::from_secs(2) {
+                                return Outcome::Lost("the VM stopped before the runner reported the end of the job".into());
+                            }
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn system_log(&self, live: &LiveAttempt, text: &str) {
+        self.append_log(live, u32::MAX, 2, text.as_bytes()).await;
+    }
+
+    /// Masks and stores output; also publishes it as an event.
+    async fn append_log(&self, live: &LiveAttempt, step: u32, stream: u8, data: &[u8]) {
+        let mut guard = live.ingest.lock().await;
+        let masked = guard.0.push(data);
+        if masked.is_empty() {
+            return;
+        }
+        let seq = guard.1;
+        guard.1 += 1;
+        drop(guard);
+        self.store_chunk(live, seq, step, stream, masked).await;
+    }
+
+    async fn flush_log(&self, live: &LiveAttempt) {
+        let mut guard = live.ingest.lock().await;
+        let rest = guard.0.finish();
+        if rest.is_empty() {
+            return;
+        }
+        let seq = guard.1;
+        guard.1 += 1;
+        drop(guard);
+        self.store_chunk(live, seq, u32::MAX, 2, rest).await;
+    }
+
+    async fn store_chunk(
+        &self,
+        live: &LiveAttempt,
+        seq: i64,
+        step: u32,
+        stream: u8,
+        data: Vec<u8>,
+    ) {
+        let chunk = LogChunk {
+            attempt_id: live.attempt.id,
+            seq,
+            step,
+            stream,
+            data: data.clone(),
+            at: now_ms(),
+        };
+        if let Err(e) = self.inner.store.append_logs(&[chunk]).await {
+            tracing::error!(error = %e, "storing a log chunk failed");
+        }
+        self.emit(EngineEvent::Log {
+            run: live.run,
+            key: live.key.clone(),
+            step,
+            stream,
+            data,
+        });
+    }
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Tokens are stored hashed: a leaked database does not leak live tokens.
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}

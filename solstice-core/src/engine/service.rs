@@ -1,0 +1,244 @@
+//! The runner endpoint: the gRPC service runners connect to.
+
+use std::sync::Arc;
+
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Engine, LiveAttempt, RunnerResult, hash_token, lock, now_ms};
+use crate::protocol::pb::{self, runner_event::Event};
+use crate::protocol::token_of;
+use crate::store::{AttemptStatus, StepRecord, StepStatus};
+
+/// Largest message a runner may send (log chunks are 64 KiB).
+const MAX_MESSAGE: usize = 4 << 20;
+
+pub(super) async fn serve(engine: Engine, listener: tokio::net::TcpListener) {
+    let service = pb::runner_server::RunnerServer::new(RunnerService { engine })
+        .max_decoding_message_size(MAX_MESSAGE);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "runner endpoint stopped");
+    }
+}
+
+struct RunnerService {
+    engine: Engine,
+}
+
+impl RunnerService {
+    /// The live attempt a token belongs to, if the token may still be used.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<LiveAttempt>, Status> {
+        let token = token_of(request)?;
+        let denied = || Status::permission_denied("invalid, expired or used job token");
+        let attempt = self
+            .engine
+            .inner
+            .store
+            .attempt_by_token(&hash_token(&token))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(denied)?;
+        if attempt.status != AttemptStatus::Running || attempt.lease_expires_at < now_ms() {
+            return Err(denied());
+        }
+        lock(&self.engine.inner.live)
+            .get(&attempt.id)
+            .cloned()
+            .ok_or_else(denied)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::runner_server::Runner for RunnerService {
+    async fn fetch_job(
+        &self,
+        request: Request<pb::FetchJobRequest>,
+    ) -> Result<Response<pb::JobSpec>, Status> {
+        let live = self.authorize(&request).await?;
+        let first_use = self
+            .engine
+            .inner
+            .store
+            .use_token(live.attempt.id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !first_use {
+            return Err(Status::permission_denied(
+                "invalid, expired or used job token",
+            ));
+        }
+        Ok(Response::new(job_spec(&live)))
+    }
+
+    async fn report_events(
+        &self,
+        request: Request<Streaming<pb::RunnerEvent>>,
+    ) -> Result<Response<pb::ReportAck>, Status> {
+        let live = self.authorize(&request).await?;
+        let mut stream = request.into_inner();
+        let engine = &self.engine;
+        let store = &engine.inner.store;
+        let steps = &live.stored.planned.job.steps;
+        let name = |i: u32| {
+            steps
+                .get(i as usize)
+                .map(|s| s.display_name().to_string())
+                .unwrap_or_default()
+        };
+        let ending = loop {
+            let event = match stream.message().await {
+                Ok(Some(pb::RunnerEvent { event: Some(e) })) => e,
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    break RunnerResult::Disconnected(
+                        "the runner closed its report stream without ending the job".into(),
+                    );
+                }
+                Err(status) => break RunnerResult::Disconnected(status.message().to_string()),
+            };
+            match event {
+                Event::StepStarted(s) if (s.index as usize) < steps.len() => {
+                    let record = StepRecord {
+                        attempt_id: live.attempt.id,
+                        index: s.index,
+                        name: name(s.index),
+                        status: StepStatus::Running,
+                        exit_code: None,
+                        started_at: Some(now_ms()),
+                        finished_at: None,
+                    };
+                    store
+                        .put_step(&record)
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    engine.emit(super::EngineEvent::StepStarted {
+                        run: live.run,
+                        key: live.key.clone(),
+                        index: s.index,
+                        name: name(s.index),
+                    });
+                }
+                Event::Log(chunk) => {
+                    let stream = u8::try_from(chunk.stream).unwrap_or(2).min(2);
+                    engine
+                        .append_log(&live, chunk.step, stream, &chunk.data)
+                        .await;
+                }
+                Event::StepFinished(s) if (s.index as usize) < steps.len() => {
+                    let status = if s.timed_out {
+                        StepStatus::TimedOut
+                    } else if s.exit_code == 0 {
+                        StepStatus::Succeeded
+                    } else {
+                        StepStatus::Failed
+                    };
+                    if !s.error.is_empty() {
+                        engine
+                            .system_log(
+                                &live,
+                                &format!(
+                                    "[solstice] step `{}` could not run: {}\n",
+                                    name(s.index),
+                                    s.error
+                                ),
+                            )
+                            .await;
+                    }
+                    let continue_on_error = steps
+                        .get(s.index as usize)
+                        .is_some_and(|st| st.continue_on_error);
+                    if status != StepStatus::Succeeded && !continue_on_error {
+                        *lock(&live.failed_step) = Some(name(s.index));
+                    }
+                    let record = StepRecord {
+                        attempt_id: live.attempt.id,
+                        index: s.index,
+                        name: name(s.index),
+                        status,
+                        exit_code: Some(s.exit_code),
+                        started_at: None,
+                        finished_at: Some(now_ms()),
+                    };
+                    store
+                        .put_step(&record)
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    engine.emit(super::EngineEvent::StepFinished {
+                        run: live.run,
+                        key: live.key.clone(),
+                        index: s.index,
+                        status,
+                        exit_code: s.exit_code,
+                    });
+                }
+                Event::JobFinished(f) => {
+                    break RunnerResult::Finished {
+                        success: f.success,
+                        failed_step: lock(&live.failed_step).clone(),
+                    };
+                }
+                // A step index the job does not have: a confused or hostile runner.
+                Event::StepStarted(_) | Event::StepFinished(_) => {
+                    break RunnerResult::Disconnected(
+                        "the runner reported a step the job does not have".into(),
+                    );
+                }
+            }
+        };
+        if let Some(tx) = lock(&live.result).take() {
+            let _ = tx.send(ending);
+        }
+        Ok(Response::new(pb::ReportAck {}))
+    }
+}
+
+/// The spec the runner gets: built-in variables first, then the job's.
+fn job_spec(live: &LiveAttempt) -> pb::JobSpec {
+    let job = &live.stored.planned.job;
+    let mut env: std::collections::HashMap<String, String> = [
+        ("CI", "true".to_string()),
+        ("SOLSTICE", "true".to_string()),
+        ("SOLSTICE_RUN_ID", live.run.to_string()),
+        ("SOLSTICE_JOB_ID", live.key.clone()),
+        ("SOLSTICE_ATTEMPT", live.attempt.number.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    env.extend(live.stored.env.clone());
+    let checkout = match &live.stored.checkout {
+        super::Checkout::None => None,
+        super::Checkout::Git { url, commit } => Some(pb::checkout::Source::Git(pb::GitCheckout {
+            url: url.clone(),
+            commit: commit.clone(),
+        })),
+        super::Checkout::Local { path } => Some(pb::checkout::Source::Local(pb::LocalCheckout {
+            path: path.clone(),
+        })),
+    };
+    pb::JobSpec {
+        run_id: live.run.to_string(),
+        job_id: live.key.clone(),
+        attempt: live.attempt.number,
+        steps: job
+            .steps
+            .iter()
+            .map(|s| pb::StepSpec {
+                name: s.display_name().to_string(),
+                run: s.run.clone(),
+                env: s.env.clone().into_iter().collect(),
+                workdir: s.workdir.clone().unwrap_or_default(),
+                timeout_secs: s.timeout.map_or(0, |t| t.as_secs()),
+                continue_on_error: s.continue_on_error,
+            })
+            .collect(),
+        env,
+        secrets: live.secrets.clone().into_iter().collect(),
+        checkout: Some(pb::Checkout { source: checkout }),
+        workdir: job.workdir.clone().unwrap_or_default(),
+    }
+}

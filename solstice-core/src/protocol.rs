@@ -1,0 +1,30 @@
+//! The runner protocol (`proto/runner.proto`), compiled with `protox` and
+//! `tonic`. The job token travels as `authorization: Bearer <token>`.
+
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("solstice.runner.v1");
+}
+
+/// The metadata key carrying the job token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// `Bearer <token>` for the metadata.
+pub fn bearer(
+    token: &str,
+) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| tonic::Status::invalid_argument("the token is not valid ASCII"))
+}
+
+/// The token from a request's metadata.
+pub fn token_of<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
+    request
+        .metadata()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+        .ok_or_else(|| tonic::Status::unauthenticated("missing job token"))
+}

@@ -1,0 +1,451 @@
+//! The runner: what runs inside a VM. It connects out to the orchestrator,
+//! trades its token for the job, checks the code out, runs each step and
+//! streams everything back as it happens. No database, broker or HTTP
+//! server code is reachable from here (the `protocol` feature alone).
+//!
+//! Steps run with `bash -e -c SCRIPT` (`sh -e -c` where bash is missing),
+//! in their own process group, which is killed as a whole on timeout.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::protocol::bearer;
+use crate::protocol::pb::{self, runner_client::RunnerClient, runner_event::Event};
+
+/// Why the runner could not do its job (a step failing is not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// Could not reach the orchestrator.
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    /// The orchestrator refused or failed a call.
+    #[error("orchestrator: {0}")]
+    Rpc(#[from] tonic::Status),
+    /// Checkout or workspace trouble.
+    #[error("checkout: {0}")]
+    Checkout(String),
+}
+
+/// Where to connect and with what.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// `http://host:port`.
+    pub endpoint: String,
+    /// The single-use job token.
+    pub token: String,
+    /// The directory to check out into and run in.
+    pub workspace: PathBuf,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// Exit status (-1 when killed or not started).
+    pub exit_code: i32,
+    /// Killed by its timeout.
+    pub timed_out: bool,
+}
+
+/// Output of a running step, as it is produced.
+pub type OutputSink = mpsc::Sender<(pb::Stream, Vec<u8>)>;
+
+/// Runs one step. [`ShellExecutor`] is the real one; tests and benchmarks
+/// use a fake that starts no processes.
+#[async_trait::async_trait]
+pub trait StepExecutor: Send + Sync {
+    /// Runs `step` in `dir` with `env` (complete: merged and with secrets),
+    /// sending output to `out` as it appears.
+    async fn run(
+        &self,
+        step: &pb::StepSpec,
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        out: OutputSink,
+    ) -> Result<StepOutcome, String>;
+}
+
+/// Runs steps with the shell (see the module docs).
+pub struct ShellExecutor;
+
+fn shell() -> (&'static str, &'static [&'static str]) {
+    if Path::new("/bin/bash").exists() || Path::new("/usr/bin/bash").exists() {
+        ("bash", &["-e", "-c"])
+    } else {
+        ("sh", &["-e", "-c"])
+    }
+}
+
+#[async_trait::async_trait]
+impl StepExecutor for ShellExecutor {
+    async fn run(
+        &self,
+        step: &pb::StepSpec,
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        out: OutputSink,
+    ) -> Result<StepOutcome, String> {
+        let (program, flags) = shell();
+        let mut child = Command::new(program)
+            .args(flags)
+            .arg(&step.run)
+            .current_dir(dir)
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let pgid = child.id().map(|p| p as i32);
+        let pump = |mut pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    stream: pb::Stream,
+                    out: OutputSink| async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if out.send((stream, buf[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        let stdout = child
+            .stdout
+            .take()
+            .map(|p| tokio::spawn(pump(Box::new(p), pb::Stream::Stdout, out.clone())));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| tokio::spawn(pump(Box::new(p), pb::Stream::Stderr, out.clone())));
+        let limit = (step.timeout_secs > 0).then(|| Duration::from_secs(step.timeout_secs));
+        let waited = match limit {
+            Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
+            None => Some(child.wait().await),
+        };
+        let outcome = match waited {
+            Some(Ok(status)) => StepOutcome {
+                exit_code: status.code().unwrap_or(-1),
+                timed_out: false,
+            },
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {
+                if let Some(pgid) = pgid {
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                }
+                let _ = child.wait().await;
+                StepOutcome {
+                    exit_code: -1,
+                    timed_out: true,
+                }
+            }
+        };
+        // The step's process group is gone with it: kill stragglers that
+        // still hold the pipes open, then drain what is left.
+        if let Some(pgid) = pgid {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        for task in [stdout, stderr].into_iter().flatten() {
+            let _ = task.await;
+        }
+        Ok(outcome)
+    }
+}
+
+/// Connects, fetches the job, runs it, reports it. Returns whether the job
+/// succeeded. `stop_after_steps` makes the runner vanish after that many
+/// steps without reporting the end (a crash, for fault tests).
+pub async fn run(
+    config: &RunnerConfig,
+    executor: &dyn StepExecutor,
+    stop_after_steps: Option<u32>,
+) -> Result<bool, RunnerError> {
+    let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|e| RunnerError::Connect(config.endpoint.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|e| RunnerError::Connect(config.endpoint.clone(), e.to_string()))?;
+    let mut client = RunnerClient::new(channel).max_decoding_message_size(64 << 20);
+    let token = bearer(&config.token)?;
+    let mut request = tonic::Request::new(pb::FetchJobRequest {
+        runner_version: env!("CARGO_PKG_VERSION").into(),
+    });
+    request
+        .metadata_mut()
+        .insert(crate::protocol::AUTHORIZATION, token.clone());
+    let job = client.fetch_job(request).await?.into_inner();
+    tracing::info!(run = %job.run_id, job = %job.job_id, attempt = job.attempt, "runner: job fetched");
+
+    let (events, rx) = mpsc::channel::<pb::RunnerEvent>(256);
+    let mut report = tonic::Request::new(ReceiverStream::new(rx));
+    report
+        .metadata_mut()
+        .insert(crate::protocol::AUTHORIZATION, token);
+    let mut reporter = client.clone();
+    let reporting = tokio::spawn(async move { reporter.report_events(report).await });
+
+    let success = execute(&job, &config.workspace, executor, &events, stop_after_steps).await;
+    if let Some(success) = success {
+        let _ = events
+            .send(event(Event::JobFinished(pb::JobFinished {
+                success,
+                error: String::new(),
+            })))
+            .await;
+    }
+    drop(events);
+    match reporting.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => return Err(RunnerError::Rpc(status)),
+        Err(e) => return Err(RunnerError::Rpc(tonic::Status::internal(e.to_string()))),
+    }
+    Ok(success.unwrap_or(false))
+}
+
+fn event(e: Event) -> pb::RunnerEvent {
+    pb::RunnerEvent { event: Some(e) }
+}
+
+async fn system_line(events: &mpsc::Sender<pb::RunnerEvent>, step: u32, text: String) {
+    let _ = events
+        .send(event(Event::Log(pb::LogChunk {
+            step,
+            stream: pb::Stream::System as i32,
+            data: text.into_bytes(),
+        })))
+        .await;
+}
+
+/// Runs the job; `None` when the runner "crashed" on purpose.
+async fn execute(
+    job: &pb::JobSpec,
+    workspace: &Path,
+    executor: &dyn StepExecutor,
+    events: &mpsc::Sender<pb::RunnerEvent>,
+    stop_after_steps: Option<u32>,
+) -> Option<bool> {
+    let checkout = workspace.join("checkout");
+    if let Err(e) = check_out(job.checkout.as_ref(), &checkout).await {
+        system_line(events, u32::MAX, format!("checkout failed: {e}\n")).await;
+        return Some(false);
+    }
+    let mut success = true;
+    for (i, step) in job.steps.iter().enumerate() {
+        let index = i as u32;
+        if stop_after_steps == Some(index) {
+            return None;
+        }
+        let _ = events
+            .send(event(Event::StepStarted(pb::StepStarted { index })))
+            .await;
+        let env = step_environment(job, step);
+        let dir = match step_dir(&checkout, &job.workdir, &step.workdir) {
+            Ok(d) => d,
+            Err(e) => {
+                finish_step(events, index, -1, false, e.clone()).await;
+                success = false;
+                break;
+            }
+        };
+        let (out_tx, mut out_rx) = mpsc::channel::<(pb::Stream, Vec<u8>)>(64);
+        let forward = {
+            let events = events.clone();
+            tokio::spawn(async move {
+                while let Some((stream, data)) = out_rx.recv().await {
+                    let chunk = pb::LogChunk {
+                        step: index,
+                        stream: stream as i32,
+                        data,
+                    };
+                    if events.send(event(Event::Log(chunk))).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = executor.run(step, &dir, &env, out_tx).await;
+        let _ = forward.await;
+        let (code, timed_out, error) = match result {
+            Ok(o) => (o.exit_code, o.timed_out, String::new()),
+            Err(e) => (-1, false, e),
+        };
+        if timed_out {
+            system_line(
+                events,
+                index,
+                format!(
+                    "step timed out after {}s and was killed\n",
+                    step.timeout_secs
+                ),
+            )
+            .await;
+        }
+        finish_step(events, index, code, timed_out, error).await;
+        if code != 0 && !step.continue_on_error {
+            success = false;
+            break;
+        }
+    }
+    Some(success)
+}
+
+async fn finish_step(
+    events: &mpsc::Sender<pb::RunnerEvent>,
+    index: u32,
+    exit_code: i32,
+    timed_out: bool,
+    error: String,
+) {
+    let _ = events
+        .send(event(Event::StepFinished(pb::StepFinished {
+            index,
+            exit_code,
+            timed_out,
+            error,
+        })))
+        .await;
+}
+
+/// The one place that builds a step's environment: the runner's own
+/// environment, then the job's (built-ins, workflow, job, matrix), then the
+/// step's, then the job's secrets.
+pub fn step_environment(job: &pb::JobSpec, step: &pb::StepSpec) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("SOLSTICE_JOB_TOKEN"))
+        .collect();
+    env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(job.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+fn step_dir(checkout: &Path, job_dir: &str, step_dir: &str) -> Result<PathBuf, String> {
+    let rel = if step_dir.is_empty() {
+        job_dir
+    } else {
+        step_dir
+    };
+    // The workflow was validated, but the runner checks again: the spec
+    // crossed a network.
+    if rel.split(['/', '\\']).any(|c| c == "..") || rel.starts_with('/') {
+        return Err(format!("workdir `{rel}` leaves the checkout"));
+    }
+    let dir = if rel.is_empty() || rel == "." {
+        checkout.to_path_buf()
+    } else {
+        checkout.join(rel)
+    };
+    if !dir.is_dir() {
+        return Err(format!("workdir `{rel}` does not exist in the checkout"));
+    }
+    Ok(dir)
+}
+
+async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), String> {
+    tokio::fs::create_dir_all(dest)
+        .await
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    match checkout.and_then(|c| c.source.as_ref()) {
+        None => Ok(()),
+        Some(pb::checkout::Source::Git(g)) => {
+            let ok = Command::new("git")
+                .args(["clone", "--quiet", "--no-checkout", &g.url, "."])
+                .current_dir(dest)
+                .status()
+                .await;
+            if !matches!(ok, Ok(s) if s.success()) {
+                return Err(format!("git clone {} failed", g.url));
+            }
+            let ok = Command::new("git")
+                .args(["checkout", "--quiet", "--detach", &g.commit])
+                .current_dir(dest)
+                .status()
+                .await;
+            if !matches!(ok, Ok(s) if s.success()) {
+                return Err(format!("git checkout {} failed", g.commit));
+            }
+            Ok(())
+        }
+        Some(pb::checkout::Source::Local(l)) => copy_tree(Path::new(&l.path), dest).await,
+    }
+}
+
+/// Copies a working tree: in a git repository the tracked files and the
+/// untracked ones git does not ignore (so `target/` stays behind);
+/// elsewhere everything but `.git`.
+async fn copy_tree(src: &Path, dest: &Path) -> Result<(), String> {
+    let listed = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(src)
+        .output()
+        .await;
+    let files: Vec<PathBuf> = match listed {
+        Ok(out) if out.status.success() => out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+            .collect(),
+        _ => walk(src).map_err(|e| format!("{}: {e}", src.display()))?,
+    };
+    for rel in files {
+        let from = src.join(&rel);
+        let to = dest.join(&rel);
+        if let Some(parent) = to.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        match tokio::fs::symlink_metadata(&from).await {
+            Ok(m) if m.is_file() => {
+                tokio::fs::copy(&from, &to)
+                    .await
+                    .map_err(|e| format!("{}: {e}", from.display()))?;
+            }
+            _ => {} // deleted since listed, a symlink, or a submodule: skipped
+        }
+    }
+    Ok(())
+}
+
+fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(root.join(&rel))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == ".git" {
+                continue;
+            }
+            let path = rel.join(&name);
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,477 @@
+//! The engine end to end with the mock provider: the real runner code runs
+//! in process (with a fake step executor) and talks gRPC to the engine,
+//! which uses a memory queue and a SQLite store.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use solstice_core::engine::{
+    Checkout, Engine, EngineConfig, FakeExecutor, JobMessage, RunnerGuest,
+};
+use solstice_core::protocol::pb;
+use solstice_core::store::{
+    AttemptStatus, JobStatus, RunId, RunStatus, SqlStore, StateStore, StepStatus,
+};
+use solstice_queue::{MemoryQueue, QueueOptions};
+use solstice_vmm::{Guest, GuestContext, MockScript, MockVmProvider, RunnerEndpoint};
+
+struct Setup {
+    engine: Engine,
+    store: Arc<dyn StateStore>,
+    provider: MockVmProvider,
+    _dir: tempfile::TempDir,
+}
+
+fn config(secrets: &[(&str, &str)]) -> EngineConfig {
+    EngineConfig {
+        capacity: 4,
+        lease: Duration::from_secs(10),
+        poll: Duration::from_millis(20),
+        secrets: secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..EngineConfig::default()
+    }
+}
+
+async fn setup_with(provider: MockVmProvider, config: EngineConfig) -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn StateStore> = Arc::new(
+        SqlStore::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
+        .await
+        .expect("store"),
+    );
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let engine = Engine::start(config, store.clone(), queue, Arc::new(provider.clone()))
+        .await
+        .expect("engine");
+    Setup {
+        engine,
+        store,
+        provider,
+        _dir: dir,
+    }
+}
+
+async fn setup(secrets: &[(&str, &str)]) -> Setup {
+    setup_with(
+        MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
+        config(secrets),
+    )
+    .await
+}
+
+async fn run(s: &Setup, workflow: &str) -> (RunId, RunStatus) {
+    let wf = solstice_kdl::parse(workflow).expect("valid workflow");
+    let run = s
+        .engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    let status = tokio::time::timeout(Duration::from_secs(60), s.engine.wait(run))
+        .await
+        .expect("run ends")
+        .expect("wait");
+    (run, status)
+}
+
+async fn job_status(s: &Setup, run: RunId, key: &str) -> (JobStatus, Option<String>) {
+    let jobs = s.store.jobs(run).await.expect("jobs");
+    let j = jobs
+        .iter()
+        .find(|j| j.key == key)
+        .unwrap_or_else(|| panic!("no job {key}"));
+    (j.status, j.reason.clone())
+}
+
+async fn log_text(s: &Setup, run: RunId, key: &str, attempt: usize) -> String {
+    let jobs = s.store.jobs(run).await.expect("jobs");
+    let j = jobs.iter().find(|j| j.key == key).expect("job");
+    let attempts = s.store.attempts(j.id).await.expect("attempts");
+    let chunks = s.store.logs(attempts[attempt].id).await.expect("logs");
+    String::from_utf8_lossy(
+        &chunks
+            .iter()
+            .flat_map(|c| c.data.clone())
+            .collect::<Vec<u8>>(),
+    )
+    .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_order_failure_skips_dependents_and_continue_on_error() {
+    let s = setup(&[]).await;
+    let (run, status) = run(
+        &s,
+        r#"workflow {
+        job id="a" { step run="echo a"; step run="exit 3" continue_on_error=#true }
+        job id="b" { needs "a"; step run="false"; step run="echo never" }
+        job id="c" { needs "b"; step run="echo c" }
+        job id="d" { step run="echo d" }
+    }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Failed);
+    assert_eq!(
+        job_status(&s, run, "a").await.0,
+        JobStatus::Succeeded,
+        "continue_on_error"
+    );
+    assert_eq!(
+        job_status(&s, run, "b").await,
+        (JobStatus::Failed, Some("step `false` failed".into()))
+    );
+    assert_eq!(
+        job_status(&s, run, "c").await,
+        (
+            JobStatus::Skipped,
+            Some("needs `b`, which did not succeed".into())
+        )
+    );
+    assert_eq!(job_status(&s, run, "d").await.0, JobStatus::Succeeded);
+    // b's second step never ran; its first failed with exit 1.
+    let jobs = s.store.jobs(run).await.expect("jobs");
+    let b = jobs.iter().find(|j| j.key == "b").expect("b");
+    let steps = s
+        .store
+        .steps(s.store.attempts(b.id).await.expect("attempts")[0].id)
+        .await
+        .expect("steps");
+    assert_eq!(steps.len(), 1);
+    assert_eq!(
+        (steps[0].status, steps[0].exit_code),
+        (StepStatus::Failed, Some(1))
+    );
+    // a ran before b: b's attempt started after a's ended.
+    let a = jobs.iter().find(|j| j.key == "a").expect("a");
+    let a_end = s.store.attempts(a.id).await.expect("attempts")[0]
+        .finished_at
+        .expect("finished");
+    let b_start = s.store.attempts(b.id).await.expect("attempts")[0].started_at;
+    assert!(b_start >= a_end);
+    assert_eq!(s.provider.live(), 0, "every VM destroyed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_fans_out_and_env_has_precedence() {
+    let s = setup(&[("TOKEN", "s3cr3t-value")]).await;
+    let (run, status) = run(
+        &s,
+        r#"workflow {
+        env LEVEL="workflow" ONLY_WF="wf"
+        secret "TOKEN"
+        job id="t" {
+            matrix { os "a" "b"; rust "stable" "beta" }
+            env LEVEL="job"
+            step run="printenv LEVEL"
+            step run="printenv ONLY_WF"
+            step run="printenv MATRIX_OS" { env LEVEL="step"; }
+            step run="printenv LEVEL" { env LEVEL="step"; }
+            step run="printenv TOKEN"
+            step run="printenv SOLSTICE_ATTEMPT"
+        }
+    }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(s.store.jobs(run).await.expect("jobs").len(), 4);
+    let log = log_text(&s, run, "t (os=b, rust=beta)", 0).await;
+    let values: Vec<&str> = log.lines().skip(1).step_by(2).collect();
+    assert_eq!(
+        values,
+        vec!["job", "wf", "b", "step", "***", "1"],
+        "log was {log:?}"
+    );
+    assert!(!log.contains("s3cr3t-value"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_failure_without_and_with_retry() {
+    let s = setup(&[]).await;
+    s.provider.script_next(MockScript {
+        fail_boot: true,
+        ..MockScript::default()
+    });
+    let (run1, status) = run(&s, r#"workflow { job id="a" { step run="echo"; } }"#).await;
+    assert_eq!(status, RunStatus::Failed);
+    let (st, reason) = job_status(&s, run1, "a").await;
+    assert_eq!(st, JobStatus::Failed);
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("VM failed to boot") && r.contains("no attempts left")),
+        "{reason:?}"
+    );
+
+    s.provider.script_next(MockScript {
+        fail_boot: true,
+        ..MockScript::default()
+    });
+    let (run2, status) = run(
+        &s,
+        r#"workflow { job id="a" retry=1 { step run="echo second"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Succeeded);
+    let job = s.store.jobs(run2).await.expect("jobs").remove(0);
+    let attempts = s.store.attempts(job.id).await.expect("attempts");
+    assert_eq!(
+        attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![AttemptStatus::Lost, AttemptStatus::Succeeded]
+    );
+    assert!(
+        log_text(&s, run2, "a", 0)
+            .await
+            .contains("VM failed to boot"),
+        "attempt 1's log says why"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_crash_mid_job_is_retried() {
+    let s = setup(&[]).await;
+    s.provider.script_next(MockScript {
+        crash_after_steps: Some(1),
+        ..MockScript::default()
+    });
+    let (run, status) = run(
+        &s,
+        r#"workflow { job id="a" retry=1 { step run="echo one"; step run="echo two"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Succeeded);
+    let job = s.store.jobs(run).await.expect("jobs").remove(0);
+    let attempts = s.store.attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].status, AttemptStatus::Lost);
+    assert!(
+        attempts[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("runner")),
+        "{:?}",
+        attempts[0].reason
+    );
+    assert!(
+        log_text(&s, run, "a", 0).await.contains("echo one"),
+        "attempt 1's log is kept"
+    );
+    assert!(log_text(&s, run, "a", 1).await.contains("echo two"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_timeout_and_cancellation_destroy_the_vm() {
+    let s = setup(&[]).await;
+    let (run, status) = run(
+        &s,
+        r#"workflow { job id="slow" timeout="1s" { step run="sleep 30"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Failed);
+    assert_eq!(
+        job_status(&s, run, "slow").await,
+        (JobStatus::Failed, Some("timed out after 1s".into()))
+    );
+    assert_eq!(s.provider.live(), 0);
+
+    let wf = solstice_kdl::parse(r#"workflow { job id="long" { step run="sleep 30"; }; job id="after" { needs "long"; step run="echo"; }; }"#).expect("valid");
+    let mut events = s.engine.subscribe();
+    let run = s
+        .engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    loop {
+        if let solstice_core::engine::EngineEvent::StepStarted { .. } =
+            events.recv().await.expect("event")
+        {
+            break;
+        }
+    }
+    s.engine.cancel_run(run).await.expect("cancel");
+    let status = tokio::time::timeout(Duration::from_secs(30), s.engine.wait(run))
+        .await
+        .expect("ends")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Cancelled);
+    assert_eq!(job_status(&s, run, "long").await.0, JobStatus::Cancelled);
+    assert_eq!(job_status(&s, run, "after").await.0, JobStatus::Cancelled);
+    assert_eq!(s.provider.live(), 0, "the VM is destroyed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_timeout_is_reported() {
+    let s = setup(&[]).await;
+    let (run, status) = run(
+        &s,
+        r#"workflow { job id="a" { step run="sleep 30" timeout="1s"; step run="echo"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Failed);
+    let job = s.store.jobs(run).await.expect("jobs").remove(0);
+    let steps = s
+        .store
+        .steps(s.store.attempts(job.id).await.expect("attempts")[0].id)
+        .await
+        .expect("steps");
+    assert_eq!(steps[0].status, StepStatus::TimedOut);
+}
+
+/// The engine dies mid-job (no cleanup at all); a new engine on the same
+/// SQLite state runs the job again as attempt 2, keeps attempt 1's log, and
+/// reaps attempt 1's VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_killed_mid_job_and_restarted() {
+    let provider = MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor))));
+    let short_lease = EngineConfig {
+        lease: Duration::from_millis(600),
+        ..config(&[])
+    };
+    let first = setup_with(provider.clone(), short_lease.clone()).await;
+    let wf = solstice_kdl::parse(r#"workflow { job id="a" { step run="echo before"; step run="sleep 2"; step run="echo after"; } }"#).expect("valid");
+    let mut events = first.engine.subscribe();
+    let run = first
+        .engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    loop {
+        if let solstice_core::engine::EngineEvent::StepStarted { index: 1, .. } =
+            events.recv().await.expect("event")
+        {
+            break;
+        }
+    }
+    first.engine.kill();
+    assert_eq!(provider.live(), 1, "the VM outlives the engine");
+    // A new engine on the same state, with a new (empty) in-memory queue.
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let second = Engine::start(
+        EngineConfig {
+            holder: "second".into(),
+            ..short_lease
+        },
+        first.store.clone(),
+        queue,
+        Arc::new(provider.clone()),
+    )
+    .await
+    .expect("restart");
+    let status = tokio::time::timeout(Duration::from_secs(60), second.wait(run))
+        .await
+        .expect("ends")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Succeeded);
+    let job = first.store.jobs(run).await.expect("jobs").remove(0);
+    let attempts = first.store.attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].status, AttemptStatus::Lost);
+    assert!(
+        attempts[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("lease expired"))
+    );
+    assert!(
+        log_text(&first, run, "a", 0).await.contains("echo before"),
+        "attempt 1's log is kept"
+    );
+    assert!(log_text(&first, run, "a", 1).await.contains("echo after"));
+    for _ in 0..100 {
+        if provider.live() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(provider.live(), 0, "attempt 1's VM was reaped");
+}
+
+/// A guest that misuses its token: fetches twice, then gives up.
+struct Sneaky {
+    results: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Guest for Sneaky {
+    async fn run(&self, context: GuestContext) -> i32 {
+        let RunnerEndpoint::Tcp(addr) = &context.spec.endpoint else {
+            return 2;
+        };
+        let mut client = pb::runner_client::RunnerClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        for _ in 0..2 {
+            let mut req = tonic::Request::new(pb::FetchJobRequest::default());
+            req.metadata_mut().insert(
+                "authorization",
+                solstice_core::protocol::bearer(&context.spec.token).expect("ascii"),
+            );
+            let outcome = match client.fetch_job(req).await {
+                Ok(_) => "ok".to_string(),
+                Err(status) => format!("{:?}", status.code()),
+            };
+            self.results.lock().expect("lock").push(outcome);
+        }
+        self.results
+            .lock()
+            .expect("lock")
+            .push(context.spec.token.clone());
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_single_use_and_forged_or_stale_ones_are_refused() {
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let provider = MockVmProvider::new(Arc::new(Sneaky {
+        results: results.clone(),
+    }));
+    let s = setup_with(provider, config(&[])).await;
+    let (run, status) = run(&s, r#"workflow { job id="a" { step run="echo"; } }"#).await;
+    assert_eq!(status, RunStatus::Failed, "the sneaky guest never reports");
+    let seen = results.lock().expect("lock").clone();
+    assert_eq!(
+        &seen[..2],
+        &["ok".to_string(), "PermissionDenied".to_string()]
+    );
+    let (_, reason) = job_status(&s, run, "a").await;
+    assert!(reason.is_some());
+    // The finished attempt's token, and a forged one, are refused.
+    let mut client =
+        pb::runner_client::RunnerClient::connect(format!("http://{}", s.engine.endpoint()))
+            .await
+            .expect("connect");
+    for token in [seen[2].clone(), "0".repeat(64), "not even hex".into()] {
+        let mut req = tonic::Request::new(pb::FetchJobRequest::default());
+        req.metadata_mut().insert(
+            "authorization",
+            solstice_core::protocol::bearer(&token).expect("ascii"),
+        );
+        let err = client.fetch_job(req).await.expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+    let err = client
+        .fetch_job(tonic::Request::new(pb::FetchJobRequest::default()))
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_secret_without_a_value_is_refused_up_front() {
+    let s = setup(&[]).await;
+    let wf =
+        solstice_kdl::parse(r#"workflow { secret "DEPLOY"; job id="a" { step run="echo"; } }"#)
+            .expect("valid");
+    let err = s
+        .engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("DEPLOY"));
+}

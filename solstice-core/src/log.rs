@@ -29,6 +29,7 @@ pub const DEFAULT_LOG_CAP: u64 = 64 << 20;
 /// Streaming secret masker.
 pub struct Masker {
     finder: Option<AhoCorasick>,
+    patterns: Vec<Vec<u8>>,
     /// Longest pattern in bytes; that much minus one is held back.
     longest: usize,
     marker: Vec<u8>,
@@ -69,22 +70,36 @@ impl Masker {
         };
         Masker {
             finder,
+            patterns,
             longest,
             marker: vec![marker_byte; 3],
             pending: Vec::new(),
         }
     }
 
-    /// Adds bytes; returns what is safe to emit now. Up to `longest - 1`
-    /// bytes stay behind until more arrive or [`Masker::finish`].
+    /// Adds bytes; returns what is safe to emit now. Only a tail that could
+    /// be the beginning of a secret stays behind (so output is not delayed
+    /// unless it looks like a secret being printed), until more arrives or
+    /// [`Masker::finish`].
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let Some(finder) = &self.finder else {
             return chunk.to_vec();
         };
         self.pending.extend_from_slice(chunk);
-        // A match starting before `limit` lies wholly in the buffer, and so
-        // does every longer pattern that could start there.
-        let limit = self.pending.len().saturating_sub(self.longest - 1);
+        // Hold back the longest tail that is a proper prefix of a pattern.
+        // A match starting before `limit` then lies wholly in the buffer,
+        // and so does every longer pattern that could start there.
+        let len = self.pending.len();
+        let hold = (1..self.longest.min(len + 1))
+            .rev()
+            .find(|&k| {
+                let tail = &self.pending[len - k..];
+                self.patterns
+                    .iter()
+                    .any(|p| p.len() > k && p.starts_with(tail))
+            })
+            .unwrap_or(0);
+        let limit = len - hold;
         let mut out = Vec::with_capacity(self.pending.len());
         let mut at = 0;
         for m in finder.find_iter(&self.pending[..]) {
@@ -203,6 +218,17 @@ mod tests {
         assert_eq!(out, b"line *** here\nx\n");
         let out = run(&[key], &[key.as_bytes()]);
         assert_eq!(out, b"***");
+    }
+
+    #[test]
+    fn output_is_not_held_back_unless_it_may_start_a_secret() {
+        let secrets = vec!["hunter22".to_string()];
+        let mut log = LogIngest::new(&secrets, DEFAULT_LOG_CAP);
+        assert_eq!(log.push(b"plain line\n"), b"plain line\n");
+        assert_eq!(log.push(b"pw: hun"), b"pw: ");
+        assert_eq!(log.push(b"ter22!"), b"***!");
+        assert_eq!(log.push(b"hunt"), b"");
+        assert_eq!(log.push(b"ing"), b"hunting");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct LocalProvider {
     command: Vec<OsString>,
     root: PathBuf,
     children: Mutex<HashMap<VmId, Child>>,
+    warned: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,6 +56,7 @@ impl LocalProvider {
             command,
             root: root.into(),
             children: Mutex::new(HashMap::new()),
+            warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -149,10 +151,12 @@ impl VmProvider for LocalProvider {
                 dir.display()
             )));
         }
-        tracing::warn!(
-            vm = %spec.name,
-            "local provider: the job runs as a plain host process, with no isolation from this machine"
-        );
+        if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                root = %self.root.display(),
+                "local provider: jobs run as plain host processes, with no isolation from this machine"
+            );
+        }
         match self.create(spec, &dir).await {
             Ok(child) => {
                 lock(&self.children).insert(id.clone(), child);

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod run;
 use serde::Serialize;
 use solstice_kdl::{ParseError, ParseOptions, Plan, Workflow};
 
@@ -42,6 +44,35 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Run the workflow of this checkout locally, with the production engine and runner.
+    Run {
+        /// Workflow file (default: .solstice/workflow.kdl).
+        file: Option<PathBuf>,
+        /// Run only this job (and what it needs); repeatable.
+        #[arg(long = "job", value_name = "ID")]
+        jobs: Vec<String>,
+        /// A secret value, NAME=VALUE; repeatable.
+        #[arg(long = "secret", value_name = "NAME=VALUE")]
+        secrets: Vec<String>,
+        /// A file of NAME=VALUE lines.
+        #[arg(long)]
+        secrets_file: Option<PathBuf>,
+        /// Keep the state (SQLite) in this directory instead of a temporary one.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Where jobs run: `local` (host processes, no isolation) or `mock` (no processes).
+        #[arg(long, default_value = "local")]
+        provider: String,
+        /// Most jobs at once (default: number of cores).
+        #[arg(long)]
+        capacity: Option<usize>,
+        /// A `solstice-runner` binary to use instead of cidev's built-in runner.
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
+    /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
+    #[command(hide = true)]
+    Runner,
     /// Rewrite files in the canonical layout, keeping comments.
     Fmt {
         /// Files to format (default: .solstice/workflow.kdl).
@@ -76,6 +107,88 @@ fn main() -> ExitCode {
             inspect(&file.unwrap_or_else(|| DEFAULT_WORKFLOW.into()), format)
         }
         Command::Fmt { files, check } => fmt(&default_files(files), check),
+        Command::Run {
+            file,
+            jobs,
+            secrets,
+            secrets_file,
+            state,
+            provider,
+            capacity,
+            runner,
+        } => {
+            init_tracing();
+            let file = file.unwrap_or_else(|| DEFAULT_WORKFLOW.into());
+            let workflow = match load(&file) {
+                Ok(w) => w,
+                Err(f) => return fail(f),
+            };
+            run::run(
+                run::RunArgs {
+                    file,
+                    jobs,
+                    secrets,
+                    secrets_file,
+                    state,
+                    provider,
+                    capacity,
+                    runner,
+                },
+                workflow,
+            )
+        }
+        Command::Runner => runner(),
+    }
+}
+
+/// One tracing setup for cidev: warnings and errors to stderr, or `SOLSTICE_LOG`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOLSTICE_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// The built-in runner: what `solstice-runner` does, so the local provider
+/// works with nothing but cidev built.
+fn runner() -> ExitCode {
+    init_tracing();
+    let (Ok(endpoint), Ok(token)) = (
+        std::env::var("SOLSTICE_ENDPOINT"),
+        std::env::var("SOLSTICE_JOB_TOKEN"),
+    ) else {
+        eprintln!("cidev runner: SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN must be set");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let Ok(workspace) = std::env::current_dir() else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let config = solstice_core::runner::RunnerConfig {
+        endpoint,
+        token,
+        workspace,
+    };
+    match rt.block_on(solstice_core::runner::run(
+        &config,
+        &solstice_core::runner::ShellExecutor,
+        None,
+    )) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_INVALID),
+        Err(e) => {
+            eprintln!("cidev runner: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
     }
 }
 

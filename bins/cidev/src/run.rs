@@ -1,0 +1,380 @@
+//! `cidev run`: the workflow of this checkout, on this machine, through the
+//! same engine and runner as production: an in-process queue, SQLite, and
+//! the local (or mock) provider.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use solstice_core::engine::{
+    Checkout, Engine, EngineConfig, EngineEvent, FakeExecutor, JobMessage, RunnerGuest,
+};
+use solstice_core::store::{JobStatus, RunStatus, SqlStore, StateStore, StepStatus};
+use solstice_kdl::Workflow;
+use solstice_queue::{MemoryQueue, QueueOptions};
+use solstice_vmm::{LocalProvider, MockVmProvider, VmProvider};
+
+/// `cidev run` options.
+pub struct RunArgs {
+    pub file: PathBuf,
+    pub jobs: Vec<String>,
+    pub secrets: Vec<String>,
+    pub secrets_file: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub provider: String,
+    pub capacity: Option<usize>,
+    pub runner: Option<PathBuf>,
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_INTERRUPTED: u8 = 130;
+
+pub fn run(args: RunArgs, workflow: Workflow) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(execute(args, workflow)) {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn parse_secrets(args: &RunArgs) -> Result<BTreeMap<String, String>, String> {
+    let mut secrets = BTreeMap::new();
+    let mut add = |line: &str, origin: &str| -> Result<(), String> {
+        let (name, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("{origin}: expected NAME=VALUE"))?;
+        secrets.insert(name.trim().to_string(), value.to_string());
+        Ok(())
+    };
+    if let Some(path) = &args.secrets_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            add(line, &format!("{}:{}", path.display(), i + 1))?;
+        }
+    }
+    for s in &args.secrets {
+        add(s, "--secret")?;
+    }
+    Ok(secrets)
+}
+
+/// Keeps the selected jobs and everything they need.
+fn select_jobs(mut workflow: Workflow, selected: &[String]) -> Result<Workflow, String> {
+    if selected.is_empty() {
+        return Ok(workflow);
+    }
+    for id in selected {
+        if !workflow.jobs.iter().any(|j| &j.id == id) {
+            let ids: Vec<&str> = workflow.jobs.iter().map(|j| j.id.as_str()).collect();
+            return Err(format!("no job `{id}` (the jobs are {})", ids.join(", ")));
+        }
+    }
+    let mut keep: Vec<String> = selected.to_vec();
+    let mut i = 0;
+    while i < keep.len() {
+        if let Some(job) = workflow.jobs.iter().find(|j| j.id == keep[i]) {
+            for need in &job.needs {
+                if !keep.contains(need) {
+                    keep.push(need.clone());
+                }
+            }
+        }
+        i += 1;
+    }
+    workflow.jobs.retain(|j| keep.contains(&j.id));
+    Ok(workflow)
+}
+
+/// The repository root: the git top level of the workflow's directory, or
+/// the current directory.
+fn checkout_root(file: &Path) -> PathBuf {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let top = std::process::Command::new("git")
+        .args(["rev-parse", "--show-toplevel"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    top.or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
+    let secrets = parse_secrets(&args)?;
+    let workflow = select_jobs(workflow, &args.jobs)?;
+    let temp = tempfile::Builder::new()
+        .prefix("cidev-run-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let state_dir = args
+        .state
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let db = state_dir.join("state.db");
+    let store: Arc<dyn StateStore> = Arc::new(
+        SqlStore::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .map_err(|e| format!("state store: {e}"))?,
+    );
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let provider: Arc<dyn VmProvider> = match args.provider.as_str() {
+        "local" => {
+            let command = match &args.runner {
+                Some(path) => vec![path.clone().into_os_string()],
+                None => {
+                    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+                    vec![me.into_os_string(), "runner".into()]
+                }
+            };
+            Arc::new(LocalProvider::new(command, temp.path().join("vms")))
+        }
+        "mock" => Arc::new(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
+            FakeExecutor,
+        ))))),
+        other => return Err(format!("unknown provider `{other}` (use local or mock)")),
+    };
+    let capacity = args
+        .capacity
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let config = EngineConfig {
+        capacity,
+        secrets,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config, store.clone(), queue, provider)
+        .await
+        .map_err(|e| e.to_string())?;
+    let root = checkout_root(&args.file);
+    let mut events = engine.subscribe();
+    let source =
+        serde_json::json!({ "event": "cidev run", "path": root.display().to_string() }).to_string();
+    let run = engine
+        .submit(
+            &workflow,
+            &source,
+            Checkout::Local {
+                path: root.display().to_string(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let mut printer = Printer::new();
+    let mut interrupted = false;
+    let status = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(EngineEvent::RunFinished { run: r, status }) if r == run => break status,
+                Ok(e) => printer.event(&e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => printer.note(&format!("(output fell behind: {n} events not shown)")),
+                Err(_) => return Err("the engine stopped".into()),
+            },
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                printer.note("interrupted: cancelling the run and destroying its VMs ...");
+                engine.cancel_run(run).await.map_err(|e| e.to_string())?;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                // Covers a RunFinished that happened before we listened.
+                if let Ok(Some(r)) = store.run(run).await && r.status != RunStatus::Running {
+                    break r.status;
+                }
+            }
+        }
+    };
+    printer.flush();
+    engine.shutdown().await;
+    summary(&*store, run, status).await;
+    if args.state.is_some() {
+        println!("state kept in {}", db.display());
+    }
+    Ok(match (interrupted, status) {
+        (true, _) => EXIT_INTERRUPTED,
+        (false, RunStatus::Succeeded) => 0,
+        _ => EXIT_FAILED,
+    })
+}
+
+/// Prints events as lines prefixed with the job (and coloured on a terminal).
+struct Printer {
+    color: bool,
+    colors: HashMap<String, &'static str>,
+    partial: HashMap<(String, u8), Vec<u8>>,
+    out: std::io::StdoutLock<'static>,
+}
+
+const PALETTE: [&str; 6] = [
+    "\x1b[36m", "\x1b[35m", "\x1b[33m", "\x1b[32m", "\x1b[34m", "\x1b[31m",
+];
+const RESET: &str = "\x1b[0m";
+const DIM: &str = "\x1b[2m";
+
+impl Printer {
+    fn new() -> Self {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Printer {
+            color,
+            colors: HashMap::new(),
+            partial: HashMap::new(),
+            out: std::io::stdout().lock(),
+        }
+    }
+
+    fn prefix(&mut self, key: &str) -> String {
+        if !self.color {
+            return format!("[{key}] ");
+        }
+        let n = self.colors.len();
+        let c = *self
+            .colors
+            .entry(key.to_string())
+            .or_insert(PALETTE[n % PALETTE.len()]);
+        format!("{c}[{key}]{RESET} ")
+    }
+
+    fn line(&mut self, key: &str, text: &str, dim: bool) {
+        let prefix = self.prefix(key);
+        let (a, b) = if dim && self.color {
+            (DIM, RESET)
+        } else {
+            ("", "")
+        };
+        let _ = writeln!(self.out, "{prefix}{a}{text}{b}");
+    }
+
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(self.out, "{text}");
+    }
+
+    fn event(&mut self, e: &EngineEvent) {
+        match e {
+            EngineEvent::JobStarted { key, attempt, .. } if *attempt > 1 => {
+                self.line(key, &format!("attempt {attempt}"), true)
+            }
+            EngineEvent::StepStarted { key, name, .. } => {
+                self.line(key, &format!("▶ {name}"), true)
+            }
+            EngineEvent::Log {
+                key, stream, data, ..
+            } => {
+                let buf = self.partial.entry((key.clone(), *stream)).or_default();
+                buf.extend_from_slice(data);
+                let mut lines = Vec::new();
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+                }
+                for l in lines {
+                    self.line(key, &l, *stream != 0);
+                }
+            }
+            EngineEvent::StepFinished {
+                key,
+                index: _,
+                status,
+                exit_code,
+                ..
+            } => {
+                let text = match status {
+                    StepStatus::Succeeded => "✓ step passed".to_string(),
+                    StepStatus::TimedOut => "✗ step timed out".to_string(),
+                    _ => format!("✗ step failed (exit {exit_code})"),
+                };
+                self.line(key, &text, true);
+            }
+            EngineEvent::JobRetrying {
+                key,
+                attempt,
+                reason,
+                ..
+            } => self.line(
+                key,
+                &format!("attempt {attempt} lost: {reason}; trying again"),
+                false,
+            ),
+            EngineEvent::JobFinished {
+                key,
+                status,
+                reason,
+                ..
+            } => {
+                let text = match reason {
+                    Some(r) => format!("{status}: {r}"),
+                    None => status.to_string(),
+                };
+                self.line(key, &text, false);
+            }
+            _ => {}
+        }
+    }
+
+    fn flush(&mut self) {
+        let rest: Vec<((String, u8), Vec<u8>)> = self.partial.drain().collect();
+        for ((key, _), data) in rest {
+            if !data.is_empty() {
+                self.line(&key, &String::from_utf8_lossy(&data), false);
+            }
+        }
+        let _ = self.out.flush();
+    }
+}
+
+async fn summary(store: &dyn StateStore, run: solstice_core::store::RunId, status: RunStatus) {
+    let Ok(jobs) = store.jobs(run).await else {
+        return;
+    };
+    let mut rows = vec![(
+        "JOB".to_string(),
+        "ATTEMPT".to_string(),
+        "STATUS".to_string(),
+        "DURATION".to_string(),
+    )];
+    for job in &jobs {
+        let attempts = store.attempts(job.id).await.unwrap_or_default();
+        let (attempt, duration) = match attempts.last() {
+            Some(a) => {
+                let ms = a.finished_at.unwrap_or(a.started_at) - a.started_at;
+                (a.number.to_string(), format!("{:.1}s", ms as f64 / 1000.0))
+            }
+            None => ("-".into(), "-".into()),
+        };
+        let status = match (job.status, &job.reason) {
+            (JobStatus::Succeeded, _) | (_, None) => job.status.to_string(),
+            (s, Some(r)) => format!("{s} ({r})"),
+        };
+        rows.push((job.key.clone(), attempt, status, duration));
+    }
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let w3 = rows.iter().map(|r| r.3.len()).max().unwrap_or(0);
+    println!();
+    for (a, b, c, d) in rows {
+        println!("{a:<w0$}  {b:>w1$}  {d:>w3$}  {c}");
+    }
+    println!("\nrun {run}: {status}");
+}

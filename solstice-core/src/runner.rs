@@ -77,6 +77,42 @@ pub trait StepExecutor: Send + Sync {
 /// Runs steps with the shell (see the module docs).
 pub struct ShellExecutor;
 
+/// Process groups of the steps running now, so that a runner told to stop
+/// can take its steps with it (they are in groups of their own).
+static STEP_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+fn step_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    STEP_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every running step's process group. The runner binaries call this
+/// on SIGTERM, which is how a provider stops a runner.
+pub fn kill_running_steps() {
+    for pgid in step_groups().drain(..) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
+/// For runner binaries: on SIGTERM or SIGINT, kill the running steps and exit.
+pub fn exit_on_termination() {
+    tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!(groups = ?*step_groups(), "runner: told to stop; killing running steps");
+        kill_running_steps();
+        std::process::exit(143);
+    });
+}
+
 fn shell() -> (&'static str, &'static [&'static str]) {
     if Path::new("/bin/bash").exists() || Path::new("/usr/bin/bash").exists() {
         ("bash", &["-e", "-c"])
@@ -108,6 +144,9 @@ impl StepExecutor for ShellExecutor {
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;
         let pgid = child.id().map(|p| p as i32);
+        if let Some(g) = pgid {
+            step_groups().push(g);
+        }
         let pump = |mut pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
                     stream: pb::Stream,
                     out: OutputSink| async move {
@@ -157,6 +196,7 @@ impl StepExecutor for ShellExecutor {
         // still hold the pipes open, then drain what is left.
         if let Some(pgid) = pgid {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            step_groups().retain(|g| *g != pgid);
         }
         for task in [stdout, stderr].into_iter().flatten() {
             let _ = task.await;

@@ -28,6 +28,12 @@ use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec,
 ///
 /// There is **no isolation**: the job runs with the orchestrator's user,
 /// network and files. Use it for development (`cidev run`) and trusted code.
+///
+/// `destroy` sends SIGTERM to the runner's process group, waits up to 3 s
+/// (the runner then kills its steps, which run in groups of their own), then
+/// SIGKILLs the group. A runner that dies of SIGKILL without that chance can
+/// leave its running step behind; a step that calls `setsid` itself escapes
+/// too. VM providers do not have this gap: destroying the VM ends everything.
 pub struct LocalProvider {
     command: Vec<OsString>,
     root: PathBuf,
@@ -199,7 +205,12 @@ impl VmProvider for LocalProvider {
         let child = lock(&self.children).remove(id);
         if let Some(mut child) = child {
             if let Some(pid) = child.id() {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                // SIGTERM first: the runner then kills its steps, which run
+                // in process groups of their own; SIGKILL whatever is left.
+                let group = Pid::from_raw(pid as i32);
+                let _ = killpg(group, Signal::SIGTERM);
+                let _ = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
+                let _ = killpg(group, Signal::SIGKILL);
             }
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;

@@ -178,11 +178,11 @@ fn runner() -> ExitCode {
         token,
         workspace,
     };
-    match rt.block_on(solstice_core::runner::run(
-        &config,
-        &solstice_core::runner::ShellExecutor,
-        None,
-    )) {
+    let result = rt.block_on(async {
+        solstice_core::runner::exit_on_termination();
+        solstice_core::runner::run(&config, &solstice_core::runner::ShellExecutor, None).await
+    });
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_INVALID),
         Err(e) => {

@@ -46,7 +46,11 @@ fn main() -> ExitCode {
         token,
         workspace,
     };
-    match runtime.block_on(run(&config, &ShellExecutor, None)) {
+    let result = runtime.block_on(async {
+        solstice_core::runner::exit_on_termination();
+        run(&config, &ShellExecutor, None).await
+    });
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -1,0 +1,284 @@
+//! `cidev run` end to end on the example workflows, with the local provider:
+//! real shells, the real runner over gRPC, the real engine and SQLite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use solstice_core::store::{JobStatus, SqlStore, StateStore};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cidev(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .output()
+        .expect("cidev runs")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Reads a kept state: every job's final status and its last attempt's log.
+async fn state(dir: &Path) -> Vec<(String, JobStatus, Vec<u8>, i64, i64)> {
+    let store = SqlStore::connect(&format!("sqlite://{}", dir.join("state.db").display()))
+        .await
+        .expect("state");
+    let mut out = Vec::new();
+    for job in store.jobs(1).await.expect("jobs") {
+        let attempts = store.attempts(job.id).await.expect("attempts");
+        let (log, start, end) = match attempts.last() {
+            Some(a) => (
+                store
+                    .logs(a.id)
+                    .await
+                    .expect("logs")
+                    .into_iter()
+                    .flat_map(|c| c.data)
+                    .collect(),
+                a.started_at,
+                a.finished_at.unwrap_or(0),
+            ),
+            None => (Vec::new(), 0, 0),
+        };
+        out.push((job.key, job.status, log, start, end));
+    }
+    out
+}
+
+#[tokio::test]
+async fn hello_runs_in_parallel_with_needs_order_and_matrix_fan_out() {
+    let dir = tempfile::tempdir().expect("dir");
+    let o = cidev(&[
+        "run",
+        "examples/workflows/hello.kdl",
+        "--state",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    let out = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("[look] ▶ Where am I"), "{out}");
+    assert!(
+        out.contains("[greet (shell=bash)] hello from bash"),
+        "{out}"
+    );
+    assert!(out.contains("[greet (shell=sh)] hello from sh"), "{out}");
+    assert!(
+        out.contains("[look] the repository was checked out"),
+        "{out}"
+    );
+    assert!(out.contains("run 1: succeeded"), "{out}");
+    let jobs = state(dir.path()).await;
+    assert_eq!(jobs.len(), 4);
+    assert!(jobs.iter().all(|j| j.1 == JobStatus::Succeeded));
+    let report = jobs.iter().find(|j| j.0 == "report").expect("report");
+    let latest_need = jobs
+        .iter()
+        .filter(|j| j.0 != "report")
+        .map(|j| j.4)
+        .max()
+        .expect("needs");
+    assert!(
+        report.3 >= latest_need,
+        "report started before what it needs ended"
+    );
+}
+
+#[tokio::test]
+async fn failures_continue_on_error_timeout_and_skips() {
+    let dir = tempfile::tempdir().expect("dir");
+    let o = cidev(&[
+        "run",
+        "examples/workflows/failures.kdl",
+        "--state",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("[broken] about to fail"),
+        "stderr is shown: {out}"
+    );
+    assert!(!out.contains("not reached"), "{out}");
+    assert!(
+        out.contains("[slow] step timed out after 1s and was killed"),
+        "{out}"
+    );
+    let jobs = state(dir.path()).await;
+    let status = |k: &str| jobs.iter().find(|j| j.0 == k).map(|j| j.1).expect("job");
+    assert_eq!(status("allowed"), JobStatus::Succeeded);
+    assert_eq!(status("broken"), JobStatus::Failed);
+    assert_eq!(status("slow"), JobStatus::Failed);
+    assert_eq!(status("deploy"), JobStatus::Skipped);
+    let summary: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("JOB")).collect();
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.starts_with("deploy") && l.contains("skipped (needs `broken`")),
+        "{summary:?}"
+    );
+}
+
+#[tokio::test]
+async fn env_precedence_and_secrets_masked_in_printed_and_stored_logs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = "hunter2-hunter2";
+    let o = cidev(&[
+        "run",
+        "examples/workflows/env-and-secrets.kdl",
+        "--secret",
+        &format!("API_TOKEN={secret}"),
+        "--state",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("LEVEL=job FROM_WORKFLOW=yes MATRIX_FLAVOUR=plain CI=true"),
+        "{out}"
+    );
+    assert!(out.contains("LEVEL=step"), "{out}");
+    assert!(out.contains("token is ***"), "{out}");
+    assert!(!out.contains(secret), "secret printed: {out}");
+    let jobs = state(dir.path()).await;
+    let log = String::from_utf8_lossy(&jobs[0].2).into_owned();
+    assert!(log.contains("split: ***"), "{log}");
+    assert!(!log.contains(secret), "secret stored: {log}");
+    // Without the value, the run is refused before anything starts.
+    let o = cidev(&["run", "examples/workflows/env-and-secrets.kdl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("API_TOKEN"));
+}
+
+#[tokio::test]
+async fn a_job_that_writes_a_lot_of_output() {
+    let dir = tempfile::tempdir().expect("dir");
+    let o = cidev(&[
+        "run",
+        "examples/workflows/big-output.kdl",
+        "--state",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let printed = text(&o)
+        .lines()
+        .filter(|l| l.starts_with("[loud] xxxx"))
+        .count();
+    assert_eq!(printed, 200_000, "every line printed once");
+    let jobs = state(dir.path()).await;
+    let stored = jobs[0].2.iter().filter(|b| **b == b'x').count();
+    assert_eq!(stored, 20_000_000, "every byte stored");
+}
+
+#[test]
+fn job_selection_runs_what_the_job_needs() {
+    let o = cidev(&["run", "examples/workflows/hello.kdl", "--job", "look"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("[look]") && !out.contains("[greet") && !out.contains("[report]"),
+        "{out}"
+    );
+    let o = cidev(&["run", "examples/workflows/hello.kdl", "--job", "report"]);
+    let out = text(&o);
+    assert!(
+        out.contains("[look]") && out.contains("[greet (shell=sh)]") && out.contains("[report]"),
+        "{out}"
+    );
+    let o = cidev(&["run", "examples/workflows/hello.kdl", "--job", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn the_mock_provider_runs_without_processes() {
+    let o = cidev(&["run", "examples/workflows/hello.kdl", "--provider", "mock"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("[report] echo \"every job it needs passed\""),
+        "the fake executor echoes scripts: {out}"
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pidfile = dir.path().join("pid");
+    let workflow = dir.path().join("wait.kdl");
+    std::fs::write(
+        &workflow,
+        format!(
+            "workflow {{\n    job id=\"wait\" {{\n        step run=\"echo $$ > {}; pwd; sleep 60\"\n    }}\n}}\n",
+            pidfile.display()
+        ),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args(["run", workflow.to_str().expect("utf-8")])
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while !pidfile.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid number");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().expect("stdout"), &mut out).expect("read");
+    assert!(out.contains("cancelled"), "{out}");
+    // Killed means gone, or a zombie waiting for init to reap it.
+    let dead = || {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        state.is_none_or(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while !dead() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(dead(), "the step's process {pid} is still running");
+    let workdir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("[wait] /"))
+        .map(|p| PathBuf::from(format!("/{p}")))
+        .expect("pwd printed");
+    let temp_root = workdir
+        .ancestors()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("cidev-run-"))
+        })
+        .expect("temp root");
+    assert!(!temp_root.exists(), "{} left behind", temp_root.display());
+}

@@ -293,6 +293,10 @@ pub trait StateStore: Send + Sync {
     async fn jobs(&self, run: RunId) -> Result<Vec<Job>>;
     /// A job.
     async fn job(&self, id: JobId) -> Result<Option<Job>>;
+    /// A run's jobs in one status, in workflow order.
+    async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>>;
+    /// 0 when every job of the run is final, else 1 (cheap: stops at the first).
+    async fn unfinished_jobs(&self, run: RunId) -> Result<u64>;
     /// Moves a job to `to` if its status is one of `from`; `false` if not.
     async fn transition_job(
         &self,
@@ -418,8 +422,15 @@ impl SqlStore {
         }
         let in_memory = url.contains(":memory:");
         let pool = AnyPoolOptions::new()
-            // One in-memory SQLite database exists per connection.
-            .max_connections(if in_memory { 1 } else { 8 })
+            // SQLite has one writer at a time, and a writer that finds the
+            // database locked sleeps in millisecond steps: one connection
+            // serialises writes without sleeping (and an in-memory database
+            // exists once per connection anyway).
+            .max_connections(if dialect == Dialect::Sqlite || in_memory {
+                1
+            } else {
+                16
+            })
             .after_connect(move |conn, _| {
                 let schema = schema.clone();
                 Box::pin(async move {
@@ -597,6 +608,36 @@ impl StateStore for SqlStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(job_from).transpose()
+    }
+
+    async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 AND status = $2 ORDER BY position"
+        );
+        let sql = if self.dialect == Dialect::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql
+        };
+        let rows = sqlx::query(&sql)
+            .bind(run)
+            .bind(status.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn unfinished_jobs(&self, run: RunId) -> Result<u64> {
+        let row = sqlx::query(&self.sql(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE run_id = $1 AND status IN ($2, $3, $4) LIMIT 1) AS any_left",
+        ))
+        .bind(run)
+        .bind(JobStatus::Pending.as_str())
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Running.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(col::<i64>(&row, "n")?.max(0) as u64)
     }
 
     async fn transition_job(

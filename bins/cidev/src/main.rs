@@ -69,6 +69,9 @@ enum Command {
         /// A `solstice-runner` binary to use instead of cidev's built-in runner.
         #[arg(long)]
         runner: Option<PathBuf>,
+        /// Cap on each job's stored log, in MiB (default 64).
+        #[arg(long, default_value_t = 64)]
+        log_cap_mib: u64,
     },
     /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
     #[command(hide = true)]
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
             provider,
             capacity,
             runner,
+            log_cap_mib,
         } => {
             init_tracing();
             let file = file.unwrap_or_else(|| DEFAULT_WORKFLOW.into());
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
                     provider,
                     capacity,
                     runner,
+                    log_cap: log_cap_mib.saturating_mul(1 << 20),
                 },
                 workflow,
             )

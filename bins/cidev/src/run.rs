@@ -27,6 +27,7 @@ pub struct RunArgs {
     pub provider: String,
     pub capacity: Option<usize>,
     pub runner: Option<PathBuf>,
+    pub log_cap: u64,
 }
 
 const EXIT_FAILED: u8 = 1;

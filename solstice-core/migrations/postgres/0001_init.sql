@@ -23,6 +23,8 @@ CREATE TABLE jobs (
     UNIQUE (run_id, job_key)
 );
 
+CREATE INDEX jobs_run_status ON jobs (run_id, status);
+
 CREATE TABLE attempts (
     id BIGSERIAL PRIMARY KEY,
     job_id BIGINT NOT NULL REFERENCES jobs(id),

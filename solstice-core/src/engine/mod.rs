@@ -512,86 +512,86 @@ impl Engine {
     /// Queues jobs whose `needs` succeeded, skips jobs whose `needs` did
     /// not, and finishes the run when every job is final.
     async fn schedule(&self, run: RunId) -> Result<(), EngineError> {
+        let store = &self.inner.store;
         loop {
-            let jobs = self.inner.store.jobs(run).await?;
-            let status: HashMap<&str, JobStatus> =
-                jobs.iter().map(|j| (j.key.as_str(), j.status)).collect();
-            let cancelled = lock(&self.inner.cancelled_runs).contains(&run);
+            // Cheap in the common case: most calls find nothing pending.
+            let pending = store.jobs_in_status(run, JobStatus::Pending).await?;
             let mut changed = false;
-            for job in jobs.iter().filter(|j| j.status == JobStatus::Pending) {
-                if cancelled {
-                    if self
-                        .inner
-                        .store
-                        .transition_job(
-                            job.id,
-                            &[JobStatus::Pending],
-                            JobStatus::Cancelled,
-                            Some("cancelled"),
-                        )
-                        .await?
-                    {
-                        changed = true;
+            if !pending.is_empty() {
+                let jobs = store.jobs(run).await?;
+                let status: HashMap<&str, JobStatus> =
+                    jobs.iter().map(|j| (j.key.as_str(), j.status)).collect();
+                let cancelled = lock(&self.inner.cancelled_runs).contains(&run);
+                for job in &pending {
+                    if cancelled {
+                        if store
+                            .transition_job(
+                                job.id,
+                                &[JobStatus::Pending],
+                                JobStatus::Cancelled,
+                                Some("cancelled"),
+                            )
+                            .await?
+                        {
+                            changed = true;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                let blocked = job.needs.iter().find(|n| {
-                    matches!(
-                        status.get(n.as_str()),
-                        Some(JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped)
-                    )
-                });
-                if let Some(need) = blocked {
-                    let reason = format!("needs `{need}`, which did not succeed");
-                    if self
-                        .inner
-                        .store
-                        .transition_job(
-                            job.id,
-                            &[JobStatus::Pending],
-                            JobStatus::Skipped,
-                            Some(&reason),
+                    let blocked = job.needs.iter().find(|n| {
+                        matches!(
+                            status.get(n.as_str()),
+                            Some(JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped)
                         )
-                        .await?
+                    });
+                    if let Some(need) = blocked {
+                        let reason = format!("needs `{need}`, which did not succeed");
+                        if store
+                            .transition_job(
+                                job.id,
+                                &[JobStatus::Pending],
+                                JobStatus::Skipped,
+                                Some(&reason),
+                            )
+                            .await?
+                        {
+                            self.emit(EngineEvent::JobFinished {
+                                run,
+                                key: job.key.clone(),
+                                status: JobStatus::Skipped,
+                                reason: Some(reason),
+                            });
+                            changed = true;
+                        }
+                    } else if job
+                        .needs
+                        .iter()
+                        .all(|n| status.get(n.as_str()) == Some(&JobStatus::Succeeded))
+                        && store
+                            .transition_job(job.id, &[JobStatus::Pending], JobStatus::Queued, None)
+                            .await?
                     {
-                        self.emit(EngineEvent::JobFinished {
+                        self.inner
+                            .queue
+                            .publish(&JobMessage {
+                                run_id: run,
+                                job_id: job.id,
+                            })
+                            .await?;
+                        self.emit(EngineEvent::JobQueued {
                             run,
                             key: job.key.clone(),
-                            status: JobStatus::Skipped,
-                            reason: Some(reason),
                         });
-                        changed = true;
                     }
-                } else if job
-                    .needs
-                    .iter()
-                    .all(|n| status.get(n.as_str()) == Some(&JobStatus::Succeeded))
-                    && self
-                        .inner
-                        .store
-                        .transition_job(job.id, &[JobStatus::Pending], JobStatus::Queued, None)
-                        .await?
-                {
-                    self.inner
-                        .queue
-                        .publish(&JobMessage {
-                            run_id: run,
-                            job_id: job.id,
-                        })
-                        .await?;
-                    self.emit(EngineEvent::JobQueued {
-                        run,
-                        key: job.key.clone(),
-                    });
                 }
             }
             if changed {
-                continue;
+                continue; // a skip may skip what depends on it
             }
-            if jobs.iter().all(|j| j.status.is_final())
-                && let Some(r) = self.inner.store.run(run).await?
+            if store.unfinished_jobs(run).await? == 0
+                && let Some(r) = store.run(run).await?
                 && r.status == RunStatus::Running
             {
+                let jobs = store.jobs(run).await?;
                 let final_status = if jobs.iter().any(|j| j.status == JobStatus::Cancelled) {
                     RunStatus::Cancelled
                 } else if jobs.iter().all(|j| j.status == JobStatus::Succeeded) {
@@ -599,10 +599,7 @@ impl Engine {
                 } else {
                     RunStatus::Failed
                 };
-                self.inner
-                    .store
-                    .finish_run(run, final_status, now_ms())
-                    .await?;
+                store.finish_run(run, final_status, now_ms()).await?;
                 self.emit(EngineEvent::RunFinished {
                     run,
                     status: final_status,

@@ -67,6 +67,25 @@ pub async fn runs_and_jobs_round_trip(s: &dyn StateStore) {
         (JobStatus::Pending, 3, 0)
     );
     assert_eq!(s.job(jobs[1].id).await.expect("job"), Some(jobs[1].clone()));
+    assert_eq!(
+        s.jobs_in_status(run, JobStatus::Pending)
+            .await
+            .expect("pending")
+            .len(),
+        2
+    );
+    assert_eq!(s.unfinished_jobs(run).await.expect("count"), 1);
+    s.transition_job(jobs[0].id, &[JobStatus::Pending], JobStatus::Skipped, None)
+        .await
+        .expect("skip");
+    assert_eq!(
+        s.jobs_in_status(run, JobStatus::Pending)
+            .await
+            .expect("pending")
+            .len(),
+        1
+    );
+    assert_eq!(s.unfinished_jobs(run).await.expect("count"), 1);
     s.finish_run(run, RunStatus::Succeeded, 2000)
         .await
         .expect("finish");

@@ -165,6 +165,7 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
     let config = EngineConfig {
         capacity,
         secrets,
+        log_cap: args.log_cap,
         ..EngineConfig::default()
     };
     let engine = Engine::start(config, store.clone(), queue, provider)

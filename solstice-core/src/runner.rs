@@ -216,6 +216,8 @@ pub async fn run(
     let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
         .map_err(|e| RunnerError::Connect(config.endpoint.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(30))
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
         .connect()
         .await
         .map_err(|e| RunnerError::Connect(config.endpoint.clone(), e.to_string()))?;
@@ -448,19 +450,28 @@ async fn copy_tree(src: &Path, dest: &Path) -> Result<(), String> {
             .collect(),
         _ => walk(src).map_err(|e| format!("{}: {e}", src.display()))?,
     };
+    // One blocking task for the whole copy: a thread hop per file (as with
+    // tokio::fs) costs more than copying a small file.
+    let (src, dest) = (src.to_path_buf(), dest.to_path_buf());
+    tokio::task::spawn_blocking(move || copy_files(&src, &dest, &files))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn copy_files(src: &Path, dest: &Path, files: &[PathBuf]) -> Result<(), String> {
+    let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for rel in files {
-        let from = src.join(&rel);
-        let to = dest.join(&rel);
-        if let Some(parent) = to.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| format!("{}: {e}", parent.display()))?;
+        let from = src.join(rel);
+        let to = dest.join(rel);
+        if let Some(parent) = to.parent()
+            && !made.contains(parent)
+        {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            made.insert(parent.to_path_buf());
         }
-        match tokio::fs::symlink_metadata(&from).await {
+        match std::fs::symlink_metadata(&from) {
             Ok(m) if m.is_file() => {
-                tokio::fs::copy(&from, &to)
-                    .await
-                    .map_err(|e| format!("{}: {e}", from.display()))?;
+                std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", from.display()))?;
             }
             _ => {} // deleted since listed, a symlink, or a submodule: skipped
         }

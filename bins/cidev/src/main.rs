@@ -72,6 +72,14 @@ enum Command {
         /// Cap on each job's stored log, in MiB (default 64).
         #[arg(long, default_value_t = 64)]
         log_cap_mib: u64,
+        /// Print only the summary (logs are still stored).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Where to put the temporary state and the job workspaces (default:
+        /// the system's temporary directory). A tmpfs such as /dev/shm starts
+        /// jobs faster but holds everything the jobs write in memory.
+        #[arg(long)]
+        tmpdir: Option<PathBuf>,
     },
     /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
     #[command(hide = true)]
@@ -120,6 +128,8 @@ fn main() -> ExitCode {
             capacity,
             runner,
             log_cap_mib,
+            quiet,
+            tmpdir,
         } => {
             init_tracing();
             let file = file.unwrap_or_else(|| DEFAULT_WORKFLOW.into());
@@ -138,6 +148,8 @@ fn main() -> ExitCode {
                     capacity,
                     runner,
                     log_cap: log_cap_mib.saturating_mul(1 << 20),
+                    quiet,
+                    tmpdir,
                 },
                 workflow,
             )

@@ -28,6 +28,8 @@ pub struct RunArgs {
     pub capacity: Option<usize>,
     pub runner: Option<PathBuf>,
     pub log_cap: u64,
+    pub quiet: bool,
+    pub tmpdir: Option<PathBuf>,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -127,10 +129,13 @@ fn checkout_root(file: &Path) -> PathBuf {
 async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
     let secrets = parse_secrets(&args)?;
     let workflow = select_jobs(workflow, &args.jobs)?;
-    let temp = tempfile::Builder::new()
-        .prefix("cidev-run-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("cidev-run-");
+    let temp = match &args.tmpdir {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| format!("temporary directory: {e}"))?;
     let state_dir = args
         .state
         .clone()
@@ -192,7 +197,12 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(EngineEvent::RunFinished { run: r, status }) if r == run => break status,
-                Ok(e) => printer.event(&e),
+                Ok(e) => {
+                    if !args.quiet {
+                        printer.event(&e);
+                        let _ = printer.out.flush();
+                    }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => printer.note(&format!("(output fell behind: {n} events not shown)")),
                 Err(_) => return Err("the engine stopped".into()),
             },
@@ -227,7 +237,8 @@ struct Printer {
     color: bool,
     colors: HashMap<String, &'static str>,
     partial: HashMap<(String, u8), Vec<u8>>,
-    out: std::io::StdoutLock<'static>,
+    /// Buffered, and flushed after every event: live without a write per line.
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
 }
 
 const PALETTE: [&str; 6] = [
@@ -243,7 +254,7 @@ impl Printer {
             color,
             colors: HashMap::new(),
             partial: HashMap::new(),
-            out: std::io::stdout().lock(),
+            out: std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock()),
         }
     }
 
@@ -271,6 +282,7 @@ impl Printer {
 
     fn note(&mut self, text: &str) {
         let _ = writeln!(self.out, "{text}");
+        let _ = self.out.flush();
     }
 
     fn event(&mut self, e: &EngineEvent) {
@@ -286,14 +298,27 @@ impl Printer {
             } => {
                 let buf = self.partial.entry((key.clone(), *stream)).or_default();
                 buf.extend_from_slice(data);
-                let mut lines = Vec::new();
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+                // Complete lines out, the unfinished tail stays: one drain
+                // and one write per chunk, not per line.
+                let Some(last) = buf.iter().rposition(|b| *b == b'\n') else {
+                    return;
+                };
+                let complete: Vec<u8> = buf.drain(..=last).collect();
+                let prefix = self.prefix(key);
+                let (a, b) = if *stream != 0 && self.color {
+                    (DIM, RESET)
+                } else {
+                    ("", "")
+                };
+                let mut text = Vec::with_capacity(complete.len() * 2);
+                for line in complete[..complete.len() - 1].split(|c| *c == b'\n') {
+                    text.extend_from_slice(prefix.as_bytes());
+                    text.extend_from_slice(a.as_bytes());
+                    text.extend_from_slice(line);
+                    text.extend_from_slice(b.as_bytes());
+                    text.push(b'\n');
                 }
-                for l in lines {
-                    self.line(key, &l, *stream != 0);
-                }
+                let _ = self.out.write_all(&text);
             }
             EngineEvent::StepFinished {
                 key,

@@ -273,6 +273,10 @@ struct LiveAttempt {
     secrets: BTreeMap<String, String>,
     result: Mutex<Option<oneshot::Sender<RunnerResult>>>,
     ingest: tokio::sync::Mutex<(LogIngest, i64)>,
+    /// Masked chunks go to a writer task, which stores whatever has queued
+    /// up in one transaction: reading and storing overlap. `None` once closed.
+    log_writer: Mutex<Option<tokio::sync::mpsc::Sender<LogChunk>>>,
+    log_writer_done: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     failed_step: Mutex<Option<String>>,
     cancel: Notify,
 }
@@ -798,6 +802,7 @@ impl Engine {
             .job
             .timeout
             .map_or(self.inner.config.default_job_timeout, |t| t.to_std());
+        let (log_tx, log_writer) = self.log_writer();
         let live = Arc::new(LiveAttempt {
             attempt: attempt.clone(),
             run,
@@ -809,6 +814,8 @@ impl Engine {
                 LogIngest::new(&secret_values, self.inner.config.log_cap),
                 0,
             )),
+            log_writer: Mutex::new(Some(log_tx)),
+            log_writer_done: tokio::sync::Mutex::new(Some(log_writer)),
             failed_step: Mutex::new(None),
             cancel: Notify::new(),
         });
@@ -1007,13 +1014,13 @@ impl Engine {
     async fn flush_log(&self, live: &LiveAttempt) {
         let mut guard = live.ingest.lock().await;
         let rest = guard.0.finish();
-        if rest.is_empty() {
-            return;
-        }
         let seq = guard.1;
         guard.1 += 1;
         drop(guard);
-        self.store_chunk(live, seq, u32::MAX, 2, rest).await;
+        if !rest.is_empty() {
+            self.store_chunk(live, seq, u32::MAX, 2, rest).await;
+        }
+        self.store_pending(live).await;
     }
 
     async fn store_chunk(
@@ -1032,8 +1039,9 @@ impl Engine {
             data: data.clone(),
             at: now_ms(),
         };
-        if let Err(e) = self.inner.store.append_logs(&[chunk]).await {
-            tracing::error!(error = %e, "storing a log chunk failed");
+        let writer = lock(&live.log_writer).clone();
+        if let Some(writer) = writer {
+            let _ = writer.send(chunk).await;
         }
         self.emit(EngineEvent::Log {
             run: live.run,
@@ -1042,6 +1050,39 @@ impl Engine {
             stream,
             data,
         });
+    }
+
+    /// A task that stores log chunks, batching what has queued up.
+    fn log_writer(&self) -> (tokio::sync::mpsc::Sender<LogChunk>, JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<LogChunk>(64);
+        let store = self.inner.store.clone();
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                let mut bytes = batch[0].data.len();
+                while bytes < (4 << 20) {
+                    match rx.try_recv() {
+                        Ok(chunk) => {
+                            bytes += chunk.data.len();
+                            batch.push(chunk);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = store.append_logs(&batch).await {
+                    tracing::error!(error = %e, "storing log chunks failed");
+                }
+            }
+        });
+        (tx, task)
+    }
+
+    /// Waits until every chunk handed to the writer is stored.
+    async fn store_pending(&self, live: &LiveAttempt) {
+        lock(&live.log_writer).take();
+        if let Some(task) = live.log_writer_done.lock().await.take() {
+            let _ = task.await;
+        }
     }
 }
 

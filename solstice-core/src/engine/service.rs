@@ -16,7 +16,11 @@ const MAX_MESSAGE: usize = 4 << 20;
 pub(super) async fn serve(engine: Engine, listener: tokio::net::TcpListener) {
     let service = pb::runner_server::RunnerServer::new(RunnerService { engine })
         .max_decoding_message_size(MAX_MESSAGE);
+    // Runners stream logs to us: HTTP/2's default 64 KiB receive window
+    // would stall them after every chunk waiting for a window update.
     let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_service(service)
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await;

@@ -51,7 +51,23 @@ async fn measure(label: &str, store: Arc<dyn StateStore>, n: usize, capacity: us
         .expect("submit");
     let status = engine.wait(run).await.expect("wait");
     let elapsed = started.elapsed();
-    assert_eq!(status, RunStatus::Succeeded);
+    if status != RunStatus::Succeeded {
+        let jobs = engine.store().jobs(run).await.expect("jobs");
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        for j in jobs
+            .iter()
+            .filter(|j| j.status != solstice_core::store::JobStatus::Succeeded)
+        {
+            *reasons
+                .entry(format!(
+                    "{}: {}",
+                    j.status,
+                    j.reason.clone().unwrap_or_default()
+                ))
+                .or_default() += 1;
+        }
+        panic!("{label}: run {status}: {reasons:#?}");
+    }
     let rate = n as f64 / elapsed.as_secs_f64();
     println!(
         "{label:<10} {n} jobs, capacity {capacity}: {:.2} s, {rate:.0} jobs/s",

@@ -240,7 +240,13 @@ pub async fn run(
     let mut reporter = client.clone();
     let reporting = tokio::spawn(async move { reporter.report_events(report).await });
 
-    let success = execute(&job, &config.workspace, executor, &events, stop_after_steps).await;
+    let span =
+        tracing::info_span!("job", run = %job.run_id, job = %job.job_id, attempt = job.attempt);
+    let success = tracing::Instrument::instrument(
+        execute(&job, &config.workspace, executor, &events, stop_after_steps),
+        span,
+    )
+    .await;
     if let Some(success) = success {
         let _ = events
             .send(event(Event::JobFinished(pb::JobFinished {

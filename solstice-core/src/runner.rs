@@ -93,6 +93,56 @@ pub fn kill_running_steps() {
     }
 }
 
+/// The whole runner program, for `solstice-runner` and `cidev runner`: reads
+/// `SOLSTICE_ENDPOINT` and `SOLSTICE_JOB_TOKEN` from the environment (never
+/// the command line, which other processes can read), uses the current
+/// directory as the workspace, runs the job with the shell, and returns the
+/// exit status: 0 the job succeeded, 1 it failed, 2 it could not be run.
+pub fn main_from_environment(name: &str) -> u8 {
+    let (Ok(endpoint), Ok(token)) = (
+        std::env::var("SOLSTICE_ENDPOINT"),
+        std::env::var("SOLSTICE_JOB_TOKEN"),
+    ) else {
+        eprintln!("{name}: SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN must be set");
+        return 2;
+    };
+    let workspace = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("{name}: no working directory: {e}");
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return 2;
+        }
+    };
+    let config = RunnerConfig {
+        endpoint,
+        token,
+        workspace,
+    };
+    let result = runtime.block_on(async {
+        exit_on_termination();
+        run(&config, &ShellExecutor, None).await
+    });
+    match result {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            2
+        }
+    }
+}
+
 /// For runner binaries: on SIGTERM or SIGINT, kill the running steps and exit.
 pub fn exit_on_termination() {
     tokio::spawn(async {

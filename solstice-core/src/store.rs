@@ -468,6 +468,14 @@ impl SqlStore {
         }
     }
 
+    /// [`SqlStore::sql`] for SQL built at run time.
+    fn dialect_sql(&self, text: String) -> String {
+        match self.dialect {
+            Dialect::Postgres => text,
+            Dialect::Sqlite => text.replace('$', "?"),
+        }
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -587,22 +595,14 @@ impl StateStore for SqlStore {
 
     async fn jobs(&self, run: RunId) -> Result<Vec<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY position");
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let rows = sqlx::query(&sql).bind(run).fetch_all(&self.pool).await?;
         rows.iter().map(job_from).collect()
     }
 
     async fn job(&self, id: JobId) -> Result<Option<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -614,11 +614,7 @@ impl StateStore for SqlStore {
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 AND status = $2 ORDER BY position"
         );
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let rows = sqlx::query(&sql)
             .bind(run)
             .bind(status.as_str())
@@ -657,11 +653,7 @@ impl StateStore for SqlStore {
             sql.push_str(&format!("${}", i + 4));
         }
         sql.push(')');
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let mut q = sqlx::query(&sql).bind(to.as_str()).bind(reason).bind(id);
         if from.is_empty() {
             q = q.bind("");
@@ -716,11 +708,7 @@ impl StateStore for SqlStore {
             "INSERT INTO attempts (job_id, number, status, holder, lease_expires_at, token_hash, started_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {ATTEMPT_COLUMNS}"
         );
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let row = sqlx::query(&sql)
             .bind(job)
             .bind(number)
@@ -789,11 +777,7 @@ impl StateStore for SqlStore {
         let sql = format!(
             "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE status = $1 AND lease_expires_at < $2 ORDER BY id"
         );
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let rows = sqlx::query(&sql)
             .bind(AttemptStatus::Running.as_str())
             .bind(now)
@@ -804,11 +788,7 @@ impl StateStore for SqlStore {
 
     async fn running_attempts(&self) -> Result<Vec<Attempt>> {
         let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE status = $1 ORDER BY id");
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let rows = sqlx::query(&sql)
             .bind(AttemptStatus::Running.as_str())
             .fetch_all(&self.pool)
@@ -819,22 +799,14 @@ impl StateStore for SqlStore {
     async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
         let sql =
             format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number");
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let rows = sqlx::query(&sql).bind(job).fetch_all(&self.pool).await?;
         rows.iter().map(attempt_from).collect()
     }
 
     async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
         let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1");
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -844,11 +816,7 @@ impl StateStore for SqlStore {
 
     async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>> {
         let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE token_hash = $1");
-        let sql = if self.dialect == Dialect::Sqlite {
-            sql.replace('$', "?")
-        } else {
-            sql
-        };
+        let sql = self.dialect_sql(sql);
         let row = sqlx::query(&sql)
             .bind(token_hash)
             .fetch_optional(&self.pool)

@@ -173,40 +173,7 @@ fn init_tracing() {
 /// works with nothing but cidev built.
 fn runner() -> ExitCode {
     init_tracing();
-    let (Ok(endpoint), Ok(token)) = (
-        std::env::var("SOLSTICE_ENDPOINT"),
-        std::env::var("SOLSTICE_JOB_TOKEN"),
-    ) else {
-        eprintln!("cidev runner: SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN must be set");
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let Ok(workspace) = std::env::current_dir() else {
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    else {
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let config = solstice_core::runner::RunnerConfig {
-        endpoint,
-        token,
-        workspace,
-    };
-    let result = rt.block_on(async {
-        solstice_core::runner::exit_on_termination();
-        solstice_core::runner::run(&config, &solstice_core::runner::ShellExecutor, None).await
-    });
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(EXIT_INVALID),
-        Err(e) => {
-            eprintln!("cidev runner: {e}");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    ExitCode::from(solstice_core::runner::main_from_environment("cidev runner"))
 }
 
 fn default_files(files: Vec<PathBuf>) -> Vec<PathBuf> {

@@ -6,8 +6,6 @@
 
 use std::process::ExitCode;
 
-use solstice_core::runner::{RunnerConfig, ShellExecutor, run};
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -16,46 +14,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let (Ok(endpoint), Ok(token)) = (
-        std::env::var("SOLSTICE_ENDPOINT"),
-        std::env::var("SOLSTICE_JOB_TOKEN"),
-    ) else {
-        eprintln!("solstice-runner: SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN must be set");
-        return ExitCode::from(2);
-    };
-    let workspace = match std::env::current_dir() {
-        Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("solstice-runner: no working directory: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("solstice-runner: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = RunnerConfig {
-        endpoint,
-        token,
-        workspace,
-    };
-    let result = runtime.block_on(async {
-        solstice_core::runner::exit_on_termination();
-        run(&config, &ShellExecutor, None).await
-    });
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("solstice-runner: {e}");
-            ExitCode::from(2)
-        }
-    }
+    ExitCode::from(solstice_core::runner::main_from_environment(
+        "solstice-runner",
+    ))
 }

@@ -42,6 +42,16 @@ fn push_escaped(out: &mut String, c: char, keep_newline: bool) {
     }
 }
 
+/// KDL's whitespace (its `unicode-space` table): a multi-line string line
+/// made only of these is normalised to empty, so such values stay single-line.
+fn is_kdl_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
+    )
+}
+
 /// A single-line quoted KDL v2 string.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -64,7 +74,7 @@ pub fn string_value(s: &str, indent: usize) -> String {
     let multi_ok = lines.len() > 1
         && lines
             .iter()
-            .all(|l| l.is_empty() || !l.trim_matches([' ', '\t']).is_empty())
+            .all(|l| l.is_empty() || !l.chars().all(is_kdl_space))
         && !lines[0].is_empty();
     if !multi_ok {
         return quote(s);
@@ -287,6 +297,8 @@ mod tests {
     fn multi_line_only_when_faithful() {
         assert_eq!(string_value("a\nb", 0), "\"\"\"\n    a\n    b\n    \"\"\"");
         assert_eq!(string_value("a\n  \nb", 0), "\"a\\n  \\nb\"");
+        // U+00A0 is KDL whitespace too (found by `cargo fuzz run roundtrip`).
+        assert_eq!(string_value("a\n\u{a0} ", 0), "\"a\\n\u{a0} \"");
         assert_eq!(string_value("\na", 0), "\"\\na\"");
         assert_eq!(string_value("one line", 0), "\"one line\"");
     }

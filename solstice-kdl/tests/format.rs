@@ -145,3 +145,18 @@ fn invalid_workflows_are_not_formatted() {
     .expect_err("invalid");
     assert_eq!(err.problems()[0].code.as_str(), "solstice::unknown_node");
 }
+
+/// Found by `cargo fuzz run roundtrip`: a v1 string holding a line break and
+/// then a line of U+00A0 was printed as a multi-line string, where KDL
+/// normalises a whitespace-only line to empty; `format` then (rightly)
+/// refused its own output. Such values stay single-line now.
+#[test]
+fn a_line_of_unicode_whitespace_keeps_its_value() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/format-nbsp-line.kdl");
+    let text = String::from_utf8(std::fs::read(path).expect("fixture")).expect("utf-8");
+    let out = fmt(&text);
+    assert_eq!(
+        parse(&out).expect("formatted parses"),
+        parse(&text).expect("valid")
+    );
+}

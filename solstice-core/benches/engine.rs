@@ -78,6 +78,12 @@ async fn measure(label: &str, store: Arc<dyn StateStore>, n: usize, capacity: us
 }
 
 fn main() {
+    if let Ok(filter) = std::env::var("SOLSTICE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let n: usize = std::env::var("SOLSTICE_BENCH_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -91,21 +97,36 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        // SOLSTICE_BENCH_STORES=sqlite,postgres (the default) selects the stores.
+        let stores =
+            std::env::var("SOLSTICE_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
         let dir = tempfile::tempdir().expect("temp");
-        let sqlite = SqlStore::connect(&format!(
-            "sqlite://{}",
-            dir.path().join("bench.db").display()
-        ))
-        .await
-        .expect("sqlite");
-        let a = measure("sqlite", Arc::new(sqlite), n, capacity).await;
-        let url = std::env::var("SOLSTICE_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("bench_{}", std::process::id());
-        let pg = SqlStore::connect_in_schema(&url, Some(&schema))
+        let mut a = None;
+        if stores.contains("sqlite") {
+            let sqlite = SqlStore::connect(&format!(
+                "sqlite://{}",
+                dir.path().join("bench.db").display()
+            ))
             .await
-            .expect("postgres");
-        let b = measure("postgres", Arc::new(pg), n, capacity).await;
-        println!("postgres / sqlite: {:.2}", b / a);
+            .expect("sqlite");
+            a = Some(measure("sqlite", Arc::new(sqlite), n, capacity).await);
+        }
+        let mut b = None;
+        if stores.contains("postgres") {
+            let url = std::env::var("SOLSTICE_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let schema = format!(
+                "bench_{}_{}",
+                std::process::id(),
+                solstice_core::engine::now_ms()
+            );
+            let pg = SqlStore::connect_in_schema(&url, Some(&schema))
+                .await
+                .expect("postgres");
+            b = Some(measure("postgres", Arc::new(pg), n, capacity).await);
+        }
+        if let (Some(a), Some(b)) = (a, b) {
+            println!("postgres / sqlite: {:.2}", b / a);
+        }
     });
 }

@@ -475,3 +475,84 @@ async fn a_declared_secret_without_a_value_is_refused_up_front() {
         .expect_err("refused");
     assert!(err.to_string().contains("DEPLOY"));
 }
+
+/// A provider whose `list` takes a while (as a real one listing zones or
+/// processes can), so jobs start while a recovery pass is in progress.
+struct SlowList(MockVmProvider);
+
+#[async_trait]
+impl solstice_vmm::VmProvider for SlowList {
+    fn name(&self) -> &'static str {
+        "slow-list"
+    }
+    async fn provision(
+        &self,
+        spec: &solstice_vmm::VmSpec,
+    ) -> Result<solstice_vmm::VmHandle, solstice_vmm::VmError> {
+        self.0.provision(spec).await
+    }
+    async fn state(
+        &self,
+        id: &solstice_vmm::VmId,
+    ) -> Result<solstice_vmm::VmState, solstice_vmm::VmError> {
+        self.0.state(id).await
+    }
+    async fn destroy(&self, id: &solstice_vmm::VmId) -> Result<(), solstice_vmm::VmError> {
+        self.0.destroy(id).await
+    }
+    async fn list(&self) -> Result<Vec<solstice_vmm::VmInfo>, solstice_vmm::VmError> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.0.list().await
+    }
+}
+
+/// Recovery runs while jobs start: it must never reap the VM of a job that
+/// was claimed during the pass (found by the 10,000-job benchmark: recovery
+/// read the running attempts, then listed VMs, and reaped VMs of jobs claimed
+/// in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_never_reaps_vms_of_starting_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn StateStore> = Arc::new(
+        SqlStore::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
+        .await
+        .expect("store"),
+    );
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let provider = SlowList(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
+        FakeExecutor,
+    )))));
+    // A short lease makes recovery run all through the run.
+    let busy = EngineConfig {
+        lease: Duration::from_millis(400),
+        capacity: 8,
+        ..config(&[])
+    };
+    let engine = Engine::start(busy, store.clone(), queue, Arc::new(provider))
+        .await
+        .expect("engine");
+    let jobs: String = (0..60)
+        .map(|i| format!("job id=\"j{i}\" {{ step run=\"sleep 0.05\"; }}\n"))
+        .collect();
+    let wf = solstice_kdl::parse(&format!("workflow {{\n{jobs}}}")).expect("valid");
+    let run = engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    let status = tokio::time::timeout(Duration::from_secs(120), engine.wait(run))
+        .await
+        .expect("ends")
+        .expect("wait");
+    let failed: Vec<(String, Option<String>)> = store
+        .jobs(run)
+        .await
+        .expect("jobs")
+        .into_iter()
+        .filter(|j| j.status != JobStatus::Succeeded)
+        .map(|j| (j.key, j.reason))
+        .collect();
+    assert_eq!(status, RunStatus::Succeeded, "{failed:?}");
+}

@@ -36,6 +36,12 @@ pub fn format(name: &str, text: &str, options: &ParseOptions) -> Result<String, 
     let mut kept = kept.into_iter();
     respell(&mut doc, 0, &mut kept);
     let mut out = doc.to_string();
+    if version == KdlVersion::V1 {
+        // U+000B is text in a KDL v1 comment but a line break in v2. Every
+        // string and name in `out` is spelled with escapes, so a raw one can
+        // only be in a comment, where a space means the same.
+        out = out.replace('\u{b}', " ");
+    }
     if !out.ends_with('\n') {
         out.push('\n');
     }

@@ -160,3 +160,17 @@ fn a_line_of_unicode_whitespace_keeps_its_value() {
         parse(&text).expect("valid")
     );
 }
+
+/// Found by `cargo fuzz run roundtrip`: U+000B inside a v1 comment is a line
+/// break once the file is KDL v2, which ended the comment early.
+#[test]
+fn a_vertical_tab_in_a_v1_comment_does_not_end_it_in_v2() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/hostile/format-v1-vertical-tab-comment.kdl");
+    let text = String::from_utf8(std::fs::read(path).expect("fixture")).expect("utf-8");
+    let out = fmt(&text);
+    assert_eq!(
+        parse(&out).expect("formatted parses"),
+        parse(&text).expect("valid")
+    );
+}

@@ -96,9 +96,12 @@ impl Guest for RunnerGuest {
         };
         match crate::runner::run(&config, &*self.executor, context.crash_after_steps).await {
             Ok(true) => 0,
-            Ok(false) => 1,
+            Ok(false) => {
+                tracing::warn!("mock guest: the job failed");
+                1
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "mock guest: runner failed");
+                tracing::warn!(error = %e, "mock guest: runner failed");
                 2
             }
         }

@@ -83,6 +83,8 @@ impl pb::runner_server::Runner for RunnerService {
         request: Request<Streaming<pb::RunnerEvent>>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let live = self.authorize(&request).await?;
+        live.reporting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut stream = request.into_inner();
         let engine = &self.engine;
         let store = &engine.inner.store;
@@ -115,10 +117,11 @@ impl pb::runner_server::Runner for RunnerService {
                         started_at: Some(now_ms()),
                         finished_at: None,
                     };
-                    store
-                        .put_step(&record)
-                        .await
-                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    if let Err(e) = store.put_step(&record).await {
+                        break RunnerResult::Disconnected(format!(
+                            "the orchestrator could not record a step: {e}"
+                        ));
+                    }
                     engine.emit(super::EngineEvent::StepStarted {
                         run: live.run,
                         key: live.key.clone(),
@@ -167,10 +170,11 @@ impl pb::runner_server::Runner for RunnerService {
                         started_at: None,
                         finished_at: Some(now_ms()),
                     };
-                    store
-                        .put_step(&record)
-                        .await
-                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    if let Err(e) = store.put_step(&record).await {
+                        break RunnerResult::Disconnected(format!(
+                            "the orchestrator could not record a step: {e}"
+                        ));
+                    }
                     engine.emit(super::EngineEvent::StepFinished {
                         run: live.run,
                         key: live.key.clone(),
@@ -196,6 +200,8 @@ impl pb::runner_server::Runner for RunnerService {
         if let Some(tx) = lock(&live.result).take() {
             let _ = tx.send(ending);
         }
+        live.reporting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         Ok(Response::new(pb::ReportAck {}))
     }
 }

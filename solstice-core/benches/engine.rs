@@ -32,8 +32,20 @@ fn workflow(n: usize) -> Workflow {
     }
 }
 
-async fn measure(label: &str, store: Arc<dyn StateStore>, n: usize, capacity: usize) -> f64 {
-    let provider = MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor))));
+async fn measure(
+    label: &str,
+    store: Arc<dyn StateStore>,
+    n: usize,
+    capacity: usize,
+    guest_dir: Option<&str>,
+) -> f64 {
+    // Each mock VM's runner makes its workspace directory (two mkdirs and
+    // two rmdirs per job); where is the guest's business, not the engine's.
+    let guest = match guest_dir {
+        Some(dir) => RunnerGuest::in_dir(Arc::new(FakeExecutor), dir),
+        None => RunnerGuest::new(Arc::new(FakeExecutor)),
+    };
+    let provider = MockVmProvider::new(Arc::new(guest));
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
     let config = EngineConfig {
         capacity,
@@ -49,6 +61,7 @@ async fn measure(label: &str, store: Arc<dyn StateStore>, n: usize, capacity: us
         .submit(&wf, "{}", Checkout::None)
         .await
         .expect("submit");
+    let submitted = started.elapsed();
     let status = engine.wait(run).await.expect("wait");
     let elapsed = started.elapsed();
     if status != RunStatus::Succeeded {
@@ -70,8 +83,9 @@ async fn measure(label: &str, store: Arc<dyn StateStore>, n: usize, capacity: us
     }
     let rate = n as f64 / elapsed.as_secs_f64();
     println!(
-        "{label:<10} {n} jobs, capacity {capacity}: {:.2} s, {rate:.0} jobs/s",
-        elapsed.as_secs_f64()
+        "{label:<10} {n} jobs, capacity {capacity}: {:.2} s, {rate:.0} jobs/s (submitting took {:.2} s)",
+        elapsed.as_secs_f64(),
+        submitted.as_secs_f64()
     );
     engine.shutdown().await;
     rate
@@ -88,45 +102,79 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let capacity: usize = std::env::var("SOLSTICE_BENCH_CAPACITY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+    // SOLSTICE_BENCH_CAPACITY=64 (default) or a list (32,64,128) for a sweep.
+    let capacities: Vec<usize> = std::env::var("SOLSTICE_BENCH_CAPACITY")
+        .unwrap_or_else(|_| "64".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    // SOLSTICE_BENCH_GUEST_DIR: where the mock guests make their workspaces
+    // (default /dev/shm when it exists; "tmp" for the system's temporary
+    // directory).
+    let guest_dir = match std::env::var("SOLSTICE_BENCH_GUEST_DIR") {
+        Ok(d) if d == "tmp" => None,
+        Ok(d) => Some(d),
+        Err(_) => std::path::Path::new("/dev/shm")
+            .is_dir()
+            .then(|| "/dev/shm".to_string()),
+    };
+    println!(
+        "mock guest workspaces in {}",
+        guest_dir
+            .as_deref()
+            .unwrap_or("the system temporary directory")
+    );
     rt.block_on(async {
         // SOLSTICE_BENCH_STORES=sqlite,postgres (the default) selects the stores.
         let stores =
             std::env::var("SOLSTICE_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
         let dir = tempfile::tempdir().expect("temp");
-        let mut a = None;
-        if stores.contains("sqlite") {
-            let sqlite = SqlStore::connect(&format!(
-                "sqlite://{}",
-                dir.path().join("bench.db").display()
-            ))
-            .await
-            .expect("sqlite");
-            a = Some(measure("sqlite", Arc::new(sqlite), n, capacity).await);
+        let mut results: Vec<(String, usize, f64)> = Vec::new();
+        for &capacity in &capacities {
+            if stores.contains("sqlite") {
+                // A fresh database for every measurement.
+                let path = dir.path().join(format!("bench-{capacity}.db"));
+                let sqlite = SqlStore::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .expect("sqlite");
+                let rate = measure(
+                    "sqlite",
+                    Arc::new(sqlite),
+                    n,
+                    capacity,
+                    guest_dir.as_deref(),
+                )
+                .await;
+                results.push(("sqlite".into(), capacity, rate));
+            }
+            if stores.contains("postgres") {
+                let url = std::env::var("SOLSTICE_TEST_POSTGRES")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                let schema = format!(
+                    "bench_{}_{}",
+                    std::process::id(),
+                    solstice_core::engine::now_ms()
+                );
+                let pg = SqlStore::connect_in_schema(&url, Some(&schema))
+                    .await
+                    .expect("postgres");
+                let rate =
+                    measure("postgres", Arc::new(pg), n, capacity, guest_dir.as_deref()).await;
+                results.push(("postgres".into(), capacity, rate));
+            }
         }
-        let mut b = None;
-        if stores.contains("postgres") {
-            let url = std::env::var("SOLSTICE_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            let schema = format!(
-                "bench_{}_{}",
-                std::process::id(),
-                solstice_core::engine::now_ms()
-            );
-            let pg = SqlStore::connect_in_schema(&url, Some(&schema))
-                .await
-                .expect("postgres");
-            b = Some(measure("postgres", Arc::new(pg), n, capacity).await);
-        }
-        if let (Some(a), Some(b)) = (a, b) {
-            println!("postgres / sqlite: {:.2}", b / a);
+        // Ratios against the first measurement of this run.
+        if let Some((base_label, base_cap, base)) = results.first().cloned() {
+            for (label, capacity, rate) in &results[1..] {
+                println!(
+                    "{label} capacity {capacity} / {base_label} capacity {base_cap}: {:.2}",
+                    rate / base
+                );
+            }
         }
     });
 }

@@ -7,13 +7,15 @@
 //! `migrations/`. Both pass the same conformance suite
 //! (`solstice_core::testing::store`).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 /// Row ids.
 pub type RunId = i64;
@@ -272,6 +274,68 @@ pub struct LogChunk {
     pub at: i64,
 }
 
+/// One change in a batch for [`StateStore::apply`]: the writes of the
+/// engine's hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Write {
+    /// [`StateStore::claim`]; the result carries the job as well.
+    Claim {
+        /// The job.
+        job: JobId,
+        /// Lease holder.
+        holder: String,
+        /// Lease end (Unix ms).
+        lease_until: i64,
+        /// Hash of the attempt's token.
+        token_hash: String,
+        /// Unix ms.
+        now: i64,
+    },
+    /// [`StateStore::set_vm`].
+    SetVm {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Its VM.
+        vm_id: String,
+    },
+    /// [`StateStore::put_step`].
+    Step(StepRecord),
+    /// [`StateStore::append_logs`].
+    Logs(Vec<LogChunk>),
+    /// [`StateStore::finish_attempt`] and, only if the attempt was still
+    /// running, the job's move from `running` to `job_status`.
+    Finish {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Its final status.
+        status: AttemptStatus,
+        /// Why, for the attempt.
+        reason: Option<String>,
+        /// Unix ms.
+        now: i64,
+        /// The attempt's job.
+        job: JobId,
+        /// The job's next status (`queued` again for a retry).
+        job_status: JobStatus,
+        /// Why, for the job.
+        job_reason: Option<String>,
+    },
+}
+
+/// What one [`Write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A claim: the job as claimed and its new attempt, or `None` if the
+    /// job was not queued or had no attempts left (or an earlier claim in
+    /// the same batch took it).
+    Claimed(Option<Box<(Job, Attempt)>>),
+    /// A finish: `true` if the attempt was running and is now ended.
+    Finished(bool),
+    /// Any other write.
+    Done,
+}
+
 /// What the engine records. Every method is safe to call from several
 /// engines at once: state changes are compare-and-set, so a race has one
 /// winner and the others get `false` or [`StoreError::Conflict`].
@@ -305,6 +369,23 @@ pub trait StateStore: Send + Sync {
         to: JobStatus,
         reason: Option<&str>,
     ) -> Result<bool>;
+    /// [`StateStore::transition_job`] for many jobs at once (one
+    /// compare-and-set per job); returns the ids of the jobs that moved.
+    async fn transition_jobs(
+        &self,
+        ids: &[JobId],
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<Vec<JobId>> {
+        let mut moved = Vec::new();
+        for &id in ids {
+            if self.transition_job(id, from, to, reason).await? {
+                moved.push(id);
+            }
+        }
+        Ok(moved)
+    }
     /// Allows `n` more attempts (an attempt lost to the engine itself does
     /// not count against the workflow's `retry`).
     async fn add_attempts(&self, job: JobId, n: u32) -> Result<()>;
@@ -354,6 +435,74 @@ pub trait StateStore: Send + Sync {
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()>;
     /// An attempt's log in order.
     async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>>;
+
+    /// Applies many writes, in order, with one result per write: the
+    /// engine's group commit. An implementation should apply them in one
+    /// transaction with a few statements (this default makes one call per
+    /// write, which is correct but not fast). If it returns an error,
+    /// none of the writes may have been applied.
+    async fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(match w {
+                Write::Claim {
+                    job,
+                    holder,
+                    lease_until,
+                    token_hash,
+                    now,
+                } => match self
+                    .claim(*job, holder, *lease_until, token_hash, *now)
+                    .await
+                {
+                    Ok(attempt) => {
+                        let job = self.job(*job).await?.ok_or_else(|| {
+                            StoreError::Corrupt(format!("claimed job {job} is gone"))
+                        })?;
+                        Applied::Claimed(Some(Box::new((job, attempt))))
+                    }
+                    Err(StoreError::Conflict(_)) => Applied::Claimed(None),
+                    Err(e) => return Err(e),
+                },
+                Write::SetVm { attempt, vm_id } => {
+                    self.set_vm(*attempt, vm_id).await?;
+                    Applied::Done
+                }
+                Write::Step(step) => {
+                    self.put_step(step).await?;
+                    Applied::Done
+                }
+                Write::Logs(chunks) => {
+                    self.append_logs(chunks).await?;
+                    Applied::Done
+                }
+                Write::Finish {
+                    attempt,
+                    status,
+                    reason,
+                    now,
+                    job,
+                    job_status,
+                    job_reason,
+                } => {
+                    let ended = self
+                        .finish_attempt(*attempt, *status, reason.as_deref(), *now)
+                        .await?;
+                    if ended {
+                        self.transition_job(
+                            *job,
+                            &[JobStatus::Running],
+                            *job_status,
+                            job_reason.as_deref(),
+                        )
+                        .await?;
+                    }
+                    Applied::Finished(ended)
+                }
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -365,8 +514,46 @@ enum Dialect {
 /// [`StateStore`] on SQLite or PostgreSQL.
 #[derive(Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
+    db: Arc<Db>,
     dialect: Dialect,
+}
+
+/// Where statements go.
+enum Db {
+    /// SQLite: one connection, owned outright. SQLite has one writer at a
+    /// time and a writer that finds the database locked sleeps in
+    /// millisecond steps, so one connection that serialises everything is
+    /// the fastest; and without a pool, no statement pays the pool's
+    /// bookkeeping (which pings a connection every time it is returned).
+    /// `None` once closed.
+    Single(tokio::sync::Mutex<Option<AnyConnection>>),
+    /// PostgreSQL: a pool.
+    Pool(AnyPool),
+}
+
+/// A connection for one operation.
+enum Conn<'a> {
+    Single(tokio::sync::MappedMutexGuard<'a, AnyConnection>),
+    Pool(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Pool(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Pool(c) => c,
+        }
+    }
 }
 
 fn col<T>(row: &AnyRow, name: &str) -> Result<T>
@@ -420,44 +607,55 @@ impl SqlStore {
                 .await?;
             setup.close().await;
         }
-        let in_memory = url.contains(":memory:");
+        if dialect == Dialect::Sqlite {
+            let mut conn = AnyConnection::connect(&url).await?;
+            for pragma in [
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA busy_timeout = 10000",
+                "PRAGMA foreign_keys = ON",
+            ] {
+                conn.execute(pragma).await?;
+            }
+            sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+            return Ok(SqlStore {
+                db: Arc::new(Db::Single(tokio::sync::Mutex::new(Some(conn)))),
+                dialect,
+            });
+        }
         let pool = AnyPoolOptions::new()
-            // SQLite has one writer at a time, and a writer that finds the
-            // database locked sleeps in millisecond steps: one connection
-            // serialises writes without sleeping (and an in-memory database
-            // exists once per connection anyway).
-            .max_connections(if dialect == Dialect::Sqlite || in_memory {
-                1
-            } else {
-                16
-            })
+            // A connection is checked on every acquire by default: a second
+            // round trip to the database per statement. A broken connection
+            // shows up as an error on the statement instead.
+            .test_before_acquire(false)
+            .max_connections(16)
             .after_connect(move |conn, _| {
                 let schema = schema.clone();
                 Box::pin(async move {
-                    match dialect {
-                        Dialect::Sqlite => {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                        }
-                        Dialect::Postgres => {
-                            if let Some(s) = schema {
-                                conn.execute(format!("SET search_path TO {s}").as_str())
-                                    .await?;
-                            }
-                        }
+                    if let Some(s) = schema {
+                        conn.execute(format!("SET search_path TO {s}").as_str())
+                            .await?;
                     }
                     Ok(())
                 })
             })
             .connect(&url)
             .await?;
-        match dialect {
-            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
-        }
-        Ok(SqlStore { pool, dialect })
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(SqlStore {
+            db: Arc::new(Db::Pool(pool)),
+            dialect,
+        })
+    }
+
+    async fn conn(&self) -> Result<Conn<'_>> {
+        Ok(match &*self.db {
+            Db::Single(c) => Conn::Single(
+                tokio::sync::MutexGuard::try_map(c.lock().await, Option::as_mut)
+                    .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?,
+            ),
+            Db::Pool(p) => Conn::Pool(p.acquire().await?),
+        })
     }
 
     /// SQL is written with `$1` placeholders; SQLite numbers them `?1`.
@@ -476,9 +674,16 @@ impl SqlStore {
         }
     }
 
-    /// Closes the pool.
+    /// Closes the connections. Operations after this fail.
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &*self.db {
+            Db::Single(c) => {
+                if let Some(conn) = c.lock().await.take() {
+                    let _ = conn.close().await;
+                }
+            }
+            Db::Pool(p) => p.close().await,
+        }
     }
 }
 
@@ -515,10 +720,333 @@ fn attempt_from(row: &AnyRow) -> Result<Attempt> {
     })
 }
 
+/// Rows per multi-row statement: far below every database's limit on bind
+/// parameters (SQLite 32,766, PostgreSQL 65,535).
+const BATCH_ROWS: usize = 200;
+
+/// Bytes of log data per statement.
+const BATCH_LOG_BYTES: usize = 4 << 20;
+
+/// `($first, $first+1, ...), (...)`: `rows` tuples of `cols` placeholders.
+fn placeholders(rows: usize, cols: usize, first: usize) -> String {
+    let mut out = String::new();
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", first + r * cols + c));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `CASE id WHEN $k THEN $k+col ... END` over rows of `width` parameters
+/// starting at `first`, where each row's first parameter is the id.
+fn case_by_id(rows: usize, width: usize, first: usize, col: usize) -> String {
+    let mut out = String::from("CASE id");
+    for r in 0..rows {
+        let base = first + r * width;
+        out.push_str(&format!(" WHEN ${base} THEN ${}", base + col));
+    }
+    out.push_str(" END");
+    out
+}
+
+/// `$k, $k+width, ...`: the ids of rows of `width` parameters.
+fn ids_of(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| format!("${}", first + r * width))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const ATTEMPT_COLUMNS: &str =
     "id, job_id, number, status, reason, holder, lease_expires_at, vm_id, started_at, finished_at";
 const JOB_COLUMNS: &str =
     "id, run_id, position, job_key, label, spec, needs, status, reason, max_attempts, attempts";
+
+impl SqlStore {
+    async fn apply_claims(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        writes: &[Write],
+        out: &mut [Applied],
+    ) -> Result<()> {
+        // The first claim of a job in the batch is the one that can win.
+        let mut first: HashMap<JobId, usize> = HashMap::new();
+        let mut order: Vec<JobId> = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            if let Write::Claim { job, .. } = w
+                && !first.contains_key(job)
+            {
+                first.insert(*job, i);
+                order.push(*job);
+            }
+        }
+        for ids in order.chunks(BATCH_ROWS) {
+            let sql = self.dialect_sql(format!(
+                "UPDATE jobs SET status = $1, attempts = attempts + 1 \
+                 WHERE status = $2 AND attempts < max_attempts AND id IN ({}) RETURNING {JOB_COLUMNS}",
+                ids_of(ids.len(), 1, 3)
+            ));
+            let mut q = sqlx::query(&sql)
+                .bind(JobStatus::Running.as_str())
+                .bind(JobStatus::Queued.as_str());
+            for id in ids {
+                q = q.bind(*id);
+            }
+            let claimed: Vec<Job> = q
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(job_from)
+                .collect::<Result<_>>()?;
+            if claimed.is_empty() {
+                continue;
+            }
+            let sql = self.dialect_sql(format!(
+                "INSERT INTO attempts (job_id, number, status, holder, lease_expires_at, token_hash, started_at) \
+                 VALUES {} RETURNING {ATTEMPT_COLUMNS}",
+                placeholders(claimed.len(), 7, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for job in &claimed {
+                let Write::Claim {
+                    holder,
+                    lease_until,
+                    token_hash,
+                    now,
+                    ..
+                } = &writes[first[&job.id]]
+                else {
+                    unreachable!("indexes point at claims");
+                };
+                q = q
+                    .bind(job.id)
+                    .bind(i64::from(job.attempts))
+                    .bind(AttemptStatus::Running.as_str())
+                    .bind(holder.as_str())
+                    .bind(*lease_until)
+                    .bind(token_hash.as_str())
+                    .bind(*now);
+            }
+            let mut attempts: HashMap<JobId, Attempt> = HashMap::new();
+            for row in q.fetch_all(&mut *conn).await? {
+                let a = attempt_from(&row)?;
+                attempts.insert(a.job_id, a);
+            }
+            for job in claimed {
+                let attempt = attempts.remove(&job.id).ok_or_else(|| {
+                    StoreError::Corrupt(format!("no attempt inserted for job {}", job.id))
+                })?;
+                let i = first[&job.id];
+                out[i] = Applied::Claimed(Some(Box::new((job, attempt))));
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_vms(&self, conn: &mut sqlx::AnyConnection, writes: &[Write]) -> Result<()> {
+        // The last write for an attempt wins, as if applied one by one.
+        let mut vms: Vec<(AttemptId, &str)> = Vec::new();
+        for w in writes {
+            if let Write::SetVm { attempt, vm_id } = w {
+                vms.retain(|(a, _)| a != attempt);
+                vms.push((*attempt, vm_id));
+            }
+        }
+        for rows in vms.chunks(BATCH_ROWS) {
+            let sql = self.dialect_sql(format!(
+                "UPDATE attempts SET vm_id = {} WHERE id IN ({})",
+                case_by_id(rows.len(), 2, 1, 1),
+                ids_of(rows.len(), 2, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for (attempt, vm) in rows {
+                q = q.bind(*attempt).bind(*vm);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_steps(&self, conn: &mut sqlx::AnyConnection, writes: &[Write]) -> Result<()> {
+        // One row per step: a step that started and ended within the batch
+        // is written once, as if the two writes were applied in order.
+        let mut steps: Vec<StepRecord> = Vec::new();
+        let mut at: HashMap<(AttemptId, u32), usize> = HashMap::new();
+        for w in writes {
+            if let Write::Step(step) = w {
+                match at.get(&(step.attempt_id, step.index)) {
+                    Some(&i) => {
+                        let started_at = steps[i].started_at.or(step.started_at);
+                        steps[i] = StepRecord {
+                            started_at,
+                            ..step.clone()
+                        };
+                    }
+                    None => {
+                        at.insert((step.attempt_id, step.index), steps.len());
+                        steps.push(step.clone());
+                    }
+                }
+            }
+        }
+        for rows in steps.chunks(BATCH_ROWS) {
+            let sql = self.dialect_sql(format!(
+                "INSERT INTO steps (attempt_id, idx, name, status, exit_code, started_at, finished_at) \
+                 VALUES {} ON CONFLICT (attempt_id, idx) DO UPDATE SET name = excluded.name, \
+                 status = excluded.status, exit_code = excluded.exit_code, \
+                 started_at = COALESCE(steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
+                placeholders(rows.len(), 7, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for step in rows {
+                q = q
+                    .bind(step.attempt_id)
+                    .bind(i64::from(step.index))
+                    .bind(step.name.as_str())
+                    .bind(step.status.as_str())
+                    .bind(step.exit_code.map(i64::from))
+                    .bind(step.started_at)
+                    .bind(step.finished_at);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_logs(&self, conn: &mut sqlx::AnyConnection, writes: &[Write]) -> Result<()> {
+        let chunks: Vec<&LogChunk> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Logs(chunks) => Some(chunks.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut rest = chunks.as_slice();
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && n < BATCH_ROWS && (n == 0 || bytes < BATCH_LOG_BYTES) {
+                bytes += rest[n].data.len();
+                n += 1;
+            }
+            let (rows, tail) = rest.split_at(n);
+            rest = tail;
+            let sql = self.dialect_sql(format!(
+                "INSERT INTO log_chunks (attempt_id, seq, step, stream, data, at) VALUES {}",
+                placeholders(rows.len(), 6, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for c in rows {
+                q = q
+                    .bind(c.attempt_id)
+                    .bind(c.seq)
+                    .bind(i64::from(c.step))
+                    .bind(i64::from(c.stream))
+                    .bind(c.data.as_slice())
+                    .bind(c.at);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_finishes(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        writes: &[Write],
+        out: &mut [Applied],
+    ) -> Result<()> {
+        // A second finish of the same attempt finds it ended: only the
+        // first can succeed.
+        let mut first: HashMap<AttemptId, usize> = HashMap::new();
+        for (i, w) in writes.iter().enumerate() {
+            if let Write::Finish { attempt, .. } = w {
+                first.entry(*attempt).or_insert(i);
+            }
+        }
+        let mut finishes: Vec<usize> = first.into_values().collect();
+        finishes.sort_unstable();
+        for batch in finishes.chunks(BATCH_ROWS) {
+            let sql = self.dialect_sql(format!(
+                "UPDATE attempts SET status = {}, reason = {}, finished_at = {} \
+                 WHERE status = $1 AND id IN ({}) RETURNING id",
+                case_by_id(batch.len(), 4, 2, 1),
+                case_by_id(batch.len(), 4, 2, 2),
+                case_by_id(batch.len(), 4, 2, 3),
+                ids_of(batch.len(), 4, 2)
+            ));
+            let mut q = sqlx::query(&sql).bind(AttemptStatus::Running.as_str());
+            for &i in batch {
+                let Write::Finish {
+                    attempt,
+                    status,
+                    reason,
+                    now,
+                    ..
+                } = &writes[i]
+                else {
+                    unreachable!("indexes point at finishes");
+                };
+                q = q
+                    .bind(*attempt)
+                    .bind(status.as_str())
+                    .bind(reason.as_deref())
+                    .bind(*now);
+            }
+            let ended: HashSet<AttemptId> = q
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| col::<i64>(r, "id"))
+                .collect::<Result<_>>()?;
+            // The jobs of the attempts that ended move on (one move per job).
+            let mut jobs: Vec<(JobId, &str, Option<&str>)> = Vec::new();
+            for &i in batch {
+                let Write::Finish {
+                    attempt,
+                    job,
+                    job_status,
+                    job_reason,
+                    ..
+                } = &writes[i]
+                else {
+                    unreachable!("indexes point at finishes");
+                };
+                if ended.contains(attempt) {
+                    out[i] = Applied::Finished(true);
+                    if !jobs.iter().any(|(j, _, _)| j == job) {
+                        jobs.push((*job, job_status.as_str(), job_reason.as_deref()));
+                    }
+                }
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            let sql = self.dialect_sql(format!(
+                "UPDATE jobs SET status = {}, reason = {} WHERE status = $1 AND id IN ({})",
+                case_by_id(jobs.len(), 3, 2, 1),
+                case_by_id(jobs.len(), 3, 2, 2),
+                ids_of(jobs.len(), 3, 2)
+            ));
+            let mut q = sqlx::query(&sql).bind(JobStatus::Running.as_str());
+            for (job, status, reason) in jobs {
+                q = q.bind(job).bind(status).bind(reason);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl StateStore for SqlStore {
@@ -529,7 +1057,8 @@ impl StateStore for SqlStore {
         jobs: &[NewJob],
         now: i64,
     ) -> Result<RunId> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         let row = sqlx::query(&self.sql(
             "INSERT INTO runs (name, source, status, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         ))
@@ -540,24 +1069,27 @@ impl StateStore for SqlStore {
         .fetch_one(&mut *tx)
         .await?;
         let run: i64 = col(&row, "id")?;
-        let insert = self.sql(
-            "INSERT INTO jobs (run_id, position, job_key, label, spec, needs, status, max_attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        );
-        for (i, job) in jobs.iter().enumerate() {
-            let needs = serde_json::to_string(&job.needs)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(&insert)
-                .bind(run)
-                .bind(i as i64)
-                .bind(&job.key)
-                .bind(&job.label)
-                .bind(&job.spec)
-                .bind(needs)
-                .bind(JobStatus::Pending.as_str())
-                .bind(i64::from(job.max_attempts.max(1)))
-                .execute(&mut *tx)
-                .await?;
+        let positioned: Vec<(usize, &NewJob)> = jobs.iter().enumerate().collect();
+        for rows in positioned.chunks(BATCH_ROWS) {
+            let sql = self.dialect_sql(format!(
+                "INSERT INTO jobs (run_id, position, job_key, label, spec, needs, status, max_attempts) VALUES {}",
+                placeholders(rows.len(), 8, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for (i, job) in rows {
+                let needs = serde_json::to_string(&job.needs)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                q = q
+                    .bind(run)
+                    .bind(*i as i64)
+                    .bind(job.key.as_str())
+                    .bind(job.label.as_str())
+                    .bind(job.spec.as_str())
+                    .bind(needs)
+                    .bind(JobStatus::Pending.as_str())
+                    .bind(i64::from(job.max_attempts.max(1)));
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(run)
@@ -568,7 +1100,7 @@ impl StateStore for SqlStore {
             "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE id = $1",
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         row.map(|r| {
             Ok(Run {
@@ -588,7 +1120,7 @@ impl StateStore for SqlStore {
             .bind(status.as_str())
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -596,7 +1128,10 @@ impl StateStore for SqlStore {
     async fn jobs(&self, run: RunId) -> Result<Vec<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY position");
         let sql = self.dialect_sql(sql);
-        let rows = sqlx::query(&sql).bind(run).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(run)
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
         rows.iter().map(job_from).collect()
     }
 
@@ -605,7 +1140,7 @@ impl StateStore for SqlStore {
         let sql = self.dialect_sql(sql);
         let row = sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         row.as_ref().map(job_from).transpose()
     }
@@ -618,7 +1153,7 @@ impl StateStore for SqlStore {
         let rows = sqlx::query(&sql)
             .bind(run)
             .bind(status.as_str())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows.iter().map(job_from).collect()
     }
@@ -631,7 +1166,7 @@ impl StateStore for SqlStore {
         .bind(JobStatus::Pending.as_str())
         .bind(JobStatus::Queued.as_str())
         .bind(JobStatus::Running.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(col::<i64>(&row, "n")?.max(0) as u64)
     }
@@ -661,14 +1196,50 @@ impl StateStore for SqlStore {
         for s in from {
             q = q.bind(s.as_str());
         }
-        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+        Ok(q.execute(&mut *self.conn().await?).await?.rows_affected() == 1)
+    }
+
+    async fn transition_jobs(
+        &self,
+        ids: &[JobId],
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<Vec<JobId>> {
+        let mut moved = Vec::new();
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
+        for chunk in ids.chunks(BATCH_ROWS) {
+            let from_list = ids_of(from.len().max(1), 1, 3);
+            let sql = self.dialect_sql(format!(
+                "UPDATE jobs SET status = $1, reason = $2 WHERE status IN ({from_list}) AND id IN ({}) RETURNING id",
+                ids_of(chunk.len(), 1, 3 + from.len().max(1))
+            ));
+            let mut q = sqlx::query(&sql).bind(to.as_str()).bind(reason);
+            if from.is_empty() {
+                q = q.bind("");
+            }
+            for s in from {
+                q = q.bind(s.as_str());
+            }
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                moved.push(col::<i64>(&row, "id")?);
+            }
+        }
+        tx.commit().await?;
+        let order: HashMap<JobId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        moved.sort_by_key(|id| order.get(id).copied());
+        Ok(moved)
     }
 
     async fn add_attempts(&self, job: JobId, n: u32) -> Result<()> {
         sqlx::query(&self.sql("UPDATE jobs SET max_attempts = max_attempts + $1 WHERE id = $2"))
             .bind(i64::from(n))
             .bind(job)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -681,7 +1252,8 @@ impl StateStore for SqlStore {
         token_hash: &str,
         now: i64,
     ) -> Result<Attempt> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         // The compare-and-set on the job is the claim: one winner.
         let claimed = sqlx::query(&self.sql(
             "UPDATE jobs SET status = $1, attempts = attempts + 1 \
@@ -737,7 +1309,7 @@ impl StateStore for SqlStore {
         .bind(attempt)
         .bind(holder)
         .bind(AttemptStatus::Running.as_str())
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -747,7 +1319,7 @@ impl StateStore for SqlStore {
         sqlx::query(&self.sql("UPDATE attempts SET vm_id = $1 WHERE id = $2"))
             .bind(vm_id)
             .bind(attempt)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -767,7 +1339,7 @@ impl StateStore for SqlStore {
         .bind(now)
         .bind(attempt)
         .bind(AttemptStatus::Running.as_str())
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -781,7 +1353,7 @@ impl StateStore for SqlStore {
         let rows = sqlx::query(&sql)
             .bind(AttemptStatus::Running.as_str())
             .bind(now)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows.iter().map(attempt_from).collect()
     }
@@ -791,7 +1363,7 @@ impl StateStore for SqlStore {
         let sql = self.dialect_sql(sql);
         let rows = sqlx::query(&sql)
             .bind(AttemptStatus::Running.as_str())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows.iter().map(attempt_from).collect()
     }
@@ -800,7 +1372,10 @@ impl StateStore for SqlStore {
         let sql =
             format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number");
         let sql = self.dialect_sql(sql);
-        let rows = sqlx::query(&sql).bind(job).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(job)
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
         rows.iter().map(attempt_from).collect()
     }
 
@@ -809,7 +1384,7 @@ impl StateStore for SqlStore {
         let sql = self.dialect_sql(sql);
         let row = sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         row.as_ref().map(attempt_from).transpose()
     }
@@ -819,7 +1394,7 @@ impl StateStore for SqlStore {
         let sql = self.dialect_sql(sql);
         let row = sqlx::query(&sql)
             .bind(token_hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         row.as_ref().map(attempt_from).transpose()
     }
@@ -829,7 +1404,7 @@ impl StateStore for SqlStore {
             &self.sql("UPDATE attempts SET token_used = 1 WHERE id = $1 AND token_used = 0"),
         )
         .bind(attempt)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -849,7 +1424,7 @@ impl StateStore for SqlStore {
         .bind(step.exit_code.map(i64::from))
         .bind(step.started_at)
         .bind(step.finished_at)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -860,7 +1435,7 @@ impl StateStore for SqlStore {
              FROM steps WHERE attempt_id = $1 ORDER BY idx",
         ))
         .bind(attempt)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -884,7 +1459,8 @@ impl StateStore for SqlStore {
         let insert = self.sql(
             "INSERT INTO log_chunks (attempt_id, seq, step, stream, data, at) VALUES ($1, $2, $3, $4, $5, $6)",
         );
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         for c in chunks {
             sqlx::query(&insert)
                 .bind(c.attempt_id)
@@ -900,12 +1476,39 @@ impl StateStore for SqlStore {
         Ok(())
     }
 
+    async fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>> {
+        let mut out: Vec<Applied> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Claim { .. } => Applied::Claimed(None),
+                Write::Finish { .. } => Applied::Finished(false),
+                _ => Applied::Done,
+            })
+            .collect();
+        if writes.is_empty() {
+            return Ok(out);
+        }
+        // One transaction, a handful of multi-row statements, in an order
+        // that respects what a batch can contain: an attempt's steps and
+        // logs before its end (an attempt claimed in this batch has no
+        // other writes in it: they need its id).
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
+        self.apply_claims(&mut tx, writes, &mut out).await?;
+        self.apply_vms(&mut tx, writes).await?;
+        self.apply_steps(&mut tx, writes).await?;
+        self.apply_logs(&mut tx, writes).await?;
+        self.apply_finishes(&mut tx, writes, &mut out).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
     async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>> {
         let rows = sqlx::query(&self.sql(
             "SELECT attempt_id, seq, step, stream, data, at FROM log_chunks WHERE attempt_id = $1 ORDER BY seq",
         ))
         .bind(attempt)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use solstice_core::engine::{
-    Checkout, Engine, EngineConfig, FakeExecutor, JobMessage, RunnerGuest,
+    Checkout, Engine, EngineConfig, EngineError, FakeExecutor, JobMessage, Listen, RunnerGuest,
 };
 use solstice_core::protocol::pb;
 use solstice_core::store::{
@@ -442,10 +442,12 @@ async fn tokens_are_single_use_and_forged_or_stale_ones_are_refused() {
     let (_, reason) = job_status(&s, run, "a").await;
     assert!(reason.is_some());
     // The finished attempt's token, and a forged one, are refused.
-    let mut client =
-        pb::runner_client::RunnerClient::connect(format!("http://{}", s.engine.endpoint()))
-            .await
-            .expect("connect");
+    let RunnerEndpoint::Tcp(addr) = s.engine.endpoint() else {
+        panic!("the default endpoint is TCP");
+    };
+    let mut client = pb::runner_client::RunnerClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
     for token in [seen[2].clone(), "0".repeat(64), "not even hex".into()] {
         let mut req = tonic::Request::new(pb::FetchJobRequest::default());
         req.metadata_mut().insert(
@@ -555,4 +557,53 @@ async fn recovery_never_reaps_vms_of_starting_jobs() {
         .map(|j| (j.key, j.reason))
         .collect();
     assert_eq!(status, RunStatus::Succeeded, "{failed:?}");
+}
+
+/// Runners can reach the engine over a unix socket (for bridges such as
+/// virtio-serial); a socket left by a dead engine is replaced, any other
+/// file at the path is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_reach_a_unix_socket_endpoint() {
+    let sockets = tempfile::tempdir().expect("temp dir");
+    let path = sockets.path().join("runner.sock");
+    // What a dead engine leaves behind: a socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
+    let s = setup_with(
+        MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
+        EngineConfig {
+            listen: Listen::Unix(path.clone()),
+            ..config(&[])
+        },
+    )
+    .await;
+    assert_eq!(s.engine.endpoint(), &RunnerEndpoint::Unix(path.clone()));
+    let (run, status) = run(
+        &s,
+        r#"workflow { job id="a" { step run="echo over the socket"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Succeeded);
+    assert!(
+        log_text(&s, run, "a", 0)
+            .await
+            .contains("echo over the socket")
+    );
+
+    let file = sockets.path().join("not-a-socket");
+    std::fs::write(&file, "data").expect("write");
+    let refused = Engine::start(
+        EngineConfig {
+            listen: Listen::Unix(file.clone()),
+            ..config(&[])
+        },
+        s.store.clone(),
+        Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default())),
+        Arc::new(s.provider.clone()),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(EngineError::Listen(_))),
+        "a regular file is not replaced"
+    );
+    assert_eq!(std::fs::read(&file).expect("still there"), b"data");
 }

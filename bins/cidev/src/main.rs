@@ -80,6 +80,10 @@ enum Command {
         /// jobs faster but holds everything the jobs write in memory.
         #[arg(long)]
         tmpdir: Option<PathBuf>,
+        /// Serve runners on a unix socket (in the temporary directory)
+        /// instead of a loopback TCP port.
+        #[arg(long)]
+        unix_socket: bool,
     },
     /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
     #[command(hide = true)]
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             log_cap_mib,
             quiet,
             tmpdir,
+            unix_socket,
         } => {
             init_tracing();
             let file = file.unwrap_or_else(|| DEFAULT_WORKFLOW.into());
@@ -150,6 +155,7 @@ fn main() -> ExitCode {
                     log_cap: log_cap_mib.saturating_mul(1 << 20),
                     quiet,
                     tmpdir,
+                    unix_socket,
                 },
                 workflow,
             )

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use solstice_core::engine::{
-    Checkout, Engine, EngineConfig, EngineEvent, FakeExecutor, JobMessage, RunnerGuest,
+    Checkout, Engine, EngineConfig, EngineEvent, FakeExecutor, JobMessage, Listen, RunnerGuest,
 };
 use solstice_core::store::{JobStatus, RunStatus, SqlStore, StateStore, StepStatus};
 use solstice_kdl::Workflow;
@@ -30,6 +30,7 @@ pub struct RunArgs {
     pub log_cap: u64,
     pub quiet: bool,
     pub tmpdir: Option<PathBuf>,
+    pub unix_socket: bool,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -171,6 +172,11 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
         capacity,
         secrets,
         log_cap: args.log_cap,
+        listen: if args.unix_socket {
+            Listen::Unix(temp.path().join("runner.sock"))
+        } else {
+            EngineConfig::default().listen
+        },
         ..EngineConfig::default()
     };
     let engine = Engine::start(config, store.clone(), queue, provider)

@@ -200,6 +200,28 @@ fn job_selection_runs_what_the_job_needs() {
 }
 
 #[test]
+fn runners_can_reach_the_engine_over_a_unix_socket() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wf = dir.path().join("where.kdl");
+    std::fs::write(
+        &wf,
+        r#"workflow { job id="where" { step run="echo endpoint=$SOLSTICE_ENDPOINT"; } }"#,
+    )
+    .expect("write");
+    let wf = wf.display().to_string();
+    let o = cidev(&["run", &wf, "--unix-socket"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("endpoint=unix://"), "{out}");
+    let o = cidev(&["run", &wf]);
+    assert!(
+        text(&o).contains("endpoint=http://127.0.0.1:"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn the_mock_provider_runs_without_processes() {
     let o = cidev(&["run", "examples/workflows/hello.kdl", "--provider", "mock"]);
     let out = text(&o);

@@ -70,12 +70,27 @@ impl StepExecutor for FakeExecutor {
 /// Runs the runner against the engine from inside a mock VM.
 pub struct RunnerGuest {
     executor: Arc<dyn StepExecutor>,
+    /// Where workspaces are made; the system's temporary directory if `None`.
+    root: Option<std::path::PathBuf>,
 }
 
 impl RunnerGuest {
     /// A guest using `executor` for steps.
     pub fn new(executor: Arc<dyn StepExecutor>) -> Self {
-        RunnerGuest { executor }
+        RunnerGuest {
+            executor,
+            root: None,
+        }
+    }
+
+    /// A guest whose job workspaces are made under `root` (e.g. a tmpfs,
+    /// so that a benchmark of the engine does not measure the host's
+    /// filesystem).
+    pub fn in_dir(executor: Arc<dyn StepExecutor>, root: impl Into<std::path::PathBuf>) -> Self {
+        RunnerGuest {
+            executor,
+            root: Some(root.into()),
+        }
     }
 }
 
@@ -86,7 +101,11 @@ impl Guest for RunnerGuest {
             RunnerEndpoint::Tcp(addr) => format!("http://{addr}"),
             RunnerEndpoint::Unix(path) => format!("unix://{}", path.display()),
         };
-        let Ok(workspace) = tempfile::tempdir() else {
+        let workspace = match &self.root {
+            Some(root) => tempfile::tempdir_in(root),
+            None => tempfile::tempdir(),
+        };
+        let Ok(workspace) = workspace else {
             return 2;
         };
         let config = RunnerConfig {

@@ -16,6 +16,7 @@
 //! | something it needs did not succeed | (none) | skipped, with the reason |
 
 mod guest;
+mod recorder;
 mod service;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -36,9 +37,10 @@ pub use guest::{FakeExecutor, RunnerGuest};
 
 use crate::log::{DEFAULT_LOG_CAP, LogIngest};
 use crate::store::{
-    Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, NewJob, RunId, RunStatus,
-    StateStore, StepStatus,
+    Applied, Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, NewJob, RunId,
+    RunStatus, StateStore, StepStatus, Write,
 };
+use recorder::Recorder;
 
 /// The queue message: one job of one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,52 @@ pub struct StoredJob {
     pub checkout: Checkout,
 }
 
+/// Where the runner endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address; port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A unix socket at this path, for runners on this host or behind a
+    /// bridge (virtio-serial, vsock proxies). A socket file left there by an
+    /// engine that died is replaced; any other file is an error. The socket
+    /// is created with the directory's permissions: put it in a directory
+    /// only the engine and its VMs' bridges can reach.
+    Unix(std::path::PathBuf),
+}
+
+/// The bound endpoint.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listen {
+    async fn bind(&self) -> std::io::Result<(Listener, RunnerEndpoint)> {
+        match self {
+            Listen::Tcp(addr) => {
+                let l = tokio::net::TcpListener::bind(addr).await?;
+                let endpoint = RunnerEndpoint::Tcp(l.local_addr()?.to_string());
+                Ok((Listener::Tcp(l), endpoint))
+            }
+            Listen::Unix(path) => {
+                use std::os::unix::fs::FileTypeExt;
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+                    Ok(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket", path.display()),
+                        ));
+                    }
+                    Err(_) => {}
+                }
+                let l = tokio::net::UnixListener::bind(path)?;
+                Ok((Listener::Unix(l), RunnerEndpoint::Unix(path.clone())))
+            }
+        }
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -97,7 +145,7 @@ pub struct EngineConfig {
     /// Secret values by name.
     pub secrets: BTreeMap<String, String>,
     /// Where the runner endpoint listens.
-    pub listen: SocketAddr,
+    pub listen: Listen,
     /// How often a VM's state is checked while its job runs.
     pub poll: Duration,
     /// VM shape.
@@ -117,7 +165,7 @@ impl Default for EngineConfig {
             default_job_timeout: Duration::from_secs(3600),
             log_cap: DEFAULT_LOG_CAP,
             secrets: BTreeMap::new(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
             poll: Duration::from_millis(100),
             vcpus: 2,
             memory_mib: 2048,
@@ -273,11 +321,13 @@ struct LiveAttempt {
     secrets: BTreeMap<String, String>,
     result: Mutex<Option<oneshot::Sender<RunnerResult>>>,
     ingest: tokio::sync::Mutex<(LogIngest, i64)>,
-    /// Masked chunks go to a writer task, which stores whatever has queued
-    /// up in one transaction: reading and storing overlap. `None` once closed.
-    log_writer: Mutex<Option<tokio::sync::mpsc::Sender<LogChunk>>>,
-    log_writer_done: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     failed_step: Mutex<Option<String>>,
+    /// The hash of the attempt's token (the token itself is not kept).
+    token_hash: String,
+    /// Set by the runner's first `FetchJob`: tokens are single-use.
+    token_used: std::sync::atomic::AtomicBool,
+    /// The lease as last renewed (Unix ms); the token expires with it.
+    lease_until: std::sync::atomic::AtomicI64,
     cancel: Notify,
     /// The runner's report stream is open or still being processed.
     reporting: std::sync::atomic::AtomicBool,
@@ -288,7 +338,7 @@ struct Inner {
     store: Arc<dyn StateStore>,
     queue: Arc<dyn JobQueue<JobMessage>>,
     provider: Arc<dyn VmProvider>,
-    endpoint: SocketAddr,
+    endpoint: RunnerEndpoint,
     live: Mutex<HashMap<AttemptId, Arc<LiveAttempt>>>,
     cancelled_runs: Mutex<HashSet<RunId>>,
     events: broadcast::Sender<EngineEvent>,
@@ -296,6 +346,15 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set by `kill`: job tasks and heartbeats stop dead, as in a crash.
     killed: tokio::sync::watch::Sender<bool>,
+    /// The hot path's writes (group commit).
+    recorder: Recorder,
+    /// Runs known to have no `pending` job left.
+    nothing_pending: Mutex<HashSet<RunId>>,
+    /// Runs whose jobs changed since the scheduler last looked.
+    to_schedule: Mutex<HashSet<RunId>>,
+    schedule_wake: Notify,
+    /// Job tasks running (each holds one of `capacity` slots).
+    active_jobs: std::sync::atomic::AtomicUsize,
 }
 
 /// The engine. Cheap to clone.
@@ -313,11 +372,9 @@ impl Engine {
         queue: Arc<dyn JobQueue<JobMessage>>,
         provider: Arc<dyn VmProvider>,
     ) -> Result<Engine, EngineError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(EngineError::Listen)?;
-        let endpoint = listener.local_addr().map_err(EngineError::Listen)?;
+        let (listener, endpoint) = config.listen.bind().await.map_err(EngineError::Listen)?;
         let (events, _) = broadcast::channel(1 << 16);
+        let (recorder, writer) = Recorder::start(store.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
@@ -330,8 +387,16 @@ impl Engine {
                 events,
                 tasks: Mutex::new(Vec::new()),
                 killed: tokio::sync::watch::channel(false).0,
+                recorder,
+                nothing_pending: Mutex::new(HashSet::new()),
+                to_schedule: Mutex::new(HashSet::new()),
+                schedule_wake: Notify::new(),
+                active_jobs: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
+        lock(&engine.inner.tasks).push(writer);
+        let scheduler = engine.clone();
+        engine.spawn(async move { scheduler.scheduler().await });
         let server = service::serve(engine.clone(), listener);
         engine.spawn(server);
         engine.recover().await?;
@@ -347,7 +412,7 @@ impl Engine {
                 }
             }
         });
-        tracing::info!(holder = %engine.inner.config.holder, endpoint = %endpoint, "engine started");
+        tracing::info!(holder = %engine.inner.config.holder, endpoint = %engine.inner.endpoint, "engine started");
         Ok(engine)
     }
 
@@ -356,9 +421,9 @@ impl Engine {
         lock(&self.inner.tasks).push(handle);
     }
 
-    /// The address runners connect to.
-    pub fn endpoint(&self) -> SocketAddr {
-        self.inner.endpoint
+    /// Where runners connect.
+    pub fn endpoint(&self) -> &RunnerEndpoint {
+        &self.inner.endpoint
     }
 
     /// The store.
@@ -480,9 +545,23 @@ impl Engine {
             {
                 return Ok(r.status);
             }
-            tokio::select! {
-                _ = events.recv() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            // Look again when this run finishes here, when events were
+            // missed, or after a while (another engine may finish it).
+            let nap = tokio::time::sleep(Duration::from_millis(500));
+            tokio::pin!(nap);
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(EngineEvent::RunFinished { run: r, .. }) if r == run => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            (&mut nap).await;
+                            break;
+                        }
+                    },
+                    _ = &mut nap => break,
+                }
             }
         }
     }
@@ -504,14 +583,47 @@ impl Engine {
         for run in runs {
             let _ = self.cancel_run(run).await;
         }
+        // Wait for every job task to end (they record their outcome through
+        // the writer task, which must outlive them), then schedule what they
+        // left to schedule.
         for _ in 0..600 {
-            if lock(&self.inner.live).is_empty() {
+            if lock(&self.inner.live).is_empty()
+                && self
+                    .inner
+                    .active_jobs
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    == 0
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.schedule_pending().await;
         for t in lock(&self.inner.tasks).drain(..) {
             t.abort();
+        }
+    }
+
+    /// Asks the scheduler task to look at a run soon. Jobs that end close
+    /// together share one look.
+    fn schedule_soon(&self, run: RunId) {
+        lock(&self.inner.to_schedule).insert(run);
+        self.inner.schedule_wake.notify_one();
+    }
+
+    async fn scheduler(&self) {
+        loop {
+            self.inner.schedule_wake.notified().await;
+            self.schedule_pending().await;
+        }
+    }
+
+    async fn schedule_pending(&self) {
+        let runs: Vec<RunId> = lock(&self.inner.to_schedule).drain().collect();
+        for run in runs {
+            if let Err(e) = self.schedule(run).await {
+                tracing::error!(run, error = %e, "scheduling failed");
+            }
         }
     }
 
@@ -520,27 +632,27 @@ impl Engine {
     async fn schedule(&self, run: RunId) -> Result<(), EngineError> {
         let store = &self.inner.store;
         loop {
-            // Cheap in the common case: most calls find nothing pending.
-            let pending = store.jobs_in_status(run, JobStatus::Pending).await?;
+            // A job never goes back to `pending`: once a run has none, it
+            // never will again, and the question need not be asked.
+            let pending = if lock(&self.inner.nothing_pending).contains(&run) {
+                Vec::new()
+            } else {
+                store.jobs_in_status(run, JobStatus::Pending).await?
+            };
+            if pending.is_empty() {
+                lock(&self.inner.nothing_pending).insert(run);
+            }
             let mut changed = false;
             if !pending.is_empty() {
                 let jobs = store.jobs(run).await?;
                 let status: HashMap<&str, JobStatus> =
                     jobs.iter().map(|j| (j.key.as_str(), j.status)).collect();
                 let cancelled = lock(&self.inner.cancelled_runs).contains(&run);
+                let mut to_cancel = Vec::new();
+                let mut to_queue = Vec::new();
                 for job in &pending {
                     if cancelled {
-                        if store
-                            .transition_job(
-                                job.id,
-                                &[JobStatus::Pending],
-                                JobStatus::Cancelled,
-                                Some("cancelled"),
-                            )
-                            .await?
-                        {
-                            changed = true;
-                        }
+                        to_cancel.push(job.id);
                         continue;
                     }
                     let blocked = job.needs.iter().find(|n| {
@@ -572,26 +684,50 @@ impl Engine {
                         .needs
                         .iter()
                         .all(|n| status.get(n.as_str()) == Some(&JobStatus::Succeeded))
-                        && store
-                            .transition_job(job.id, &[JobStatus::Pending], JobStatus::Queued, None)
-                            .await?
                     {
-                        self.inner
-                            .queue
-                            .publish(&JobMessage {
-                                run_id: run,
-                                job_id: job.id,
-                            })
-                            .await?;
-                        self.emit(EngineEvent::JobQueued {
-                            run,
-                            key: job.key.clone(),
-                        });
+                        to_queue.push(job);
                     }
+                }
+                if !to_cancel.is_empty()
+                    && !store
+                        .transition_jobs(
+                            &to_cancel,
+                            &[JobStatus::Pending],
+                            JobStatus::Cancelled,
+                            Some("cancelled"),
+                        )
+                        .await?
+                        .is_empty()
+                {
+                    changed = true;
+                }
+                let ids: Vec<JobId> = to_queue.iter().map(|j| j.id).collect();
+                let queued: HashSet<JobId> = store
+                    .transition_jobs(&ids, &[JobStatus::Pending], JobStatus::Queued, None)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for job in to_queue.into_iter().filter(|j| queued.contains(&j.id)) {
+                    self.inner
+                        .queue
+                        .publish(&JobMessage {
+                            run_id: run,
+                            job_id: job.id,
+                        })
+                        .await?;
+                    self.emit(EngineEvent::JobQueued {
+                        run,
+                        key: job.key.clone(),
+                    });
                 }
             }
             if changed {
                 continue; // a skip may skip what depends on it
+            }
+            // While this engine runs one of its jobs, the run is not over;
+            // that attempt's end schedules the run again.
+            if lock(&self.inner.live).values().any(|l| l.run == run) {
+                return Ok(());
             }
             if store.unfinished_jobs(run).await? == 0
                 && let Some(r) = store.run(run).await?
@@ -606,6 +742,7 @@ impl Engine {
                     RunStatus::Failed
                 };
                 store.finish_run(run, final_status, now_ms()).await?;
+                lock(&self.inner.nothing_pending).remove(&run);
                 self.emit(EngineEvent::RunFinished {
                     run,
                     status: final_status,
@@ -708,12 +845,19 @@ impl Engine {
             let msg = delivery.message().clone();
             let span = tracing::info_span!("job", run = msg.run_id, job = msg.job_id);
             let mut killed = self.inner.killed.subscribe();
+            self.inner
+                .active_jobs
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(
                 async move {
                     tokio::select! {
                         () = engine.handle(delivery) => {}
                         _ = killed.wait_for(|k| *k) => {}
                     }
+                    engine
+                        .inner
+                        .active_jobs
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     drop(slot);
                 }
                 .instrument(span),
@@ -732,23 +876,15 @@ impl Engine {
                 let _ = delivery.nack(true).await;
             }
         }
-        if let Err(e) = self.schedule(msg.run_id).await {
-            tracing::error!(error = %e, "scheduling failed");
-        }
+        self.schedule_soon(msg.run_id);
     }
 
     async fn run_job(&self, msg: &JobMessage) -> Result<(), EngineError> {
-        let store = self.inner.store.clone();
-        let Some(job) = store.job(msg.job_id).await? else {
-            return Ok(());
-        };
-        if job.status != JobStatus::Queued {
-            return Ok(()); // a stale or duplicate message
-        }
         if lock(&self.inner.cancelled_runs).contains(&msg.run_id) {
-            store
+            self.inner
+                .store
                 .transition_job(
-                    job.id,
+                    msg.job_id,
                     &[JobStatus::Queued],
                     JobStatus::Cancelled,
                     Some("cancelled"),
@@ -756,44 +892,43 @@ impl Engine {
                 .await?;
             return Ok(());
         }
-        let stored: StoredJob = serde_json::from_str(&job.spec)
-            .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
         let token = new_token();
         let lease = self.inner.config.lease;
-        let attempt = match store
-            .claim(
-                job.id,
-                &self.inner.config.holder,
-                now_ms() + lease.as_millis() as i64,
-                &hash_token(&token),
-                now_ms(),
-            )
-            .await
-        {
-            Ok(a) => a,
-            Err(crate::store::StoreError::Conflict(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let claimed = self
+            .inner
+            .recorder
+            .apply(Write::Claim {
+                job: msg.job_id,
+                holder: self.inner.config.holder.clone(),
+                lease_until: now_ms() + lease.as_millis() as i64,
+                token_hash: hash_token(&token),
+                now: now_ms(),
+            })
+            .await?;
+        // Not queued (a stale or duplicate message), or out of attempts.
+        let Applied::Claimed(Some(pair)) = claimed else {
+            return Ok(());
         };
+        let (job, attempt) = *pair;
         let span = tracing::info_span!("attempt", key = %job.key, attempt = attempt.number);
-        self.attempt(job, stored, attempt, token)
-            .instrument(span)
-            .await
+        self.attempt(job, attempt, token).instrument(span).await
     }
 
-    async fn attempt(
-        &self,
-        job: Job,
-        stored: StoredJob,
-        attempt: Attempt,
-        token: String,
-    ) -> Result<(), EngineError> {
-        let store = self.inner.store.clone();
+    async fn attempt(&self, job: Job, attempt: Attempt, token: String) -> Result<(), EngineError> {
         let run = job.run_id;
         self.emit(EngineEvent::JobStarted {
             run,
             key: job.key.clone(),
             attempt: attempt.number,
         });
+        let stored: StoredJob = match serde_json::from_str(&job.spec) {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Nothing can run it; record why instead of leaving it running.
+                let outcome = Outcome::Failed(format!("the stored job cannot be read: {e}"));
+                return self.finish(&job, &attempt, outcome).await;
+            }
+        };
         let secrets: BTreeMap<String, String> = stored
             .secrets
             .iter()
@@ -812,7 +947,6 @@ impl Engine {
             .job
             .timeout
             .map_or(self.inner.config.default_job_timeout, |t| t.to_std());
-        let (log_tx, log_writer) = self.log_writer();
         let live = Arc::new(LiveAttempt {
             attempt: attempt.clone(),
             run,
@@ -824,9 +958,10 @@ impl Engine {
                 LogIngest::new(&secret_values, self.inner.config.log_cap),
                 0,
             )),
-            log_writer: Mutex::new(Some(log_tx)),
-            log_writer_done: tokio::sync::Mutex::new(Some(log_writer)),
             failed_step: Mutex::new(None),
+            token_hash: hash_token(&token),
+            token_used: std::sync::atomic::AtomicBool::new(false),
+            lease_until: std::sync::atomic::AtomicI64::new(attempt.lease_expires_at),
             cancel: Notify::new(),
             reporting: std::sync::atomic::AtomicBool::new(false),
         });
@@ -834,7 +969,7 @@ impl Engine {
 
         let lease = self.inner.config.lease;
         let heartbeat = {
-            let store = store.clone();
+            let store = self.inner.store.clone();
             let holder = self.inner.config.holder.clone();
             let live = live.clone();
             let mut killed = self.inner.killed.subscribe();
@@ -844,17 +979,15 @@ impl Engine {
                         () = tokio::time::sleep(lease / 3) => {}
                         _ = killed.wait_for(|k| *k) => return,
                     }
-                    match store
-                        .renew_lease(
-                            live.attempt.id,
-                            &holder,
-                            now_ms() + lease.as_millis() as i64,
-                        )
-                        .await
-                    {
-                        Ok(true) => {}
+                    let until = now_ms() + lease.as_millis() as i64;
+                    match store.renew_lease(live.attempt.id, &holder, until).await {
+                        Ok(true) => live
+                            .lease_until
+                            .store(until, std::sync::atomic::Ordering::SeqCst),
                         Ok(false) => {
                             tracing::warn!("lost the lease; stopping the attempt");
+                            live.lease_until
+                                .store(0, std::sync::atomic::Ordering::SeqCst);
                             live.cancel.notify_one();
                             return;
                         }
@@ -870,7 +1003,7 @@ impl Engine {
             vcpus: self.inner.config.vcpus,
             memory_mib: self.inner.config.memory_mib,
             disk_gib: self.inner.config.disk_gib,
-            endpoint: RunnerEndpoint::Tcp(self.inner.endpoint.to_string()),
+            endpoint: self.inner.endpoint.clone(),
             token,
             owner: attempt.id.to_string(),
         };
@@ -878,7 +1011,13 @@ impl Engine {
         let outcome = match self.inner.provider.provision(&spec).await {
             Err(e) => Outcome::Lost(format!("VM failed to boot: {e}")),
             Ok(handle) => {
-                store.set_vm(attempt.id, &handle.id.0).await?;
+                self.inner
+                    .recorder
+                    .send(Write::SetVm {
+                        attempt: attempt.id,
+                        vm_id: handle.id.0.clone(),
+                    })
+                    .await;
                 vm = Some(handle.id.clone());
                 self.watch(&live, &handle.id, result_rx, timeout).await
             }
@@ -903,62 +1042,87 @@ impl Engine {
         }
         self.flush_log(&live).await;
         lock(&self.inner.live).remove(&attempt.id);
+        self.finish(&job, &attempt, outcome).await
+    }
 
-        let (attempt_status, reason) = match &outcome {
-            Outcome::Succeeded => (AttemptStatus::Succeeded, None),
-            Outcome::Failed(r) => (AttemptStatus::Failed, Some(r.clone())),
-            Outcome::Lost(r) => (AttemptStatus::Lost, Some(r.clone())),
-            Outcome::Cancelled => (AttemptStatus::Cancelled, Some("cancelled".into())),
+    /// Records how an attempt ended and what happens to its job: final, or
+    /// queued again while `retry` allows.
+    async fn finish(
+        &self,
+        job: &Job,
+        attempt: &Attempt,
+        outcome: Outcome,
+    ) -> Result<(), EngineError> {
+        let run = job.run_id;
+        // `job` is as claimed: its `max_attempts` can only have grown since
+        // if recovery ended this attempt, and then this finish does nothing.
+        let retry =
+            attempt.number < job.max_attempts && !lock(&self.inner.cancelled_runs).contains(&run);
+        let (status, reason, job_status, job_reason) = match outcome {
+            Outcome::Succeeded => (AttemptStatus::Succeeded, None, JobStatus::Succeeded, None),
+            Outcome::Failed(r) => (
+                AttemptStatus::Failed,
+                Some(r.clone()),
+                JobStatus::Failed,
+                Some(r),
+            ),
+            Outcome::Cancelled => (
+                AttemptStatus::Cancelled,
+                Some("cancelled".to_string()),
+                JobStatus::Cancelled,
+                Some("cancelled".to_string()),
+            ),
+            Outcome::Lost(r) if retry => (
+                AttemptStatus::Lost,
+                Some(r.clone()),
+                JobStatus::Queued,
+                Some(r),
+            ),
+            Outcome::Lost(r) => (
+                AttemptStatus::Lost,
+                Some(r.clone()),
+                JobStatus::Failed,
+                Some(format!("{r} (no attempts left)")),
+            ),
         };
-        if !store
-            .finish_attempt(attempt.id, attempt_status, reason.as_deref(), now_ms())
-            .await?
-        {
+        let ended = self
+            .inner
+            .recorder
+            .apply(Write::Finish {
+                attempt: attempt.id,
+                status,
+                reason: reason.clone(),
+                now: now_ms(),
+                job: job.id,
+                job_status,
+                job_reason: job_reason.clone(),
+            })
+            .await?;
+        if ended != Applied::Finished(true) {
             // Someone else (recovery after a lost lease) already ended it.
             return Ok(());
         }
-        let current = store
-            .job(job.id)
-            .await?
-            .map(|j| (j.attempts, j.max_attempts))
-            .unwrap_or((attempt.number, attempt.number));
-        let (job_status, reason) = match outcome {
-            Outcome::Succeeded => (JobStatus::Succeeded, None),
-            Outcome::Failed(r) => (JobStatus::Failed, Some(r)),
-            Outcome::Cancelled => (JobStatus::Cancelled, Some("cancelled".into())),
-            Outcome::Lost(r)
-                if current.0 < current.1 && !lock(&self.inner.cancelled_runs).contains(&run) =>
-            {
-                if store
-                    .transition_job(job.id, &[JobStatus::Running], JobStatus::Queued, Some(&r))
-                    .await?
-                {
-                    self.emit(EngineEvent::JobRetrying {
-                        run,
-                        key: job.key.clone(),
-                        attempt: attempt.number,
-                        reason: r,
-                    });
-                    self.inner
-                        .queue
-                        .publish(&JobMessage {
-                            run_id: run,
-                            job_id: job.id,
-                        })
-                        .await?;
-                }
-                return Ok(());
-            }
-            Outcome::Lost(r) => (JobStatus::Failed, Some(format!("{r} (no attempts left)"))),
-        };
-        store
-            .transition_job(job.id, &[JobStatus::Running], job_status, reason.as_deref())
-            .await?;
+        if job_status == JobStatus::Queued {
+            self.emit(EngineEvent::JobRetrying {
+                run,
+                key: job.key.clone(),
+                attempt: attempt.number,
+                reason: reason.unwrap_or_default(),
+            });
+            self.inner
+                .queue
+                .publish(&JobMessage {
+                    run_id: run,
+                    job_id: job.id,
+                })
+                .await?;
+            return Ok(());
+        }
         self.emit(EngineEvent::JobFinished {
             run,
-            key: job.key,
+            key: job.key.clone(),
             status: job_status,
-            reason,
+            reason: job_reason,
         });
         Ok(())
     }
@@ -1043,7 +1207,6 @@ impl Engine {
         if !rest.is_empty() {
             self.store_chunk(live, seq, u32::MAX, 2, rest).await;
         }
-        self.store_pending(live).await;
     }
 
     async fn store_chunk(
@@ -1062,10 +1225,7 @@ impl Engine {
             data: data.clone(),
             at: now_ms(),
         };
-        let writer = lock(&live.log_writer).clone();
-        if let Some(writer) = writer {
-            let _ = writer.send(chunk).await;
-        }
+        self.inner.recorder.send(Write::Logs(vec![chunk])).await;
         self.emit(EngineEvent::Log {
             run: live.run,
             key: live.key.clone(),
@@ -1073,39 +1233,6 @@ impl Engine {
             stream,
             data,
         });
-    }
-
-    /// A task that stores log chunks, batching what has queued up.
-    fn log_writer(&self) -> (tokio::sync::mpsc::Sender<LogChunk>, JoinHandle<()>) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<LogChunk>(64);
-        let store = self.inner.store.clone();
-        let task = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                let mut bytes = batch[0].data.len();
-                while bytes < (4 << 20) {
-                    match rx.try_recv() {
-                        Ok(chunk) => {
-                            bytes += chunk.data.len();
-                            batch.push(chunk);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = store.append_logs(&batch).await {
-                    tracing::error!(error = %e, "storing log chunks failed");
-                }
-            }
-        });
-        (tx, task)
-    }
-
-    /// Waits until every chunk handed to the writer is stored.
-    async fn store_pending(&self, live: &LiveAttempt) {
-        lock(&live.log_writer).take();
-        if let Some(task) = live.log_writer_done.lock().await.take() {
-            let _ = task.await;
-        }
     }
 }
 

@@ -1,29 +1,32 @@
 //! The runner endpoint: the gRPC service runners connect to.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Engine, LiveAttempt, RunnerResult, hash_token, lock, now_ms};
 use crate::protocol::pb::{self, runner_event::Event};
 use crate::protocol::token_of;
-use crate::store::{AttemptStatus, StepRecord, StepStatus};
+use crate::store::{StepRecord, StepStatus, Write};
 
 /// Largest message a runner may send (log chunks are 64 KiB).
 const MAX_MESSAGE: usize = 4 << 20;
 
-pub(super) async fn serve(engine: Engine, listener: tokio::net::TcpListener) {
+pub(super) async fn serve(engine: Engine, listener: super::Listener) {
     let service = pb::runner_server::RunnerServer::new(RunnerService { engine })
         .max_decoding_message_size(MAX_MESSAGE);
     // Runners stream logs to us: HTTP/2's default 64 KiB receive window
     // would stall them after every chunk waiting for a window update.
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
-        .add_service(service)
-        .serve_with_incoming(TcpListenerStream::new(listener))
-        .await;
+        .add_service(service);
+    let result = match listener {
+        super::Listener::Tcp(l) => router.serve_with_incoming(TcpListenerStream::new(l)).await,
+        super::Listener::Unix(l) => router.serve_with_incoming(UnixListenerStream::new(l)).await,
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "runner endpoint stopped");
     }
@@ -35,24 +38,24 @@ struct RunnerService {
 
 impl RunnerService {
     /// The live attempt a token belongs to, if the token may still be used.
-    async fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<LiveAttempt>, Status> {
+    ///
+    /// Only this engine's running attempts are looked at: a runner talks to
+    /// the engine that started its VM, a token dies with its attempt (an
+    /// attempt leaves this set when it ends, and when the engine stops),
+    /// and a lease that could not be renewed ends the token with it.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<LiveAttempt>, Status> {
         let token = token_of(request)?;
         let denied = || Status::permission_denied("invalid, expired or used job token");
-        let attempt = self
-            .engine
-            .inner
-            .store
-            .attempt_by_token(&hash_token(&token))
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
+        let hash = hash_token(&token);
+        let live = lock(&self.engine.inner.live)
+            .values()
+            .find(|l| l.token_hash == hash)
+            .cloned()
             .ok_or_else(denied)?;
-        if attempt.status != AttemptStatus::Running || attempt.lease_expires_at < now_ms() {
+        if live.lease_until.load(Ordering::SeqCst) < now_ms() {
             return Err(denied());
         }
-        lock(&self.engine.inner.live)
-            .get(&attempt.id)
-            .cloned()
-            .ok_or_else(denied)
+        Ok(live)
     }
 }
 
@@ -62,15 +65,8 @@ impl pb::runner_server::Runner for RunnerService {
         &self,
         request: Request<pb::FetchJobRequest>,
     ) -> Result<Response<pb::JobSpec>, Status> {
-        let live = self.authorize(&request).await?;
-        let first_use = self
-            .engine
-            .inner
-            .store
-            .use_token(live.attempt.id)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        if !first_use {
+        let live = self.authorize(&request)?;
+        if live.token_used.swap(true, Ordering::SeqCst) {
             return Err(Status::permission_denied(
                 "invalid, expired or used job token",
             ));
@@ -82,12 +78,11 @@ impl pb::runner_server::Runner for RunnerService {
         &self,
         request: Request<Streaming<pb::RunnerEvent>>,
     ) -> Result<Response<pb::ReportAck>, Status> {
-        let live = self.authorize(&request).await?;
+        let live = self.authorize(&request)?;
         live.reporting
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut stream = request.into_inner();
         let engine = &self.engine;
-        let store = &engine.inner.store;
         let steps = &live.stored.planned.job.steps;
         let name = |i: u32| {
             steps
@@ -117,11 +112,7 @@ impl pb::runner_server::Runner for RunnerService {
                         started_at: Some(now_ms()),
                         finished_at: None,
                     };
-                    if let Err(e) = store.put_step(&record).await {
-                        break RunnerResult::Disconnected(format!(
-                            "the orchestrator could not record a step: {e}"
-                        ));
-                    }
+                    engine.inner.recorder.send(Write::Step(record)).await;
                     engine.emit(super::EngineEvent::StepStarted {
                         run: live.run,
                         key: live.key.clone(),
@@ -170,7 +161,10 @@ impl pb::runner_server::Runner for RunnerService {
                         started_at: None,
                         finished_at: Some(now_ms()),
                     };
-                    if let Err(e) = store.put_step(&record).await {
+                    // Waited for: once a step has ended, it and all its
+                    // output are stored (the writes go in order), so an
+                    // engine crash can lose only output of a running step.
+                    if let Err(e) = engine.inner.recorder.apply(Write::Step(record)).await {
                         break RunnerResult::Disconnected(format!(
                             "the orchestrator could not record a step: {e}"
                         ));

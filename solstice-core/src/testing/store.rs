@@ -12,8 +12,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::store::{
-    AttemptStatus, JobStatus, LogChunk, NewJob, RunStatus, StateStore, StepRecord, StepStatus,
-    StoreError,
+    Applied, AttemptStatus, JobStatus, LogChunk, NewJob, RunStatus, StateStore, StepRecord,
+    StepStatus, StoreError, Write,
 };
 
 fn job(key: &str, needs: &[&str], max_attempts: u32) -> NewJob {
@@ -35,11 +35,13 @@ where
 {
     runs_and_jobs_round_trip(&make().await).await;
     job_transitions_are_compare_and_set(&make().await).await;
+    batch_transitions_move_only_matching_jobs(&make().await).await;
     claims_create_numbered_attempts(&make().await).await;
     concurrent_claims_have_one_winner(Arc::new(make().await)).await;
     leases_renew_only_for_their_holder_and_expire(&make().await).await;
     tokens_are_single_use(&make().await).await;
     steps_and_binary_logs_round_trip(&make().await).await;
+    batched_writes_apply_as_if_one_by_one(&make().await).await;
 }
 
 /// A run and its jobs read back as written, in workflow order.
@@ -128,6 +130,52 @@ pub async fn job_transitions_are_compare_and_set(s: &dyn StateStore) {
     assert_eq!(
         (j.status, j.reason.as_deref()),
         (JobStatus::Cancelled, Some("by user"))
+    );
+}
+
+/// `transition_jobs` moves the jobs in a `from` status and reports which,
+/// in the order asked, across more jobs than one statement holds.
+pub async fn batch_transitions_move_only_matching_jobs(s: &dyn StateStore) {
+    let jobs: Vec<NewJob> = (0..450).map(|i| job(&format!("j{i}"), &[], 1)).collect();
+    let run = s.create_run("CI", "{}", &jobs, 0).await.expect("run");
+    let ids: Vec<i64> = s
+        .jobs(run)
+        .await
+        .expect("jobs")
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids.len(), 450, "a run larger than one insert statement");
+    for id in ids.iter().step_by(3) {
+        s.transition_job(*id, &[JobStatus::Pending], JobStatus::Skipped, None)
+            .await
+            .expect("skip");
+    }
+    let mut asked = ids.clone();
+    asked.reverse();
+    asked.push(ids[1]);
+    let moved = s
+        .transition_jobs(&asked, &[JobStatus::Pending], JobStatus::Queued, Some("go"))
+        .await
+        .expect("batch");
+    let expected: Vec<i64> = asked[..450]
+        .iter()
+        .copied()
+        .filter(|id| ids.iter().position(|x| x == id).expect("known") % 3 != 0)
+        .collect();
+    assert_eq!(moved, expected);
+    let queued = s
+        .jobs_in_status(run, JobStatus::Queued)
+        .await
+        .expect("queued");
+    assert_eq!(queued.len(), 300);
+    assert!(queued.iter().all(|j| j.reason.as_deref() == Some("go")));
+    assert!(
+        s.transition_jobs(&ids, &[], JobStatus::Failed, None)
+            .await
+            .expect("no from")
+            .is_empty(),
+        "an empty `from` matches nothing"
     );
 }
 
@@ -353,4 +401,202 @@ pub async fn steps_and_binary_logs_round_trip(s: &dyn StateStore) {
     s.append_logs(&chunks[1..]).await.expect("append");
     s.append_logs(&chunks[..1]).await.expect("append");
     assert_eq!(s.logs(a.id).await.expect("logs"), chunks);
+}
+
+/// [`StateStore::apply`]: a batch does what its writes would do one by one,
+/// in order, including batches larger than one statement's worth of rows.
+pub async fn batched_writes_apply_as_if_one_by_one(s: &dyn StateStore) {
+    assert!(s.apply(&[]).await.expect("empty batch").is_empty());
+    let mut new_jobs: Vec<NewJob> = (0..250).map(|i| job(&format!("a{i}"), &[], 2)).collect();
+    new_jobs.push(job("pending", &[], 1));
+    let run = s.create_run("CI", "{}", &new_jobs, 0).await.expect("run");
+    let jobs = s.jobs(run).await.expect("jobs");
+    let (queued, pending) = jobs.split_at(250);
+    for j in queued {
+        s.transition_job(j.id, &[JobStatus::Pending], JobStatus::Queued, None)
+            .await
+            .expect("queue");
+    }
+    let claim = |job: i64, token: String| Write::Claim {
+        job,
+        holder: "e1".into(),
+        lease_until: 1_000,
+        token_hash: token,
+        now: 7,
+    };
+    let mut writes: Vec<Write> = queued
+        .iter()
+        .map(|j| claim(j.id, format!("t-{}", j.key)))
+        .collect();
+    writes.push(claim(queued[0].id, "duplicate".into()));
+    writes.push(claim(pending[0].id, "not-queued".into()));
+    let applied = s.apply(&writes).await.expect("claims");
+    assert_eq!(applied.len(), writes.len());
+    let mut attempts = Vec::new();
+    for (j, a) in queued.iter().zip(&applied) {
+        let Applied::Claimed(Some(pair)) = a else {
+            panic!("{} was not claimed: {a:?}", j.key);
+        };
+        let (claimed, attempt) = &**pair;
+        assert_eq!(
+            (claimed.id, claimed.status, claimed.attempts, &claimed.spec),
+            (j.id, JobStatus::Running, 1, &j.spec)
+        );
+        assert_eq!(
+            (
+                attempt.job_id,
+                attempt.number,
+                attempt.status,
+                attempt.started_at
+            ),
+            (j.id, 1, AttemptStatus::Running, 7)
+        );
+        attempts.push(attempt.clone());
+    }
+    assert_eq!(
+        applied[250..],
+        [Applied::Claimed(None), Applied::Claimed(None)],
+        "a second claim in the batch and a claim of a pending job lose"
+    );
+    assert_eq!(
+        s.attempt_by_token("t-a0")
+            .await
+            .expect("token")
+            .map(|a| a.id),
+        Some(attempts[0].id)
+    );
+    assert_eq!(s.attempt_by_token("duplicate").await.expect("token"), None);
+
+    let (a0, a1) = (&attempts[0], &attempts[1]);
+    let chunks: Vec<LogChunk> = (0..450)
+        .map(|i| LogChunk {
+            attempt_id: a0.id,
+            seq: i,
+            step: 0,
+            stream: (i % 3) as u8,
+            data: vec![0xfe, 0, (i % 256) as u8],
+            at: i,
+        })
+        .collect();
+    let step = StepRecord {
+        attempt_id: a0.id,
+        index: 0,
+        name: "Build".into(),
+        status: StepStatus::Running,
+        exit_code: None,
+        started_at: Some(5),
+        finished_at: None,
+    };
+    let finish =
+        |a: &crate::store::Attempt, status, job_status, reason: Option<&str>| Write::Finish {
+            attempt: a.id,
+            status,
+            reason: reason.map(str::to_string),
+            now: 50,
+            job: a.job_id,
+            job_status,
+            job_reason: reason.map(|r| format!("job: {r}")),
+        };
+    let mut writes = vec![
+        Write::SetVm {
+            attempt: a0.id,
+            vm_id: "vm-1".into(),
+        },
+        Write::SetVm {
+            attempt: a0.id,
+            vm_id: "vm-2".into(),
+        },
+        Write::Step(step.clone()),
+        Write::Logs(chunks[..300].to_vec()),
+        Write::Step(StepRecord {
+            status: StepStatus::Succeeded,
+            exit_code: Some(0),
+            started_at: None,
+            finished_at: Some(9),
+            ..step.clone()
+        }),
+        Write::Logs(chunks[300..].to_vec()),
+        finish(a0, AttemptStatus::Succeeded, JobStatus::Succeeded, None),
+        finish(a0, AttemptStatus::Failed, JobStatus::Failed, Some("late")),
+        finish(a1, AttemptStatus::Lost, JobStatus::Queued, Some("VM died")),
+    ];
+    for a in &attempts[2..] {
+        writes.push(finish(
+            a,
+            AttemptStatus::Failed,
+            JobStatus::Failed,
+            Some("exit 1"),
+        ));
+    }
+    let applied = s.apply(&writes).await.expect("writes");
+    assert_eq!(applied[..6], [const { Applied::Done }; 6]);
+    assert_eq!(
+        applied[6..],
+        std::iter::once(Applied::Finished(true))
+            .chain(std::iter::once(Applied::Finished(false)))
+            .chain(std::iter::repeat_n(Applied::Finished(true), 249))
+            .collect::<Vec<_>>()[..],
+        "only the first finish of an attempt ends it"
+    );
+    let a0_now = s.attempt(a0.id).await.expect("attempt").expect("exists");
+    assert_eq!(
+        (a0_now.status, a0_now.vm_id.as_deref(), a0_now.finished_at),
+        (AttemptStatus::Succeeded, Some("vm-2"), Some(50))
+    );
+    let steps = s.steps(a0.id).await.expect("steps");
+    assert_eq!(
+        steps
+            .iter()
+            .map(|x| (x.index, x.status, x.exit_code, x.started_at, x.finished_at))
+            .collect::<Vec<_>>(),
+        vec![(0, StepStatus::Succeeded, Some(0), Some(5), Some(9))],
+        "a step started and finished in one batch keeps its start"
+    );
+    assert_eq!(s.logs(a0.id).await.expect("logs"), chunks);
+    let j0 = s.job(a0.job_id).await.expect("job").expect("exists");
+    assert_eq!((j0.status, j0.reason), (JobStatus::Succeeded, None));
+    let j1 = s.job(a1.job_id).await.expect("job").expect("exists");
+    assert_eq!(
+        (j1.status, j1.reason.as_deref()),
+        (JobStatus::Queued, Some("job: VM died"))
+    );
+    let a1_now = s.attempt(a1.id).await.expect("attempt").expect("exists");
+    assert_eq!(
+        (a1_now.status, a1_now.reason.as_deref()),
+        (AttemptStatus::Lost, Some("VM died"))
+    );
+    let j2 = s
+        .job(attempts[2].job_id)
+        .await
+        .expect("job")
+        .expect("exists");
+    assert_eq!(
+        (j2.status, j2.reason.as_deref()),
+        (JobStatus::Failed, Some("job: exit 1"))
+    );
+    // The retried job is claimed again as attempt 2; attempts then run out.
+    let again = s
+        .apply(&[claim(a1.job_id, "t-again".into())])
+        .await
+        .expect("claim again");
+    let [Applied::Claimed(Some(pair))] = &again[..] else {
+        panic!("not claimed again: {again:?}");
+    };
+    assert_eq!(pair.1.number, 2);
+    s.apply(&[finish(
+        &pair.1,
+        AttemptStatus::Lost,
+        JobStatus::Queued,
+        None,
+    )])
+    .await
+    .expect("lost again");
+    assert_eq!(
+        s.apply(&[claim(a1.job_id, "t-third".into())])
+            .await
+            .expect("claim"),
+        vec![Applied::Claimed(None)],
+        "no attempts left"
+    );
+    assert_eq!(s.unfinished_jobs(run).await.expect("unfinished"), 1);
 }

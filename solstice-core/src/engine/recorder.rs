@@ -1,0 +1,137 @@
+//! Group commit. Every write on the engine's hot path (claims, VM ids,
+//! steps, log chunks, attempt ends) goes through one task, which applies
+//! whatever has queued up meanwhile as one batch
+//! ([`StateStore::apply`]: one transaction, a few multi-row statements).
+//! The store sees a handful of statements per batch instead of about twenty
+//! per job, and the writes of many jobs share each commit.
+//!
+//! Writes are applied in the order they were queued, so a write that is
+//! waited for (an attempt's end) lands after every write queued before it
+//! (that attempt's steps and logs).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::store::{Applied, StateStore, StoreError, Write};
+
+/// Most writes in one batch.
+const MAX_BATCH: usize = 1024;
+/// Most log bytes in one batch.
+const MAX_BATCH_LOG_BYTES: usize = 8 << 20;
+/// Writes that may wait in the queue; a full queue makes writers wait (the
+/// back-pressure that keeps a runner's log stream from outrunning the store).
+const QUEUE: usize = 1024;
+
+type Reply = oneshot::Sender<Result<Applied, StoreError>>;
+
+struct Entry {
+    write: Write,
+    reply: Option<Reply>,
+}
+
+/// The handle jobs write through.
+pub(super) struct Recorder {
+    tx: mpsc::Sender<Entry>,
+}
+
+impl Recorder {
+    /// Starts the writer task.
+    pub(super) fn start(store: Arc<dyn StateStore>) -> (Recorder, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Recorder { tx }, tokio::spawn(write_loop(store, rx)))
+    }
+
+    /// Queues a write and waits until it is stored.
+    pub(super) async fn apply(&self, write: Write) -> Result<Applied, StoreError> {
+        let (reply, result) = oneshot::channel();
+        let gone = || StoreError::Conflict("the engine's store writer has stopped".into());
+        self.tx
+            .send(Entry {
+                write,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
+    }
+
+    /// Queues a write without waiting for it to be stored (only for room in
+    /// the queue). A failure is logged.
+    pub(super) async fn send(&self, write: Write) {
+        if self.tx.send(Entry { write, reply: None }).await.is_err() {
+            tracing::warn!("the engine's store writer has stopped; a write is lost");
+        }
+    }
+}
+
+fn log_bytes(w: &Write) -> usize {
+    match w {
+        Write::Logs(chunks) => chunks.iter().map(|c| c.data.len()).sum(),
+        _ => 0,
+    }
+}
+
+async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = log_bytes(&first.write);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_LOG_BYTES {
+            match rx.try_recv() {
+                Ok(entry) => {
+                    bytes += log_bytes(&entry.write);
+                    batch.push(entry);
+                }
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<Option<Reply>>) =
+            batch.into_iter().map(|e| (e.write, e.reply)).unzip();
+        let started = std::time::Instant::now();
+        let result = store.apply(&writes).await;
+        tracing::trace!(
+            writes = writes.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "applied a batch"
+        );
+        match result {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+            }
+            Err(e) if writes.len() == 1 => {
+                report(replies.into_iter().next().flatten(), Err(e));
+            }
+            Err(e) => {
+                // One bad write must not sink the others: apply each alone.
+                tracing::warn!(error = %e, writes = writes.len(), "a batch of writes failed; applying them one by one");
+                for (write, reply) in writes.iter().zip(replies) {
+                    let result =
+                        store
+                            .apply(std::slice::from_ref(write))
+                            .await
+                            .and_then(|mut r| {
+                                r.pop().ok_or_else(|| {
+                                    StoreError::Corrupt("the store returned no result".into())
+                                })
+                            });
+                    report(reply, result);
+                }
+            }
+        }
+    }
+}
+
+fn report(reply: Option<Reply>, result: Result<Applied, StoreError>) {
+    match (reply, result) {
+        (Some(reply), result) => {
+            let _ = reply.send(result);
+        }
+        (None, Err(e)) => tracing::error!(error = %e, "storing a write failed"),
+        (None, Ok(_)) => {}
+    }
+}

@@ -44,6 +44,9 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database URL: {0}")]
     Url(String),
+    /// The store was closed, or the writer in front of it stopped.
+    #[error("the state store is closed")]
+    Closed,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -652,7 +655,7 @@ impl SqlStore {
         Ok(match &*self.db {
             Db::Single(c) => Conn::Single(
                 tokio::sync::MutexGuard::try_map(c.lock().await, Option::as_mut)
-                    .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?,
+                    .map_err(|_| StoreError::Closed)?,
             ),
             Db::Pool(p) => Conn::Pool(p.acquire().await?),
         })

@@ -31,14 +31,63 @@ use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec,
 ///
 /// `destroy` sends SIGTERM to the runner's process group, waits up to 3 s
 /// (the runner then kills its steps, which run in groups of their own), then
-/// SIGKILLs the group. A runner that dies of SIGKILL without that chance can
-/// leave its running step behind; a step that calls `setsid` itself escapes
-/// too. VM providers do not have this gap: destroying the VM ends everything.
+/// SIGKILLs the group. Then, on Linux, it SIGKILLs every process left that
+/// carries the VM's mark in its environment (`SOLSTICE_LOCAL_VM`, set for
+/// the runner and inherited by its steps and their children): what a runner
+/// killed with SIGKILL could not stop, and what left its process group or
+/// session. Only a process that clears its own environment escapes that;
+/// VM providers have no such gap, destroying the VM ends everything.
 pub struct LocalProvider {
     command: Vec<OsString>,
     root: PathBuf,
     children: Mutex<HashMap<VmId, Child>>,
     warned: std::sync::atomic::AtomicBool,
+}
+
+/// The environment variable that marks every process of a local VM.
+pub const MARK: &str = "SOLSTICE_LOCAL_VM";
+
+/// SIGKILLs every process whose environment has `MARK=dir` (Linux: read
+/// from `/proc`; elsewhere nothing is found). Repeats while it finds any, in
+/// case one forked meanwhile. Returns how many it killed.
+fn kill_marked(dir: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let mut needle = format!("{MARK}=").into_bytes();
+    needle.extend_from_slice(dir.as_os_str().as_bytes());
+    let me = std::process::id();
+    let mut killed = 0;
+    for _ in 0..10 {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return killed;
+        };
+        let mut found = 0;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_slice())
+                && let Ok(pid) = i32::try_from(pid)
+                && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+            {
+                found += 1;
+            }
+        }
+        if found == 0 {
+            break;
+        }
+        killed += found;
+    }
+    killed
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +148,7 @@ impl LocalProvider {
             .env("SOLSTICE_ENDPOINT", endpoint)
             .env("SOLSTICE_JOB_TOKEN", &spec.token)
             .env("SOLSTICE_VM_NAME", &spec.name)
+            .env(MARK, dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -217,6 +267,13 @@ impl VmProvider for LocalProvider {
         } else {
             // Left behind by an earlier process, or half-created.
             Self::kill_recorded(&dir);
+        }
+        let marked = dir.clone();
+        let stragglers = tokio::task::spawn_blocking(move || kill_marked(&marked))
+            .await
+            .unwrap_or(0);
+        if stragglers > 0 {
+            tracing::warn!(vm = %id.0, processes = stragglers, "killed processes the runner left behind");
         }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),

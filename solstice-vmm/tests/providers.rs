@@ -116,6 +116,66 @@ async fn local_provider_passes_endpoint_and_token_by_environment_and_kills_the_g
     assert!(!root.join("env-test").exists());
 }
 
+/// A runner killed with SIGKILL cannot stop its steps, and a step may leave
+/// its process group and session: destroy still ends it.
+#[tokio::test]
+async fn local_provider_kills_what_a_dead_runner_left_even_in_a_new_session() {
+    let root = temp_root("escape");
+    let script = "setsid sleep 300 & echo $! > escaped; sleep 300";
+    let provider = LocalProvider::new(vec!["sh".into(), "-c".into(), script.into()], &root);
+    let vm = provider
+        .provision(&VmSpec::example("escape"))
+        .await
+        .expect("provision");
+    let dir = root.join("escape");
+    let mut escaped = None;
+    for _ in 0..300 {
+        if let Ok(pid) = std::fs::read_to_string(dir.join("work/escaped"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            escaped = Some(pid);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let escaped = nix::unistd::Pid::from_raw(escaped.expect("the runner started"));
+    // Give `setsid` time to take effect, then crash the runner.
+    for _ in 0..300 {
+        if nix::unistd::getsid(Some(escaped)).is_ok_and(|sid| sid == escaped) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let runner: i32 = std::fs::read_to_string(dir.join("pgid"))
+        .expect("pgid")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner),
+        nix::sys::signal::SIGKILL,
+    )
+    .expect("kill the runner");
+    provider.destroy(&vm.id).await.expect("destroy");
+    let mut gone = false;
+    for _ in 0..300 {
+        // Gone, or a zombie waiting for init to reap it.
+        gone = std::fs::read_to_string(format!("/proc/{escaped}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        });
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !gone {
+        let _ = nix::sys::signal::kill(escaped, nix::sys::signal::SIGKILL);
+    }
+    assert!(gone, "the step that left its session survived destroy");
+}
+
 #[tokio::test]
 async fn a_new_local_provider_finds_and_reaps_what_an_old_one_left() {
     let root = temp_root("reap");

@@ -304,3 +304,47 @@ fn ctrl_c_cancels_and_leaves_nothing_behind() {
         .expect("temp root");
     assert!(!temp_root.exists(), "{} left behind", temp_root.display());
 }
+
+/// Processes a step leaves running (in the background, even in a session
+/// of their own) do not outlive the job.
+#[test]
+fn processes_a_step_leaves_behind_end_with_the_job() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wf = dir.path().join("daemon.kdl");
+    std::fs::write(
+        &wf,
+        // The step waits (up to 5 s) until the process is in its own
+        // session: before that, ending the step's process group ends it too.
+        "workflow {\n    job id=\"daemon\" timeout=\"1m\" {\n        step run=\"setsid sleep 317 >/dev/null 2>&1 & p=$!; i=0; while [ \\\"$(cut -d' ' -f6 /proc/$p/stat)\\\" != \\\"$p\\\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; echo started\"\n    }\n}\n",
+    )
+    .expect("write");
+    let o = cidev(&["run", &wf.display().to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("[daemon] started"), "{}", text(&o));
+    let left = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00317\x00")
+                    && !std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .is_some_and(|r| r.trim_start().starts_with('Z'))
+                    })
+            })
+            .count()
+    };
+    let mut remaining = left();
+    for _ in 0..100 {
+        if remaining == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        remaining = left();
+    }
+    assert_eq!(
+        remaining, 0,
+        "the step's background process outlived the job"
+    );
+}

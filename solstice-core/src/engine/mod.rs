@@ -604,6 +604,18 @@ impl Engine {
         }
     }
 
+    /// Puts a job on the queue.
+    async fn publish(&self, run: RunId, job: JobId) -> Result<(), EngineError> {
+        self.inner
+            .queue
+            .publish(&JobMessage {
+                run_id: run,
+                job_id: job,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Asks the scheduler task to look at a run soon. Jobs that end close
     /// together share one look.
     fn schedule_soon(&self, run: RunId) {
@@ -708,13 +720,7 @@ impl Engine {
                     .into_iter()
                     .collect();
                 for job in to_queue.into_iter().filter(|j| queued.contains(&j.id)) {
-                    self.inner
-                        .queue
-                        .publish(&JobMessage {
-                            run_id: run,
-                            job_id: job.id,
-                        })
-                        .await?;
+                    self.publish(run, job.id).await?;
                     self.emit(EngineEvent::JobQueued {
                         run,
                         key: job.key.clone(),
@@ -743,6 +749,7 @@ impl Engine {
                 };
                 store.finish_run(run, final_status, now_ms()).await?;
                 lock(&self.inner.nothing_pending).remove(&run);
+                lock(&self.inner.cancelled_runs).remove(&run);
                 self.emit(EngineEvent::RunFinished {
                     run,
                     status: final_status,
@@ -783,13 +790,7 @@ impl Engine {
                     attempt: attempt.number,
                     reason,
                 });
-                self.inner
-                    .queue
-                    .publish(&JobMessage {
-                        run_id: job.run_id,
-                        job_id: job.id,
-                    })
-                    .await?;
+                self.publish(job.run_id, job.id).await?;
             }
         }
         // List the VMs first, then read who is running: a VM exists only
@@ -1109,13 +1110,7 @@ impl Engine {
                 attempt: attempt.number,
                 reason: reason.unwrap_or_default(),
             });
-            self.inner
-                .queue
-                .publish(&JobMessage {
-                    run_id: run,
-                    job_id: job.id,
-                })
-                .await?;
+            self.publish(run, job.id).await?;
             return Ok(());
         }
         self.emit(EngineEvent::JobFinished {

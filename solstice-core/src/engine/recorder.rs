@@ -46,15 +46,14 @@ impl Recorder {
     /// Queues a write and waits until it is stored.
     pub(super) async fn apply(&self, write: Write) -> Result<Applied, StoreError> {
         let (reply, result) = oneshot::channel();
-        let gone = || StoreError::Conflict("the engine's store writer has stopped".into());
         self.tx
             .send(Entry {
                 write,
                 reply: Some(reply),
             })
             .await
-            .map_err(|_| gone())?;
-        result.await.map_err(|_| gone())?
+            .map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Queues a write without waiting for it to be stored (only for room in

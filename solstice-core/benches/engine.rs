@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use solstice_core::engine::{
-    Checkout, Engine, EngineConfig, FakeExecutor, JobMessage, RunnerGuest,
+    Checkout, Engine, EngineConfig, FakeExecutor, JobMessage, Listen, RunnerGuest,
 };
 use solstice_core::store::{RunStatus, SqlStore, StateStore};
 use solstice_kdl::{Job, Step, Workflow};
@@ -47,9 +47,17 @@ async fn measure(
     };
     let provider = MockVmProvider::new(Arc::new(guest));
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    // SOLSTICE_BENCH_ENDPOINT=unix: runners reach the engine over a unix
+    // socket instead of loopback TCP.
+    let socket_dir = tempfile::tempdir().expect("temp");
+    let listen = match std::env::var("SOLSTICE_BENCH_ENDPOINT").as_deref() {
+        Ok("unix") => Listen::Unix(socket_dir.path().join("runner.sock")),
+        _ => EngineConfig::default().listen,
+    };
     let config = EngineConfig {
         capacity,
         poll: Duration::from_millis(200),
+        listen,
         ..EngineConfig::default()
     };
     let engine = Engine::start(config, store, queue, Arc::new(provider))
@@ -83,7 +91,11 @@ async fn measure(
     }
     let rate = n as f64 / elapsed.as_secs_f64();
     println!(
-        "{label:<10} {n} jobs, capacity {capacity}: {:.2} s, {rate:.0} jobs/s (submitting took {:.2} s)",
+        "{label:<10} {n} jobs, capacity {capacity}, runners over {}: {:.2} s, {rate:.0} jobs/s (submitting took {:.2} s)",
+        match engine.endpoint() {
+            solstice_vmm::RunnerEndpoint::Unix(_) => "a unix socket",
+            _ => "TCP",
+        },
         elapsed.as_secs_f64(),
         submitted.as_secs_f64()
     );

@@ -677,6 +677,35 @@ impl SqlStore {
         }
     }
 
+    /// [`SqlStore::dialect_sql`] for SQL whose parameters appear in order,
+    /// each once (`$1 ... $N`): SQLite gets anonymous `?`s. sqlx looks up
+    /// the name of every numbered SQLite parameter, and SQLite finds a name
+    /// by a linear search, so a multi-row statement with N numbered
+    /// parameters costs N² steps to bind; anonymous ones cost N.
+    fn sequential_sql(&self, text: String) -> String {
+        if self.dialect == Dialect::Postgres {
+            return text;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars().peekable();
+        let mut expected = 1u64;
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                let mut n = 0u64;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    n = n * 10 + u64::from(d);
+                    chars.next();
+                }
+                debug_assert_eq!(n, expected, "parameters out of order in {text}");
+                expected += 1;
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Closes the connections. Operations after this fail.
     pub async fn close(&self) {
         match &*self.db {
@@ -793,7 +822,7 @@ impl SqlStore {
             }
         }
         for ids in order.chunks(BATCH_ROWS) {
-            let sql = self.dialect_sql(format!(
+            let sql = self.sequential_sql(format!(
                 "UPDATE jobs SET status = $1, attempts = attempts + 1 \
                  WHERE status = $2 AND attempts < max_attempts AND id IN ({}) RETURNING {JOB_COLUMNS}",
                 ids_of(ids.len(), 1, 3)
@@ -813,7 +842,7 @@ impl SqlStore {
             if claimed.is_empty() {
                 continue;
             }
-            let sql = self.dialect_sql(format!(
+            let sql = self.sequential_sql(format!(
                 "INSERT INTO attempts (job_id, number, status, holder, lease_expires_at, token_hash, started_at) \
                  VALUES {} RETURNING {ATTEMPT_COLUMNS}",
                 placeholders(claimed.len(), 7, 1)
@@ -902,7 +931,7 @@ impl SqlStore {
             }
         }
         for rows in steps.chunks(BATCH_ROWS) {
-            let sql = self.dialect_sql(format!(
+            let sql = self.sequential_sql(format!(
                 "INSERT INTO steps (attempt_id, idx, name, status, exit_code, started_at, finished_at) \
                  VALUES {} ON CONFLICT (attempt_id, idx) DO UPDATE SET name = excluded.name, \
                  status = excluded.status, exit_code = excluded.exit_code, \
@@ -944,7 +973,7 @@ impl SqlStore {
             }
             let (rows, tail) = rest.split_at(n);
             rest = tail;
-            let sql = self.dialect_sql(format!(
+            let sql = self.sequential_sql(format!(
                 "INSERT INTO log_chunks (attempt_id, seq, step, stream, data, at) VALUES {}",
                 placeholders(rows.len(), 6, 1)
             ));
@@ -1074,7 +1103,7 @@ impl StateStore for SqlStore {
         let run: i64 = col(&row, "id")?;
         let positioned: Vec<(usize, &NewJob)> = jobs.iter().enumerate().collect();
         for rows in positioned.chunks(BATCH_ROWS) {
-            let sql = self.dialect_sql(format!(
+            let sql = self.sequential_sql(format!(
                 "INSERT INTO jobs (run_id, position, job_key, label, spec, needs, status, max_attempts) VALUES {}",
                 placeholders(rows.len(), 8, 1)
             ));
@@ -1214,7 +1243,7 @@ impl StateStore for SqlStore {
         let mut tx = conn.begin().await?;
         for chunk in ids.chunks(BATCH_ROWS) {
             let from_list = ids_of(from.len().max(1), 1, 3);
-            let sql = self.dialect_sql(format!(
+            let sql = self.sequential_sql(format!(
                 "UPDATE jobs SET status = $1, reason = $2 WHERE status IN ({from_list}) AND id IN ({}) RETURNING id",
                 ids_of(chunk.len(), 1, 3 + from.len().max(1))
             ));

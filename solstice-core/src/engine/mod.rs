@@ -348,6 +348,8 @@ struct Inner {
     killed: tokio::sync::watch::Sender<bool>,
     /// The hot path's writes (group commit).
     recorder: Recorder,
+    /// Woken whenever a run finishes (for `wait`).
+    run_finished: Notify,
     /// Runs known to have no `pending` job left.
     nothing_pending: Mutex<HashSet<RunId>>,
     /// Runs whose jobs changed since the scheduler last looked.
@@ -388,6 +390,7 @@ impl Engine {
                 tasks: Mutex::new(Vec::new()),
                 killed: tokio::sync::watch::channel(false).0,
                 recorder,
+                run_finished: Notify::new(),
                 nothing_pending: Mutex::new(HashSet::new()),
                 to_schedule: Mutex::new(HashSet::new()),
                 schedule_wake: Notify::new(),
@@ -538,30 +541,21 @@ impl Engine {
 
     /// Waits until the run is final.
     pub async fn wait(&self, run: RunId) -> Result<RunStatus, EngineError> {
-        let mut events = self.subscribe();
         loop {
+            // Listen before looking, so a run that ends in between is not missed.
+            let finished = self.inner.run_finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
             if let Some(r) = self.inner.store.run(run).await?
                 && r.status != RunStatus::Running
             {
                 return Ok(r.status);
             }
-            // Look again when this run finishes here, when events were
-            // missed, or after a while (another engine may finish it).
-            let nap = tokio::time::sleep(Duration::from_millis(500));
-            tokio::pin!(nap);
-            loop {
-                tokio::select! {
-                    event = events.recv() => match event {
-                        Ok(EngineEvent::RunFinished { run: r, .. }) if r == run => break,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            (&mut nap).await;
-                            break;
-                        }
-                    },
-                    _ = &mut nap => break,
-                }
+            // Look again when a run finishes here, or after a while
+            // (another engine may finish it).
+            tokio::select! {
+                () = finished => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
     }
@@ -750,6 +744,7 @@ impl Engine {
                 store.finish_run(run, final_status, now_ms()).await?;
                 lock(&self.inner.nothing_pending).remove(&run);
                 lock(&self.inner.cancelled_runs).remove(&run);
+                self.inner.run_finished.notify_waiters();
                 self.emit(EngineEvent::RunFinished {
                     run,
                     status: final_status,

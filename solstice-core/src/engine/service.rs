@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Engine, LiveAttempt, RunnerResult, hash_token, lock, now_ms};
@@ -24,7 +24,15 @@ pub(super) async fn serve(engine: Engine, listener: super::Listener) {
         .initial_connection_window_size(Some(16 << 20))
         .add_service(service);
     let result = match listener {
-        super::Listener::Tcp(l) => router.serve_with_incoming(TcpListenerStream::new(l)).await,
+        // No Nagle: a response (a job spec, an ack) goes out at once
+        // instead of waiting for the runner's ACK of the previous packet.
+        super::Listener::Tcp(l) => {
+            router
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                )
+                .await
+        }
         super::Listener::Unix(l) => router.serve_with_incoming(UnixListenerStream::new(l)).await,
     };
     if let Err(e) = result {

@@ -6,9 +6,50 @@
 //! the state store (SQLite and PostgreSQL through sqlx) and the gRPC runner
 //! protocol.
 //!
-//! Built so far: [`log`], the log ingestion path (secret masking and the
-//! per-job size cap) that every byte from a runner goes through before it is
-//! stored or shown. The rest is the subject of the engine issue.
+//! - [`engine`]: takes jobs from a [`solstice_queue::JobQueue`] up to its
+//!   capacity, claims them in the store with a lease, boots a VM through a
+//!   [`solstice_vmm::VmProvider`], serves the runner's gRPC endpoint, masks
+//!   and stores logs, and schedules what the finished jobs' `needs` allow.
+//! - [`store`]: the [`store::StateStore`] trait and [`store::SqlStore`]
+//!   (SQLite, PostgreSQL), with a conformance suite in `testing`.
+//! - [`runner`] and [`protocol`]: what runs inside a VM, and the wire
+//!   protocol (`proto/runner.proto`); the runner binary enables only the
+//!   `protocol` feature.
+//! - [`log`]: secret masking and the per-job size cap, which every byte from
+//!   a runner goes through before it is stored or shown.
+//!
+//! A workflow end to end, with SQLite in memory and mock VMs that run the
+//! real runner code with a fake step executor:
+//!
+//! ```
+//! # #[cfg(feature = "engine")]
+//! # fn main() {
+//! use std::sync::Arc;
+//! use solstice_core::engine::{Checkout, Engine, EngineConfig, FakeExecutor, JobMessage, RunnerGuest};
+//! use solstice_core::store::{RunStatus, SqlStore};
+//! use solstice_queue::{MemoryQueue, QueueOptions};
+//! use solstice_vmm::MockVmProvider;
+//!
+//! let rt = tokio::runtime::Runtime::new().unwrap();
+//! rt.block_on(async {
+//!     let store = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
+//!     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+//!     let vms = Arc::new(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))));
+//!     let engine = Engine::start(EngineConfig::default(), store, queue, vms).await.unwrap();
+//!     let workflow = solstice_kdl::parse(r#"
+//!         workflow {
+//!             job id="build" { step run="make"; }
+//!             job id="test" { needs "build"; step run="make test"; }
+//!         }
+//!     "#).unwrap();
+//!     let run = engine.submit(&workflow, "{}", Checkout::None).await.unwrap();
+//!     assert_eq!(engine.wait(run).await.unwrap(), RunStatus::Succeeded);
+//!     engine.shutdown().await;
+//! });
+//! # }
+//! # #[cfg(not(feature = "engine"))]
+//! # fn main() {}
+//! ```
 
 #[cfg(feature = "engine")]
 pub mod engine;

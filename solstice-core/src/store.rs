@@ -47,6 +47,10 @@ pub enum StoreError {
     /// The store was closed, or the writer in front of it stopped.
     #[error("the state store is closed")]
     Closed,
+    /// A batch of writes ([`StateStore::apply`]) that this write was part
+    /// of failed.
+    #[error("a batch of writes failed: {0}")]
+    Batch(String),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -354,6 +358,13 @@ pub trait StateStore: Send + Sync {
     ) -> Result<RunId>;
     /// A run.
     async fn run(&self, id: RunId) -> Result<Option<Run>>;
+    /// True if [`StateStore::apply`] applies all of a batch or none of it.
+    /// Only then may a failed batch be applied again one write at a time
+    /// (so one bad write fails only itself); otherwise every write of a
+    /// failed batch fails.
+    fn atomic_apply(&self) -> bool {
+        false
+    }
     /// Sets a run's final status.
     async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()>;
     /// A run's jobs in workflow order.
@@ -441,9 +452,10 @@ pub trait StateStore: Send + Sync {
 
     /// Applies many writes, in order, with one result per write: the
     /// engine's group commit. An implementation should apply them in one
-    /// transaction with a few statements (this default makes one call per
-    /// write, which is correct but not fast). If it returns an error,
-    /// none of the writes may have been applied.
+    /// transaction with a few statements. This default makes one call per
+    /// write: correct, not fast, and not atomic (an error can leave the
+    /// writes before it applied), so it keeps [`StateStore::atomic_apply`]
+    /// false.
     async fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>> {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
@@ -1506,6 +1518,10 @@ impl StateStore for SqlStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    fn atomic_apply(&self) -> bool {
+        true // one transaction
     }
 
     async fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>> {

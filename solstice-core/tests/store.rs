@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use solstice_core::store::SqlStore;
+use solstice_core::store::{
+    Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, NewJob, Run, RunId,
+    RunStatus, SqlStore, StateStore, StepRecord, StoreError,
+};
 use solstice_core::testing::store::run_all;
 
 fn postgres_url() -> String {
@@ -64,4 +67,136 @@ async fn unsupported_urls_are_refused() {
             .await
             .is_err()
     );
+}
+
+/// A store that keeps the trait's default `apply` and `transition_jobs`
+/// (one call per write): what another implementation gets for free must
+/// pass the same suite.
+struct OneByOne(SqlStore);
+
+#[async_trait::async_trait]
+impl StateStore for OneByOne {
+    async fn create_run(
+        &self,
+        name: &str,
+        source: &str,
+        jobs: &[NewJob],
+        now: i64,
+    ) -> Result<RunId, StoreError> {
+        self.0.create_run(name, source, jobs, now).await
+    }
+    async fn run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
+        self.0.run(id).await
+    }
+    async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<(), StoreError> {
+        self.0.finish_run(id, status, now).await
+    }
+    async fn jobs(&self, run: RunId) -> Result<Vec<Job>, StoreError> {
+        self.0.jobs(run).await
+    }
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.0.job(id).await
+    }
+    async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>, StoreError> {
+        self.0.jobs_in_status(run, status).await
+    }
+    async fn unfinished_jobs(&self, run: RunId) -> Result<u64, StoreError> {
+        self.0.unfinished_jobs(run).await
+    }
+    async fn transition_job(
+        &self,
+        id: JobId,
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.0.transition_job(id, from, to, reason).await
+    }
+    async fn add_attempts(&self, job: JobId, n: u32) -> Result<(), StoreError> {
+        self.0.add_attempts(job, n).await
+    }
+    async fn claim(
+        &self,
+        job: JobId,
+        holder: &str,
+        lease_until: i64,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Attempt, StoreError> {
+        self.0
+            .claim(job, holder, lease_until, token_hash, now)
+            .await
+    }
+    async fn renew_lease(
+        &self,
+        attempt: AttemptId,
+        holder: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        self.0.renew_lease(attempt, holder, lease_until).await
+    }
+    async fn set_vm(&self, attempt: AttemptId, vm_id: &str) -> Result<(), StoreError> {
+        self.0.set_vm(attempt, vm_id).await
+    }
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptId,
+        status: AttemptStatus,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.0.finish_attempt(attempt, status, reason, now).await
+    }
+    async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>, StoreError> {
+        self.0.expired_attempts(now).await
+    }
+    async fn running_attempts(&self) -> Result<Vec<Attempt>, StoreError> {
+        self.0.running_attempts().await
+    }
+    async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>, StoreError> {
+        self.0.attempts(job).await
+    }
+    async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {
+        self.0.attempt(id).await
+    }
+    async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>, StoreError> {
+        self.0.attempt_by_token(token_hash).await
+    }
+    async fn use_token(&self, attempt: AttemptId) -> Result<bool, StoreError> {
+        self.0.use_token(attempt).await
+    }
+    async fn put_step(&self, step: &StepRecord) -> Result<(), StoreError> {
+        self.0.put_step(step).await
+    }
+    async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>, StoreError> {
+        self.0.steps(attempt).await
+    }
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), StoreError> {
+        self.0.append_logs(chunks).await
+    }
+    async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>, StoreError> {
+        self.0.logs(attempt).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_batch_methods_conform() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let counter = AtomicU32::new(0);
+    run_all(|| {
+        let path = dir.path().join(format!(
+            "one-by-one-{}.db",
+            counter.fetch_add(1, Ordering::SeqCst)
+        ));
+        async move {
+            let store = OneByOne(
+                SqlStore::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .expect("sqlite"),
+            );
+            assert!(!store.atomic_apply(), "the default apply is not atomic");
+            store
+        }
+    })
+    .await;
 }

@@ -105,6 +105,15 @@ async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
             Err(e) if writes.len() == 1 => {
                 report(replies.into_iter().next().flatten(), Err(e));
             }
+            Err(e) if !store.atomic_apply() => {
+                // Part of the batch may be applied: applying it again
+                // could apply that part twice.
+                tracing::error!(error = %e, writes = writes.len(), "a batch of writes failed");
+                let message = e.to_string();
+                for reply in replies {
+                    report(reply, Err(StoreError::Batch(message.clone())));
+                }
+            }
             Err(e) => {
                 // One bad write must not sink the others: apply each alone.
                 tracing::warn!(error = %e, writes = writes.len(), "a batch of writes failed; applying them one by one");
@@ -132,5 +141,106 @@ fn report(reply: Option<Reply>, result: Result<Applied, StoreError>) {
         }
         (None, Err(e)) => tracing::error!(error = %e, "storing a write failed"),
         (None, Ok(_)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        AttemptStatus, JobStatus, LogChunk, NewJob, SqlStore, StepRecord, StepStatus,
+    };
+
+    fn chunk(attempt: i64, seq: i64) -> LogChunk {
+        LogChunk {
+            attempt_id: attempt,
+            seq,
+            step: 0,
+            stream: 0,
+            data: b"x".to_vec(),
+            at: 0,
+        }
+    }
+
+    /// A write the database refuses (a log chunk stored twice) fails alone:
+    /// the other writes of its batch are applied and answered.
+    #[tokio::test]
+    async fn a_bad_write_does_not_sink_its_batch() {
+        let store = Arc::new(SqlStore::connect("sqlite::memory:").await.expect("store"));
+        let job = NewJob {
+            key: "a".into(),
+            label: "l".into(),
+            spec: "{}".into(),
+            needs: vec![],
+            max_attempts: 1,
+        };
+        let run = store.create_run("r", "{}", &[job], 0).await.expect("run");
+        let id = store.jobs(run).await.expect("jobs")[0].id;
+        store
+            .transition_job(id, &[JobStatus::Pending], JobStatus::Queued, None)
+            .await
+            .expect("queue");
+        let attempt = store.claim(id, "e", 1_000, "h", 0).await.expect("claim");
+        store
+            .append_logs(&[chunk(attempt.id, 0)])
+            .await
+            .expect("first chunk");
+
+        // Queue the whole batch before the loop runs, so it is one batch.
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (bad_reply, bad) = oneshot::channel();
+        let (finish_reply, finished) = oneshot::channel();
+        let step = StepRecord {
+            attempt_id: attempt.id,
+            index: 0,
+            name: "s".into(),
+            status: StepStatus::Succeeded,
+            exit_code: Some(0),
+            started_at: Some(1),
+            finished_at: Some(2),
+        };
+        for (write, reply) in [
+            (Write::Step(step), None),
+            (Write::Logs(vec![chunk(attempt.id, 0)]), Some(bad_reply)),
+            (Write::Logs(vec![chunk(attempt.id, 1)]), None),
+            (
+                Write::Finish {
+                    attempt: attempt.id,
+                    status: AttemptStatus::Succeeded,
+                    reason: None,
+                    now: 3,
+                    job: id,
+                    job_status: JobStatus::Succeeded,
+                    job_reason: None,
+                },
+                Some(finish_reply),
+            ),
+        ] {
+            assert!(tx.try_send(Entry { write, reply }).is_ok());
+        }
+        drop(tx);
+        write_loop(store.clone(), rx).await;
+
+        assert!(
+            bad.await.expect("answered").is_err(),
+            "the duplicate chunk fails"
+        );
+        assert_eq!(
+            finished.await.expect("answered").expect("applied"),
+            Applied::Finished(true)
+        );
+        assert_eq!(store.steps(attempt.id).await.expect("steps").len(), 1);
+        assert_eq!(
+            store
+                .logs(attempt.id)
+                .await
+                .expect("logs")
+                .iter()
+                .map(|c| c.seq)
+                .collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        let job = store.job(id).await.expect("job").expect("exists");
+        assert_eq!(job.status, JobStatus::Succeeded);
     }
 }

@@ -174,3 +174,18 @@ fn a_vertical_tab_in_a_v1_comment_does_not_end_it_in_v2() {
         parse(&text).expect("valid")
     );
 }
+
+/// A byte order mark (allowed only as the first character) is dropped: the
+/// canonical layout has none. Found by the `roundtrip` fuzz target.
+#[test]
+fn a_byte_order_mark_is_dropped() {
+    for text in [
+        "\u{feff}// a comment\nworkflow { job id=\"a\" { step run=\"true\"; }; }\n",
+        "\u{feff}workflow { job id=\"a\" { step run=\"true\"; }; }",
+    ] {
+        let out = fmt(text);
+        assert!(!out.contains('\u{feff}'), "{out:?}");
+        assert_eq!(parse(&out).expect("parses"), parse(text).expect("parses"));
+        assert_eq!(fmt(&out), out, "idempotent");
+    }
+}

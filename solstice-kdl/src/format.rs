@@ -164,6 +164,16 @@ fn remember(doc: &KdlDocument, text: &str, keep_reprs: bool, out: &mut Vec<Kept>
 fn respell(doc: &mut KdlDocument, depth: usize, kept: &mut std::vec::IntoIter<Kept>) {
     for node in doc.nodes_mut() {
         let memory = kept.next();
+        if let Some(f) = node.format_mut() {
+            // `kdl` 6.7.1's autoformat ends the text of a commented-out
+            // (`/-`) entry with a newline of its own, before the terminator:
+            // a blank line that grew by one each time a file was formatted.
+            // (Not after a `\`, which would join the next line.)
+            let before = f.before_terminator.trim_end();
+            if !before.ends_with('\\') {
+                f.before_terminator = before.to_string();
+            }
+        }
         if let Some(m) = &memory
             && let Some(f) = node.format_mut()
         {

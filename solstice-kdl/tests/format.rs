@@ -189,3 +189,19 @@ fn a_byte_order_mark_is_dropped() {
         assert_eq!(fmt(&out), out, "idempotent");
     }
 }
+
+/// A commented-out entry at the end of a node keeps its line and adds no
+/// blank line, however often the file is formatted. Found by the
+/// `roundtrip` fuzz target (with U+000B as the line break).
+#[test]
+fn a_commented_out_last_entry_adds_no_blank_line() {
+    let expected = "workflow {\n    job id=\"b\" {\n        step run=d /-\"x\"\n        step run=d /-\"x\" // why\n        step run=t\n    }\n}\n";
+    for text in [
+        "workflow {\n  job id=\"b\" {\n    step run=d /-\"x\"\n    step run=d /-\"x\" // why\n    step run=t\n  }\n}\n",
+        "workflow {\n  job id=\"b\" {\n    step run=d /-\"x\"\u{b}    step run=d /-\"x\" // why\n    step run=t\n  }\n}\n",
+    ] {
+        let once = fmt(text);
+        assert_eq!(once, expected);
+        assert_eq!(fmt(&once), once, "idempotent");
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::Once;
 
 use libfuzzer_sys::fuzz_target;
-use solstice_kdl::{ParseOptions, format, parse};
+use solstice_kdl::{Code, ParseOptions, format, parse};
 
 static HOOK: Once = Once::new();
 
@@ -32,6 +32,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let out = match format("f.kdl", text, &ParseOptions::default()) {
         Ok(out) => out,
+        // The one documented refusal: KDL v1 commented-out text that is
+        // not valid v2 (kept as written, so it cannot be converted).
+        Err(e) if e.problems().iter().all(|p| p.code == Code::V1CommentedOut) => return,
         Err(e) => panic!(
             "a valid workflow could not be formatted: {}",
             e.render(false, 100)

@@ -60,6 +60,9 @@ pub enum Code {
     InvalidMatrix,
     /// `${{ matrix.X }}` where the job has no axis `X`.
     UnknownMatrixAxis,
+    /// `format` writes KDL v2, and this KDL v1 file has commented-out
+    /// (`/-`) text that is not valid KDL v2, which it cannot convert.
+    V1CommentedOut,
 }
 
 impl Code {
@@ -90,6 +93,7 @@ impl Code {
             Code::InvalidDuration => "solstice::invalid_duration",
             Code::InvalidMatrix => "solstice::invalid_matrix",
             Code::UnknownMatrixAxis => "solstice::unknown_matrix_axis",
+            Code::V1CommentedOut => "solstice::v1_commented_out",
         }
     }
 

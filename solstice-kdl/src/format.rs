@@ -56,6 +56,18 @@ pub fn format(name: &str, text: &str, options: &ParseOptions) -> Result<String, 
     };
     match parse_named(name, &out, &relaxed) {
         Ok(after) if after == before => Ok(out),
+        // Commented-out (`/-`) text is kept as written, and `kdl` 4.7
+        // accepts some v1 there that KDL v2 does not (a name such as
+        // `-0.ep`): say so instead of reporting a bug.
+        _ if version == KdlVersion::V1 && text.contains("/-") => Err(fail(vec![
+            Problem::new(
+                Code::V1CommentedOut,
+                SourceSpan::from(0..0),
+                "this KDL v1 file has commented-out (`/-`) text that is not valid KDL v2; `format` writes KDL v2 and cannot convert it, so the file was left unchanged",
+                "here",
+            )
+            .help("delete the `/-` parts, or rewrite them in KDL v2, and format again"),
+        ])),
         _ => Err(fail(vec![unformattable(before)])),
     }
 }

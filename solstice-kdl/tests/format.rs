@@ -205,3 +205,22 @@ fn a_commented_out_last_entry_adds_no_blank_line() {
         assert_eq!(fmt(&once), once, "idempotent");
     }
 }
+
+/// `format` writes KDL v2 and keeps commented-out (`/-`) text as written, so
+/// a v1 file whose commented-out text is not valid v2 is refused with a
+/// clear reason (not reported as a bug). Found by the `roundtrip` fuzz
+/// target: `kdl` 4.7 accepts `-0.ep` as a v1 node name.
+#[test]
+fn v1_commented_out_text_that_v2_refuses_is_reported() {
+    // The raw newline in a quoted string makes this KDL v1.
+    let text = "workflow {\n    job id=\"a\" {\n        /--0.ep name=\"x\"\n        step run=\"a\nb\"\n    }\n}\n";
+    assert!(parse(text).is_ok(), "a valid v1 workflow");
+    let err = format("w.kdl", text, &ParseOptions::default()).expect_err("refused");
+    assert_eq!(
+        err.problems().iter().map(|p| p.code).collect::<Vec<_>>(),
+        vec![solstice_kdl::Code::V1CommentedOut]
+    );
+    // Without the commented-out text it converts.
+    let converted = fmt(&text.replace("        /--0.ep name=\"x\"\n", ""));
+    assert!(converted.contains("step run=\"\"\"\n"), "{converted}");
+}

@@ -177,6 +177,11 @@ fn main() {
                 let rate =
                     measure("postgres", Arc::new(pg), n, capacity, guest_dir.as_deref()).await;
                 results.push(("postgres".into(), capacity, rate));
+                use sqlx::{Connection, Executor};
+                let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+                conn.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+                    .await
+                    .expect("drop the benchmark schema");
             }
         }
         // Ratios against the first measurement of this run.

@@ -57,6 +57,15 @@ async fn postgres_store_conforms() {
         }
     })
     .await;
+    // Leave the shared database as it was (a failed check leaves its
+    // schemas behind, to look at).
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    for i in 0..counter.load(Ordering::SeqCst) {
+        conn.execute(format!("DROP SCHEMA IF EXISTS {prefix}_{i} CASCADE").as_str())
+            .await
+            .expect("drop the test schema");
+    }
 }
 
 #[tokio::test]

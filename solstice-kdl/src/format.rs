@@ -22,8 +22,13 @@ use crate::{KdlVersion, ParseOptions, Workflow, parse_named, read_document, sche
 pub fn format(name: &str, text: &str, options: &ParseOptions) -> Result<String, ParseError> {
     // A byte order mark is allowed only as a file's first character and
     // means nothing; the canonical layout has none. (Editors do not show
-    // it, so positions in errors are better counted without it too.)
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // it, so positions in errors are better counted without it too.) A
+    // second one is a forbidden character, reported as `parse` does.
+    if let Some(rest) = text.strip_prefix('\u{feff}')
+        && !rest.starts_with('\u{feff}')
+    {
+        return format(name, rest, options);
+    }
     let source: Arc<str> = Arc::from(text);
     let fail = |problems| ParseError::new(name, source.clone(), problems);
     let (mut doc, version) = read_document(text, options).map_err(fail)?;

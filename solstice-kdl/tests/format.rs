@@ -188,6 +188,10 @@ fn a_byte_order_mark_is_dropped() {
         assert_eq!(parse(&out).expect("parses"), parse(text).expect("parses"));
         assert_eq!(fmt(&out), out, "idempotent");
     }
+    // Only the first character may be one: a second is refused, as by `parse`.
+    let twice = "\u{feff}\u{feff}workflow { job id=\"a\" { step run=\"true\"; }; }";
+    assert!(parse(twice).is_err());
+    assert!(format("w.kdl", twice, &ParseOptions::default()).is_err());
 }
 
 /// A commented-out entry at the end of a node keeps its line and adds no

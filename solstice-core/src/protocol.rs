@@ -9,6 +9,9 @@ pub mod pb {
 /// The metadata key carrying the job token.
 pub const AUTHORIZATION: &str = "authorization";
 
+/// The metadata key carrying the report session (see `JobSpec.session`).
+pub const SESSION: &str = "x-solstice-session";
+
 /// `Bearer <token>` for the metadata.
 pub fn bearer(
     token: &str,

@@ -99,12 +99,21 @@ pub fn kill_running_steps() {
 /// directory as the workspace, runs the job with the shell, and returns the
 /// exit status: 0 the job succeeded, 1 it failed, 2 it could not be run.
 pub fn main_from_environment(name: &str) -> u8 {
-    let (Ok(endpoint), Ok(token)) = (
-        std::env::var("SOLSTICE_ENDPOINT"),
-        std::env::var("SOLSTICE_JOB_TOKEN"),
-    ) else {
-        eprintln!("{name}: SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN must be set");
+    let Ok(endpoint) = std::env::var("SOLSTICE_ENDPOINT") else {
+        eprintln!("{name}: SOLSTICE_ENDPOINT must be set");
         return 2;
+    };
+    let token = match std::env::var("SOLSTICE_JOB_TOKEN") {
+        Ok(token) => token,
+        Err(_) => match token_from_stdin() {
+            Some(token) => token,
+            None => {
+                eprintln!(
+                    "{name}: no job token: set SOLSTICE_JOB_TOKEN or write it as the first line of standard input"
+                );
+                return 2;
+            }
+        },
     };
     let workspace = match std::env::current_dir() {
         Ok(dir) => dir,
@@ -143,19 +152,34 @@ pub fn main_from_environment(name: &str) -> u8 {
     }
 }
 
-/// For runner binaries: on SIGTERM or SIGINT, kill the running steps and exit.
+/// The token as the first line of standard input (at most 4 KiB). This is
+/// how the local provider hands it over: unlike the environment, it cannot
+/// be read back later from `/proc/PID/environ` by the steps.
+fn token_from_stdin() -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::io::stdin().take(4096).read_to_end(&mut buf).ok()?;
+    let line = buf.split(|b| *b == b'\n').next()?;
+    let token = std::str::from_utf8(line).ok()?.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+/// For runner binaries: on SIGTERM, SIGINT or SIGHUP, kill the running
+/// steps and exit.
 pub fn exit_on_termination() {
     tokio::spawn(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             return;
         };
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {}
         }
         tracing::warn!(groups = ?*step_groups(), "runner: told to stop; killing running steps");
         kill_running_steps();
@@ -165,9 +189,37 @@ pub fn exit_on_termination() {
 
 fn shell() -> (&'static str, &'static [&'static str]) {
     if Path::new("/bin/bash").exists() || Path::new("/usr/bin/bash").exists() {
-        ("bash", &["-e", "-c"])
+        ("bash", &["-e"])
     } else {
-        ("sh", &["-e", "-c"])
+        ("sh", &["-e"])
+    }
+}
+
+/// A running step's process group: killed when the step ends, and also when
+/// the step's future is dropped (the runner lost its orchestrator).
+struct StepGroup(Option<i32>);
+
+impl StepGroup {
+    fn new(pgid: Option<i32>) -> Self {
+        if let Some(g) = pgid {
+            step_groups().push(g);
+        }
+        StepGroup(pgid)
+    }
+
+    fn kill(&self) {
+        if let Some(g) = self.0 {
+            let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for StepGroup {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            self.kill();
+            step_groups().retain(|x| *x != g);
+        }
     }
 }
 
@@ -181,10 +233,20 @@ impl StepExecutor for ShellExecutor {
         out: OutputSink,
     ) -> Result<StepOutcome, String> {
         let (program, flags) = shell();
+        // The script goes in a file, not the argument vector: the kernel
+        // limits one argument to 128 KiB ("Argument list too long").
+        let script = tempfile::Builder::new()
+            .prefix("solstice-step-")
+            .suffix(".sh")
+            .tempfile()
+            .map_err(|e| format!("cannot write the step's script: {e}"))?;
+        std::fs::write(script.path(), step.run.as_bytes())
+            .map_err(|e| format!("cannot write the step's script: {e}"))?;
         let mut child = Command::new(program)
             .args(flags)
-            .arg(&step.run)
+            .arg(script.path())
             .current_dir(dir)
+            .env_clear()
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -193,10 +255,7 @@ impl StepExecutor for ShellExecutor {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;
-        let pgid = child.id().map(|p| p as i32);
-        if let Some(g) = pgid {
-            step_groups().push(g);
-        }
+        let group = StepGroup::new(child.id().map(|p| p as i32));
         let pump = |mut pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
                     stream: pb::Stream,
                     out: OutputSink| async move {
@@ -232,9 +291,7 @@ impl StepExecutor for ShellExecutor {
             },
             Some(Err(e)) => return Err(e.to_string()),
             None => {
-                if let Some(pgid) = pgid {
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                }
+                group.kill();
                 let _ = child.wait().await;
                 StepOutcome {
                     exit_code: -1,
@@ -244,10 +301,7 @@ impl StepExecutor for ShellExecutor {
         };
         // The step's process group is gone with it: kill stragglers that
         // still hold the pipes open, then drain what is left.
-        if let Some(pgid) = pgid {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            step_groups().retain(|g| *g != pgid);
-        }
+        drop(group);
         for task in [stdout, stderr].into_iter().flatten() {
             let _ = task.await;
         }
@@ -287,16 +341,37 @@ pub async fn run(
     report
         .metadata_mut()
         .insert(crate::protocol::AUTHORIZATION, token);
+    let session = job
+        .session
+        .parse()
+        .map_err(|_| tonic::Status::invalid_argument("the report session is not ASCII"))?;
+    report
+        .metadata_mut()
+        .insert(crate::protocol::SESSION, session);
     let mut reporter = client.clone();
-    let reporting = tokio::spawn(async move { reporter.report_events(report).await });
+    let mut reporting = tokio::spawn(async move { reporter.report_events(report).await });
 
     let span =
         tracing::info_span!("job", run = %job.run_id, job = %job.job_id, attempt = job.attempt);
-    let success = tracing::Instrument::instrument(
+    let work = tracing::Instrument::instrument(
         execute(&job, &config.workspace, executor, &events, stop_after_steps),
         span,
-    )
-    .await;
+    );
+    let success = tokio::select! {
+        success = work => success,
+        // The stream ended before the job did: the orchestrator is gone or
+        // refused the report. Dropping `work` kills the running step, and
+        // no further step starts: nobody would see its result.
+        ended = &mut reporting => {
+            let status = match ended {
+                Ok(Err(status)) => status,
+                Ok(Ok(_)) => tonic::Status::aborted("the orchestrator ended the report stream"),
+                Err(e) => tonic::Status::internal(e.to_string()),
+            };
+            tracing::warn!(error = %status, "runner: lost the orchestrator; stopping the job");
+            return Err(RunnerError::Rpc(status));
+        }
+    };
     if let Some(success) = success {
         let _ = events
             .send(event(Event::JobFinished(pb::JobFinished {
@@ -418,13 +493,34 @@ async fn finish_step(
         .await;
 }
 
-/// The one place that builds a step's environment: the runner's own
-/// environment, then the job's (built-ins, workflow, job, matrix), then the
-/// step's, then the job's secrets.
+/// What a step inherits from the runner's own environment: these names and
+/// `LC_*`, nothing else. The runner's endpoint and token, and whatever its
+/// host set, stay with the runner.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    // The local provider's mark, which lets it find a job's processes when
+    // the VM is destroyed (a directory name, not a secret).
+    "SOLSTICE_LOCAL_VM",
+];
+
+/// The one place that builds a step's environment: the allow-listed part of
+/// the runner's own environment ([`INHERITED_ENV`]), then the job's
+/// (built-ins, workflow, job, matrix), then the step's, then the job's
+/// secrets.
 pub fn step_environment(job: &pb::JobSpec, step: &pb::StepSpec) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| !k.starts_with("SOLSTICE_JOB_TOKEN"))
+        .filter(|(k, _)| INHERITED_ENV.contains(&k.as_str()) || k.starts_with("LC_"))
         .collect();
+    env.entry("PATH".into())
+        .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(job.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -460,8 +556,9 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
     match checkout.and_then(|c| c.source.as_ref()) {
         None => Ok(()),
         Some(pb::checkout::Source::Git(g)) => {
+            check_git_source(&g.url, &g.commit)?;
             let ok = Command::new("git")
-                .args(["clone", "--quiet", "--no-checkout", &g.url, "."])
+                .args(["clone", "--quiet", "--no-checkout", "--", &g.url, "."])
                 .current_dir(dest)
                 .status()
                 .await;
@@ -469,7 +566,7 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
                 return Err(format!("git clone {} failed", g.url));
             }
             let ok = Command::new("git")
-                .args(["checkout", "--quiet", "--detach", &g.commit])
+                .args(["checkout", "--quiet", "--detach", "--end-of-options", &g.commit])
                 .current_dir(dest)
                 .status()
                 .await;
@@ -480,6 +577,44 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
         }
         Some(pb::checkout::Source::Local(l)) => copy_tree(Path::new(&l.path), dest).await,
     }
+}
+
+/// Clone URLs and commits come from webhooks: only the usual transports
+/// (no `ext::`, no option-looking text) and a full hexadecimal commit id.
+pub(crate) fn check_git_source(url: &str, commit: &str) -> Result<(), String> {
+    let scheme_ok = ["https://", "http://", "ssh://", "git://", "file://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+        || scp_like(url);
+    if !scheme_ok || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "refusing clone URL {url:?}: expected https://, http://, ssh://, git://, file:// or user@host:path"
+        ));
+    }
+    let hex = commit.chars().all(|c| c.is_ascii_hexdigit());
+    if !hex || !(commit.len() == 40 || commit.len() == 64) {
+        return Err(format!(
+            "refusing commit {commit:?}: expected a full commit id (40 or 64 hexadecimal digits)"
+        ));
+    }
+    Ok(())
+}
+
+/// `git@host:owner/repo.git`, the form forges give for SSH.
+fn scp_like(url: &str) -> bool {
+    let Some((user_host, path)) = url.split_once(':') else {
+        return false;
+    };
+    let Some((user, host)) = user_host.split_once('@') else {
+        return false;
+    };
+    let word = |w: &str, extra: &[char]| {
+        !w.is_empty()
+            && !w.starts_with('-')
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    word(user, &['.', '_', '-']) && word(host, &['.', '-']) && !path.is_empty()
 }
 
 /// Copies a working tree: in a git repository the tracked files and the
@@ -529,7 +664,14 @@ fn copy_files(src: &Path, dest: &Path, files: &[PathBuf]) -> Result<(), String> 
             Ok(m) if m.is_file() => {
                 std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", from.display()))?;
             }
-            _ => {} // deleted since listed, a symlink, or a submodule: skipped
+            // A committed symlink stays a symlink, as `git clone` makes it.
+            Ok(m) if m.is_symlink() => {
+                let target =
+                    std::fs::read_link(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+                std::os::unix::fs::symlink(&target, &to)
+                    .map_err(|e| format!("{}: {e}", to.display()))?;
+            }
+            _ => {} // deleted since listed, or a submodule: skipped
         }
     }
     Ok(())
@@ -549,10 +691,47 @@ fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
             let kind = entry.file_type()?;
             if kind.is_dir() {
                 stack.push(path);
-            } else if kind.is_file() {
+            } else if kind.is_file() || kind.is_symlink() {
                 out.push(path);
             }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_sources_from_webhooks_cannot_be_read_as_options() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        for url in [
+            "https://github.com/o/r.git",
+            "ssh://git@host/o/r",
+            "git@github.com:o/r.git",
+            "file:///srv/repo",
+        ] {
+            assert!(check_git_source(url, sha).is_ok(), "{url}");
+        }
+        for url in [
+            "--upload-pack=touch /tmp/x",
+            "-oProxyCommand=x",
+            "ext::sh -c touch% /tmp/pwned",
+            "/local/path",
+            "https://host/o r",
+            "-u@host:x",
+            "git@-host:x",
+            "",
+        ] {
+            assert!(check_git_source(url, sha).is_err(), "{url}");
+        }
+        for commit in ["--orphan", "main", "HEAD~1", "0123456", &"g".repeat(40), ""] {
+            assert!(
+                check_git_source("https://h/r", commit).is_err(),
+                "{commit}"
+            );
+        }
+        assert!(check_git_source("https://h/r", &"a".repeat(64)).is_ok());
+    }
 }

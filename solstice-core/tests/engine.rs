@@ -124,7 +124,7 @@ async fn needs_order_failure_skips_dependents_and_continue_on_error() {
     );
     assert_eq!(
         job_status(&s, run, "b").await,
-        (JobStatus::Failed, Some("step `false` failed".into()))
+        (JobStatus::Failed, Some("step `false` failed (exit 1)".into()))
     );
     assert_eq!(
         job_status(&s, run, "c").await,
@@ -320,6 +320,7 @@ async fn step_timeout_is_reported() {
         .await
         .expect("steps");
     assert_eq!(steps[0].status, StepStatus::TimedOut);
+    assert_eq!(job.reason.as_deref(), Some("step `sleep 30` timed out"));
 }
 
 /// The engine dies mid-job (no cleanup at all); a new engine on the same
@@ -606,4 +607,264 @@ async fn runners_reach_a_unix_socket_endpoint() {
         "a regular file is not replaced"
     );
     assert_eq!(std::fs::read(&file).expect("still there"), b"data");
+}
+
+/// Where the job token went: recorded by a guest that passes it on to the
+/// real runner, so that a hostile step can be handed the worst case.
+type Found = Arc<Mutex<Option<(String, String)>>>;
+
+struct TokenSpy {
+    inner: RunnerGuest,
+    found: Found,
+}
+
+#[async_trait]
+impl Guest for TokenSpy {
+    async fn run(&self, context: GuestContext) -> i32 {
+        if let RunnerEndpoint::Tcp(addr) = &context.spec.endpoint {
+            *self.found.lock().expect("lock") =
+                Some((format!("http://{addr}"), context.spec.token.clone()));
+        }
+        self.inner.run(context).await
+    }
+}
+
+/// A step that found the job token (here it is simply handed to it) and
+/// speaks the runner protocol with it: it fetches the job again, and opens
+/// report streams of its own that claim success. Then it exits 1.
+struct Impostor {
+    found: Found,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn event(e: pb::runner_event::Event) -> pb::RunnerEvent {
+    pb::RunnerEvent { event: Some(e) }
+}
+
+fn claims_success() -> Vec<pb::RunnerEvent> {
+    use pb::runner_event::Event;
+    vec![
+        event(Event::StepStarted(pb::StepStarted { index: 0 })),
+        event(Event::StepFinished(pb::StepFinished {
+            index: 0,
+            exit_code: 0,
+            ..Default::default()
+        })),
+        event(Event::JobFinished(pb::JobFinished {
+            success: true,
+            error: String::new(),
+        })),
+    ]
+}
+
+#[async_trait]
+impl solstice_core::runner::StepExecutor for Impostor {
+    async fn run(
+        &self,
+        _step: &pb::StepSpec,
+        _dir: &std::path::Path,
+        env: &std::collections::BTreeMap<String, String>,
+        _out: solstice_core::runner::OutputSink,
+    ) -> Result<solstice_core::runner::StepOutcome, String> {
+        let mut seen = Vec::new();
+        seen.push(format!(
+            "env has token: {}",
+            env.keys().any(|k| k.contains("TOKEN") || k == "SOLSTICE_ENDPOINT")
+        ));
+        let (endpoint, token) = self.found.lock().expect("lock").clone().expect("token");
+        let mut client = pb::runner_client::RunnerClient::connect(endpoint)
+            .await
+            .expect("connect");
+        let bearer = solstice_core::protocol::bearer(&token).expect("ascii");
+        let mut req = tonic::Request::new(pb::FetchJobRequest::default());
+        req.metadata_mut().insert("authorization", bearer.clone());
+        seen.push(match client.fetch_job(req).await {
+            Ok(_) => "fetch: ok".into(),
+            Err(s) => format!("fetch: {:?}", s.code()),
+        });
+        for session in [None, Some(""), Some("0000")] {
+            let mut req = tonic::Request::new(tokio_stream::iter(claims_success()));
+            req.metadata_mut().insert("authorization", bearer.clone());
+            if let Some(session) = session {
+                req.metadata_mut()
+                    .insert(solstice_core::protocol::SESSION, session.parse().expect("ascii"));
+            }
+            seen.push(match client.report_events(req).await {
+                Ok(_) => "report: ok".into(),
+                Err(s) => format!("report: {:?}", s.code()),
+            });
+        }
+        self.seen.lock().expect("lock").extend(seen);
+        Ok(solstice_core::runner::StepOutcome {
+            exit_code: 1,
+            timed_out: false,
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cannot_speak_for_its_runner() {
+    let found: Found = Arc::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let executor = Arc::new(Impostor {
+        found: found.clone(),
+        seen: seen.clone(),
+    });
+    let provider = MockVmProvider::new(Arc::new(TokenSpy {
+        inner: RunnerGuest::new(executor),
+        found,
+    }));
+    let s = setup_with(provider, config(&[])).await;
+    let (run, status) = run(
+        &s,
+        r#"workflow {
+        job id="test" { step run="make test"; }
+        job id="deploy" { needs "test"; step run="make deploy"; }
+    }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Failed);
+    assert_eq!(
+        job_status(&s, run, "test").await,
+        (
+            JobStatus::Failed,
+            Some("step `make test` failed (exit 1)".into())
+        )
+    );
+    assert_eq!(job_status(&s, run, "deploy").await.0, JobStatus::Skipped);
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        [
+            "env has token: false",
+            "fetch: PermissionDenied",
+            "report: PermissionDenied",
+            "report: PermissionDenied",
+            "report: PermissionDenied",
+        ]
+    );
+}
+
+/// A runner that lies about its own job: the engine keeps what the steps
+/// say. `steps` are sent as (index, exit code), then `JobFinished(success)`.
+struct Liar {
+    steps: Vec<(u32, i32)>,
+    second_stream: bool,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Guest for Liar {
+    async fn run(&self, context: GuestContext) -> i32 {
+        use pb::runner_event::Event;
+        let RunnerEndpoint::Tcp(addr) = &context.spec.endpoint else {
+            return 2;
+        };
+        let mut client = pb::runner_client::RunnerClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let bearer = solstice_core::protocol::bearer(&context.spec.token).expect("ascii");
+        let mut req = tonic::Request::new(pb::FetchJobRequest::default());
+        req.metadata_mut().insert("authorization", bearer.clone());
+        let job = client.fetch_job(req).await.expect("fetch").into_inner();
+        let request = |events: Vec<pb::RunnerEvent>| {
+            let mut req = tonic::Request::new(tokio_stream::iter(events));
+            req.metadata_mut().insert("authorization", bearer.clone());
+            req.metadata_mut().insert(
+                solstice_core::protocol::SESSION,
+                job.session.parse().expect("ascii"),
+            );
+            req
+        };
+        let mut events = Vec::new();
+        for (index, exit_code) in &self.steps {
+            events.push(event(Event::StepStarted(pb::StepStarted { index: *index })));
+            events.push(event(Event::StepFinished(pb::StepFinished {
+                index: *index,
+                exit_code: *exit_code,
+                ..Default::default()
+            })));
+        }
+        events.push(event(Event::JobFinished(pb::JobFinished {
+            success: true,
+            error: String::new(),
+        })));
+        if self.second_stream {
+            // Hold one stream open (it has sent nothing yet) and try another.
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::RunnerEvent>(4);
+            let mut first = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            first.metadata_mut().insert("authorization", bearer.clone());
+            first.metadata_mut().insert(
+                solstice_core::protocol::SESSION,
+                job.session.parse().expect("ascii"),
+            );
+            let mut c1 = client.clone();
+            let held = tokio::spawn(async move { c1.report_events(first).await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let second = client.report_events(request(events.clone())).await;
+            self.seen.lock().expect("lock").push(match second {
+                Ok(_) => "second: ok".into(),
+                Err(s) => format!("second: {:?}", s.code()),
+            });
+            for e in events {
+                let _ = tx.send(e).await;
+            }
+            drop(tx);
+            let _ = held.await;
+            return 0;
+        }
+        let _ = client.report_events(request(events)).await;
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_cannot_report_a_success_its_steps_deny() {
+    let cases: [(Vec<(u32, i32)>, &str); 4] = [
+        (vec![], "only 0 of its 2 steps finished"),
+        (vec![(0, 0)], "only 1 of its 2 steps finished"),
+        (vec![(0, 1), (1, 0)], "step 1 started after step 0 had failed"),
+        (vec![(1, 0), (0, 0)], "step 1 started out of order (expected step 0)"),
+    ];
+    for (steps, why) in cases {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let provider = MockVmProvider::new(Arc::new(Liar {
+            steps,
+            second_stream: false,
+            seen,
+        }));
+        let s = setup_with(provider, config(&[])).await;
+        let (run, status) = run(
+            &s,
+            r#"workflow { job id="a" { step run="one"; step run="two"; }; job id="b" { needs "a"; step run="x"; } }"#,
+        )
+        .await;
+        assert_eq!(status, RunStatus::Failed, "{why}");
+        let (a, reason) = job_status(&s, run, "a").await;
+        assert_eq!(a, JobStatus::Failed, "{why}");
+        let reason = reason.expect("reason");
+        assert!(reason.contains(why), "{reason} / {why}");
+        assert_eq!(job_status(&s, run, "b").await.0, JobStatus::Skipped);
+        let attempts = s
+            .store
+            .attempts(s.store.jobs(run).await.expect("jobs")[0].id)
+            .await
+            .expect("attempts");
+        assert_eq!(attempts.len(), 1, "a refused report is not retried");
+    }
+    // The honest report of the same runner is accepted, and a second
+    // stream for the attempt is refused.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let provider = MockVmProvider::new(Arc::new(Liar {
+        steps: vec![(0, 0), (1, 0)],
+        second_stream: true,
+        seen: seen.clone(),
+    }));
+    let s = setup_with(provider, config(&[])).await;
+    let (_, status) = run(
+        &s,
+        r#"workflow { job id="a" { step run="one"; step run="two"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(*seen.lock().expect("lock"), ["second: PermissionDenied"]);
 }

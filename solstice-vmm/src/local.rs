@@ -22,9 +22,14 @@ use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec,
 ///   reap what an earlier one left behind,
 /// - `ROOT/NAME/runner.log`: the runner's own stdout and stderr.
 ///
-/// The runner learns where to connect and its token from the environment
-/// (`SOLSTICE_ENDPOINT`, `SOLSTICE_JOB_TOKEN`), never from its command line,
-/// which other users of the host can read.
+/// The runner learns where to connect from `SOLSTICE_ENDPOINT` and its
+/// token as the first line of its standard input: never from its command
+/// line, which other users of the host can read, nor from its environment,
+/// which its steps could read back from `/proc/PID/environ`.
+///
+/// A process recorded in `pgid` is killed only while it is still ours (its
+/// environment carries the VM's mark): after a reboot the number may belong
+/// to somebody else.
 ///
 /// There is **no isolation**: the job runs with the orchestrator's user,
 /// network and files. Use it for development (`cidev run`) and trusted code.
@@ -47,13 +52,27 @@ pub struct LocalProvider {
 /// The environment variable that marks every process of a local VM.
 pub const MARK: &str = "SOLSTICE_LOCAL_VM";
 
+fn mark_of(dir: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut needle = format!("{MARK}=").into_bytes();
+    needle.extend_from_slice(dir.as_os_str().as_bytes());
+    needle
+}
+
+/// Whether process `pid` carries the mark of the VM in `dir` (Linux:
+/// `/proc/PID/environ`; elsewhere no process is recognised, and none is
+/// killed by number).
+fn is_marked(pid: i32, dir: &Path) -> bool {
+    let needle = mark_of(dir);
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_slice()))
+}
+
 /// SIGKILLs every process whose environment has `MARK=dir` (Linux: read
 /// from `/proc`; elsewhere nothing is found). Repeats while it finds any, in
 /// case one forked meanwhile. Returns how many it killed.
 fn kill_marked(dir: &Path) -> usize {
-    use std::os::unix::ffi::OsStrExt;
-    let mut needle = format!("{MARK}=").into_bytes();
-    needle.extend_from_slice(dir.as_os_str().as_bytes());
+    let needle = mark_of(dir);
     let me = std::process::id();
     let mut killed = 0;
     for _ in 0..10 {
@@ -142,14 +161,14 @@ impl LocalProvider {
             RunnerEndpoint::Tcp(addr) => format!("http://{addr}"),
             RunnerEndpoint::Unix(path) => format!("unix://{}", path.display()),
         };
-        let child = Command::new(program)
+        let mut child = Command::new(program)
             .args(args)
             .current_dir(dir.join("work"))
             .env("SOLSTICE_ENDPOINT", endpoint)
-            .env("SOLSTICE_JOB_TOKEN", &spec.token)
+            .env_remove("SOLSTICE_JOB_TOKEN")
             .env("SOLSTICE_VM_NAME", &spec.name)
             .env(MARK, dir)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)
             .process_group(0)
@@ -158,6 +177,12 @@ impl LocalProvider {
             .map_err(|e| {
                 VmError::Boot(format!("cannot start {}: {e}", program.to_string_lossy()))
             })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            // A runner that exits at once closes the pipe: that is its
+            // business (the engine sees it stop), not a boot failure.
+            let _ = stdin.write_all(format!("{}\n", spec.token).as_bytes()).await;
+        }
         if let Some(pid) = child.id() {
             tokio::fs::write(dir.join("pgid"), pid.to_string())
                 .await
@@ -166,23 +191,27 @@ impl LocalProvider {
         Ok(child)
     }
 
-    /// Kills a process group recorded in `dir/pgid`, if it still runs.
+    /// The process group recorded in `dir/pgid`, if that process still
+    /// runs and is ours.
+    fn recorded(dir: &Path) -> Option<i32> {
+        let pid = std::fs::read_to_string(dir.join("pgid"))
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 1)?;
+        (kill(Pid::from_raw(pid), None).is_ok() && is_marked(pid, dir)).then_some(pid)
+    }
+
+    /// Kills the process group recorded in `dir/pgid`, if it is still ours.
     fn kill_recorded(dir: &Path) {
-        let Ok(text) = std::fs::read_to_string(dir.join("pgid")) else {
-            return;
-        };
-        if let Ok(pgid) = text.trim().parse::<i32>()
-            && pgid > 1
-        {
+        if let Some(pgid) = Self::recorded(dir) {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
     }
 
     fn recorded_alive(dir: &Path) -> bool {
-        std::fs::read_to_string(dir.join("pgid"))
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .is_some_and(|pid| pid > 1 && kill(Pid::from_raw(pid), None).is_ok())
+        Self::recorded(dir).is_some()
     }
 }
 

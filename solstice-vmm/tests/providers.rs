@@ -83,10 +83,12 @@ async fn mock_scripts_boot_failure_delay_and_crash() {
 }
 
 #[tokio::test]
-async fn local_provider_passes_endpoint_and_token_by_environment_and_kills_the_group() {
+async fn local_provider_passes_the_endpoint_by_environment_the_token_on_stdin_and_kills_the_group()
+ {
     let root = temp_root("env");
-    // The "runner" records its environment and leaves a grandchild running.
-    let script = "echo \"$SOLSTICE_ENDPOINT $SOLSTICE_JOB_TOKEN\" > seen; sleep 30 & echo $! > grandchild; wait";
+    // The "runner" records what it got and leaves a grandchild running. The
+    // token is not in its environment, where its steps could read it back.
+    let script = "read -r t; echo \"$SOLSTICE_ENDPOINT $t ${SOLSTICE_JOB_TOKEN:-unset}\" > seen; sleep 30 & echo $! > grandchild; wait";
     let provider = LocalProvider::new(vec!["sh".into(), "-c".into(), script.into()], &root);
     let mut spec = VmSpec::example("env-test");
     spec.token = "t0ken-xyz".into();
@@ -102,7 +104,7 @@ async fn local_provider_passes_endpoint_and_token_by_environment_and_kills_the_g
     }
     let grandchild = grandchild.expect("the runner started");
     let seen = std::fs::read_to_string(work.join("seen")).expect("seen");
-    assert_eq!(seen.trim(), "http://127.0.0.1:1 t0ken-xyz");
+    assert_eq!(seen.trim(), "http://127.0.0.1:1 t0ken-xyz unset");
     provider.destroy(&vm.id).await.expect("destroy");
     let mut gone = false;
     for _ in 0..200 {
@@ -174,6 +176,38 @@ async fn local_provider_kills_what_a_dead_runner_left_even_in_a_new_session() {
         let _ = nix::sys::signal::kill(escaped, nix::sys::signal::SIGKILL);
     }
     assert!(gone, "the step that left its session survived destroy");
+}
+
+/// After a reboot the number in `pgid` may belong to another process: the
+/// provider neither counts it as the VM's nor kills it.
+#[tokio::test]
+async fn a_recorded_process_group_that_is_not_ours_is_left_alone() {
+    let root = temp_root("stranger");
+    let old = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
+    let vm = old
+        .provision(&VmSpec::example("stale"))
+        .await
+        .expect("provision");
+    old.destroy(&vm.id).await.expect("destroy");
+    // A stranger in its own group, and a leftover directory naming it.
+    use std::os::unix::process::CommandExt;
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .expect("spawn");
+    let dir = root.join("stale");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("owner"), "1").expect("owner");
+    std::fs::write(dir.join("pgid"), stranger.id().to_string()).expect("pgid");
+    let new = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
+    let listed = new.list().await.expect("list");
+    assert_eq!(listed[0].state, VmState::Stopped(None), "not ours: not running");
+    new.destroy(&vm.id).await.expect("destroy");
+    let alive = stranger.try_wait().expect("try_wait").is_none();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(alive, "the stranger was killed");
 }
 
 #[tokio::test]

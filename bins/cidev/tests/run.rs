@@ -203,22 +203,53 @@ fn job_selection_runs_what_the_job_needs() {
 fn runners_can_reach_the_engine_over_a_unix_socket() {
     let dir = tempfile::tempdir().expect("dir");
     let wf = dir.path().join("where.kdl");
+    // The step cannot see the endpoint; it looks for the socket beside the
+    // VM directories (TEMP/runner.sock, the step runs in TEMP/vms/VM/work/checkout).
     std::fs::write(
         &wf,
-        r#"workflow { job id="where" { step run="echo endpoint=$SOLSTICE_ENDPOINT"; } }"#,
+        r#"workflow { job id="where" { step run="test -S ../../../../runner.sock && echo socket=yes || echo socket=no"; } }"#,
     )
     .expect("write");
     let wf = wf.display().to_string();
     let o = cidev(&["run", &wf, "--unix-socket"]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("endpoint=unix://"), "{out}");
+    assert!(out.contains("socket=yes"), "{out}");
     let o = cidev(&["run", &wf]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("socket=no"), "{}", text(&o));
+}
+
+/// What a step can find of its runner: nothing of the endpoint or the
+/// token, neither in its own environment nor in the runner's.
+#[test]
+fn a_step_sees_neither_the_token_nor_the_endpoint() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wf = dir.path().join("peek.kdl");
+    std::fs::write(
+        &wf,
+        r#"workflow { job id="peek" { step run="env; echo ---; tr '\\0' '\\n' < /proc/$PPID/environ; echo; echo ---; cat /proc/$PPID/cmdline | tr '\\0' ' '; echo; echo peeked"; } }"#,
+    )
+    .expect("write");
+    let o = cidev(&["run", &wf.display().to_string()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("[peek] peeked"), "{out}");
+    assert!(out.contains("[peek] PATH="), "the step has a PATH: {out}");
+    let (own, runner) = out.split_once("[peek] ---").expect("separator");
+    assert!(!own.contains("SOLSTICE_ENDPOINT"), "{own}");
+    assert!(!out.contains("SOLSTICE_JOB_TOKEN"), "{out}");
     assert!(
-        text(&o).contains("endpoint=http://127.0.0.1:"),
-        "{}",
-        text(&o)
+        runner.contains("SOLSTICE_ENDPOINT="),
+        "the runner's environment was read (the test can fail): {runner}"
     );
+    // The token is 64 hex digits; nothing of that shape reached the step.
+    let hex_run = out
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(hex_run < 64, "a token-like value was visible: {out}");
 }
 
 #[test]

@@ -310,6 +310,9 @@ enum RunnerResult {
         failed_step: Option<String>,
     },
     Disconnected(String),
+    /// The runner broke the protocol or contradicted its own step results:
+    /// the job fails (a retry would meet the same runner).
+    Refused(String),
 }
 
 /// An attempt this engine is running: what the gRPC service needs.
@@ -321,6 +324,7 @@ struct LiveAttempt {
     secrets: BTreeMap<String, String>,
     result: Mutex<Option<oneshot::Sender<RunnerResult>>>,
     ingest: tokio::sync::Mutex<(LogIngest, i64)>,
+    /// Why the job failed, from its first failing step (`step `x` timed out`).
     failed_step: Mutex<Option<String>>,
     /// The hash of the attempt's token (the token itself is not kept).
     token_hash: String,
@@ -331,6 +335,10 @@ struct LiveAttempt {
     cancel: Notify,
     /// The runner's report stream is open or still being processed.
     reporting: std::sync::atomic::AtomicBool,
+    /// Hash of the report session handed out by `FetchJob`.
+    session_hash: Mutex<Option<String>>,
+    /// A report stream was accepted: there is one per attempt.
+    report_opened: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -960,6 +968,8 @@ impl Engine {
             lease_until: std::sync::atomic::AtomicI64::new(attempt.lease_expires_at),
             cancel: Notify::new(),
             reporting: std::sync::atomic::AtomicBool::new(false),
+            session_hash: Mutex::new(None),
+            report_opened: std::sync::atomic::AtomicBool::new(false),
         });
         lock(&self.inner.live).insert(attempt.id, live.clone());
 
@@ -1134,8 +1144,9 @@ impl Engine {
                     return match r {
                         Ok(RunnerResult::Finished { success: true, .. }) => Outcome::Succeeded,
                         Ok(RunnerResult::Finished { success: false, failed_step }) => Outcome::Failed(
-                            failed_step.map_or_else(|| "the job failed".to_string(), |s| format!("step `{s}` failed"))),
+                            failed_step.unwrap_or_else(|| "the job failed".to_string())),
                         Ok(RunnerResult::Disconnected(why)) => Outcome::Lost(format!("runner lost: {why}")),
+                        Ok(RunnerResult::Refused(why)) => Outcome::Failed(format!("the runner's report was refused: {why}")),
                         Err(_) => Outcome::Lost("runner lost".into()),
                     };
                 }

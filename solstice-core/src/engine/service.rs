@@ -79,7 +79,13 @@ impl pb::runner_server::Runner for RunnerService {
                 "invalid, expired or used job token",
             ));
         }
-        Ok(Response::new(job_spec(&live)))
+        // The report session: only the process that fetched the job knows
+        // it, so a step that finds the token cannot report for the runner.
+        let session = super::new_token();
+        *lock(&live.session_hash) = Some(hash_token(&session));
+        let mut spec = job_spec(&live);
+        spec.session = session;
+        Ok(Response::new(spec))
     }
 
     async fn report_events(
@@ -87,9 +93,26 @@ impl pb::runner_server::Runner for RunnerService {
         request: Request<Streaming<pb::RunnerEvent>>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let live = self.authorize(&request)?;
+        let session = request
+            .metadata()
+            .get(crate::protocol::SESSION)
+            .and_then(|v| v.to_str().ok())
+            .map(hash_token);
+        let expected = lock(&live.session_hash).clone();
+        if session.is_none() || session != expected {
+            return Err(Status::permission_denied(
+                "the report stream needs the session of the runner that fetched the job",
+            ));
+        }
+        if live.report_opened.swap(true, Ordering::SeqCst) {
+            return Err(Status::permission_denied(
+                "this attempt already has its report stream",
+            ));
+        }
         live.reporting
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut stream = request.into_inner();
+        let mut steps_seen = StepOrder::new(steps_of(&live));
         let engine = &self.engine;
         let steps = &live.stored.planned.job.steps;
         let name = |i: u32| {
@@ -110,7 +133,10 @@ impl pb::runner_server::Runner for RunnerService {
                 Err(status) => break RunnerResult::Disconnected(status.message().to_string()),
             };
             match event {
-                Event::StepStarted(s) if (s.index as usize) < steps.len() => {
+                Event::StepStarted(s) => {
+                    if let Err(why) = steps_seen.start(s.index) {
+                        break RunnerResult::Refused(why);
+                    }
                     let record = StepRecord {
                         attempt_id: live.attempt.id,
                         index: s.index,
@@ -134,7 +160,7 @@ impl pb::runner_server::Runner for RunnerService {
                         .append_log(&live, chunk.step, stream, &chunk.data)
                         .await;
                 }
-                Event::StepFinished(s) if (s.index as usize) < steps.len() => {
+                Event::StepFinished(s) => {
                     let status = if s.timed_out {
                         StepStatus::TimedOut
                     } else if s.exit_code == 0 {
@@ -142,6 +168,9 @@ impl pb::runner_server::Runner for RunnerService {
                     } else {
                         StepStatus::Failed
                     };
+                    if let Err(why) = steps_seen.finish(s.index, status) {
+                        break RunnerResult::Refused(why);
+                    }
                     if !s.error.is_empty() {
                         engine
                             .system_log(
@@ -158,7 +187,12 @@ impl pb::runner_server::Runner for RunnerService {
                         .get(s.index as usize)
                         .is_some_and(|st| st.continue_on_error);
                     if status != StepStatus::Succeeded && !continue_on_error {
-                        *lock(&live.failed_step) = Some(name(s.index));
+                        let why = if status == StepStatus::TimedOut {
+                            format!("step `{}` timed out", name(s.index))
+                        } else {
+                            format!("step `{}` failed (exit {})", name(s.index), s.exit_code)
+                        };
+                        *lock(&live.failed_step) = Some(why);
                     }
                     let record = StepRecord {
                         attempt_id: live.attempt.id,
@@ -186,16 +220,20 @@ impl pb::runner_server::Runner for RunnerService {
                     });
                 }
                 Event::JobFinished(f) => {
+                    // The result is what the recorded steps say; the runner
+                    // may only report a failure they do not show (a
+                    // checkout that failed), never a success they deny.
+                    if f.success
+                        && let Err(why) = steps_seen.all_passed()
+                    {
+                        break RunnerResult::Refused(format!(
+                            "the runner reported success, but {why}"
+                        ));
+                    }
                     break RunnerResult::Finished {
                         success: f.success,
                         failed_step: lock(&live.failed_step).clone(),
                     };
-                }
-                // A step index the job does not have: a confused or hostile runner.
-                Event::StepStarted(_) | Event::StepFinished(_) => {
-                    break RunnerResult::Disconnected(
-                        "the runner reported a step the job does not have".into(),
-                    );
                 }
             }
         };
@@ -205,6 +243,85 @@ impl pb::runner_server::Runner for RunnerService {
         live.reporting
             .store(false, std::sync::atomic::Ordering::SeqCst);
         Ok(Response::new(pb::ReportAck {}))
+    }
+}
+
+fn steps_of(live: &LiveAttempt) -> Vec<bool> {
+    live.stored
+        .planned
+        .job
+        .steps
+        .iter()
+        .map(|s| s.continue_on_error)
+        .collect()
+}
+
+/// What the runner has reported of the steps so far. Steps run one at a
+/// time, in order, and stop at the first failure that may not continue:
+/// anything else is a confused or hostile runner.
+struct StepOrder {
+    /// `continue_on_error` of each step of the job.
+    steps: Vec<bool>,
+    /// The step reported started and not yet finished.
+    running: Option<u32>,
+    /// The next step that may start.
+    next: u32,
+    /// A step failed that may not: no further step may start.
+    stopped_by: Option<u32>,
+}
+
+impl StepOrder {
+    fn new(steps: Vec<bool>) -> Self {
+        StepOrder {
+            steps,
+            running: None,
+            next: 0,
+            stopped_by: None,
+        }
+    }
+
+    fn start(&mut self, index: u32) -> Result<(), String> {
+        if index as usize >= self.steps.len() {
+            return Err(format!("the runner reported step {index}, which the job does not have"));
+        }
+        if let Some(r) = self.running {
+            return Err(format!("step {index} started while step {r} was still running"));
+        }
+        if let Some(f) = self.stopped_by {
+            return Err(format!("step {index} started after step {f} had failed"));
+        }
+        if index != self.next {
+            return Err(format!("step {index} started out of order (expected step {})", self.next));
+        }
+        self.running = Some(index);
+        Ok(())
+    }
+
+    fn finish(&mut self, index: u32, status: StepStatus) -> Result<(), String> {
+        if self.running != Some(index) {
+            return Err(format!("step {index} finished without having started"));
+        }
+        self.running = None;
+        self.next = index + 1;
+        let may_fail = self.steps.get(index as usize).copied().unwrap_or(false);
+        if status != StepStatus::Succeeded && !may_fail {
+            self.stopped_by = Some(index);
+        }
+        Ok(())
+    }
+
+    fn all_passed(&self) -> Result<(), String> {
+        if let Some(f) = self.stopped_by {
+            return Err(format!("step {f} failed"));
+        }
+        if self.running.is_some() || self.next as usize != self.steps.len() {
+            return Err(format!(
+                "only {} of its {} steps finished",
+                self.next,
+                self.steps.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -252,5 +369,6 @@ fn job_spec(live: &LiveAttempt) -> pb::JobSpec {
         secrets: live.secrets.clone().into_iter().collect(),
         checkout: Some(pb::Checkout { source: checkout }),
         workdir: job.workdir.clone().unwrap_or_default(),
+        session: String::new(),
     }
 }

@@ -566,7 +566,13 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
                 return Err(format!("git clone {} failed", g.url));
             }
             let ok = Command::new("git")
-                .args(["checkout", "--quiet", "--detach", "--end-of-options", &g.commit])
+                .args([
+                    "checkout",
+                    "--quiet",
+                    "--detach",
+                    "--end-of-options",
+                    &g.commit,
+                ])
                 .current_dir(dest)
                 .status()
                 .await;
@@ -727,10 +733,7 @@ mod tests {
             assert!(check_git_source(url, sha).is_err(), "{url}");
         }
         for commit in ["--orphan", "main", "HEAD~1", "0123456", &"g".repeat(40), ""] {
-            assert!(
-                check_git_source("https://h/r", commit).is_err(),
-                "{commit}"
-            );
+            assert!(check_git_source("https://h/r", commit).is_err(), "{commit}");
         }
         assert!(check_git_source("https://h/r", &"a".repeat(64)).is_ok());
     }

@@ -124,7 +124,10 @@ async fn needs_order_failure_skips_dependents_and_continue_on_error() {
     );
     assert_eq!(
         job_status(&s, run, "b").await,
-        (JobStatus::Failed, Some("step `false` failed (exit 1)".into()))
+        (
+            JobStatus::Failed,
+            Some("step `false` failed (exit 1)".into())
+        )
     );
     assert_eq!(
         job_status(&s, run, "c").await,
@@ -669,7 +672,8 @@ impl solstice_core::runner::StepExecutor for Impostor {
         let mut seen = Vec::new();
         seen.push(format!(
             "env has token: {}",
-            env.keys().any(|k| k.contains("TOKEN") || k == "SOLSTICE_ENDPOINT")
+            env.keys()
+                .any(|k| k.contains("TOKEN") || k == "SOLSTICE_ENDPOINT")
         ));
         let (endpoint, token) = self.found.lock().expect("lock").clone().expect("token");
         let mut client = pb::runner_client::RunnerClient::connect(endpoint)
@@ -686,8 +690,10 @@ impl solstice_core::runner::StepExecutor for Impostor {
             let mut req = tonic::Request::new(tokio_stream::iter(claims_success()));
             req.metadata_mut().insert("authorization", bearer.clone());
             if let Some(session) = session {
-                req.metadata_mut()
-                    .insert(solstice_core::protocol::SESSION, session.parse().expect("ascii"));
+                req.metadata_mut().insert(
+                    solstice_core::protocol::SESSION,
+                    session.parse().expect("ascii"),
+                );
             }
             seen.push(match client.report_events(req).await {
                 Ok(_) => "report: ok".into(),
@@ -822,8 +828,14 @@ async fn a_runner_cannot_report_a_success_its_steps_deny() {
     let cases: [(Vec<(u32, i32)>, &str); 4] = [
         (vec![], "only 0 of its 2 steps finished"),
         (vec![(0, 0)], "only 1 of its 2 steps finished"),
-        (vec![(0, 1), (1, 0)], "step 1 started after step 0 had failed"),
-        (vec![(1, 0), (0, 0)], "step 1 started out of order (expected step 0)"),
+        (
+            vec![(0, 1), (1, 0)],
+            "step 1 started after step 0 had failed",
+        ),
+        (
+            vec![(1, 0), (0, 0)],
+            "step 1 started out of order (expected step 0)",
+        ),
     ];
     for (steps, why) in cases {
         let seen = Arc::new(Mutex::new(Vec::new()));

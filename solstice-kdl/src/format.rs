@@ -33,8 +33,14 @@ pub fn format(name: &str, text: &str, options: &ParseOptions) -> Result<String, 
     let fail = |problems| ParseError::new(name, source.clone(), problems);
     let (mut doc, version) = read_document(text, options).map_err(fail)?;
     let mut problems = Vec::new();
-    let Some(before) = schema::workflow(&doc, &mut problems) else {
-        return Err(fail(problems));
+    let mut omitted = 0;
+    let Some(before) = schema::workflow(&doc, &mut problems, &mut omitted) else {
+        return Err(ParseError::with_omitted(
+            name,
+            source.clone(),
+            problems,
+            omitted,
+        ));
     };
     let mut kept = Vec::new();
     remember(&doc, text, version == KdlVersion::V2, &mut kept);

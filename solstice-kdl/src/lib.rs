@@ -58,7 +58,7 @@ use std::sync::Arc;
 use kdl::KdlDocument;
 use miette::SourceSpan;
 
-pub use diagnostic::{Code, ParseError, Problem, ProblemRecord};
+pub use diagnostic::{Code, MAX_PROBLEMS, ParseError, Problem, ProblemRecord};
 pub use format::format;
 pub use model::{Axis, Duration, Env, Job, Matrix, RefFilter, Step, Triggers, Workflow};
 pub use plan::{Plan, PlanError, PlannedJob};
@@ -113,7 +113,9 @@ pub fn parse_named(name: &str, text: &str, options: &ParseOptions) -> Result<Wor
     let fail = |problems| ParseError::new(name, source.clone(), problems);
     let (doc, _) = read_document(text, options).map_err(fail)?;
     let mut problems = Vec::new();
-    schema::workflow(&doc, &mut problems).ok_or_else(|| fail(problems))
+    let mut omitted = 0;
+    schema::workflow(&doc, &mut problems, &mut omitted)
+        .ok_or_else(|| ParseError::with_omitted(name, source.clone(), problems, omitted))
 }
 
 /// Parses and validates raw bytes (as read from a file or a forge API):

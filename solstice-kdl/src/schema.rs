@@ -16,18 +16,26 @@ pub const MAX_MATRIX_COMBINATIONS: usize = 256;
 pub const MAX_RETRY: u32 = 10;
 
 /// Converts a document; returns the workflow only when there were no problems.
-pub(crate) fn workflow(doc: &KdlDocument, problems: &mut Vec<Problem>) -> Option<Workflow> {
+/// Problems past [`crate::MAX_PROBLEMS`] are counted in `omitted`, not kept.
+pub(crate) fn workflow(
+    doc: &KdlDocument,
+    problems: &mut Vec<Problem>,
+    omitted: &mut usize,
+) -> Option<Workflow> {
     let mut cx = Cx {
         problems: Vec::new(),
+        omitted: 0,
     };
     let wf = cx.root(doc);
     let ok = cx.problems.is_empty();
     problems.append(&mut cx.problems);
+    *omitted += cx.omitted;
     if ok { wf } else { None }
 }
 
 struct Cx {
     problems: Vec<Problem>,
+    omitted: usize,
 }
 
 /// The `needs` entries of one job with their spans, kept beside the model
@@ -82,6 +90,7 @@ pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .iter()
+        .filter(|c| c.len().abs_diff(normalized.len()) <= limit * 4)
         .map(|c| (levenshtein(&normalized, c), *c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
@@ -116,17 +125,36 @@ fn levenshtein(a: &str, b: &str) -> usize {
     d[a.len() * w + b.len()]
 }
 
+/// Most names a help line lists.
+const MAX_LISTED: usize = 8;
+
+/// The first few candidates as "`a`, `b` and 3 more": a help line stays
+/// short however many jobs a workflow has.
 fn list(candidates: &[&str]) -> String {
-    candidates
+    let mut out = candidates
         .iter()
+        .take(MAX_LISTED)
         .map(|c| format!("`{c}`"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if candidates.len() > MAX_LISTED {
+        out.push_str(&format!(" and {} more", candidates.len() - MAX_LISTED));
+    }
+    out
 }
 
 impl Cx {
     fn push(&mut self, p: Problem) {
-        self.problems.push(p);
+        if self.full() {
+            self.omitted += 1;
+        } else {
+            self.problems.push(p);
+        }
+    }
+
+    /// No further problem will be kept: callers skip costly help texts.
+    fn full(&self) -> bool {
+        self.problems.len() >= crate::MAX_PROBLEMS
     }
 
     fn root(&mut self, doc: &KdlDocument) -> Option<Workflow> {
@@ -749,11 +777,14 @@ impl Cx {
             }
         }
         let ids: Vec<&str> = index.keys().copied().collect();
+        let mut sorted_ids = ids.clone();
+        sorted_ids.sort_unstable();
         let mut edges: Vec<Vec<(usize, SourceSpan)>> = vec![Vec::new(); wf.jobs.len()];
         for (i, js) in spans.iter().enumerate() {
             for (target, span) in &js.needs {
                 match index.get(target.as_str()) {
                     Some(&j) => edges[i].push((j, *span)),
+                    None if self.full() => self.omitted += 1,
                     None => {
                         let mut p = Problem::new(
                             Code::UnknownNeeds,
@@ -761,11 +792,10 @@ impl Cx {
                             format!("`needs` names `{target}`, which is not a job"),
                             "no such job",
                         );
-                        let mut sorted = ids.clone();
-                        sorted.sort_unstable();
-                        p = match suggest(target, &sorted) {
+                        let sorted = &sorted_ids;
+                        p = match suggest(target, sorted) {
                             Some(s) => p.help(format!("did you mean `{s}`?")),
-                            None => p.help(format!("the jobs are {}", list(&sorted))),
+                            None => p.help(format!("the jobs are {}", list(sorted))),
                         };
                         self.push(p);
                     }
@@ -774,7 +804,17 @@ impl Cx {
         }
         for cycle in crate::dag::cycles(&edges) {
             let names: Vec<&str> = cycle.iter().map(|(j, _)| wf.jobs[*j].id.as_str()).collect();
-            let mut path = names.join(" -> ");
+            // A long cycle is shown by its ends: the message stays short.
+            let mut path = if names.len() > MAX_LISTED {
+                format!(
+                    "{} -> ... ({} more) -> {}",
+                    names[..MAX_LISTED / 2].join(" -> "),
+                    names.len() - MAX_LISTED,
+                    names[names.len() - MAX_LISTED / 2..].join(" -> ")
+                )
+            } else {
+                names.join(" -> ")
+            };
             path.push_str(" -> ");
             path.push_str(names[0]);
             let (_, first_span) = cycle[0];

@@ -238,3 +238,94 @@ fn nested_commented_out_blocks_are_limited() {
         "workflow /- { x } {\n    job id=\"a\" /- { old } {\n        step run=\"x\"\n    }\n}\n";
     assert!(parse(fine).is_ok());
 }
+
+/// Renders every problem, as `cidev validate` does.
+fn rendered(text: &str) -> (usize, String) {
+    let err = parse(text).expect_err("invalid");
+    (err.problems().len(), err.render(false, 100))
+}
+
+#[test]
+fn a_problem_past_column_65535_renders_as_a_window_with_its_real_position() {
+    // miette panics when it draws a label past column 65,535 (a width
+    // argument is a u16); a long line is cut around the label instead.
+    for len in [65_530, 65_536, 70_000, 900_000] {
+        let text = format!(
+            "workflow {{ job id=\"a\" {{ step run=\"{}\" nmae=\"y\"; }} }}",
+            "x".repeat(len)
+        );
+        let (_, out) = rendered(&text);
+        let column = 34 + len + 3;
+        assert!(out.contains(&format!(":1:{column}]")), "{len}: {out}");
+        assert!(out.contains("nmae=\"y\""), "{out}");
+        assert!(out.contains('…'), "{out}");
+        assert!(out.len() < 2_000, "{len}: {} bytes", out.len());
+        let json = parse(&text).expect_err("invalid").to_json_records();
+        assert_eq!((json[0].line, json[0].column), (1, column));
+    }
+    // Multi-byte text before the label: columns count characters.
+    let text = format!(
+        "workflow {{ job id=\"a\" {{ step run=\"{}\" nmae=\"y\"; }} }}",
+        "é".repeat(70_000)
+    );
+    let (_, out) = rendered(&text);
+    assert!(out.contains(":1:70037]"), "{out}");
+}
+
+#[test]
+fn problems_are_capped_and_their_output_is_bounded() {
+    // One problem per argument: 200,000 of them on one line.
+    let text = format!(
+        "workflow {{ job id=\"a\" {{ step run=\"x\" {}; }} }}",
+        "1 ".repeat(200_000)
+    );
+    let err = parse(&text).expect_err("invalid");
+    let problems = err.problems();
+    assert_eq!(problems.len(), solstice_kdl::MAX_PROBLEMS + 1);
+    let last = problems.last().expect("problems");
+    assert_eq!(last.code, Code::TooManyProblems);
+    assert!(
+        last.message.starts_with("199900 more problems"),
+        "{}",
+        last.message
+    );
+    let out = err.render(false, 100);
+    assert!(out.len() < 100_000, "{} bytes", out.len());
+    assert_eq!(err.to_json_records().len(), solstice_kdl::MAX_PROBLEMS + 1);
+}
+
+#[test]
+fn help_lines_list_a_few_names_not_every_job() {
+    let jobs: String = (0..3000)
+        .map(|i| {
+            format!("job id=\"job{i}\" {{ needs \"nothing-like-it-{i}\"; step run=\"x\"; }}\n")
+        })
+        .collect();
+    let text = format!("workflow {{\n{jobs}}}\n");
+    let err = parse(&text).expect_err("invalid");
+    let help = err.problems()[0].help.clone().expect("help");
+    assert!(help.ends_with("and 2992 more"), "{help}");
+    let out = err.render(false, 100);
+    assert!(
+        out.len() < text.len(),
+        "{} bytes from {}",
+        out.len(),
+        text.len()
+    );
+}
+
+#[test]
+fn a_needs_cycle_through_many_jobs_draws_a_bounded_number_of_labels() {
+    let n = 2000;
+    let jobs: String = (0..n)
+        .map(|i| {
+            format!(
+                "job id=\"j{i}\" {{ needs \"j{}\"; step run=\"x\"; }}\n",
+                (i + 1) % n
+            )
+        })
+        .collect();
+    let text = format!("workflow {{\n{jobs}}}\n");
+    let (_, out) = rendered(&text);
+    assert!(out.len() < 20_000, "{} bytes", out.len());
+}

@@ -181,7 +181,9 @@ impl LocalProvider {
             use tokio::io::AsyncWriteExt;
             // A runner that exits at once closes the pipe: that is its
             // business (the engine sees it stop), not a boot failure.
-            let _ = stdin.write_all(format!("{}\n", spec.token).as_bytes()).await;
+            let _ = stdin
+                .write_all(format!("{}\n", spec.token).as_bytes())
+                .await;
         }
         if let Some(pid) = child.id() {
             tokio::fs::write(dir.join("pgid"), pid.to_string())

@@ -84,7 +84,7 @@ async fn mock_scripts_boot_failure_delay_and_crash() {
 
 #[tokio::test]
 async fn local_provider_passes_the_endpoint_by_environment_the_token_on_stdin_and_kills_the_group()
- {
+{
     let root = temp_root("env");
     // The "runner" records what it got and leaves a grandchild running. The
     // token is not in its environment, where its steps could read it back.
@@ -202,7 +202,11 @@ async fn a_recorded_process_group_that_is_not_ours_is_left_alone() {
     std::fs::write(dir.join("pgid"), stranger.id().to_string()).expect("pgid");
     let new = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
     let listed = new.list().await.expect("list");
-    assert_eq!(listed[0].state, VmState::Stopped(None), "not ours: not running");
+    assert_eq!(
+        listed[0].state,
+        VmState::Stopped(None),
+        "not ours: not running"
+    );
     new.destroy(&vm.id).await.expect("destroy");
     let alive = stranger.try_wait().expect("try_wait").is_none();
     let _ = stranger.kill();

@@ -282,16 +282,23 @@ impl StepOrder {
 
     fn start(&mut self, index: u32) -> Result<(), String> {
         if index as usize >= self.steps.len() {
-            return Err(format!("the runner reported step {index}, which the job does not have"));
+            return Err(format!(
+                "the runner reported step {index}, which the job does not have"
+            ));
         }
         if let Some(r) = self.running {
-            return Err(format!("step {index} started while step {r} was still running"));
+            return Err(format!(
+                "step {index} started while step {r} was still running"
+            ));
         }
         if let Some(f) = self.stopped_by {
             return Err(format!("step {index} started after step {f} had failed"));
         }
         if index != self.next {
-            return Err(format!("step {index} started out of order (expected step {})", self.next));
+            return Err(format!(
+                "step {index} started out of order (expected step {})",
+                self.next
+            ));
         }
         self.running = Some(index);
         Ok(())

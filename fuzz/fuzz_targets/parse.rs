@@ -1,5 +1,5 @@
 //! Any bytes: `parse_bytes` returns Ok or Err without panicking, hanging or
-//! overflowing the stack; and text the strict recogniser sends straight to
+//! overflowing the stack, and its problems render; and text the strict recogniser sends straight to
 //! `kdl` is text `kdl` parses without error recovery.
 #![no_main]
 
@@ -25,7 +25,17 @@ fuzz_target!(|data: &[u8]| {
             }
         }));
     });
-    let _ = solstice_kdl::parse_bytes("fuzz.kdl", data, &ParseOptions::default());
+    // Every problem renders (long lines, labels at line breaks, many
+    // problems) and the output stays bounded.
+    if let Err(e) = solstice_kdl::parse_bytes("fuzz.kdl", data, &ParseOptions::default()) {
+        let out = e.render(false, 80);
+        assert!(
+            out.len() <= 16 * data.len() + 200_000,
+            "{} bytes of diagnostics",
+            out.len()
+        );
+        let _ = e.to_json_records();
+    }
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

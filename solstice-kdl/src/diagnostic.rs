@@ -627,6 +627,7 @@ impl Snippet {
         if index.chars_before(le) - index.chars_before(ls) <= LONG_LINE {
             return (ls, le);
         }
+        let end = end.clamp(start, le.max(start));
         let ws = text[ls..start]
             .char_indices()
             .rev()

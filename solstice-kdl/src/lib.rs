@@ -60,7 +60,9 @@ use miette::SourceSpan;
 
 pub use diagnostic::{Code, MAX_PROBLEMS, ParseError, Problem, ProblemRecord};
 pub use format::format;
-pub use model::{Axis, Duration, Env, Job, Matrix, RefFilter, Step, Triggers, Workflow};
+pub use model::{
+    Axis, Duration, Env, Job, MAX_DEFAULT_NAME, Matrix, RefFilter, Step, Triggers, Workflow,
+};
 pub use plan::{Plan, PlanError, PlannedJob};
 pub use print::{ident as print_ident, quote as print_string};
 pub use schema::{MAX_MATRIX_COMBINATIONS, MAX_RETRY};

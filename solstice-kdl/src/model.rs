@@ -96,19 +96,30 @@ pub struct Step {
 }
 
 impl Step {
-    /// The name to show: `name`, or the first non-empty line of `run`.
-    pub fn display_name(&self) -> &str {
+    /// The name to show: `name`, or the first non-empty line of `run`, cut
+    /// to [`MAX_DEFAULT_NAME`] characters.
+    pub fn display_name(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
         match &self.name {
-            Some(name) => name,
-            None => self
-                .run
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or(""),
+            Some(name) => Cow::Borrowed(name),
+            None => {
+                let line = self
+                    .run
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("");
+                match line.char_indices().nth(MAX_DEFAULT_NAME) {
+                    Some((cut, _)) => Cow::Owned(format!("{}…", &line[..cut])),
+                    None => Cow::Borrowed(line),
+                }
+            }
         }
     }
 }
+
+/// Characters of a step's first line used as its name when it has none.
+pub const MAX_DEFAULT_NAME: usize = 72;
 
 /// A job's `matrix`: named axes whose cartesian product, minus exclusions,
 /// gives one job per combination.

@@ -329,3 +329,23 @@ fn a_needs_cycle_through_many_jobs_draws_a_bounded_number_of_labels() {
     let (_, out) = rendered(&text);
     assert!(out.len() < 20_000, "{} bytes", out.len());
 }
+
+#[test]
+fn labels_at_the_end_of_long_lines_and_across_lines_render() {
+    // Found by `cidev run` on a long script: a label on the line break of
+    // a long line (an unterminated string) was cut past the line's end.
+    for len in [150, 199, 200, 201, 250, 70_000] {
+        for tail in ["", "\n", "\r\n", "\nmore\n", "é\n"] {
+            let text = format!(
+                "workflow {{ job id=\"a\" {{ step run=\"{}{tail}\"; }} }}",
+                "x".repeat(len)
+            );
+            if let Err(e) = parse(&text) {
+                let out = e.render(false, 80);
+                assert!(!out.is_empty());
+            }
+            let text = format!("{}{tail}", "y".repeat(len));
+            let _ = parse(&text).map_err(|e| e.render(true, 80));
+        }
+    }
+}

@@ -2,15 +2,17 @@
 //! workflow files. This binary is wiring and output formatting only; the
 //! language lives in `solstice-kdl`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod run;
+mod terminal;
 use serde::Serialize;
 use solstice_kdl::{ParseError, ParseOptions, Plan, Workflow};
+use terminal::clean;
 
 /// Default workflow location inside a repository.
 const DEFAULT_WORKFLOW: &str = ".solstice/workflow.kdl";
@@ -105,6 +107,17 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    let code = dispatch();
+    match terminal::failure() {
+        Some(e) => {
+            errln!("error: cannot write to standard output: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        None => code,
+    }
+}
+
+fn dispatch() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -215,9 +228,16 @@ fn read(path: &Path, options: &ParseOptions) -> Result<Vec<u8>, Failure> {
     Ok(bytes)
 }
 
+/// The rendered problems, safe for the terminal (names in messages come
+/// from the file and may hold control characters).
 fn render(err: &ParseError) -> String {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    err.render(color, 100)
+    terminal::clean_lines(&err.render(color, 100), color).into_owned()
+}
+
+/// The one-line summary of a parse error (`FILE: N problems`), safe to print.
+fn headline(err: &ParseError) -> String {
+    clean(&err.to_string()).into_owned()
 }
 
 #[derive(Serialize)]
@@ -237,7 +257,7 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
         let report = match load(path) {
             Ok(_) => {
                 if format == Format::Human {
-                    println!("{name}: valid");
+                    outln!("{}: valid", clean(&name));
                 }
                 FileReport {
                     file: name,
@@ -249,7 +269,7 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
             Err(Failure::Io(msg)) => {
                 worst = worst.max(EXIT_USAGE);
                 if format == Format::Human {
-                    eprintln!("error: {msg}");
+                    errln!("error: {}", clean(&msg));
                 }
                 FileReport {
                     file: name,
@@ -261,8 +281,8 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
             Err(Failure::Invalid(err)) => {
                 worst = worst.max(EXIT_INVALID);
                 if format == Format::Human {
-                    eprint!("{}", render(&err));
-                    eprintln!("{err}");
+                    terminal::err(render(&err).as_bytes());
+                    errln!("{}", headline(&err));
                 }
                 FileReport {
                     file: name,
@@ -281,23 +301,57 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
 }
 
 fn print_json<T: Serialize>(value: &T) {
-    let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, value);
-    let _ = writeln!(out);
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            terminal::out(&bytes);
+        }
+        Err(e) => errln!("error: {e}"),
+    }
 }
 
 fn fail(failure: Failure) -> ExitCode {
     match failure {
         Failure::Io(msg) => {
-            eprintln!("error: {msg}");
+            errln!("error: {}", clean(&msg));
             ExitCode::from(EXIT_USAGE)
         }
         Failure::Invalid(err) => {
-            eprint!("{}", render(&err));
-            eprintln!("{err}");
+            terminal::err(render(&err).as_bytes());
+            errln!("{}", headline(&err));
             ExitCode::from(EXIT_INVALID)
         }
     }
+}
+
+/// `fail`, in the JSON form of `validate` when JSON was asked for: a
+/// program reading standard output gets JSON either way.
+fn fail_as(path: &Path, failure: Failure, format: Format) -> ExitCode {
+    if format == Format::Human {
+        return fail(failure);
+    }
+    let (report, code) = match failure {
+        Failure::Io(msg) => (
+            FileReport {
+                file: path.display().to_string(),
+                valid: false,
+                error: Some(msg),
+                problems: Vec::new(),
+            },
+            EXIT_USAGE,
+        ),
+        Failure::Invalid(err) => (
+            FileReport {
+                file: path.display().to_string(),
+                valid: false,
+                error: None,
+                problems: err.to_json_records(),
+            },
+            EXIT_INVALID,
+        ),
+    };
+    print_json(&report);
+    ExitCode::from(code)
 }
 
 #[derive(Serialize)]
@@ -311,12 +365,22 @@ struct Inspection<'a> {
 fn inspect(path: &Path, format: Format) -> ExitCode {
     let workflow = match load(path) {
         Ok(w) => w,
-        Err(f) => return fail(f),
+        Err(f) => return fail_as(path, f, format),
     };
     let plan = match workflow.plan() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            let msg = e.to_string();
+            if format == Format::Json {
+                print_json(&FileReport {
+                    file: path.display().to_string(),
+                    valid: false,
+                    error: Some(msg),
+                    problems: Vec::new(),
+                });
+            } else {
+                errln!("error: {}", clean(&msg));
+            }
             return ExitCode::from(EXIT_INVALID);
         }
     };
@@ -334,7 +398,7 @@ fn inspect(path: &Path, format: Format) -> ExitCode {
         });
         return ExitCode::SUCCESS;
     }
-    print!("{}", describe(path, &workflow, &plan, &stages));
+    terminal::out(describe(path, &workflow, &plan, &stages).as_bytes());
     ExitCode::SUCCESS
 }
 
@@ -344,8 +408,8 @@ fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> St
     let _ = writeln!(
         s,
         "workflow {} ({})",
-        wf.name.as_deref().unwrap_or("(unnamed)"),
-        path.display()
+        clean(wf.name.as_deref().unwrap_or("(unnamed)")),
+        clean(&path.display().to_string())
     );
     let triggers = wf
         .on
@@ -369,7 +433,7 @@ fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> St
                 ("paths_ignore", &f.paths_ignore),
             ] {
                 if !list.is_empty() {
-                    parts.push(format!("{what} {}", list.join(" ")));
+                    parts.push(format!("{what} {}", clean(&list.join(" "))));
                 }
             }
             let _ = writeln!(
@@ -387,17 +451,17 @@ fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> St
         let _ = writeln!(s, "  manual");
     }
     for c in &triggers.cron {
-        let _ = writeln!(s, "  cron: {c}");
+        let _ = writeln!(s, "  cron: {}", clean(&c.to_string()));
     }
     let _ = writeln!(s, "\njobs ({} after matrix expansion):", plan.jobs.len());
     for pj in &plan.jobs {
         let job = &pj.job;
         let mut facts = vec![format!(
             "runs_on {}",
-            job.runs_on.as_deref().unwrap_or("(default)")
+            clean(job.runs_on.as_deref().unwrap_or("(default)"))
         )];
         if !job.needs.is_empty() {
-            facts.push(format!("needs {}", job.needs.join(", ")));
+            facts.push(format!("needs {}", clean(&job.needs.join(", "))));
         }
         if let Some(t) = job.timeout {
             facts.push(format!("timeout {t}"));
@@ -405,7 +469,7 @@ fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> St
         if job.retry > 0 {
             facts.push(format!("retry {}", job.retry));
         }
-        let _ = writeln!(s, "  {}  [{}]", pj.id, facts.join("; "));
+        let _ = writeln!(s, "  {}  [{}]", clean(&pj.id), facts.join("; "));
         for (i, step) in job.steps.iter().enumerate() {
             let mut extra = Vec::new();
             if let Some(t) = step.timeout {
@@ -419,15 +483,15 @@ fn describe(path: &Path, wf: &Workflow, plan: &Plan, stages: &[Vec<&str>]) -> St
             } else {
                 format!("  [{}]", extra.join("; "))
             };
-            let _ = writeln!(s, "    {}. {}{extra}", i + 1, step.display_name());
+            let _ = writeln!(s, "    {}. {}{extra}", i + 1, clean(&step.display_name()));
         }
         if !job.artifacts.is_empty() {
-            let _ = writeln!(s, "    artifacts: {}", job.artifacts.join(" "));
+            let _ = writeln!(s, "    artifacts: {}", clean(&job.artifacts.join(" ")));
         }
     }
     let _ = writeln!(s, "\nexecution order:");
     for (i, stage) in stages.iter().enumerate() {
-        let _ = writeln!(s, "  stage {}: {}", i + 1, stage.join(", "));
+        let _ = writeln!(s, "  stage {}: {}", i + 1, clean(&stage.join(", ")));
     }
     s
 }
@@ -457,14 +521,15 @@ fn fmt(files: &[PathBuf], check: bool) -> ExitCode {
         if original == formatted {
             continue;
         }
+        let name = clean(&name);
         if check {
-            println!("{name}: not formatted");
+            outln!("{name}: not formatted");
             worst = worst.max(EXIT_INVALID);
         } else if let Err(e) = std::fs::write(path, formatted) {
-            eprintln!("error: {name}: {e}");
+            errln!("error: {name}: {e}");
             worst = worst.max(EXIT_USAGE);
         } else {
-            println!("{name}: formatted");
+            outln!("{name}: formatted");
         }
     }
     ExitCode::from(worst)

@@ -3,7 +3,7 @@
 //! the local (or mock) provider.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,6 +16,9 @@ use solstice_core::store::{JobStatus, RunStatus, SqlStore, StateStore, StepStatu
 use solstice_kdl::Workflow;
 use solstice_queue::{MemoryQueue, QueueOptions};
 use solstice_vmm::{LocalProvider, MockVmProvider, VmProvider};
+
+use crate::terminal::{self, clean, clean_output};
+use crate::{errln, outln};
 
 /// `cidev run` options.
 pub struct RunArgs {
@@ -35,7 +38,10 @@ pub struct RunArgs {
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+/// 128 + the signal's number, as a shell reports a process it killed.
 const EXIT_INTERRUPTED: u8 = 130;
+const EXIT_HANGUP: u8 = 129;
+const EXIT_TERMINATED: u8 = 143;
 
 pub fn run(args: RunArgs, workflow: Workflow) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -44,14 +50,14 @@ pub fn run(args: RunArgs, workflow: Workflow) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     match runtime.block_on(execute(args, workflow)) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
-            eprintln!("error: {message}");
+            errln!("error: {}", clean(&message));
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -198,7 +204,12 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
         .map_err(|e| e.to_string())?;
 
     let mut printer = Printer::new();
-    let mut interrupted = false;
+    // SIGINT (Ctrl-C), SIGTERM (`timeout`, systemd, `docker stop`) and
+    // SIGHUP (a closed terminal or SSH session) all cancel the run and
+    // clean up; a second signal changes nothing, the cleanup goes on.
+    let signals = Signals::new().map_err(|e| format!("signal handlers: {e}"))?;
+    tokio::pin!(signals);
+    let mut interrupted: Option<u8> = None;
     let status = loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -206,14 +217,14 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
                 Ok(e) => {
                     if !args.quiet {
                         printer.event(&e);
-                        let _ = printer.out.flush();
+                        printer.flush_out();
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => printer.note(&format!("(output fell behind: {n} events not shown)")),
                 Err(_) => return Err("the engine stopped".into()),
             },
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
-                interrupted = true;
+            code = signals.as_mut().next(), if interrupted.is_none() => {
+                interrupted = Some(code);
                 printer.note("interrupted: cancelling the run and destroying its VMs ...");
                 engine.cancel_run(run).await.map_err(|e| e.to_string())?;
             }
@@ -229,23 +240,65 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
     engine.shutdown().await;
     summary(&*store, run, status).await;
     if args.state.is_some() {
-        println!("state kept in {}", db.display());
+        outln!("state kept in {}", clean(&db.display().to_string()));
     }
     Ok(match (interrupted, status) {
-        (true, _) => EXIT_INTERRUPTED,
-        (false, RunStatus::Succeeded) => 0,
+        (Some(code), _) => code,
+        (None, RunStatus::Succeeded) => 0,
         _ => EXIT_FAILED,
     })
 }
 
-/// Prints events as lines prefixed with the job (and coloured on a terminal).
+/// The signals that stop `cidev run`, as one stream of exit codes.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The exit code for the next signal that arrives.
+    async fn next(self: std::pin::Pin<&mut Self>) -> u8 {
+        let this = self.get_mut();
+        tokio::select! {
+            _ = this.int.recv() => EXIT_INTERRUPTED,
+            _ = this.term.recv() => EXIT_TERMINATED,
+            _ = this.hup.recv() => EXIT_HANGUP,
+        }
+    }
+}
+
+/// Prints events as lines prefixed with the job (and coloured on a
+/// terminal). Everything from the workflow or a step is cleaned first
+/// (`terminal`); colour is cidev's own.
 struct Printer {
     color: bool,
     colors: HashMap<String, &'static str>,
-    partial: HashMap<(String, u8), Vec<u8>>,
-    /// Buffered, and flushed after every event: live without a write per line.
-    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    /// Output of each job and stream not yet ended by a line break.
+    partial: HashMap<(String, u8), Partial>,
+    /// What is written at the next `flush_out`: live, without a write per line.
+    out: Vec<u8>,
 }
+
+#[derive(Default)]
+struct Partial {
+    buf: Vec<u8>,
+    /// `buf[..scanned]` holds no line break: each byte is looked at once,
+    /// however long a line grows (a 64 MB line was quadratic).
+    scanned: usize,
+}
+
+/// A line longer than this is printed in pieces of this size.
+const MAX_LINE: usize = 1 << 20;
 
 const PALETTE: [&str; 6] = [
     "\x1b[36m", "\x1b[35m", "\x1b[33m", "\x1b[32m", "\x1b[34m", "\x1b[31m",
@@ -260,22 +313,24 @@ impl Printer {
             color,
             colors: HashMap::new(),
             partial: HashMap::new(),
-            out: std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock()),
+            out: Vec::with_capacity(256 * 1024),
         }
     }
 
     fn prefix(&mut self, key: &str) -> String {
+        let name = clean(key);
         if !self.color {
-            return format!("[{key}] ");
+            return format!("[{name}] ");
         }
         let n = self.colors.len();
         let c = *self
             .colors
             .entry(key.to_string())
             .or_insert(PALETTE[n % PALETTE.len()]);
-        format!("{c}[{key}]{RESET} ")
+        format!("{c}[{name}]{RESET} ")
     }
 
+    /// A line of cidev's own about a job; `text` is cleaned.
     fn line(&mut self, key: &str, text: &str, dim: bool) {
         let prefix = self.prefix(key);
         let (a, b) = if dim && self.color {
@@ -283,12 +338,51 @@ impl Printer {
         } else {
             ("", "")
         };
-        let _ = writeln!(self.out, "{prefix}{a}{text}{b}");
+        let text = clean(text);
+        self.out
+            .extend_from_slice(format!("{prefix}{a}{text}{b}\n").as_bytes());
     }
 
     fn note(&mut self, text: &str) {
-        let _ = writeln!(self.out, "{text}");
-        let _ = self.out.flush();
+        self.out.extend_from_slice(format!("{text}\n").as_bytes());
+        self.flush_out();
+    }
+
+    fn flush_out(&mut self) {
+        if !self.out.is_empty() {
+            terminal::out(&self.out);
+            self.out.clear();
+        }
+    }
+
+    /// Step output lines, prefixed and cleaned.
+    fn output(&mut self, key: &str, stream: u8, lines: &[u8]) {
+        let prefix = self.prefix(key);
+        let (a, b) = if stream != 0 && self.color {
+            (DIM, RESET)
+        } else {
+            ("", "")
+        };
+        for line in lines.split(|c| *c == b'\n') {
+            self.out.extend_from_slice(prefix.as_bytes());
+            self.out.extend_from_slice(a.as_bytes());
+            self.out
+                .extend_from_slice(clean_output(line, self.color).as_bytes());
+            self.out.extend_from_slice(b.as_bytes());
+            self.out.push(b'\n');
+        }
+    }
+
+    /// Prints what a job's streams hold without a final line break (a step
+    /// ended without one): the next step's output starts on its own line.
+    fn end_lines(&mut self, key: &str) {
+        for stream in 0..=2u8 {
+            if let Some(p) = self.partial.remove(&(key.to_string(), stream))
+                && !p.buf.is_empty()
+            {
+                self.output(key, stream, &p.buf);
+            }
+        }
     }
 
     fn event(&mut self, e: &EngineEvent) {
@@ -297,34 +391,34 @@ impl Printer {
                 self.line(key, &format!("attempt {attempt}"), true)
             }
             EngineEvent::StepStarted { key, name, .. } => {
+                self.end_lines(key);
                 self.line(key, &format!("▶ {name}"), true)
             }
             EngineEvent::Log {
                 key, stream, data, ..
             } => {
-                let buf = self.partial.entry((key.clone(), *stream)).or_default();
-                buf.extend_from_slice(data);
-                // Complete lines out, the unfinished tail stays: one drain
-                // and one write per chunk, not per line.
-                let Some(last) = buf.iter().rposition(|b| *b == b'\n') else {
-                    return;
+                let id = (key.clone(), *stream);
+                let p = self.partial.entry(id.clone()).or_default();
+                p.buf.extend_from_slice(data);
+                let last = p.buf[p.scanned..]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map(|i| p.scanned + i);
+                p.scanned = p.buf.len();
+                let complete: Vec<u8> = match last {
+                    Some(last) => {
+                        let mut done: Vec<u8> = p.buf.drain(..=last).collect();
+                        done.pop();
+                        p.scanned = p.buf.len();
+                        done
+                    }
+                    None if p.buf.len() >= MAX_LINE => {
+                        p.scanned = 0;
+                        std::mem::take(&mut p.buf)
+                    }
+                    None => return,
                 };
-                let complete: Vec<u8> = buf.drain(..=last).collect();
-                let prefix = self.prefix(key);
-                let (a, b) = if *stream != 0 && self.color {
-                    (DIM, RESET)
-                } else {
-                    ("", "")
-                };
-                let mut text = Vec::with_capacity(complete.len() * 2);
-                for line in complete[..complete.len() - 1].split(|c| *c == b'\n') {
-                    text.extend_from_slice(prefix.as_bytes());
-                    text.extend_from_slice(a.as_bytes());
-                    text.extend_from_slice(line);
-                    text.extend_from_slice(b.as_bytes());
-                    text.push(b'\n');
-                }
-                let _ = self.out.write_all(&text);
+                self.output(key, *stream, &complete);
             }
             EngineEvent::StepFinished {
                 key,
@@ -333,6 +427,7 @@ impl Printer {
                 exit_code,
                 ..
             } => {
+                self.end_lines(key);
                 let text = match status {
                     StepStatus::Succeeded => "✓ step passed".to_string(),
                     StepStatus::TimedOut => "✗ step timed out".to_string(),
@@ -356,6 +451,7 @@ impl Printer {
                 reason,
                 ..
             } => {
+                self.end_lines(key);
                 let text = match reason {
                     Some(r) => format!("{status}: {r}"),
                     None => status.to_string(),
@@ -367,13 +463,11 @@ impl Printer {
     }
 
     fn flush(&mut self) {
-        let rest: Vec<((String, u8), Vec<u8>)> = self.partial.drain().collect();
-        for ((key, _), data) in rest {
-            if !data.is_empty() {
-                self.line(&key, &String::from_utf8_lossy(&data), false);
-            }
+        let keys: Vec<String> = self.partial.keys().map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            self.end_lines(&key);
         }
-        let _ = self.out.flush();
+        self.flush_out();
     }
 }
 
@@ -402,12 +496,17 @@ async fn summary(store: &dyn StateStore, run: solstice_core::store::RunId, statu
         };
         rows.push((job.key.clone(), attempt, status, duration));
     }
+    let rows: Vec<(String, String, String, String)> = rows
+        .into_iter()
+        .map(|(a, b, c, d)| (clean(&a).into_owned(), b, clean(&c).into_owned(), d))
+        .collect();
     let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
     let w3 = rows.iter().map(|r| r.3.len()).max().unwrap_or(0);
-    println!();
+    let mut table = String::from("\n");
     for (a, b, c, d) in rows {
-        println!("{a:<w0$}  {b:>w1$}  {d:>w3$}  {c}");
+        table.push_str(&format!("{a:<w0$}  {b:>w1$}  {d:>w3$}  {c}\n"));
     }
-    println!("\nrun {run}: {status}");
+    table.push_str(&format!("\nrun {run}: {status}\n"));
+    terminal::out(table.as_bytes());
 }

@@ -184,3 +184,123 @@ fn fmt_check_and_write() {
         b"workflow { job id=\"a\" { stpe run=\"x\" } }"
     );
 }
+
+/// A workflow that tries to drive the terminal through every name it has.
+const ESCAPES: &str = r#"workflow name="w\u{1b}]0;pwned\u{7}" {
+  job id="a" runs_on="l\u{9b}2J" {
+    step name="n\u{1b}[2J\u{202e}" run="true"
+    step run="x" "nm\u{1b}[31mae"="y"
+  }
+}
+"#;
+
+fn no_raw_controls(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    assert!(
+        !text
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c)),
+        "{what} printed a control character: {text:?}"
+    );
+}
+
+#[test]
+fn names_from_the_file_never_reach_the_terminal_raw() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("escapes.kdl");
+    std::fs::write(&bad, ESCAPES).expect("write");
+    let good = dir.path().join("good.kdl");
+    std::fs::write(&good, ESCAPES.replace(r#" "nm\u{1b}[31mae"="y""#, "")).expect("write");
+    let (bad, good) = (bad.display().to_string(), good.display().to_string());
+    let o = cidev(&["validate", &bad]);
+    assert_eq!(code(&o), 1);
+    no_raw_controls("validate", &o.stderr);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("`nm\\x1b[31mae`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cidev(&["inspect", &good]);
+    assert_eq!(code(&o), 0);
+    no_raw_controls("inspect", &o.stdout);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("workflow w\\x1b]0;pwned\\x07"), "{out}");
+    assert!(out.contains("n\\x1b[2J\\u{202e}"), "{out}");
+    assert!(out.contains("runs_on l\\u{9b}2J"), "{out}");
+}
+
+#[test]
+fn inspect_json_on_an_invalid_file_still_prints_json() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.kdl");
+    std::fs::write(&bad, "workflow { job id=\"a\" { stpe run=\"x\" } }").expect("write");
+    let o = cidev(&["inspect", "--format", "json", &bad.display().to_string()]);
+    assert_eq!(code(&o), 1);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["problems"][0]["code"], "solstice::unknown_node");
+    let o = cidev(&["inspect", "--format", "json", "/no/such/file.kdl"]);
+    assert_eq!(code(&o), 2);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("/no/such")));
+}
+
+#[test]
+fn a_full_disk_is_an_error_and_a_closed_pipe_is_not_a_crash() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args([
+            "inspect",
+            "--format",
+            "json",
+            "examples/workflows/hello.kdl",
+        ])
+        .current_dir(repo())
+        .stdout(full)
+        .output()
+        .expect("cidev runs");
+    assert_eq!(code(&o), 2);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot write to standard output"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A reader that goes away at once: every command ends without a panic.
+    let many: Vec<String> =
+        std::iter::repeat_n("examples/workflows/hello.kdl".to_string(), 2000).collect();
+    for args in [
+        vec!["validate".to_string()],
+        vec![
+            "inspect".to_string(),
+            "examples/workflows/monorepo.kdl".into(),
+        ],
+        vec!["run".to_string(), "examples/workflows/hello.kdl".into()],
+    ] {
+        let mut args = args;
+        if args.len() == 1 {
+            args.extend(many.iter().cloned());
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cidev"))
+            .args(&args)
+            .current_dir(repo())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take()); // closed before cidev writes
+        let o = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(o.status.code().is_some(), "{args:?}: killed by a signal");
+        if args[0] == "run" {
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "the run itself succeeds: {stderr}"
+            );
+        }
+    }
+}

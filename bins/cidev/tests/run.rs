@@ -263,16 +263,19 @@ fn the_mock_provider_runs_without_processes() {
     );
 }
 
-#[test]
-fn ctrl_c_cancels_and_leaves_nothing_behind() {
+/// Ctrl-C, `timeout`/systemd/`docker stop` (SIGTERM) and a closed terminal
+/// (SIGHUP) all cancel the run, end its steps and remove the temporary
+/// directory.
+fn a_signal_cancels_and_leaves_nothing_behind(signal: nix::sys::signal::Signal, exit: i32) {
     let dir = tempfile::tempdir().expect("dir");
     let pidfile = dir.path().join("pid");
     let workflow = dir.path().join("wait.kdl");
     std::fs::write(
         &workflow,
         format!(
-            "workflow {{\n    job id=\"wait\" {{\n        step run=\"echo $$ > {}; pwd; sleep 60\"\n    }}\n}}\n",
-            pidfile.display()
+            "workflow {{\n    job id=\"wait\" {{\n        step run=\"echo $$ > {}; pwd; sleep 60\"\n        step run=\"touch {}\"\n    }}\n}}\n",
+            pidfile.display(),
+            dir.path().join("later-step-ran").display()
         ),
     )
     .expect("write");
@@ -297,13 +300,9 @@ fn ctrl_c_cancels_and_leaves_nothing_behind() {
         .trim()
         .parse()
         .expect("pid number");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("signal");
     let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(exit), "{signal}");
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().expect("stdout"), &mut out).expect("read");
     assert!(out.contains("cancelled"), "{out}");
@@ -334,6 +333,26 @@ fn ctrl_c_cancels_and_leaves_nothing_behind() {
         })
         .expect("temp root");
     assert!(!temp_root.exists(), "{} left behind", temp_root.display());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !dir.path().join("later-step-ran").exists(),
+        "a later step ran after {signal}"
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_and_leaves_nothing_behind() {
+    a_signal_cancels_and_leaves_nothing_behind(nix::sys::signal::Signal::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_cancels_and_leaves_nothing_behind() {
+    a_signal_cancels_and_leaves_nothing_behind(nix::sys::signal::Signal::SIGTERM, 143);
+}
+
+#[test]
+fn sighup_cancels_and_leaves_nothing_behind() {
+    a_signal_cancels_and_leaves_nothing_behind(nix::sys::signal::Signal::SIGHUP, 129);
 }
 
 /// Processes a step leaves running (in the background, even in a session
@@ -378,4 +397,106 @@ fn processes_a_step_leaves_behind_end_with_the_job() {
         remaining, 0,
         "the step's background process outlived the job"
     );
+}
+
+/// Step output cannot drive the terminal, and a last line without a line
+/// break stays on its own line.
+#[test]
+fn step_output_is_escaped_and_lines_stay_apart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wf = dir.path().join("esc.kdl");
+    std::fs::write(
+        &wf,
+        r#"workflow {
+  job id="a" {
+    matrix { v "\u{1b}[2J"; }
+    step run="printf 'one\\033]0;pwned\\007two\\r[a] ok\\n\\302\\233x\\n'; printf 'no line break'"
+    step run="echo next"
+  }
+}
+"#,
+    )
+    .expect("write");
+    let o = cidev(&["run", &wf.display().to_string()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        !out.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character reached the terminal: {out:?}"
+    );
+    assert!(
+        out.contains(r"[a (v=\x1b[2J)] one\x1b]0;pwned\x07two\r[a] ok"),
+        "{out}"
+    );
+    assert!(out.contains(r"[a (v=\x1b[2J)] \u{9b}x"), "{out}");
+    assert!(out.contains("[a (v=\\x1b[2J)] no line break\n"), "{out}");
+    assert!(out.contains("[a (v=\\x1b[2J)] next\n"), "{out}");
+}
+
+/// A script over the kernel's 128 KiB argument limit runs (it is passed in
+/// a file), and its name is its first line, cut.
+#[test]
+fn a_long_script_runs_and_its_name_is_cut() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wf = dir.path().join("long.kdl");
+    let script = format!(
+        "echo {}\n{}echo long script done",
+        "x".repeat(200),
+        ": padding line\n".repeat(20_000)
+    );
+    std::fs::write(
+        &wf,
+        format!(
+            "workflow {{ job id=\"long\" {{ step run=\"{}\"; }} }}\n",
+            script.replace('\n', "\\n")
+        ),
+    )
+    .expect("write");
+    let o = cidev(&["run", &wf.display().to_string()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", &out[..out.len().min(2000)]);
+    assert!(out.contains("[long] long script done"), "{out}");
+    let started = out
+        .lines()
+        .find(|l| l.starts_with("[long] ▶ "))
+        .expect("step started");
+    assert_eq!(
+        started,
+        format!("[long] ▶ echo {}…", "x".repeat(67)),
+        "the default name is the first line cut to 72 characters"
+    );
+}
+
+/// Committed symlinks are part of the checkout, in and out of git.
+#[test]
+fn symlinks_are_checked_out_as_symlinks() {
+    for git in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("target.txt"), "pointed at\n").expect("write");
+        std::os::unix::fs::symlink("target.txt", dir.path().join("link")).expect("symlink");
+        std::fs::write(
+            dir.path().join("wf.kdl"),
+            r#"workflow { job id="l" { step run="test -L link && cat link"; } }"#,
+        )
+        .expect("write");
+        if git {
+            for args in [&["init", "-q"][..], &["add", "."][..]] {
+                let ok = Command::new("git")
+                    .args(args)
+                    .current_dir(dir.path())
+                    .status()
+                    .expect("git");
+                assert!(ok.success());
+            }
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
+            .args(["run", "wf.kdl"])
+            .env("NO_COLOR", "1")
+            .current_dir(dir.path())
+            .output()
+            .expect("cidev runs");
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(0), "git={git}: {out}");
+        assert!(out.contains("[l] pointed at"), "git={git}: {out}");
+    }
 }

@@ -30,12 +30,51 @@ pub fn combinations(matrix: &Matrix) -> Vec<Combination> {
 }
 
 /// The id of one expansion: `test (rust=stable, os=illumos)`.
+///
+/// Distinct combinations always get distinct ids: a value that is empty,
+/// has a character of the id's own syntax (`,`, `=`, `(`, `)`, `"`, `\`),
+/// a control character or space at either end, is written quoted with
+/// escapes (`x="1, y=2"`). Axis names are identifiers and a job's axes are
+/// unique, so the id can be read back into the combination.
 pub fn expanded_id(base: &str, combo: &[(String, String)]) -> String {
     if combo.is_empty() {
         return base.to_string();
     }
-    let parts: Vec<String> = combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let parts: Vec<String> = combo
+        .iter()
+        .map(|(k, v)| format!("{k}={}", id_value(v)))
+        .collect();
     format!("{base} ({})", parts.join(", "))
+}
+
+/// The job name an expanded id belongs to: `test` for `test (rust=stable)`.
+/// (Job names have no spaces; an expansion adds ` (...)`.)
+pub fn base_of(expanded: &str) -> &str {
+    expanded.split_once(" (").map_or(expanded, |(base, _)| base)
+}
+
+fn id_value(value: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !value.is_empty()
+        && !value.starts_with(char::is_whitespace)
+        && !value.ends_with(char::is_whitespace)
+        && !value
+            .chars()
+            .any(|c| matches!(c, ',' | '=' | '(' | ')' | '"' | '\\') || c.is_control());
+    if plain {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    std::borrow::Cow::Owned(out)
 }
 
 /// The `${{ ... }}` expressions in `text`: `Ok(axis)` for `matrix.axis`,

@@ -1,5 +1,11 @@
-//! The execution plan of a workflow: matrix jobs expanded, `needs` resolved
-//! to expanded ids, and a topological order.
+//! The execution plan of a workflow: matrix jobs expanded, `needs` checked,
+//! and a topological order.
+//!
+//! `needs` names jobs as written in the file, also for matrix jobs: `needs
+//! "test"` on a job waits for every expansion of `test`. It is kept that
+//! way (one entry per name, not one per pair of expansions), so a chain of
+//! two 256-way matrices is 256 entries, not 65,536; see
+//! [`matrix::base_of`] to map an expanded id back to its name.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +31,28 @@ pub enum PlanError {
     /// A matrix expands to too many jobs.
     #[error("the matrix of job `{0}` expands to more than {MAX_MATRIX_COMBINATIONS} jobs")]
     MatrixTooLarge(String),
+    /// The whole run is too large: more than [`MAX_RUN_JOBS`] jobs or
+    /// [`MAX_RUN_NEEDS`] `needs` entries after matrix expansion.
+    #[error(
+        "the run has {jobs} jobs and {needs} `needs` entries after matrix expansion; the limits are {MAX_RUN_JOBS} and {MAX_RUN_NEEDS}"
+    )]
+    RunTooLarge {
+        /// Jobs after expansion.
+        jobs: usize,
+        /// `needs` entries after expansion (one per expanded job and name).
+        needs: usize,
+    },
+    /// Two jobs expand to the same id (two equal matrix values).
+    #[error("two jobs have the id `{0}`")]
+    DuplicateJob(String),
 }
+
+/// Most jobs one run may have after matrix expansion.
+pub const MAX_RUN_JOBS: usize = 1_000;
+
+/// Most `needs` entries one run may have after matrix expansion: each
+/// expanded job counts one per job it names.
+pub const MAX_RUN_NEEDS: usize = 10_000;
 
 /// One concrete job of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,8 +63,8 @@ pub struct PlannedJob {
     pub base_id: String,
     /// This expansion's matrix values (empty for a job without matrix).
     pub matrix: Combination,
-    /// The job with `${{ matrix.* }}` replaced, `matrix` cleared and `needs`
-    /// holding expanded ids.
+    /// The job with `${{ matrix.* }}` replaced and `matrix` cleared;
+    /// `needs` names jobs as the file does (each waits for every expansion).
     pub job: Job,
 }
 
@@ -54,28 +81,30 @@ impl Plan {
     /// Jobs grouped into stages: a job's stage is one more than the
     /// latest stage of what it needs, so each stage can run in parallel.
     pub fn stages(&self) -> Vec<Vec<&PlannedJob>> {
-        let index: std::collections::HashMap<&str, usize> = self
-            .jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (j.id.as_str(), i))
-            .collect();
-        let mut stage_of = vec![0usize; self.jobs.len()];
+        // A name's stage is the stage of its expansions (all the same).
+        let mut stage_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         let mut stages: Vec<Vec<&PlannedJob>> = Vec::new();
         for &i in &self.order {
-            let s = self.jobs[i]
-                .job
-                .needs
-                .iter()
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .map(|d| stage_of[d] + 1)
-                .max()
-                .unwrap_or(0);
-            stage_of[i] = s;
+            let job = &self.jobs[i];
+            let s = match stage_of.get(job.base_id.as_str()) {
+                Some(s) => *s,
+                None => {
+                    let s = job
+                        .job
+                        .needs
+                        .iter()
+                        .filter_map(|n| stage_of.get(n.as_str()))
+                        .map(|d| d + 1)
+                        .max()
+                        .unwrap_or(0);
+                    stage_of.insert(&job.base_id, s);
+                    s
+                }
+            };
             if stages.len() <= s {
                 stages.resize_with(s + 1, Vec::new);
             }
-            stages[s].push(&self.jobs[i]);
+            stages[s].push(job);
         }
         stages
     }
@@ -87,13 +116,15 @@ impl Plan {
 }
 
 impl Workflow {
-    /// Expands matrices, resolves `needs` and orders the jobs.
+    /// Expands matrices, checks `needs` and the run's size, and orders the
+    /// jobs.
     pub fn plan(&self) -> Result<Plan, PlanError> {
-        let mut jobs: Vec<PlannedJob> = Vec::new();
-        let mut expansions: std::collections::HashMap<String, Vec<String>> =
-            std::collections::HashMap::new();
+        // Sizes first, from counts alone: nothing big is built for a run
+        // that is refused.
+        let mut total_jobs = 0usize;
+        let mut total_needs = 0usize;
         for job in &self.jobs {
-            let combos = match &job.matrix {
+            let n = match &job.matrix {
                 Some(m) => {
                     let product = m
                         .axes
@@ -102,14 +133,56 @@ impl Workflow {
                     if product.is_none_or(|n| n > MAX_MATRIX_COMBINATIONS) {
                         return Err(PlanError::MatrixTooLarge(job.id.clone()));
                     }
-                    matrix::combinations(m)
+                    product.unwrap_or(0)
                 }
+                None => 1,
+            };
+            total_jobs = total_jobs.saturating_add(n);
+            total_needs = total_needs.saturating_add(n.saturating_mul(job.needs.len()));
+        }
+        if total_jobs > MAX_RUN_JOBS || total_needs > MAX_RUN_NEEDS {
+            return Err(PlanError::RunTooLarge {
+                jobs: total_jobs,
+                needs: total_needs,
+            });
+        }
+        let position: std::collections::HashMap<&str, usize> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.id.as_str(), i))
+            .collect();
+        let mut deps: Vec<Vec<usize>> = Vec::with_capacity(self.jobs.len());
+        for job in &self.jobs {
+            let mut d = Vec::with_capacity(job.needs.len());
+            for target in &job.needs {
+                let Some(&i) = position.get(target.as_str()) else {
+                    return Err(PlanError::UnknownNeeds {
+                        job: job.id.clone(),
+                        target: target.clone(),
+                    });
+                };
+                d.push(i);
+            }
+            deps.push(d);
+        }
+        // Ordered by name: every expansion of a job after every expansion
+        // of what it needs.
+        let by_name = dag::topo_order(&deps).ok_or(PlanError::Cycle)?;
+        let mut jobs: Vec<PlannedJob> = Vec::with_capacity(total_jobs);
+        let mut first_of: Vec<usize> = Vec::with_capacity(self.jobs.len());
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for job in &self.jobs {
+            first_of.push(jobs.len());
+            let combos = match &job.matrix {
+                Some(m) => matrix::combinations(m),
                 None => vec![Vec::new()],
             };
-            let mut ids = Vec::new();
             for combo in combos {
                 let id = matrix::expanded_id(&job.id, &combo);
-                ids.push(id.clone());
+                if !seen.insert(id.clone()) {
+                    return Err(PlanError::DuplicateJob(id));
+                }
                 jobs.push(PlannedJob {
                     id,
                     base_id: job.id.clone(),
@@ -117,37 +190,12 @@ impl Workflow {
                     matrix: combo,
                 });
             }
-            expansions.entry(job.id.clone()).or_default().extend(ids);
         }
-        for pj in &mut jobs {
-            let mut needs = Vec::new();
-            for target in &pj.job.needs {
-                let Some(ids) = expansions.get(target) else {
-                    return Err(PlanError::UnknownNeeds {
-                        job: pj.base_id.clone(),
-                        target: target.clone(),
-                    });
-                };
-                needs.extend(ids.iter().cloned());
-            }
-            pj.job.needs = needs;
-        }
-        let index: std::collections::HashMap<&str, usize> = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (j.id.as_str(), i))
+        first_of.push(jobs.len());
+        let order = by_name
+            .into_iter()
+            .flat_map(|i| first_of[i]..first_of[i + 1])
             .collect();
-        let deps: Vec<Vec<usize>> = jobs
-            .iter()
-            .map(|j| {
-                j.job
-                    .needs
-                    .iter()
-                    .filter_map(|n| index.get(n.as_str()).copied())
-                    .collect()
-            })
-            .collect();
-        let order = dag::topo_order(&deps).ok_or(PlanError::Cycle)?;
         Ok(Plan { jobs, order })
     }
 }

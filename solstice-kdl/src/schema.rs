@@ -242,7 +242,53 @@ impl Cx {
             );
         }
         self.graph(&wf, &spans);
+        self.run_size(&wf, &spans);
         wf
+    }
+
+    /// The run's size after matrix expansion, as `Workflow::plan` checks it
+    /// (counted before `exclude`): reported at the job that passes a limit.
+    fn run_size(&mut self, wf: &Workflow, spans: &[JobSpans]) {
+        use crate::plan::{MAX_RUN_JOBS, MAX_RUN_NEEDS};
+        let (mut jobs, mut needs) = (0usize, 0usize);
+        for (job, js) in wf.jobs.iter().zip(spans) {
+            let n = job.matrix.as_ref().map_or(1, |m| {
+                m.axes
+                    .iter()
+                    .fold(1usize, |acc, a| acc.saturating_mul(a.values.len()))
+            });
+            let before = (jobs, needs);
+            jobs = jobs.saturating_add(n);
+            needs = needs.saturating_add(n.saturating_mul(job.needs.len()));
+            let at = js.id.unwrap_or(js.node);
+            if jobs > MAX_RUN_JOBS && before.0 <= MAX_RUN_JOBS {
+                self.push(
+                    Problem::new(
+                        Code::RunTooLarge,
+                        at,
+                        format!(
+                            "with this job the run has {jobs} jobs after matrix expansion, more than {MAX_RUN_JOBS}"
+                        ),
+                        "the run passes its job limit here",
+                    )
+                    .help("split the workflow, or make the matrices smaller (counted before `exclude`)"),
+                );
+            }
+            if needs > MAX_RUN_NEEDS && before.1 <= MAX_RUN_NEEDS {
+                let at = js.needs.first().map_or(at, |(_, span)| *span);
+                self.push(
+                    Problem::new(
+                        Code::RunTooLarge,
+                        at,
+                        format!(
+                            "with this job the run has {needs} `needs` entries after matrix expansion, more than {MAX_RUN_NEEDS}"
+                        ),
+                        "the run passes its `needs` limit here",
+                    )
+                    .help("each expansion of a matrix job counts one entry per job it needs: need fewer jobs, or make the matrix smaller"),
+                );
+            }
+        }
     }
 
     /// Reports the second and later occurrence of a node that may appear once.
@@ -466,12 +512,30 @@ impl Cx {
             }
             self.props(child, &[]);
             self.no_children(child);
-            let values: Vec<String> = child
-                .entries()
-                .iter()
-                .filter(|e| e.name().is_none())
-                .filter_map(|e| self.scalar_string(e))
-                .collect();
+            let mut values: Vec<String> = Vec::new();
+            let mut seen: HashMap<String, SourceSpan> = HashMap::new();
+            for entry in child.entries().iter().filter(|e| e.name().is_none()) {
+                let Some(value) = self.scalar_string(entry) else {
+                    continue;
+                };
+                // Values are text: `1` and `"1"` are one value, and two
+                // jobs with the same value would be the same job.
+                if let Some(first) = seen.get(&value) {
+                    self.push(
+                        Problem::new(
+                            Code::DuplicateMatrixValue,
+                            entry.span(),
+                            format!("matrix axis `{name}` lists the value `{value}` twice"),
+                            "again here",
+                        )
+                        .also(*first, "first here")
+                        .help("matrix values are text: `1` and \"1\" are the same value; list each once"),
+                    );
+                    continue;
+                }
+                seen.insert(value.clone(), entry.span());
+                values.push(value);
+            }
             if values.is_empty() {
                 self.push(
                     Problem::new(

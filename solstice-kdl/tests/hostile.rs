@@ -124,9 +124,20 @@ fn a_very_long_needs_chain_is_checked_without_recursion() {
         text.push_str(&format!("job id=\"j{i}\" {{ {needs}step run=\"x\" }}\n"));
     }
     text.push_str("}\n");
-    let wf = parse(&text).expect("valid");
-    let plan = wf.plan().expect("plan");
-    assert_eq!(plan.order.len(), n);
+    // Over the run's job limit: refused, after the graph was checked.
+    assert_eq!(codes(&text), vec![Code::RunTooLarge]);
+    let at_limit: String = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("job id=\"j")
+                .and_then(|r| r.split('"').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_none_or(|i| i < solstice_kdl::MAX_RUN_JOBS)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let plan = parse(&at_limit).expect("valid").plan().expect("plan");
+    assert_eq!(plan.order.len(), solstice_kdl::MAX_RUN_JOBS);
     // Close the chain into a cycle: reported, not a stack overflow.
     let cyclic = text.replacen(
         "job id=\"j0\" { ",
@@ -348,4 +359,88 @@ fn labels_at_the_end_of_long_lines_and_across_lines_render() {
             let _ = parse(&text).map_err(|e| e.render(true, 80));
         }
     }
+}
+
+#[test]
+fn matrix_values_equal_as_text_are_refused_and_ids_cannot_collide() {
+    for text in [
+        r#"workflow { job id="a" { matrix { x 1 "1"; }; step run="x"; } }"#,
+        r#"workflow { job id="a" { matrix { x 1 1; }; step run="x"; } }"#,
+        r##"workflow { job id="a" { matrix { x #true "true"; }; step run="x"; } }"##,
+    ] {
+        assert_eq!(codes(text), vec![Code::DuplicateMatrixValue], "{text}");
+    }
+    let text =
+        r#"workflow { job id="a" { matrix { x "1, y=2" "1"; y "3" "2, y=3"; }; step run="x"; } }"#;
+    let plan = parse(text).expect("valid").plan().expect("plan");
+    let ids: std::collections::HashSet<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert!(ids.contains(r#"a (x="1, y=2", y=3)"#), "{ids:?}");
+}
+
+#[test]
+fn the_run_is_bounded_after_matrix_expansion() {
+    // 256-way matrix jobs, each fine on its own; a chain of them.
+    let job = |i: usize| {
+        let needs = if i == 0 {
+            String::new()
+        } else {
+            format!("needs \"m{}\"; ", i - 1)
+        };
+        let a: Vec<String> = (0..16).map(|v| v.to_string()).collect();
+        let b: Vec<String> = (0..16).map(|v| format!("\"v{v}\"")).collect();
+        format!(
+            "job id=\"m{i}\" {{ {needs}matrix {{ a {}; b {}; }}; step run=\"x\"; }}\n",
+            a.join(" "),
+            b.join(" ")
+        )
+    };
+    let three: String = (0..3).map(job).collect();
+    let plan = parse(&format!("workflow {{\n{three}}}\n"))
+        .expect("768 jobs are fine")
+        .plan()
+        .expect("plan");
+    assert_eq!(plan.jobs.len(), 768);
+    // `needs` is kept once per job and name, not once per pair.
+    let entries: usize = plan.jobs.iter().map(|j| j.job.needs.len()).sum();
+    assert_eq!(entries, 512);
+    assert_eq!(plan.stages().len(), 3);
+    let four: String = (0..4).map(job).collect();
+    let err = parse(&format!("workflow {{\n{four}}}\n")).expect_err("1,024 jobs");
+    assert_eq!(err.problems().len(), 1);
+    let p = &err.problems()[0];
+    assert_eq!(p.code, Code::RunTooLarge);
+    assert!(p.message.contains("1024 jobs"), "{}", p.message);
+    assert_eq!(
+        err.to_json_records()[0].line,
+        5,
+        "at the job that passes the limit"
+    );
+
+    // Many plain jobs that each need many others.
+    let mut text = String::from("workflow {\n");
+    for i in 0..60 {
+        text.push_str(&format!("job id=\"b{i}\" {{ step run=\"x\"; }}\n"));
+    }
+    let all: Vec<String> = (0..60).map(|i| format!("\"b{i}\"")).collect();
+    for i in 0..180 {
+        text.push_str(&format!(
+            "job id=\"c{i}\" {{ needs {}; step run=\"x\"; }}\n",
+            all.join(" ")
+        ));
+    }
+    text.push_str("}\n");
+    assert_eq!(codes(&text), vec![Code::RunTooLarge]);
+    // A workflow built by hand (not parsed) meets the same limit in `plan`.
+    let mut wf = parse("workflow { job id=\"b\" { step run=\"x\"; } }").expect("valid");
+    let template = wf.jobs[0].clone();
+    for i in 0..solstice_kdl::MAX_RUN_JOBS {
+        let mut j = template.clone();
+        j.id = format!("x{i}");
+        wf.jobs.push(j);
+    }
+    assert!(matches!(
+        wf.plan(),
+        Err(solstice_kdl::PlanError::RunTooLarge { jobs: 1001, .. })
+    ));
 }

@@ -117,7 +117,12 @@ fn matrix() -> impl Strategy<Value = Option<Matrix>> {
         "[a-z][a-z0-9_]{0,5}",
         proptest::collection::vec(text(), 1..3),
     )
-        .prop_map(|(name, values)| Axis { name, values });
+        .prop_map(|(name, mut values)| {
+            // An axis lists each value once (a repeated one is refused).
+            let mut seen = std::collections::HashSet::new();
+            values.retain(|v| seen.insert(v.clone()));
+            Axis { name, values }
+        });
     proptest::option::of(proptest::collection::vec(axis, 1..3).prop_filter_map(
         "unique axes",
         |mut axes| {
@@ -293,4 +298,22 @@ fn seed(which: usize) -> String {
         .join("../examples/workflows")
         .join(name);
     std::fs::read_to_string(path).expect("example")
+}
+
+proptest! {
+    /// Two different combinations of one matrix never share an expanded id,
+    /// whatever their values hold (`, y=`, quotes, control characters).
+    #[test]
+    fn expanded_ids_are_unique_by_construction(
+        a in proptest::collection::vec("[ ,=()\"\\\\xy1\\x1b]{0,6}", 2),
+        b in proptest::collection::vec("[ ,=()\"\\\\xy1\\x1b]{0,6}", 2),
+    ) {
+        let combo = |v: &[String]| vec![("x".to_string(), v[0].clone()), ("y".to_string(), v[1].clone())];
+        let (ida, idb) = (
+            solstice_kdl::matrix::expanded_id("j", &combo(&a)),
+            solstice_kdl::matrix::expanded_id("j", &combo(&b)),
+        );
+        prop_assert_eq!(a == b, ida == idb, "{} / {}", ida, idb);
+        prop_assert!(!ida.chars().any(char::is_control), "{}", ida);
+    }
 }

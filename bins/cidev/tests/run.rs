@@ -425,12 +425,15 @@ fn step_output_is_escaped_and_lines_stay_apart() {
         "a control character reached the terminal: {out:?}"
     );
     assert!(
-        out.contains(r"[a (v=\x1b[2J)] one\x1b]0;pwned\x07two\r[a] ok"),
+        out.contains(r#"[a (v="\u{1b}[2J")] one\x1b]0;pwned\x07two\r[a] ok"#),
         "{out}"
     );
-    assert!(out.contains(r"[a (v=\x1b[2J)] \u{9b}x"), "{out}");
-    assert!(out.contains("[a (v=\\x1b[2J)] no line break\n"), "{out}");
-    assert!(out.contains("[a (v=\\x1b[2J)] next\n"), "{out}");
+    assert!(out.contains(r#"[a (v="\u{1b}[2J")] \u{9b}x"#), "{out}");
+    assert!(
+        out.contains("[a (v=\"\\u{1b}[2J\")] no line break\n"),
+        "{out}"
+    );
+    assert!(out.contains("[a (v=\"\\u{1b}[2J\")] next\n"), "{out}");
 }
 
 /// A script over the kernel's 128 KiB argument limit runs (it is passed in

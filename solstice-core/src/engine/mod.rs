@@ -659,8 +659,7 @@ impl Engine {
             let mut changed = false;
             if !pending.is_empty() {
                 let jobs = store.jobs(run).await?;
-                let status: HashMap<&str, JobStatus> =
-                    jobs.iter().map(|j| (j.key.as_str(), j.status)).collect();
+                let groups = Groups::of(&jobs);
                 let cancelled = lock(&self.inner.cancelled_runs).contains(&run);
                 let mut to_cancel = Vec::new();
                 let mut to_queue = Vec::new();
@@ -669,14 +668,8 @@ impl Engine {
                         to_cancel.push(job.id);
                         continue;
                     }
-                    let blocked = job.needs.iter().find(|n| {
-                        matches!(
-                            status.get(n.as_str()),
-                            Some(JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped)
-                        )
-                    });
-                    if let Some(need) = blocked {
-                        let reason = format!("needs `{need}`, which did not succeed");
+                    let blocked = job.needs.iter().find_map(|n| groups.blocker(n));
+                    if let Some(reason) = blocked {
                         if store
                             .transition_job(
                                 job.id,
@@ -694,11 +687,7 @@ impl Engine {
                             });
                             changed = true;
                         }
-                    } else if job
-                        .needs
-                        .iter()
-                        .all(|n| status.get(n.as_str()) == Some(&JobStatus::Succeeded))
-                    {
+                    } else if job.needs.iter().all(|n| groups.succeeded(n)) {
                         to_queue.push(job);
                     }
                 }
@@ -1234,6 +1223,56 @@ impl Engine {
             stream,
             data,
         });
+    }
+}
+
+/// The jobs of a run by the name the file gives them: `needs "test"` waits
+/// for every expansion of `test` (see `solstice_kdl::plan`).
+struct Groups<'a> {
+    by_name: HashMap<&'a str, Group<'a>>,
+}
+
+#[derive(Default)]
+struct Group<'a> {
+    total: usize,
+    succeeded: usize,
+    /// An expansion that ended without success.
+    failed: Option<&'a str>,
+}
+
+impl<'a> Groups<'a> {
+    fn of(jobs: &'a [Job]) -> Self {
+        let mut by_name: HashMap<&str, Group<'_>> = HashMap::new();
+        for job in jobs {
+            let g = by_name
+                .entry(solstice_kdl::matrix::base_of(&job.key))
+                .or_default();
+            g.total += 1;
+            match job.status {
+                JobStatus::Succeeded => g.succeeded += 1,
+                JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped => {
+                    g.failed.get_or_insert(&job.key);
+                }
+                _ => {}
+            }
+        }
+        Groups { by_name }
+    }
+
+    /// Why a job that needs `name` can never run, if it cannot.
+    fn blocker(&self, name: &str) -> Option<String> {
+        match self.by_name.get(name) {
+            None => Some(format!("needs `{name}`, which is not a job of this run")),
+            Some(g) => g
+                .failed
+                .map(|key| format!("needs `{key}`, which did not succeed")),
+        }
+    }
+
+    fn succeeded(&self, name: &str) -> bool {
+        self.by_name
+            .get(name)
+            .is_some_and(|g| g.succeeded == g.total)
     }
 }
 

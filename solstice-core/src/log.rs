@@ -6,7 +6,7 @@
 //! ```
 //! use solstice_core::log::LogIngest;
 //!
-//! let mut log = LogIngest::new(&["hunter22".to_string()], 1 << 20);
+//! let mut log = LogIngest::new(&["hunter22".to_string()], 1 << 20).unwrap();
 //! let mut out = log.push(b"password: hunt");
 //! out.extend(log.push(b"er22\n"));
 //! out.extend(log.finish());
@@ -23,6 +23,31 @@ use aho_corasick::{AhoCorasick, MatchKind};
 
 /// Shortest secret value that is masked.
 pub const MIN_SECRET_LEN: usize = 4;
+/// Longest secret value that can be masked (64 KiB): a masker is refused
+/// beyond it, and a job whose secrets cannot be masked does not run.
+pub const MAX_SECRET_LEN: usize = 64 << 10;
+/// Streams of a job's log: stdout, stderr, and the runner's and engine's
+/// own lines. Each is masked on its own (so output of one stream between
+/// two halves of a secret on another does not hide it), and a secret that
+/// starts at the end of one stream and ends at the start of the next chunk
+/// of another is masked too.
+pub const STREAMS: usize = 3;
+
+/// Why secrets cannot be masked. Masking fails closed: nothing is logged
+/// without it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaskError {
+    /// A secret is longer than [`MAX_SECRET_LEN`].
+    #[error("a secret of {len} bytes is longer than the {MAX_SECRET_LEN} bytes that can be masked")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The matcher could not be built.
+    #[error("cannot build the secret matcher")]
+    Matcher(#[source] aho_corasick::BuildError),
+}
 /// Default cap on one job's log after masking: 64 MiB.
 pub const DEFAULT_LOG_CAP: u64 = 64 << 20;
 
@@ -34,13 +59,98 @@ pub struct Masker {
     longest: usize,
     marker: Vec<u8>,
     pending: Vec<u8>,
+    prefixes: Prefixes,
+    /// State of `prefixes` after the text seen so far.
+    state: u32,
+}
+
+/// A trie of the patterns with failure links (Aho-Corasick without the
+/// outputs): after any text, its state tells how long a tail of that text
+/// could still become a secret, in O(1) per byte. (Comparing every tail
+/// with every pattern was quadratic in the secret's length per chunk.)
+#[derive(Default)]
+struct Prefixes {
+    /// Transitions of each node, by byte.
+    next: Vec<Vec<(u8, u32)>>,
+    fail: Vec<u32>,
+    /// Length of the longest tail that is a proper prefix of some pattern,
+    /// for the text that led to this node.
+    hold: Vec<u32>,
+}
+
+impl Prefixes {
+    fn new(patterns: &[Vec<u8>]) -> Self {
+        let mut t = Prefixes {
+            next: vec![Vec::new()],
+            fail: vec![0],
+            hold: vec![0],
+        };
+        for p in patterns {
+            let mut node = 0usize;
+            for &b in p {
+                node = match t.next[node].iter().find(|(c, _)| *c == b) {
+                    Some((_, n)) => *n as usize,
+                    None => {
+                        let n = t.next.len();
+                        t.next.push(Vec::new());
+                        t.next[node].push((b, n as u32));
+                        n
+                    }
+                };
+            }
+        }
+        let n = t.next.len();
+        t.fail = vec![0; n];
+        let mut depth = vec![0u32; n];
+        t.hold = vec![0; n];
+        let mut queue = std::collections::VecDeque::from([0usize]);
+        while let Some(node) = queue.pop_front() {
+            t.hold[node] = if !t.next[node].is_empty() {
+                depth[node]
+            } else {
+                t.hold[t.fail[node] as usize]
+            };
+            for i in 0..t.next[node].len() {
+                let (b, child) = t.next[node][i];
+                let child = child as usize;
+                depth[child] = depth[node] + 1;
+                t.fail[child] = if node == 0 {
+                    0
+                } else {
+                    t.step(t.fail[node], b)
+                };
+                queue.push_back(child);
+            }
+        }
+        t
+    }
+
+    fn step(&self, mut state: u32, b: u8) -> u32 {
+        loop {
+            if let Some((_, n)) = self.next[state as usize].iter().find(|(c, _)| *c == b) {
+                return *n;
+            }
+            if state == 0 {
+                return 0;
+            }
+            state = self.fail[state as usize];
+        }
+    }
+
+    fn feed(&self, state: u32, bytes: &[u8]) -> u32 {
+        bytes.iter().fold(state, |s, b| self.step(s, *b))
+    }
 }
 
 impl Masker {
-    /// A masker for these secret values.
-    pub fn new(secrets: &[String]) -> Self {
+    /// A masker for these secret values; an error when they cannot be
+    /// masked (see [`MaskError`]), never a masker that lets them through.
+    pub fn new(secrets: &[String]) -> Result<Self, MaskError> {
         let mut patterns: Vec<Vec<u8>> = Vec::new();
         for secret in secrets {
+            if secret.len() > MAX_SECRET_LEN {
+                return Err(MaskError::TooLong { len: secret.len() });
+            }
             let mut add = |p: &[u8]| {
                 if p.len() >= MIN_SECRET_LEN && !patterns.iter().any(|q| q == p) {
                     patterns.push(p.to_vec());
@@ -63,18 +173,48 @@ impl Masker {
         let finder = if patterns.is_empty() {
             None
         } else {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .ok()
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    // A DFA of a 64 KiB secret takes minutes to build.
+                    .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
+                    .build(&patterns)
+                    .map_err(MaskError::Matcher)?,
+            )
         };
-        Masker {
+        Ok(Masker {
             finder,
+            prefixes: Prefixes::new(&patterns),
+            state: 0,
             patterns,
             longest,
             marker: vec![marker_byte; 3],
             pending: Vec::new(),
+        })
+    }
+
+    /// When the held-back tail is the start of a secret whose rest begins
+    /// `next` (bytes of another stream), masks the tail and returns how
+    /// many bytes of `next` belong to the secret.
+    fn complete_across(&mut self, next: &[u8]) -> Option<usize> {
+        if self.pending.is_empty() || next.is_empty() {
+            return None;
         }
+        let len = self.pending.len();
+        let (k, rest) = (1..=len.min(self.longest)).rev().find_map(|k| {
+            let tail = &self.pending[len - k..];
+            self.patterns
+                .iter()
+                .filter(|p| p.len() > k && p.starts_with(tail) && next.starts_with(&p[k..]))
+                .map(|p| p.len() - k)
+                .max()
+                .map(|rest| (k, rest))
+        })?;
+        self.pending.truncate(len - k);
+        let marker = self.marker.clone();
+        self.pending.extend_from_slice(&marker);
+        self.state = 0; // the marker is in no secret: nothing can continue
+        Some(rest)
     }
 
     /// Adds bytes; returns what is safe to emit now. Only a tail that could
@@ -86,19 +226,12 @@ impl Masker {
             return chunk.to_vec();
         };
         self.pending.extend_from_slice(chunk);
+        self.state = self.prefixes.feed(self.state, chunk);
         // Hold back the longest tail that is a proper prefix of a pattern.
         // A match starting before `limit` then lies wholly in the buffer,
         // and so does every longer pattern that could start there.
         let len = self.pending.len();
-        let hold = (1..self.longest.min(len + 1))
-            .rev()
-            .find(|&k| {
-                let tail = &self.pending[len - k..];
-                self.patterns
-                    .iter()
-                    .any(|p| p.len() > k && p.starts_with(tail))
-            })
-            .unwrap_or(0);
+        let hold = (self.prefixes.hold[self.state as usize] as usize).min(len);
         let limit = len - hold;
         let mut out = Vec::with_capacity(self.pending.len());
         let mut at = 0;
@@ -113,12 +246,17 @@ impl Masker {
         let emit_to = limit.max(at);
         out.extend_from_slice(&self.pending[at..emit_to]);
         self.pending.drain(..emit_to);
+        if at > limit {
+            // A secret reached into the held tail: what is left is new text.
+            self.state = self.prefixes.feed(0, &self.pending);
+        }
         out
     }
 
     /// Emits whatever is held back, masked.
     pub fn finish(&mut self) -> Vec<u8> {
         let rest = std::mem::take(&mut self.pending);
+        self.state = 0;
         let Some(finder) = &self.finder else {
             return rest;
         };
@@ -133,42 +271,92 @@ impl Masker {
 
 /// Masking plus the per-job size cap.
 pub struct LogIngest {
-    masker: Masker,
+    maskers: Vec<Masker>,
     cap: u64,
     written: u64,
     dropped: u64,
 }
 
 impl LogIngest {
-    /// Ingestion for one job with these secret values and this cap in bytes.
-    pub fn new(secrets: &[String], cap: u64) -> Self {
-        LogIngest {
-            masker: Masker::new(secrets),
+    /// Ingestion for one job with these secret values and this cap in
+    /// bytes; an error when the secrets cannot be masked.
+    pub fn new(secrets: &[String], cap: u64) -> Result<Self, MaskError> {
+        let mut maskers = Vec::with_capacity(STREAMS);
+        for _ in 0..STREAMS {
+            maskers.push(Masker::new(secrets)?);
+        }
+        Ok(LogIngest {
+            maskers,
             cap,
             written: 0,
             dropped: 0,
-        }
+        })
     }
 
-    /// Takes raw bytes from the runner; returns the bytes to store and show.
+    /// Takes raw bytes of one stream (stdout); returns the bytes to store
+    /// and show.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let masked = self.masker.push(chunk);
-        self.capped(masked)
+        self.push_stream(0, chunk)
+            .into_iter()
+            .flat_map(|(_, bytes)| bytes)
+            .collect()
     }
 
-    /// Flushes the held-back tail and, when the cap cut the log, the marker
-    /// saying how much was dropped.
+    /// Takes raw bytes of `stream` (`0..STREAMS`; others count as the
+    /// last); returns what to store and show, each part with its stream: a
+    /// secret completed across streams also releases the other stream's
+    /// held-back, now masked, tail.
+    pub fn push_stream(&mut self, stream: usize, chunk: &[u8]) -> Vec<(usize, Vec<u8>)> {
+        let stream = stream.min(STREAMS - 1);
+        let mut out = Vec::new();
+        let mut chunk = chunk;
+        for other in (0..STREAMS).filter(|o| *o != stream) {
+            if let Some(used) = self.maskers[other].complete_across(chunk) {
+                chunk = &chunk[used..];
+                let released = self.maskers[other].push(b"");
+                let released = self.capped(released);
+                if !released.is_empty() {
+                    out.push((other, released));
+                }
+            }
+        }
+        let masked = self.maskers[stream].push(chunk);
+        let masked = self.capped(masked);
+        if !masked.is_empty() {
+            out.push((stream, masked));
+        }
+        out
+    }
+
+    /// Flushes the held-back tails and, when the cap cut the log, the
+    /// marker saying how much was dropped.
     pub fn finish(&mut self) -> Vec<u8> {
-        let rest = self.masker.finish();
-        let mut out = self.capped(rest);
+        self.finish_streams()
+            .into_iter()
+            .flat_map(|(_, bytes)| bytes)
+            .collect()
+    }
+
+    /// [`LogIngest::finish`], each part with its stream (the marker is on
+    /// the last stream).
+    pub fn finish_streams(&mut self) -> Vec<(usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        for stream in 0..STREAMS {
+            let rest = self.maskers[stream].finish();
+            let rest = self.capped(rest);
+            if !rest.is_empty() {
+                out.push((stream, rest));
+            }
+        }
         if self.dropped > 0 {
-            out.extend_from_slice(
+            out.push((
+                STREAMS - 1,
                 format!(
                     "\n[solstice: log truncated at {} bytes; {} more bytes were dropped]\n",
                     self.cap, self.dropped
                 )
-                .as_bytes(),
-            );
+                .into_bytes(),
+            ));
         }
         out
     }
@@ -195,7 +383,7 @@ mod tests {
 
     fn run(secrets: &[&str], chunks: &[&[u8]]) -> Vec<u8> {
         let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        let mut log = LogIngest::new(&secrets, DEFAULT_LOG_CAP);
+        let mut log = LogIngest::new(&secrets, DEFAULT_LOG_CAP).expect("maskable");
         let mut out = Vec::new();
         for c in chunks {
             out.extend(log.push(c));
@@ -223,7 +411,7 @@ mod tests {
     #[test]
     fn output_is_not_held_back_unless_it_may_start_a_secret() {
         let secrets = vec!["hunter22".to_string()];
-        let mut log = LogIngest::new(&secrets, DEFAULT_LOG_CAP);
+        let mut log = LogIngest::new(&secrets, DEFAULT_LOG_CAP).expect("maskable");
         assert_eq!(log.push(b"plain line\n"), b"plain line\n");
         assert_eq!(log.push(b"pw: hun"), b"pw: ");
         assert_eq!(log.push(b"ter22!"), b"***!");
@@ -243,9 +431,68 @@ mod tests {
         assert_eq!(run(&["****x"], &[b"a****xb"]), b"a###b");
     }
 
+    fn streams(secrets: &[&str], chunks: &[(usize, &[u8])]) -> [Vec<u8>; STREAMS] {
+        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+        let mut log = LogIngest::new(&secrets, DEFAULT_LOG_CAP).expect("maskable");
+        let mut out: [Vec<u8>; STREAMS] = Default::default();
+        for (stream, chunk) in chunks {
+            for (s, bytes) in log.push_stream(*stream, chunk) {
+                out[s].extend(bytes);
+            }
+        }
+        for (s, bytes) in log.finish_streams() {
+            out[s].extend(bytes);
+        }
+        out
+    }
+
+    #[test]
+    fn a_secret_split_across_stdout_and_stderr_is_masked() {
+        let out = streams(
+            &["hunter2-hunter2"],
+            &[(0, b"x hunter2-hu"), (1, b"nter2 y\n")],
+        );
+        assert_eq!(out[0], b"x ***");
+        assert_eq!(out[1], b" y\n");
+        // Output of another stream between two halves does not hide it.
+        let out = streams(
+            &["hunter2-hunter2"],
+            &[(0, b"a hunter2-"), (1, b"warning\n"), (0, b"hunter2 b")],
+        );
+        assert_eq!(out[0], b"a *** b");
+        assert_eq!(out[1], b"warning\n");
+    }
+
+    #[test]
+    fn secrets_that_cannot_be_masked_are_refused() {
+        let huge = "x".repeat(MAX_SECRET_LEN + 1);
+        assert!(matches!(
+            LogIngest::new(&[huge], DEFAULT_LOG_CAP),
+            Err(MaskError::TooLong { .. })
+        ));
+        assert!(LogIngest::new(&["x".repeat(MAX_SECRET_LEN)], DEFAULT_LOG_CAP).is_ok());
+    }
+
+    #[test]
+    fn a_long_secret_costs_linear_time() {
+        // Text that almost forms a 64 KiB secret at every position: the
+        // earlier tail-by-tail comparison took minutes on this (quadratic in
+        // the secret's length per chunk).
+        let secret = format!("{}b", "a".repeat(MAX_SECRET_LEN - 1));
+        let mut log = LogIngest::new(&[secret.clone()], DEFAULT_LOG_CAP).expect("maskable");
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            out.extend(log.push(format!("{}c", "a".repeat(70_000)).as_bytes()));
+        }
+        out.extend(log.push(secret.as_bytes()));
+        out.extend(log.finish());
+        assert_eq!(out.len(), 4 * 70_001 + 3);
+        assert!(out.ends_with(b"c***"));
+    }
+
     #[test]
     fn the_cap_cuts_with_a_marker() {
-        let mut log = LogIngest::new(&[], 10);
+        let mut log = LogIngest::new(&[], 10).expect("maskable");
         let mut out = log.push(b"0123456789abcdef");
         out.extend(log.finish());
         let text = String::from_utf8(out).expect("utf-8");

@@ -880,3 +880,41 @@ async fn a_runner_cannot_report_a_success_its_steps_deny() {
     assert_eq!(status, RunStatus::Succeeded);
     assert_eq!(*seen.lock().expect("lock"), ["second: PermissionDenied"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_too_short_to_mask_are_refused_and_unmaskable_ones_fail_closed() {
+    let wf =
+        solstice_kdl::parse(r#"workflow { secret "K"; job id="a" { step run="printenv K"; } }"#)
+            .expect("valid");
+    for short in ["", "abc"] {
+        let s = setup(&[("K", short)]).await;
+        let err = s
+            .engine
+            .submit(&wf, "{}", Checkout::None)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, EngineError::SecretTooShort(ref n) if n == "K"),
+            "{err}"
+        );
+    }
+    // Longer than the masker takes: the job fails before a VM exists, and
+    // the value is nowhere in its log.
+    let huge = "k".repeat(solstice_core::log::MAX_SECRET_LEN + 1);
+    let s = setup(&[("K", &huge)]).await;
+    let (run, status) = run(
+        &s,
+        r#"workflow { secret "K"; job id="a" { step run="printenv K"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Failed);
+    let (_, reason) = job_status(&s, run, "a").await;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("cannot be masked")),
+        "{reason:?}"
+    );
+    assert_eq!(s.provider.provisioned(), 0, "no VM was started");
+    assert!(!log_text(&s, run, "a", 0).await.contains("kkkk"));
+}

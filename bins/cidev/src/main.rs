@@ -53,10 +53,11 @@ enum Command {
         /// Run only this job (and what it needs); repeatable.
         #[arg(long = "job", value_name = "ID")]
         jobs: Vec<String>,
-        /// A secret value, NAME=VALUE; repeatable.
-        #[arg(long = "secret", value_name = "NAME=VALUE")]
+        /// A secret: NAME=VALUE (visible in `ps`), or NAME to take the value
+        /// from the environment variable NAME; repeatable.
+        #[arg(long = "secret", value_name = "NAME[=VALUE]")]
         secrets: Vec<String>,
-        /// A file of NAME=VALUE lines.
+        /// A file of secrets in dotenv form (NAME=VALUE, export NAME=VALUE, quoted values, # comments).
         #[arg(long)]
         secrets_file: Option<PathBuf>,
         /// Keep the state (SQLite) in this directory instead of a temporary one.

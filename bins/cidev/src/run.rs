@@ -65,27 +65,122 @@ pub fn run(args: RunArgs, workflow: Workflow) -> ExitCode {
 
 fn parse_secrets(args: &RunArgs) -> Result<BTreeMap<String, String>, String> {
     let mut secrets = BTreeMap::new();
-    let mut add = |line: &str, origin: &str| -> Result<(), String> {
-        let (name, value) = line
-            .split_once('=')
-            .ok_or_else(|| format!("{origin}: expected NAME=VALUE"))?;
-        secrets.insert(name.trim().to_string(), value.to_string());
-        Ok(())
-    };
     if let Some(path) = &args.secrets_file {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         for (i, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
-                continue;
+            let origin = format!("{}:{}", path.display(), i + 1);
+            if let Some((name, value)) = dotenv_line(line).map_err(|e| format!("{origin}: {e}"))? {
+                secrets.insert(name, value);
             }
-            add(line, &format!("{}:{}", path.display(), i + 1))?;
         }
     }
     for s in &args.secrets {
-        add(s, "--secret")?;
+        match s.split_once('=') {
+            Some((name, value)) => {
+                check_name(name).map_err(|e| format!("--secret: {e}"))?;
+                secrets.insert(name.to_string(), value.to_string());
+            }
+            // `--secret NAME`: the value comes from this process's
+            // environment, where `ps` cannot see it.
+            None => {
+                check_name(s).map_err(|e| format!("--secret: {e}"))?;
+                let value = std::env::var(s).map_err(|_| {
+                    format!("--secret {s}: the environment variable `{s}` is not set")
+                })?;
+                secrets.insert(s.clone(), value);
+            }
+        }
     }
     Ok(secrets)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a valid secret name (letters, digits and `_`, not starting with a digit)",
+            clean(name)
+        ))
+    }
+}
+
+/// One line of a secrets file, in the common dotenv forms: `NAME=value`,
+/// `export NAME=value`, `NAME="double quoted"` (with `\n`, `\"`, `\\`
+/// escapes), `NAME='single quoted'` (literal), blank lines and `#` comments.
+/// An unquoted value is taken as written up to the line's end (after
+/// trailing spaces), so `#` inside it is kept. Anything else is refused.
+fn dotenv_line(line: &str) -> Result<Option<(String, String)>, String> {
+    let line = line.trim_end_matches('\r');
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return Ok(None);
+    }
+    let body = trimmed
+        .strip_prefix("export ")
+        .map(str::trim_start)
+        .unwrap_or(trimmed);
+    let (name, raw) = body
+        .split_once('=')
+        .ok_or("expected NAME=VALUE (or `export NAME=VALUE`)")?;
+    let name = name.trim_end();
+    check_name(name)?;
+    let raw = raw.trim();
+    let value = if let Some(rest) = raw.strip_prefix('"') {
+        let mut value = String::new();
+        let mut chars = rest.chars();
+        let mut closed = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => {
+                    closed = true;
+                    break;
+                }
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some('t') => value.push('\t'),
+                    Some(c @ ('"' | '\\' | '$')) => value.push(c),
+                    Some(c) => {
+                        value.push('\\');
+                        value.push(c);
+                    }
+                    None => return Err("unterminated escape in a double-quoted value".into()),
+                },
+                c => value.push(c),
+            }
+        }
+        let tail = chars.as_str().trim();
+        if !closed {
+            return Err("the double-quoted value has no closing quote (multi-line values are not supported)".into());
+        }
+        if !tail.is_empty() && !tail.starts_with('#') {
+            return Err(format!(
+                "unexpected text after the quoted value: `{}`",
+                clean(tail)
+            ));
+        }
+        value
+    } else if let Some(rest) = raw.strip_prefix('\'') {
+        let (value, tail) = rest
+            .split_once('\'')
+            .ok_or("the single-quoted value has no closing quote")?;
+        let tail = tail.trim();
+        if !tail.is_empty() && !tail.starts_with('#') {
+            return Err(format!(
+                "unexpected text after the quoted value: `{}`",
+                clean(tail)
+            ));
+        }
+        value.to_string()
+    } else {
+        raw.to_string()
+    };
+    Ok(Some((name.to_string(), value)))
 }
 
 /// Keeps the selected jobs and everything they need.
@@ -137,7 +232,10 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
     let secrets = parse_secrets(&args)?;
     let workflow = select_jobs(workflow, &args.jobs)?;
     let mut builder = tempfile::Builder::new();
-    builder.prefix("cidev-run-");
+    // Private: the state, the logs and the checkout copy are the user's.
+    builder
+        .prefix("cidev-run-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let temp = match &args.tmpdir {
         Some(dir) => builder.tempdir_in(dir),
         None => builder.tempdir(),
@@ -149,6 +247,17 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
         .unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let db = state_dir.join("state.db");
+    // Created private before SQLite opens it; SQLite gives its journal
+    // files the database's permissions.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&db)
+            .map_err(|e| format!("{}: {e}", db.display()))?;
+    }
     let store: Arc<dyn StateStore> = Arc::new(
         SqlStore::connect(&format!("sqlite://{}", db.display()))
             .await
@@ -509,4 +618,42 @@ async fn summary(store: &dyn StateStore, run: solstice_core::store::RunId, statu
     }
     table.push_str(&format!("\nrun {run}: {status}\n"));
     terminal::out(table.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dotenv_line;
+
+    fn ok(line: &str) -> Option<(String, String)> {
+        dotenv_line(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    #[test]
+    fn dotenv_forms_are_read_as_users_write_them() {
+        let pair = |n: &str, v: &str| Some((n.to_string(), v.to_string()));
+        assert_eq!(ok("A=b c"), pair("A", "b c"));
+        assert_eq!(ok("export TOKEN=abc123"), pair("TOKEN", "abc123"));
+        assert_eq!(ok("  export   T = x "), pair("T", "x"));
+        assert_eq!(
+            ok(r#"Q="a \"b\" \\ \n end" # note"#),
+            pair("Q", "a \"b\" \\ \n end")
+        );
+        assert_eq!(ok("S='lit $x \\n'"), pair("S", "lit $x \\n"));
+        assert_eq!(ok("H=abc#def"), pair("H", "abc#def"));
+        assert_eq!(ok("E="), pair("E", ""));
+        assert_eq!(ok("W=x\r"), pair("W", "x"));
+        assert_eq!(ok("# comment"), None);
+        assert_eq!(ok("   "), None);
+        for bad in [
+            "NOEQUALS",
+            "1A=x",
+            "A-B=x",
+            r#"A="open"#,
+            "A='open",
+            r#"A="x" y"#,
+            "export",
+        ] {
+            assert!(dotenv_line(bad).is_err(), "{bad}");
+        }
+    }
 }

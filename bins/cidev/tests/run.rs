@@ -503,3 +503,91 @@ fn symlinks_are_checked_out_as_symlinks() {
         assert!(out.contains("[l] pointed at"), "git={git}: {out}");
     }
 }
+
+/// `--secret NAME` takes the value from the environment (not visible in
+/// `ps`), a secrets file takes the common dotenv forms, a value too short
+/// to mask is refused, and what cidev keeps on disk is private.
+#[tokio::test]
+async fn secrets_from_the_environment_and_dotenv_files_and_private_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let wf = dir.path().join("s.kdl");
+    std::fs::write(
+        &wf,
+        r#"workflow { secret "FROM_ENV" "QUOTED" "EXPORTED"; job id="s" { step run="echo $FROM_ENV $QUOTED $EXPORTED; stat -c %a ../../../.."; } }"#,
+    )
+    .expect("write");
+    let file = dir.path().join("secrets.env");
+    std::fs::write(
+        &file,
+        "# a comment\nexport EXPORTED=exported-value\nQUOTED=\"quoted value\" # note\n",
+    )
+    .expect("write");
+    let state = dir.path().join("state");
+    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args([
+            "run",
+            &wf.display().to_string(),
+            "--secret",
+            "FROM_ENV",
+            "--secrets-file",
+            &file.display().to_string(),
+            "--state",
+            &state.display().to_string(),
+        ])
+        .env("NO_COLOR", "1")
+        .env("FROM_ENV", "value-from-env")
+        .current_dir(repo())
+        .output()
+        .expect("cidev runs");
+    let out = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("[s] *** *** ***"),
+        "every secret masked: {out}"
+    );
+    assert!(
+        out.contains("[s] 700"),
+        "the temporary directory is private: {out}"
+    );
+    let mode = std::fs::metadata(state.join("state.db"))
+        .expect("state.db")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "state.db is private");
+    // A value too short to be masked, and a line the file cannot mean.
+    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args([
+            "run",
+            &wf.display().to_string(),
+            "--secret",
+            "FROM_ENV",
+            "--secrets-file",
+            &file.display().to_string(),
+        ])
+        .env("FROM_ENV", "abc")
+        .current_dir(repo())
+        .output()
+        .expect("cidev runs");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("shorter than 4 bytes"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::write(&file, "GOOD=1234\nthis is not a secret line\n").expect("write");
+    let o = cidev(&[
+        "run",
+        &wf.display().to_string(),
+        "--secrets-file",
+        &file.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("secrets.env:2: expected NAME=VALUE"), "{err}");
+}

@@ -193,6 +193,12 @@ pub enum EngineError {
     /// A declared secret has no value.
     #[error("secret `{0}` is declared by the workflow but has no value (use --secret {0}=VALUE)")]
     MissingSecret(String),
+    /// A declared secret's value is too short to be masked in logs.
+    #[error(
+        "secret `{0}` is shorter than {min} bytes: it could not be masked in the logs, so it is refused",
+        min = crate::log::MIN_SECRET_LEN
+    )]
+    SecretTooShort(String),
 }
 
 /// What happens, for live output (`cidev run`) and tests.
@@ -468,11 +474,15 @@ impl Engine {
                     secrets.push(s.clone());
                 }
             }
-            if let Some(missing) = secrets
-                .iter()
-                .find(|s| !self.inner.config.secrets.contains_key(*s))
-            {
-                return Err(EngineError::MissingSecret(missing.clone()));
+            for name in &secrets {
+                match self.inner.config.secrets.get(name) {
+                    None => return Err(EngineError::MissingSecret(name.clone())),
+                    // A value this short would not be masked in the logs.
+                    Some(v) if v.len() < crate::log::MIN_SECRET_LEN => {
+                        return Err(EngineError::SecretTooShort(name.clone()));
+                    }
+                    Some(_) => {}
+                }
             }
             let mut env = workflow.env.clone();
             env.extend(planned.job.env.clone());
@@ -934,6 +944,15 @@ impl Engine {
             })
             .collect();
         let secret_values: Vec<String> = secrets.values().cloned().collect();
+        // Masking fails closed: a job whose secrets cannot be masked does
+        // not start, so nothing unmasked is ever stored or shown.
+        let ingest = match LogIngest::new(&secret_values, self.inner.config.log_cap) {
+            Ok(ingest) => ingest,
+            Err(e) => {
+                let outcome = Outcome::Failed(format!("the job's secrets cannot be masked: {e}"));
+                return self.finish(&job, &attempt, outcome).await;
+            }
+        };
         let (result_tx, result_rx) = oneshot::channel();
         let timeout = stored
             .planned
@@ -947,10 +966,7 @@ impl Engine {
             stored,
             secrets,
             result: Mutex::new(Some(result_tx)),
-            ingest: tokio::sync::Mutex::new((
-                LogIngest::new(&secret_values, self.inner.config.log_cap),
-                0,
-            )),
+            ingest: tokio::sync::Mutex::new((ingest, 0)),
             failed_step: Mutex::new(None),
             token_hash: hash_token(&token),
             token_used: std::sync::atomic::AtomicBool::new(false),
@@ -1178,24 +1194,25 @@ impl Engine {
     /// Masks and stores output; also publishes it as an event.
     async fn append_log(&self, live: &LiveAttempt, step: u32, stream: u8, data: &[u8]) {
         let mut guard = live.ingest.lock().await;
-        let masked = guard.0.push(data);
-        if masked.is_empty() {
-            return;
-        }
-        let seq = guard.1;
-        guard.1 += 1;
+        let parts = guard.0.push_stream(usize::from(stream), data);
+        let first = guard.1;
+        guard.1 += parts.len() as i64;
         drop(guard);
-        self.store_chunk(live, seq, step, stream, masked).await;
+        for (seq, (stream, masked)) in (first..).zip(parts) {
+            self.store_chunk(live, seq, step, stream as u8, masked)
+                .await;
+        }
     }
 
     async fn flush_log(&self, live: &LiveAttempt) {
         let mut guard = live.ingest.lock().await;
-        let rest = guard.0.finish();
-        let seq = guard.1;
-        guard.1 += 1;
+        let parts = guard.0.finish_streams();
+        let first = guard.1;
+        guard.1 += parts.len() as i64;
         drop(guard);
-        if !rest.is_empty() {
-            self.store_chunk(live, seq, u32::MAX, 2, rest).await;
+        for (seq, (stream, rest)) in (first..).zip(parts) {
+            self.store_chunk(live, seq, u32::MAX, stream as u8, rest)
+                .await;
         }
     }
 

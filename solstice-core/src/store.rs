@@ -327,6 +327,10 @@ pub enum Write {
         job_status: JobStatus,
         /// Why, for the job.
         job_reason: Option<String>,
+        /// Attempts added to the job's allowance in the same write (1 when
+        /// the attempt was lost through no fault of the job: its engine
+        /// died), so that "lost and queued again" is one atomic change.
+        extra_attempts: u32,
     },
 }
 
@@ -358,6 +362,8 @@ pub trait StateStore: Send + Sync {
     ) -> Result<RunId>;
     /// A run.
     async fn run(&self, id: RunId) -> Result<Option<Run>>;
+    /// Every run not yet final, oldest first.
+    async fn running_runs(&self) -> Result<Vec<Run>>;
     /// True if [`StateStore::apply`] applies all of a batch or none of it.
     /// Only then may a failed batch be applied again one write at a time
     /// (so one bad write fails only itself); otherwise every write of a
@@ -375,6 +381,9 @@ pub trait StateStore: Send + Sync {
     async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>>;
     /// 0 when every job of the run is final, else 1 (cheap: stops at the first).
     async fn unfinished_jobs(&self, run: RunId) -> Result<u64>;
+    /// Every `queued` job of every run, oldest run first: what the queue
+    /// should hold a message for (engines reconcile the two).
+    async fn queued_jobs(&self) -> Result<Vec<Job>>;
     /// Moves a job to `to` if its status is one of `from`; `false` if not.
     async fn transition_job(
         &self,
@@ -499,11 +508,15 @@ pub trait StateStore: Send + Sync {
                     job,
                     job_status,
                     job_reason,
+                    extra_attempts,
                 } => {
                     let ended = self
                         .finish_attempt(*attempt, *status, reason.as_deref(), *now)
                         .await?;
                     if ended {
+                        if *extra_attempts > 0 {
+                            self.add_attempts(*job, *extra_attempts).await?;
+                        }
                         self.transition_job(
                             *job,
                             &[JobStatus::Running],
@@ -729,6 +742,17 @@ impl SqlStore {
             Db::Pool(p) => p.close().await,
         }
     }
+}
+
+fn run_from(r: &sqlx::any::AnyRow) -> Result<Run> {
+    Ok(Run {
+        id: col(r, "id")?,
+        name: col(r, "name")?,
+        source: col(r, "source")?,
+        status: col::<String>(r, "status")?.parse()?,
+        created_at: col(r, "created_at")?,
+        finished_at: col(r, "finished_at")?,
+    })
 }
 
 fn job_from(row: &AnyRow) -> Result<Job> {
@@ -1055,12 +1079,14 @@ impl SqlStore {
                 .collect::<Result<_>>()?;
             // The jobs of the attempts that ended move on (one move per job).
             let mut jobs: Vec<(JobId, &str, Option<&str>)> = Vec::new();
+            let mut extra: Vec<(JobId, u32)> = Vec::new();
             for &i in batch {
                 let Write::Finish {
                     attempt,
                     job,
                     job_status,
                     job_reason,
+                    extra_attempts,
                     ..
                 } = &writes[i]
                 else {
@@ -1070,8 +1096,21 @@ impl SqlStore {
                     out[i] = Applied::Finished(true);
                     if !jobs.iter().any(|(j, _, _)| j == job) {
                         jobs.push((*job, job_status.as_str(), job_reason.as_deref()));
+                        if *extra_attempts > 0 {
+                            extra.push((*job, *extra_attempts));
+                        }
                     }
                 }
+            }
+            // Rare (an engine died): one statement each, in this transaction.
+            for (job, n) in extra {
+                sqlx::query(
+                    &self.sql("UPDATE jobs SET max_attempts = max_attempts + $1 WHERE id = $2"),
+                )
+                .bind(i64::from(n))
+                .bind(job)
+                .execute(&mut *conn)
+                .await?;
             }
             if jobs.is_empty() {
                 continue;
@@ -1146,17 +1185,17 @@ impl StateStore for SqlStore {
         .bind(id)
         .fetch_optional(&mut *self.conn().await?)
         .await?;
-        row.map(|r| {
-            Ok(Run {
-                id: col(&r, "id")?,
-                name: col(&r, "name")?,
-                source: col(&r, "source")?,
-                status: col::<String>(&r, "status")?.parse()?,
-                created_at: col(&r, "created_at")?,
-                finished_at: col(&r, "finished_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(run_from).transpose()
+    }
+
+    async fn running_runs(&self) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE status = $1 ORDER BY id",
+        ))
+        .bind(RunStatus::Running.as_str())
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        rows.iter().map(run_from).collect()
     }
 
     async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()> {
@@ -1197,6 +1236,16 @@ impl StateStore for SqlStore {
         let rows = sqlx::query(&sql)
             .bind(run)
             .bind(status.as_str())
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn queued_jobs(&self) -> Result<Vec<Job>> {
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = $1 ORDER BY run_id, position");
+        let rows = sqlx::query(&self.dialect_sql(sql))
+            .bind(JobStatus::Queued.as_str())
             .fetch_all(&mut *self.conn().await?)
             .await?;
         rows.iter().map(job_from).collect()

@@ -918,3 +918,107 @@ async fn secrets_too_short_to_mask_are_refused_and_unmaskable_ones_fail_closed()
     assert_eq!(s.provider.provisioned(), 0, "no VM was started");
     assert!(!log_text(&s, run, "a", 0).await.contains("kkkk"));
 }
+
+/// Queued jobs live in the store; the in-process queue's messages die with
+/// the engine. Capacity 1, two jobs: one running, one waiting in the queue
+/// when the engine dies. The next engine runs both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_survive_a_restart_with_an_in_process_queue() {
+    let provider = MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor))));
+    let one = EngineConfig {
+        capacity: 1,
+        lease: Duration::from_millis(600),
+        ..config(&[])
+    };
+    let first = setup_with(provider.clone(), one.clone()).await;
+    let wf = solstice_kdl::parse(
+        r#"workflow { job id="a" { step run="sleep 2"; }; job id="b" { step run="echo b"; } }"#,
+    )
+    .expect("valid");
+    let mut events = first.engine.subscribe();
+    let run = first
+        .engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    loop {
+        if let solstice_core::engine::EngineEvent::StepStarted { .. } =
+            events.recv().await.expect("event")
+        {
+            break;
+        }
+    }
+    first.engine.kill();
+    let queued: Vec<String> = first
+        .store
+        .queued_jobs()
+        .await
+        .expect("queued")
+        .into_iter()
+        .map(|j| j.key)
+        .collect();
+    assert_eq!(queued.len(), 1, "one job waits in the dead engine's queue");
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let second = Engine::start(
+        EngineConfig {
+            holder: "second".into(),
+            ..one
+        },
+        first.store.clone(),
+        queue,
+        Arc::new(provider.clone()),
+    )
+    .await
+    .expect("restart");
+    let status = tokio::time::timeout(Duration::from_secs(60), second.wait(run))
+        .await
+        .expect("both jobs ran after the restart")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Succeeded);
+    second.shutdown().await;
+}
+
+/// A job marked queued whose message never made it (a crash between the
+/// two writes) is published again by a running engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_without_a_message_is_published_again() {
+    let s = setup_with(
+        MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
+        EngineConfig {
+            capacity: 1,
+            lease: Duration::from_millis(600),
+            ..config(&[])
+        },
+    )
+    .await;
+    let wf = solstice_kdl::parse(
+        r#"workflow { job id="a" { step run="sleep 1"; }; job id="b" { needs "a"; step run="echo b"; } }"#,
+    )
+    .expect("valid");
+    let run = s
+        .engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    // b is queued behind the engine's back: no message is published.
+    let b = s
+        .store
+        .jobs(run)
+        .await
+        .expect("jobs")
+        .into_iter()
+        .find(|j| j.key == "b")
+        .expect("b");
+    assert!(
+        s.store
+            .transition_job(b.id, &[JobStatus::Pending], JobStatus::Queued, None)
+            .await
+            .expect("queue b")
+    );
+    let status = tokio::time::timeout(Duration::from_secs(60), s.engine.wait(run))
+        .await
+        .expect("b is not stranded")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(job_status(&s, run, "b").await.0, JobStatus::Succeeded);
+}

@@ -109,6 +109,12 @@ impl StateStore for OneByOne {
     async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>, StoreError> {
         self.0.jobs_in_status(run, status).await
     }
+    async fn running_runs(&self) -> Result<Vec<solstice_core::store::Run>, StoreError> {
+        self.0.running_runs().await
+    }
+    async fn queued_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.0.queued_jobs().await
+    }
     async fn unfinished_jobs(&self, run: RunId) -> Result<u64, StoreError> {
         self.0.unfinished_jobs(run).await
     }

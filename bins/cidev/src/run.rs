@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -245,7 +246,15 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
         .state
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    // Private when cidev makes it (the state holds logs and checkouts).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir.join("vms"))
+        .map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    // One cidev at a time per state directory (held until this returns):
+    // the state's unfinished runs are this invocation's to clean up.
+    let _state_lock = lock_state(&state_dir)?;
     let db = state_dir.join("state.db");
     // Created private before SQLite opens it; SQLite gives its journal
     // files the database's permissions.
@@ -263,6 +272,19 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
             .await
             .map_err(|e| format!("state store: {e}"))?,
     );
+    // A run belongs to the cidev that started it: runs a cidev left
+    // unfinished (killed, or its machine went down) are cancelled, not
+    // resumed under this run's output. Their leftover VMs (processes) are
+    // in the same `--state` directory, where the engine's reaper finds them.
+    let abandoned = abandon_unfinished_runs(&*store)
+        .await
+        .map_err(|e| format!("state store: {e}"))?;
+    for (run, jobs) in &abandoned {
+        errln!(
+            "note: run {run} in {} was left unfinished by an earlier cidev; cancelled it ({jobs} unfinished jobs) and reaping what it left",
+            clean(&state_dir.display().to_string())
+        );
+    }
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
     let provider: Arc<dyn VmProvider> = match args.provider.as_str() {
         "local" => {
@@ -273,7 +295,7 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
                     vec![me.into_os_string(), "runner".into()]
                 }
             };
-            Arc::new(LocalProvider::new(command, temp.path().join("vms")))
+            Arc::new(LocalProvider::new(command, state_dir.join("vms")))
         }
         "mock" => Arc::new(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
             FakeExecutor,
@@ -384,6 +406,76 @@ impl Signals {
             _ = this.hup.recv() => EXIT_HANGUP,
         }
     }
+}
+
+fn lock_state(dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is in use by another cidev run; wait for it or use another --state",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Cancels every run still marked running, with its jobs and attempts:
+/// the cidev that ran them is gone. Returns each run with its count of
+/// unfinished jobs.
+async fn abandon_unfinished_runs(
+    store: &dyn StateStore,
+) -> Result<Vec<(solstice_core::store::RunId, usize)>, solstice_core::store::StoreError> {
+    use solstice_core::store::AttemptStatus;
+    const WHY: &str = "abandoned: the cidev that ran it stopped before the run ended";
+    let mut out = Vec::new();
+    for run in store.running_runs().await? {
+        let mut unfinished = 0;
+        for job in store.jobs(run.id).await? {
+            if matches!(job.status, JobStatus::Running) {
+                for attempt in store.attempts(job.id).await? {
+                    if attempt.status == AttemptStatus::Running {
+                        store
+                            .finish_attempt(
+                                attempt.id,
+                                AttemptStatus::Cancelled,
+                                Some(WHY),
+                                solstice_core::engine::now_ms(),
+                            )
+                            .await?;
+                    }
+                }
+            }
+            if store
+                .transition_job(
+                    job.id,
+                    &[JobStatus::Pending, JobStatus::Queued, JobStatus::Running],
+                    JobStatus::Cancelled,
+                    Some(WHY),
+                )
+                .await?
+            {
+                unfinished += 1;
+            }
+        }
+        store
+            .finish_run(
+                run.id,
+                RunStatus::Cancelled,
+                solstice_core::engine::now_ms(),
+            )
+            .await?;
+        out.push((run.id, unfinished));
+    }
+    Ok(out)
 }
 
 /// Prints events as lines prefixed with the job (and coloured on a

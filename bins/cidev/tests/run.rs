@@ -591,3 +591,114 @@ async fn secrets_from_the_environment_and_dotenv_files_and_private_state() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("secrets.env:2: expected NAME=VALUE"), "{err}");
 }
+
+/// Processes whose command line is exactly `sleep SECONDS`, not zombies.
+fn sleepers(seconds: &str) -> usize {
+    let cmdline = format!("sleep\0{seconds}\0");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes())
+                && !std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+        })
+        .count()
+}
+
+/// `--state DIR` is one cidev's at a time; a run a killed cidev left in it
+/// is cancelled (not resumed under the next run's output) and what its jobs
+/// left running is reaped.
+#[tokio::test]
+async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("state");
+    let old = dir.path().join("old.kdl");
+    std::fs::write(
+        &old,
+        "workflow {\n    job id=\"old\" {\n        step run=\"setsid sleep 313 >/dev/null 2>&1 & p=$!; i=0; while [ \\\"$(cut -d' ' -f6 /proc/$p/stat)\\\" != \\\"$p\\\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; echo started; sleep 60\"\n    }\n}\n",
+    )
+    .expect("write");
+    let new = dir.path().join("new.kdl");
+    std::fs::write(
+        &new,
+        r#"workflow { job id="new" { step run="echo new"; } }"#,
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args([
+            "run",
+            &old.display().to_string(),
+            "--state",
+            &state.display().to_string(),
+        ])
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l == "[old] started");
+    assert!(started, "the old job started");
+    // While it runs, the state is taken.
+    let o = cidev(&[
+        "run",
+        &new.display().to_string(),
+        "--state",
+        &state.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use by another cidev"));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert_eq!(
+        sleepers("313"),
+        1,
+        "the killed cidev left its job's process"
+    );
+
+    let o = cidev(&[
+        "run",
+        &new.display().to_string(),
+        "--state",
+        &state.display().to_string(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("[new] new"), "{out}");
+    assert!(
+        !out.contains("[old]"),
+        "the old run is not resumed here: {out}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("left unfinished by an earlier cidev"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut left = sleepers("313");
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        left = sleepers("313");
+    }
+    assert_eq!(left, 0, "the old job's process was reaped");
+    let store = SqlStore::connect(&format!("sqlite://{}", state.join("state.db").display()))
+        .await
+        .expect("state");
+    let old_run = store.run(1).await.expect("run").expect("run 1");
+    assert_eq!(old_run.status, solstice_core::store::RunStatus::Cancelled);
+    let job = store.jobs(1).await.expect("jobs").remove(0);
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(job.reason.is_some_and(|r| r.starts_with("abandoned")));
+}

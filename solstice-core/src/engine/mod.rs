@@ -371,6 +371,9 @@ struct Inner {
     schedule_wake: Notify,
     /// Job tasks running (each holds one of `capacity` slots).
     active_jobs: std::sync::atomic::AtomicUsize,
+    /// No moment without a free slot since the last queue reconciliation
+    /// (cleared when every slot is taken).
+    idle_since_reconcile: std::sync::atomic::AtomicBool,
 }
 
 /// The engine. Cheap to clone.
@@ -409,6 +412,7 @@ impl Engine {
                 to_schedule: Mutex::new(HashSet::new()),
                 schedule_wake: Notify::new(),
                 active_jobs: std::sync::atomic::AtomicUsize::new(0),
+                idle_since_reconcile: std::sync::atomic::AtomicBool::new(true),
             }),
         };
         lock(&engine.inner.tasks).push(writer);
@@ -417,6 +421,11 @@ impl Engine {
         let server = service::serve(engine.clone(), listener);
         engine.spawn(server);
         engine.recover().await?;
+        // Whatever the store says is queued gets a message: an in-process
+        // queue starts empty, and a crash between marking a job queued and
+        // publishing it leaves the job without one. (A duplicate is
+        // harmless: claiming is a compare-and-set.)
+        let mut stale = engine.reconcile_queue(None).await?;
         let consumer = engine.clone();
         engine.spawn(async move { consumer.consume().await });
         let keeper = engine.clone();
@@ -426,6 +435,10 @@ impl Engine {
                 tokio::time::sleep(every).await;
                 if let Err(e) = keeper.recover().await {
                     tracing::warn!(error = %e, "recovery pass failed");
+                }
+                match keeper.reconcile_queue(Some(&stale)).await {
+                    Ok(now) => stale = now,
+                    Err(e) => tracing::warn!(error = %e, "queue reconciliation failed"),
                 }
             }
         });
@@ -770,30 +783,38 @@ impl Engine {
                 "lease expired: engine `{}` stopped renewing it",
                 attempt.holder
             );
-            if !store
-                .finish_attempt(attempt.id, AttemptStatus::Lost, Some(&reason), now_ms())
-                .await?
-            {
+            // One write: the attempt is lost, the job queued again, and
+            // (our failure, not the job's) `retry` is not used up. A crash
+            // before the publish below leaves a queued job without a
+            // message, which `reconcile_queue` repairs.
+            let ended = self
+                .inner
+                .recorder
+                .apply(Write::Finish {
+                    attempt: attempt.id,
+                    status: AttemptStatus::Lost,
+                    reason: Some(reason.clone()),
+                    now: now_ms(),
+                    job: attempt.job_id,
+                    job_status: JobStatus::Queued,
+                    job_reason: None,
+                    extra_attempts: 1,
+                })
+                .await?;
+            if ended != Applied::Finished(true) {
                 continue;
             }
             let Some(job) = store.job(attempt.job_id).await? else {
                 continue;
             };
             tracing::warn!(job = %job.key, attempt = attempt.number, "{reason}; running the job again");
-            // Our failure, not the job's: it does not use up `retry`.
-            store.add_attempts(job.id, 1).await?;
-            if store
-                .transition_job(job.id, &[JobStatus::Running], JobStatus::Queued, None)
-                .await?
-            {
-                self.emit(EngineEvent::JobRetrying {
-                    run: job.run_id,
-                    key: job.key.clone(),
-                    attempt: attempt.number,
-                    reason,
-                });
-                self.publish(job.run_id, job.id).await?;
-            }
+            self.emit(EngineEvent::JobRetrying {
+                run: job.run_id,
+                key: job.key.clone(),
+                attempt: attempt.number,
+                reason,
+            });
+            self.publish(job.run_id, job.id).await?;
         }
         // List the VMs first, then read who is running: a VM exists only
         // after its attempt was claimed, so a VM in the list has its owner in
@@ -823,6 +844,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Publishes queued jobs that may have no message. At start (`seen`
+    /// is `None`) that is every queued job. Later, a job is published again
+    /// only when it was already queued at the previous pass and this engine
+    /// has had a free slot since: a message for it would have been taken.
+    /// Returns the queued jobs seen, for the next pass.
+    async fn reconcile_queue(
+        &self,
+        seen: Option<&HashSet<JobId>>,
+    ) -> Result<HashSet<JobId>, EngineError> {
+        let queued = self.inner.store.queued_jobs().await?;
+        let idle = self
+            .inner
+            .active_jobs
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < self.inner.config.capacity.max(1)
+            && self
+                .inner
+                .idle_since_reconcile
+                .swap(true, std::sync::atomic::Ordering::SeqCst);
+        let mut now = HashSet::with_capacity(queued.len());
+        for job in queued {
+            now.insert(job.id);
+            let stranded = match seen {
+                None => true,
+                Some(seen) => idle && seen.contains(&job.id),
+            };
+            if stranded {
+                if seen.is_some() {
+                    tracing::warn!(job = %job.key, "a queued job had no message; publishing it again");
+                }
+                self.publish(job.run_id, job.id).await?;
+            }
+        }
+        Ok(now)
+    }
+
     async fn consume(&self) {
         let capacity = self.inner.config.capacity.max(1);
         let slots = Arc::new(Semaphore::new(capacity));
@@ -848,9 +905,16 @@ impl Engine {
             let msg = delivery.message().clone();
             let span = tracing::info_span!("job", run = msg.run_id, job = msg.job_id);
             let mut killed = self.inner.killed.subscribe();
-            self.inner
+            let busy = self
+                .inner
                 .active_jobs
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            if busy >= capacity {
+                self.inner
+                    .idle_since_reconcile
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+            }
             tokio::spawn(
                 async move {
                     tokio::select! {
@@ -1107,6 +1171,7 @@ impl Engine {
                 job: job.id,
                 job_status,
                 job_reason: job_reason.clone(),
+                extra_attempts: 0,
             })
             .await?;
         if ended != Applied::Finished(true) {

@@ -212,6 +212,7 @@ mod tests {
                     job: id,
                     job_status: JobStatus::Succeeded,
                     job_reason: None,
+                    extra_attempts: 0,
                 },
                 Some(finish_reply),
             ),

@@ -42,6 +42,49 @@ where
     tokens_are_single_use(&make().await).await;
     steps_and_binary_logs_round_trip(&make().await).await;
     batched_writes_apply_as_if_one_by_one(&make().await).await;
+    a_lost_attempt_is_queued_again_in_one_write(&make().await).await;
+}
+
+/// `Write::Finish` with `extra_attempts` ends the attempt, queues the job
+/// and grows its allowance together; a second finish of it does nothing.
+pub async fn a_lost_attempt_is_queued_again_in_one_write(s: &dyn StateStore) {
+    let run = s
+        .create_run("CI", "{}", &[job("a", &[], 1)], 0)
+        .await
+        .expect("run");
+    let id = s.jobs(run).await.expect("jobs")[0].id;
+    s.transition_job(id, &[JobStatus::Pending], JobStatus::Queued, None)
+        .await
+        .expect("queue");
+    let a1 = s.claim(id, "e1", 100, "h1", 10).await.expect("claim");
+    let lost = Write::Finish {
+        attempt: a1.id,
+        status: AttemptStatus::Lost,
+        reason: Some("lease expired".into()),
+        now: 20,
+        job: id,
+        job_status: JobStatus::Queued,
+        job_reason: None,
+        extra_attempts: 1,
+    };
+    let applied = s.apply(std::slice::from_ref(&lost)).await.expect("apply");
+    assert_eq!(applied, vec![Applied::Finished(true)]);
+    let j = s.job(id).await.expect("job").expect("job");
+    assert_eq!((j.status, j.max_attempts), (JobStatus::Queued, 2));
+    assert_eq!(
+        s.queued_jobs()
+            .await
+            .expect("queued")
+            .iter()
+            .map(|j| j.id)
+            .collect::<Vec<_>>(),
+        vec![id]
+    );
+    let applied = s.apply(&[lost]).await.expect("apply again");
+    assert_eq!(applied, vec![Applied::Finished(false)]);
+    assert_eq!(s.job(id).await.expect("job").expect("job").max_attempts, 2);
+    let a2 = s.claim(id, "e2", 200, "h2", 30).await.expect("claim again");
+    assert_eq!(a2.number, 2);
 }
 
 /// A run and its jobs read back as written, in workflow order.
@@ -88,15 +131,29 @@ pub async fn runs_and_jobs_round_trip(s: &dyn StateStore) {
         1
     );
     assert_eq!(s.unfinished_jobs(run).await.expect("count"), 1);
+    let second = s
+        .create_run("CI", "{}", &[job("x", &[], 1)], 1500)
+        .await
+        .expect("second run");
+    let ids = |runs: Vec<crate::store::Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.running_runs().await.expect("running")),
+        vec![run, second]
+    );
+    s.finish_run(second, RunStatus::Cancelled, 1600)
+        .await
+        .expect("finish");
+    assert_eq!(ids(s.running_runs().await.expect("running")), vec![run]);
     s.finish_run(run, RunStatus::Succeeded, 2000)
         .await
         .expect("finish");
+    assert!(s.running_runs().await.expect("running").is_empty());
     let r = s.run(run).await.expect("run").expect("exists");
     assert_eq!(
         (r.status, r.finished_at),
         (RunStatus::Succeeded, Some(2000))
     );
-    assert_eq!(s.run(run + 1000).await.expect("run"), None);
+    assert_eq!(s.run(second + 1000).await.expect("run"), None);
 }
 
 /// `transition_job` moves only from the listed statuses.
@@ -169,6 +226,12 @@ pub async fn batch_transitions_move_only_matching_jobs(s: &dyn StateStore) {
         .await
         .expect("queued");
     assert_eq!(queued.len(), 300);
+    let everywhere = s.queued_jobs().await.expect("queued jobs");
+    assert_eq!(
+        everywhere.iter().map(|j| j.id).collect::<Vec<_>>(),
+        queued.iter().map(|j| j.id).collect::<Vec<_>>(),
+        "`queued_jobs` lists the same jobs, in order"
+    );
     assert!(queued.iter().all(|j| j.reason.as_deref() == Some("go")));
     assert!(
         s.transition_jobs(&ids, &[], JobStatus::Failed, None)
@@ -496,6 +559,7 @@ pub async fn batched_writes_apply_as_if_one_by_one(s: &dyn StateStore) {
             job: a.job_id,
             job_status,
             job_reason: reason.map(|r| format!("job: {r}")),
+            extra_attempts: 0,
         };
     let mut writes = vec![
         Write::SetVm {

@@ -479,7 +479,8 @@ mod tests {
         // earlier tail-by-tail comparison took minutes on this (quadratic in
         // the secret's length per chunk).
         let secret = format!("{}b", "a".repeat(MAX_SECRET_LEN - 1));
-        let mut log = LogIngest::new(&[secret.clone()], DEFAULT_LOG_CAP).expect("maskable");
+        let mut log =
+            LogIngest::new(std::slice::from_ref(&secret), DEFAULT_LOG_CAP).expect("maskable");
         let mut out = Vec::new();
         for _ in 0..4 {
             out.extend(log.push(format!("{}c", "a".repeat(70_000)).as_bytes()));

@@ -1,5 +1,6 @@
-//! Valid workflows: `format` succeeds, its output parses to the same model,
-//! is a fixed point, and holds no raw character KDL forbids; the model
+//! Valid workflows: `format` succeeds (or refuses a comment it cannot keep
+//! in place), its output parses to the same model, keeps every comment, is
+//! a fixed point, and holds no raw character KDL forbids; the model
 //! printer's output parses back to the same model.
 #![no_main]
 
@@ -35,6 +36,14 @@ fuzz_target!(|data: &[u8]| {
         // The one documented refusal: KDL v1 commented-out text that is
         // not valid v2 (kept as written, so it cannot be converted).
         Err(e) if e.problems().iter().all(|p| p.code == Code::V1CommentedOut) => return,
+        // A comment `format` cannot keep where it is: refused, not dropped.
+        Err(e)
+            if e.problems()
+                .iter()
+                .all(|p| p.code == Code::FormatWouldDropComment) =>
+        {
+            return;
+        }
         Err(e) => panic!(
             "a valid workflow could not be formatted: {}",
             e.render(false, 100)
@@ -60,6 +69,17 @@ fuzz_target!(|data: &[u8]| {
             | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')),
         "raw forbidden character in formatted output"
     );
+    // Every comment of the input is in the output: each of its lines, as
+    // written apart from the indentation around it.
+    let v1 = !solstice_kdl::__fuzz::strict_path(text, false);
+    for comment in solstice_kdl::__fuzz::comment_texts(text, v1) {
+        for line in comment.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            assert!(
+                out.contains(line),
+                "format dropped the comment line {line:?}"
+            );
+        }
+    }
     let printed = workflow.to_kdl();
     let reparsed =
         solstice_kdl::parse_named("p.kdl", &printed, &relaxed).expect("printed model parses");

@@ -65,6 +65,8 @@ pub enum Code {
     V1CommentedOut,
     /// More problems than [`MAX_PROBLEMS`]: the rest are counted, not listed.
     TooManyProblems,
+    /// `format` cannot keep a comment where it is, and leaves the file alone.
+    FormatWouldDropComment,
     /// The run the workflow plans is too big (jobs or `needs` edges after
     /// matrix expansion).
     RunTooLarge,
@@ -103,6 +105,7 @@ impl Code {
             Code::UnknownMatrixAxis => "solstice::unknown_matrix_axis",
             Code::V1CommentedOut => "solstice::v1_commented_out",
             Code::TooManyProblems => "solstice::too_many_problems",
+            Code::FormatWouldDropComment => "solstice::format_would_drop_comment",
             Code::RunTooLarge => "solstice::run_too_large",
             Code::DuplicateMatrixValue => "solstice::duplicate_matrix_value",
         }
@@ -446,6 +449,7 @@ impl<'a> LineIndex<'a> {
     }
 
     /// Byte range of a line, without its line break.
+    #[cfg(feature = "render")]
     fn line_range(&self, line: usize) -> (usize, usize) {
         let start = self.starts[line];
         let mut end = self

@@ -66,7 +66,18 @@ pub fn format(name: &str, text: &str, options: &ParseOptions) -> Result<String, 
         ..*options
     };
     match parse_named(name, &out, &relaxed) {
-        Ok(after) if after == before => Ok(out),
+        Ok(after) if after == before => match dropped_comment(text, version, &out) {
+            None => Ok(out),
+            Some(span) => Err(fail(vec![
+                Problem::new(
+                    Code::FormatWouldDropComment,
+                    span,
+                    "`format` cannot keep this comment where it is; the file was left unchanged",
+                    "this comment",
+                )
+                .help("move the comment to a line of its own (before the node it is about), then format again"),
+            ])),
+        },
         // Commented-out (`/-`) text is kept as written, and `kdl` 4.7
         // accepts some v1 there that KDL v2 does not (a name such as
         // `-0.ep`): say so instead of reporting a bug.
@@ -81,6 +92,30 @@ pub fn format(name: &str, text: &str, options: &ParseOptions) -> Result<String, 
         ])),
         _ => Err(fail(vec![unformattable(before)])),
     }
+}
+
+/// The first comment (or commented-out `/-` text) of `input` that `output`
+/// does not keep, if any. Compared word by word, whitespace aside and in
+/// any order, so that a comment `format` moves or re-indents still counts
+/// as kept; a word that went missing is a dropped comment.
+fn dropped_comment(input: &str, version: KdlVersion, output: &str) -> Option<SourceSpan> {
+    let before = crate::strict::comments(input, version == KdlVersion::V1);
+    let after = crate::strict::comments(output, false);
+    let mut kept: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for &(a, b) in &after {
+        for w in output[a..b].split_whitespace() {
+            *kept.entry(w).or_default() += 1;
+        }
+    }
+    for &(a, b) in &before {
+        for w in input[a..b].split_whitespace() {
+            match kept.get_mut(w) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => return Some(SourceSpan::from(a..b)),
+            }
+        }
+    }
+    None
 }
 
 fn unformattable(_: Workflow) -> Problem {

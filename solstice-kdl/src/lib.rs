@@ -396,4 +396,14 @@ pub mod __fuzz {
             && crate::forbidden_char(text).is_none()
             && crate::strict::check(text, v1).is_empty()
     }
+
+    /// The `//` and `/* */` comments of a text the strict recogniser
+    /// accepts, as written (not the `/-` parts).
+    pub fn comment_texts(text: &str, v1: bool) -> Vec<&str> {
+        crate::strict::comments(text, v1)
+            .into_iter()
+            .map(|(a, b)| &text[a..b])
+            .filter(|c| c.starts_with("//") || c.starts_with("/*"))
+            .collect()
+    }
 }

@@ -43,6 +43,7 @@ pub(crate) fn check(text: &str, v1: bool) -> Vec<Rejection> {
         slashdash_blocks: 0,
         v1,
         errors: Vec::new(),
+        comments: None,
     };
     if text.starts_with('\u{feff}') {
         p.i = 3;
@@ -59,6 +60,28 @@ pub(crate) fn check(text: &str, v1: bool) -> Vec<Rejection> {
         p.errors.push(e);
     }
     p.errors
+}
+
+/// Byte ranges of the comments of a text `check` accepts: `// ...` (without
+/// the line break), `/* ... */`, and each `/-` with what it comments out.
+/// A comment inside commented-out text is listed too.
+pub(crate) fn comments(text: &str, v1: bool) -> Vec<(usize, usize)> {
+    let mut p = Checker {
+        s: text.as_bytes(),
+        text,
+        i: 0,
+        depth: 0,
+        slashdash_blocks: 0,
+        v1,
+        errors: Vec::new(),
+        comments: None,
+    };
+    if text.starts_with('\u{feff}') {
+        p.i = 3;
+    }
+    p.comments = Some(Vec::new());
+    let _ = p.nodes(false);
+    p.comments.unwrap_or_default()
 }
 
 /// How a node ended.
@@ -79,6 +102,8 @@ struct Checker<'a> {
     slashdash_blocks: usize,
     v1: bool,
     errors: Vec<Rejection>,
+    /// Where comments are, when asked for (`comments`).
+    comments: Option<Vec<(usize, usize)>>,
 }
 
 /// `kdl`'s `UNICODE_SPACES`.
@@ -209,6 +234,12 @@ impl Checker<'_> {
         }
     }
 
+    fn record(&mut self, start: usize) {
+        if let Some(c) = &mut self.comments {
+            c.push((start, self.i));
+        }
+    }
+
     fn block_comment(&mut self) -> R {
         let start = self.i;
         let mut nested = 0usize;
@@ -220,6 +251,7 @@ impl Checker<'_> {
                 nested -= 1;
                 self.i += 2;
                 if nested == 0 {
+                    self.record(start);
                     return Ok(());
                 }
             } else {
@@ -231,9 +263,11 @@ impl Checker<'_> {
     }
 
     fn line_comment(&mut self) {
+        let start = self.i;
         while self.i < self.s.len() && !self.at_newline() {
             self.i += 1;
         }
+        self.record(start);
         self.eat_newline();
     }
 
@@ -270,8 +304,10 @@ impl Checker<'_> {
                 Some(b'}') if in_block => return Ok(()),
                 Some(b'}') => self.err("this `}` closes no block"),
                 Some(b'/') if self.peek_at(1) == Some(b'-') => {
+                    let start = self.i;
                     self.i += 2;
-                    self.line_space()
+                    let result = self
+                        .line_space()
                         .and_then(|()| self.node())
                         .and_then(|end| match end {
                             // `kdl` ends a commented-out node only at a line break.
@@ -279,7 +315,9 @@ impl Checker<'_> {
                                 self.err("end a commented-out node with a line break")
                             }
                             End::Line => Ok(()),
-                        })
+                        });
+                    self.record(start);
+                    result
                 }
                 Some(_) => self.node().map(|_| ()),
             };
@@ -331,6 +369,7 @@ impl Checker<'_> {
                 }
                 _ if !spaced => return self.err("put a space before this"),
                 Some(b'/') if self.peek_at(1) == Some(b'-') => {
+                    let start = self.i;
                     self.i += 2;
                     if self.v1 {
                         self.node_space()?;
@@ -339,9 +378,11 @@ impl Checker<'_> {
                     }
                     if self.peek() == Some(b'{') {
                         self.slashdash_children()?;
+                        self.record(start);
                         return self.after_children(false);
                     }
                     self.entry()?;
+                    self.record(start);
                 }
                 Some(_) => self.entry()?,
             }
@@ -384,12 +425,14 @@ impl Checker<'_> {
                 continue;
             }
             if !self.v1 && spaced && self.starts(b"/-") {
+                let start = self.i;
                 self.i += 2;
                 self.line_space()?;
                 if self.peek() != Some(b'{') {
                     return self.err("after a block only `/-` blocks may follow");
                 }
                 self.slashdash_children()?;
+                self.record(start);
                 continue;
             }
             return match self.peek() {

@@ -228,3 +228,82 @@ fn v1_commented_out_text_that_v2_refuses_is_reported() {
     let converted = fmt(&text.replace("        /--0.ep name=\"x\"\n", ""));
     assert!(converted.contains("step run=\"\"\"\n"), "{converted}");
 }
+
+/// A workflow with a place for a comment in every position `format` meets:
+/// `@` inside a node (between its parts), `#` at the end of a line.
+const SPOTS: &str = "workflow name=\"w\"@{#\n    job@id=\"build\"@runs_on=\"linux\"@{#\n        needs@\"lint\"#\n        env@A=\"1\"#\n        step@name=\"Test\"@run=\"make test\"#\n    }#\n    job@id=\"lint\"@{#\n        step@run=\"lint\"@{@env@B=\"2\"@}#\n    }#\n}#\n";
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    /// Comments and `/-` text anywhere: `format` keeps every one of them,
+    /// or refuses with `format_would_drop_comment` (and the caller writes
+    /// nothing).
+    #[test]
+    fn format_never_loses_a_comment(kinds in proptest::collection::vec(0u8..6, 40)) {
+        let mut text = String::new();
+        let mut markers = Vec::new();
+        let mut kinds = kinds.into_iter();
+        for c in SPOTS.chars() {
+            if c != '@' && c != '#' {
+                text.push(c);
+                continue;
+            }
+            let kind = kinds.next().unwrap_or(5);
+            let n = markers.len();
+            let piece = match (c, kind) {
+                (_, 0) => format!(" /* c{n} */ "),
+                ('#', 1) => format!(" // c{n}"),
+                ('@', 2) => format!(" /- x{n}=1 "),
+                (_, 3) => format!(" /*c{n}*/"),
+                ('@', _) => " ".to_string(),
+                _ => String::new(),
+            };
+            if piece.contains(&format!("{n}")) {
+                markers.push(format!("{}{n}", if piece.contains("/-") { "x" } else { "c" }));
+            }
+            text.push_str(&piece);
+        }
+        // Not every placement is valid KDL (a `/-` property after a block):
+        // only valid workflows are formatted.
+        proptest::prop_assume!(solstice_kdl::parse(&text).is_ok());
+        match solstice_kdl::format("f.kdl", &text, &solstice_kdl::ParseOptions::default()) {
+            Ok(out) => {
+                for m in &markers {
+                    proptest::prop_assert!(out.contains(m.as_str()), "{m} dropped:\n{text}\n=>\n{out}");
+                }
+            }
+            Err(e) => {
+                proptest::prop_assert!(
+                    e.problems().iter().all(|p| p.code == solstice_kdl::Code::FormatWouldDropComment),
+                    "{}", e.render(false, 100)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn comments_format_cannot_place_are_refused_not_dropped() {
+    for text in [
+        "workflow { job id=\"a\" /* between */ { step run=\"y\"; } }\n",
+        "workflow { job id=\"a\" /- { step run=\"old\"; } { step run=\"y\"; } }\n",
+        "workflow {\n    job id=\"a\" {\n        step run=\"y\"\n    } /* after the block */\n}\n",
+    ] {
+        let err = solstice_kdl::format("f.kdl", text, &solstice_kdl::ParseOptions::default())
+            .expect_err(text);
+        assert_eq!(
+            err.problems()[0].code,
+            solstice_kdl::Code::FormatWouldDropComment,
+            "{text}"
+        );
+    }
+    // Where it can, it keeps them.
+    let text = "workflow { job id=\"a\" /* c1 */ runs_on=\"x\" { step run=\"y\" /* c2 */ name=\"n\"; } }\n";
+    let out = solstice_kdl::format("f.kdl", text, &solstice_kdl::ParseOptions::default())
+        .expect("formats");
+    assert!(
+        out.contains("/* c1 */") && out.contains("/* c2 */"),
+        "{out}"
+    );
+}

@@ -18,6 +18,7 @@ use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec,
 /// own process group and a fresh directory `ROOT/NAME/`:
 ///
 /// - `ROOT/NAME/work/`: the job's workspace (the runner's current directory),
+/// - `ROOT/NAME/tmp/`: the job's `TMPDIR`,
 /// - `ROOT/NAME/owner`, `ROOT/NAME/pgid`: so a later process can find and
 ///   reap what an earlier one left behind,
 /// - `ROOT/NAME/runner.log`: the runner's own stdout and stderr.
@@ -148,6 +149,11 @@ impl LocalProvider {
         tokio::fs::create_dir_all(dir.join("work"))
             .await
             .map_err(io)?;
+        // The job's temporary files (the runner's step scripts, the steps'
+        // own) stay in its directory and go with it.
+        tokio::fs::create_dir_all(dir.join("tmp"))
+            .await
+            .map_err(io)?;
         tokio::fs::write(dir.join("owner"), &spec.owner)
             .await
             .map_err(io)?;
@@ -167,6 +173,7 @@ impl LocalProvider {
             .env("SOLSTICE_ENDPOINT", endpoint)
             .env_remove("SOLSTICE_JOB_TOKEN")
             .env("SOLSTICE_VM_NAME", &spec.name)
+            .env("TMPDIR", dir.join("tmp"))
             .env(MARK, dir)
             .stdin(Stdio::piped())
             .stdout(log)

@@ -9,10 +9,12 @@ use solstice_vmm::{
     VmSpec, VmState, testing,
 };
 
-fn temp_root(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("solstice-vmm-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A provider root (not yet created) inside a temporary directory that
+/// the guard removes, also when the test fails.
+fn temp_root(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join(name);
+    (dir, root)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +24,7 @@ async fn mock_provider_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_provider_conforms() {
-    let root = temp_root("conform");
+    let (_dir, root) = temp_root("conform");
     let provider = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
     testing::run_all(&provider, VmSpec::example).await;
     assert_eq!(
@@ -85,7 +87,7 @@ async fn mock_scripts_boot_failure_delay_and_crash() {
 #[tokio::test]
 async fn local_provider_passes_the_endpoint_by_environment_the_token_on_stdin_and_kills_the_group()
 {
-    let root = temp_root("env");
+    let (_dir, root) = temp_root("env");
     // The "runner" records what it got and leaves a grandchild running. The
     // token is not in its environment, where its steps could read it back.
     let script = "read -r t; echo \"$SOLSTICE_ENDPOINT $t ${SOLSTICE_JOB_TOKEN:-unset}\" > seen; sleep 30 & echo $! > grandchild; wait";
@@ -122,7 +124,7 @@ async fn local_provider_passes_the_endpoint_by_environment_the_token_on_stdin_an
 /// its process group and session: destroy still ends it.
 #[tokio::test]
 async fn local_provider_kills_what_a_dead_runner_left_even_in_a_new_session() {
-    let root = temp_root("escape");
+    let (_dir, root) = temp_root("escape");
     let script = "setsid sleep 300 & echo $! > escaped; sleep 300";
     let provider = LocalProvider::new(vec!["sh".into(), "-c".into(), script.into()], &root);
     let vm = provider
@@ -182,7 +184,7 @@ async fn local_provider_kills_what_a_dead_runner_left_even_in_a_new_session() {
 /// provider neither counts it as the VM's nor kills it.
 #[tokio::test]
 async fn a_recorded_process_group_that_is_not_ours_is_left_alone() {
-    let root = temp_root("stranger");
+    let (_dir, root) = temp_root("stranger");
     let old = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
     let vm = old
         .provision(&VmSpec::example("stale"))
@@ -216,7 +218,7 @@ async fn a_recorded_process_group_that_is_not_ours_is_left_alone() {
 
 #[tokio::test]
 async fn a_new_local_provider_finds_and_reaps_what_an_old_one_left() {
-    let root = temp_root("reap");
+    let (_dir, root) = temp_root("reap");
     let old = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
     let vm = old
         .provision(&VmSpec::example("orphan"))
@@ -240,7 +242,7 @@ async fn a_new_local_provider_finds_and_reaps_what_an_old_one_left() {
 
 #[tokio::test]
 async fn local_provider_refuses_unsafe_names_and_cleans_up_failed_starts() {
-    let root = temp_root("bad");
+    let (_dir, root) = temp_root("bad");
     let provider = LocalProvider::new(vec!["/no/such/runner".into()], &root);
     assert!(matches!(
         provider.provision(&VmSpec::example("../escape")).await,

@@ -714,7 +714,34 @@ async fn summary(store: &dyn StateStore, run: solstice_core::store::RunId, statu
 
 #[cfg(test)]
 mod tests {
-    use super::dotenv_line;
+    use super::{EngineEvent, MAX_LINE, Printer, dotenv_line};
+
+    #[test]
+    fn a_long_line_is_printed_in_linear_time() {
+        // 2.5 MB without a line break, 64 bytes at a time: each byte is
+        // looked at once (searching the whole held line for a line break on
+        // every chunk took 32 s for a 64 MB line).
+        let mut p = Printer::new();
+        let chunk = vec![b'x'; 64];
+        for _ in 0..40_000 {
+            p.event(&EngineEvent::Log {
+                run: 1,
+                key: "k".into(),
+                step: 0,
+                stream: 0,
+                data: chunk.clone(),
+            });
+        }
+        let lines = |out: &[u8]| out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        assert_eq!(lines(&p.out), 2, "printed in pieces of {MAX_LINE} bytes");
+        p.end_lines("k");
+        assert_eq!(lines(&p.out), 3);
+        assert_eq!(
+            p.out.iter().filter(|b| **b == b'x').count(),
+            40_000 * 64,
+            "every byte once"
+        );
+    }
 
     fn ok(line: &str) -> Option<(String, String)> {
         dotenv_line(line).unwrap_or_else(|e| panic!("{line}: {e}"))

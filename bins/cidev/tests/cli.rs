@@ -22,12 +22,13 @@ fn code(o: &Output) -> i32 {
         .expect("exited normally, not killed by a signal")
 }
 
-fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cidev-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
+/// A file in a directory of its own, removed with the guard (also when the
+/// test fails).
+fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
     std::fs::write(&path, bytes).expect("write");
-    path
+    (dir, path)
 }
 
 #[test]
@@ -77,13 +78,13 @@ fn every_broken_file_exits_1_with_a_span_pointing_message() {
 
 #[test]
 fn hostile_files_exit_1_without_crashing() {
-    let deep = temp_file(
+    let (_deep_dir, deep) = temp_file(
         "deep.kdl",
         format!("workflow {}", "{".repeat(100_000)).as_bytes(),
     );
-    let big = temp_file("big.kdl", &vec![b'a'; 2 * 1024 * 1024]);
-    let binary = temp_file("binary.kdl", &[0xff, 0xfe, 0x00, 0x01]);
-    let braces = temp_file("braces.kdl", "}".repeat(500_000).as_bytes());
+    let (_big_dir, big) = temp_file("big.kdl", &vec![b'a'; 2 * 1024 * 1024]);
+    let (_binary_dir, binary) = temp_file("binary.kdl", &[0xff, 0xfe, 0x00, 0x01]);
+    let (_braces_dir, braces) = temp_file("braces.kdl", "}".repeat(500_000).as_bytes());
     for (path, expected) in [
         (&deep, "solstice::too_deep"),
         (&big, "solstice::too_large"),
@@ -160,7 +161,7 @@ fn inspect_shows_matrix_expansion_and_order() {
 
 #[test]
 fn fmt_check_and_write() {
-    let messy = temp_file(
+    let (_messy_dir, messy) = temp_file(
         "messy.kdl",
         b"workflow{\n// keep me\njob id=\"a\"{\nstep run=\"x\"\n}\n}\n",
     );
@@ -174,7 +175,7 @@ fn fmt_check_and_write() {
     );
     assert_eq!(code(&cidev(&["fmt", "--check", path])), 0);
     // An invalid file is left alone.
-    let broken = temp_file(
+    let (_broken_dir, broken) = temp_file(
         "broken.kdl",
         b"workflow { job id=\"a\" { stpe run=\"x\" } }",
     );

@@ -236,6 +236,11 @@ fn a_step_sees_neither_the_token_nor_the_endpoint() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("[peek] peeked"), "{out}");
     assert!(out.contains("[peek] PATH="), "the step has a PATH: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[peek] TMPDIR=") && l.contains("/vms/") && l.ends_with("/tmp")),
+        "the step's temporary files stay in its VM directory: {out}"
+    );
     let (own, runner) = out.split_once("[peek] ---").expect("separator");
     assert!(!own.contains("SOLSTICE_ENDPOINT"), "{own}");
     assert!(!out.contains("SOLSTICE_JOB_TOKEN"), "{out}");
@@ -635,6 +640,9 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
             &old.display().to_string(),
             "--state",
             &state.display().to_string(),
+            // What a killed cidev cannot remove stays in the test's directory.
+            "--tmpdir",
+            &dir.path().display().to_string(),
         ])
         .env("NO_COLOR", "1")
         .current_dir(repo())

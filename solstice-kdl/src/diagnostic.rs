@@ -213,6 +213,8 @@ struct Inner {
     source: NamedSource<Arc<str>>,
     text: Arc<str>,
     problems: Vec<Problem>,
+    /// No line is too long for miette's own renderer.
+    drawable: bool,
 }
 
 /// Most problems one document reports; the rest are counted in a last
@@ -256,11 +258,15 @@ impl ParseError {
                 )),
             );
         }
+        // miette's own handler panics drawing a column past 65,535: such a
+        // document is handed to it without its text (see `source_code`).
+        let drawable = text.split('\n').all(|l| l.len() < 60_000);
         ParseError(Box::new(Inner {
             name: name.to_string(),
             source: NamedSource::new(name, text.clone()),
             text,
             problems,
+            drawable,
         }))
     }
 
@@ -729,8 +735,11 @@ impl Diagnostic for ParseError {
         Some(Box::new("solstice::invalid_workflow"))
     }
 
+    /// The document, for miette's own report handler; `None` when a line is
+    /// too long for it (it panics past column 65,535): the problems are then
+    /// reported without excerpts. [`ParseError::render`] has no such limit.
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        Some(&self.0.source)
+        self.0.drawable.then_some(&self.0.source as &dyn SourceCode)
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {

@@ -444,3 +444,18 @@ fn the_run_is_bounded_after_matrix_expansion() {
         Err(solstice_kdl::PlanError::RunTooLarge { jobs: 1001, .. })
     ));
 }
+
+#[test]
+fn miette_s_own_handler_does_not_panic_on_a_long_line() {
+    use miette::{GraphicalReportHandler, GraphicalTheme};
+    let text = format!(
+        "workflow {{ job id=\"a\" {{ step run=\"{}\" nmae=\"y\"; }} }}",
+        "x".repeat(70_000)
+    );
+    let err = parse(&text).expect_err("invalid");
+    let mut out = String::new();
+    GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .render_report(&mut out, &err)
+        .expect("renders");
+    assert!(out.contains("nmae"), "{out}");
+}

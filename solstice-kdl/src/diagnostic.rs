@@ -260,7 +260,9 @@ impl ParseError {
         }
         // miette's own handler panics drawing a column past 65,535: such a
         // document is handed to it without its text (see `source_code`).
-        let drawable = text.split('\n').all(|l| l.len() < 60_000);
+        let drawable = text
+            .split('\n')
+            .all(|l| l.len() + 8 * l.bytes().filter(|b| *b == b'\t').count() < 60_000);
         ParseError(Box::new(Inner {
             name: name.to_string(),
             source: NamedSource::new(name, text.clone()),

@@ -459,3 +459,18 @@ fn miette_s_own_handler_does_not_panic_on_a_long_line() {
         .expect("renders");
     assert!(out.contains("nmae"), "{out}");
 }
+
+#[test]
+fn tabs_count_as_columns_too() {
+    use miette::{GraphicalReportHandler, GraphicalTheme};
+    let text = format!(
+        "workflow {{ job id=\"a\" {{ step run=\"x\"{}nmae=\"y\"; }} }}",
+        "\t".repeat(20_000)
+    );
+    let err = parse(&text).expect_err("invalid");
+    assert!(err.render(false, 100).contains("nmae"));
+    let mut out = String::new();
+    GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .render_report(&mut out, &err)
+        .expect("renders");
+}

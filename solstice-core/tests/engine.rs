@@ -58,6 +58,23 @@ async fn setup_with(provider: MockVmProvider, config: EngineConfig) -> Setup {
     }
 }
 
+/// A second engine on the first one's store, as after a crash: a new name
+/// and a new (empty) in-memory queue.
+async fn restart(first: &Setup, provider: &MockVmProvider, config: EngineConfig) -> Engine {
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    Engine::start(
+        EngineConfig {
+            holder: "second".into(),
+            ..config
+        },
+        first.store.clone(),
+        queue,
+        Arc::new(provider.clone()),
+    )
+    .await
+    .expect("restart")
+}
+
 async fn setup(secrets: &[(&str, &str)]) -> Setup {
     setup_with(
         MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
@@ -354,18 +371,7 @@ async fn engine_killed_mid_job_and_restarted() {
     first.engine.kill();
     assert_eq!(provider.live(), 1, "the VM outlives the engine");
     // A new engine on the same state, with a new (empty) in-memory queue.
-    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
-    let second = Engine::start(
-        EngineConfig {
-            holder: "second".into(),
-            ..short_lease
-        },
-        first.store.clone(),
-        queue,
-        Arc::new(provider.clone()),
-    )
-    .await
-    .expect("restart");
+    let second = restart(&first, &provider, short_lease).await;
     let status = tokio::time::timeout(Duration::from_secs(60), second.wait(run))
         .await
         .expect("ends")
@@ -958,18 +964,7 @@ async fn queued_jobs_survive_a_restart_with_an_in_process_queue() {
         .map(|j| j.key)
         .collect();
     assert_eq!(queued.len(), 1, "one job waits in the dead engine's queue");
-    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
-    let second = Engine::start(
-        EngineConfig {
-            holder: "second".into(),
-            ..one
-        },
-        first.store.clone(),
-        queue,
-        Arc::new(provider.clone()),
-    )
-    .await
-    .expect("restart");
+    let second = restart(&first, &provider, one).await;
     let status = tokio::time::timeout(Duration::from_secs(60), second.wait(run))
         .await
         .expect("both jobs ran after the restart")

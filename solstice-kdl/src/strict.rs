@@ -35,19 +35,7 @@ const MAX_SLASHDASH_BLOCKS: usize = 3;
 
 /// Checks the whole document; an empty result means `kdl` may parse it.
 pub(crate) fn check(text: &str, v1: bool) -> Vec<Rejection> {
-    let mut p = Checker {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-        depth: 0,
-        slashdash_blocks: 0,
-        v1,
-        errors: Vec::new(),
-        comments: None,
-    };
-    if text.starts_with('\u{feff}') {
-        p.i = 3;
-    }
+    let mut p = Checker::new(text, v1);
     // v1 mode knows only CR and LF as line breaks: the rarer ones (which
     // end a `//` comment in `kdl` 4.7) are left to the careful path.
     if v1 && let Some(at) = text.find(['\u{b}', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}']) {
@@ -66,19 +54,7 @@ pub(crate) fn check(text: &str, v1: bool) -> Vec<Rejection> {
 /// the line break), `/* ... */`, and each `/-` with what it comments out.
 /// A comment inside commented-out text is listed too.
 pub(crate) fn comments(text: &str, v1: bool) -> Vec<(usize, usize)> {
-    let mut p = Checker {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-        depth: 0,
-        slashdash_blocks: 0,
-        v1,
-        errors: Vec::new(),
-        comments: None,
-    };
-    if text.starts_with('\u{feff}') {
-        p.i = 3;
-    }
+    let mut p = Checker::new(text, v1);
     p.comments = Some(Vec::new());
     let _ = p.nodes(false);
     p.comments.unwrap_or_default()
@@ -128,7 +104,7 @@ fn is_disallowed(c: char) -> bool {
         | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
     fn err<T>(&self, message: &'static str) -> R<T> {
         Err(Rejection {
             offset: self.i.min(self.s.len()),
@@ -231,6 +207,20 @@ impl Checker<'_> {
             } else if self.i < self.s.len() {
                 return self.err("a `\\` outside a string continues the line and must end it");
             }
+        }
+    }
+
+    fn new(text: &'a str, v1: bool) -> Self {
+        Checker {
+            s: text.as_bytes(),
+            text,
+            // A leading byte order mark is not part of the document.
+            i: if text.starts_with('\u{feff}') { 3 } else { 0 },
+            depth: 0,
+            slashdash_blocks: 0,
+            v1,
+            errors: Vec::new(),
+            comments: None,
         }
     }
 

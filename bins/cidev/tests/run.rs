@@ -12,9 +12,15 @@ fn repo() -> PathBuf {
 }
 
 fn cidev(args: &[&str]) -> Output {
+    cidev_env(args, &[])
+}
+
+/// `cidev` with these environment variables set too.
+fn cidev_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cidev"))
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .current_dir(repo())
         .output()
         .expect("cidev runs")
@@ -529,22 +535,15 @@ async fn secrets_from_the_environment_and_dotenv_files_and_private_state() {
     )
     .expect("write");
     let state = dir.path().join("state");
-    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
-        .args([
-            "run",
-            &wf.display().to_string(),
-            "--secret",
-            "FROM_ENV",
-            "--secrets-file",
-            &file.display().to_string(),
-            "--state",
-            &state.display().to_string(),
-        ])
-        .env("NO_COLOR", "1")
-        .env("FROM_ENV", "value-from-env")
-        .current_dir(repo())
-        .output()
-        .expect("cidev runs");
+    let (wf, file) = (wf.display().to_string(), file.display().to_string());
+    let args = ["run", &wf, "--secret", "FROM_ENV", "--secrets-file", &file];
+    let state_arg = state.display().to_string();
+    let with_state: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--state", &state_arg])
+        .collect();
+    let o = cidev_env(&with_state, &[("FROM_ENV", "value-from-env")]);
     let out = text(&o);
     assert_eq!(
         o.status.code(),
@@ -566,19 +565,7 @@ async fn secrets_from_the_environment_and_dotenv_files_and_private_state() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "state.db is private");
     // A value too short to be masked, and a line the file cannot mean.
-    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
-        .args([
-            "run",
-            &wf.display().to_string(),
-            "--secret",
-            "FROM_ENV",
-            "--secrets-file",
-            &file.display().to_string(),
-        ])
-        .env("FROM_ENV", "abc")
-        .current_dir(repo())
-        .output()
-        .expect("cidev runs");
+    let o = cidev_env(&args, &[("FROM_ENV", "abc")]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("shorter than 4 bytes"),
@@ -586,12 +573,7 @@ async fn secrets_from_the_environment_and_dotenv_files_and_private_state() {
         String::from_utf8_lossy(&o.stderr)
     );
     std::fs::write(&file, "GOOD=1234\nthis is not a secret line\n").expect("write");
-    let o = cidev(&[
-        "run",
-        &wf.display().to_string(),
-        "--secrets-file",
-        &file.display().to_string(),
-    ]);
+    let o = cidev(&["run", &wf, "--secrets-file", &file]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("secrets.env:2: expected NAME=VALUE"), "{err}");

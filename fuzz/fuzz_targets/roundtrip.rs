@@ -74,8 +74,11 @@ fuzz_target!(|data: &[u8]| {
     let v1 = !solstice_kdl::__fuzz::strict_path(text, false);
     for comment in solstice_kdl::__fuzz::comment_texts(text, v1) {
         for line in comment.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            // U+000B is text in a v1 comment and a line break in v2: `format`
+            // writes it as a space (see `format.rs`).
+            let line = line.replace('\u{b}', " ");
             assert!(
-                out.contains(line),
+                out.contains(line.as_str()),
                 "format dropped the comment line {line:?}"
             );
         }

@@ -307,3 +307,13 @@ fn comments_format_cannot_place_are_refused_not_dropped() {
         "{out}"
     );
 }
+
+/// Found by the `roundtrip` fuzz target's comment check (2026-12-01): in a
+/// KDL v1 comment U+000B is text, and `format` writes it as a space (a v2
+/// line break). The comment is kept, with that one change.
+#[test]
+fn a_v1_comment_with_a_vertical_tab_is_kept_with_a_space() {
+    let text = "// The same language in KDL v1 syntax: `true`/`false` without `#`,\n// `r#\"...\"#` rXw stringsdo b 3_3_e reads both versions.'\nworkflow name=\"Nightly (KDL v1)\" {\n    on {\n        cron \"0 2 * * *\"\n        manual\n    }\n    job id=\"soak\" runs_on=\"illumos-stable\" timeout=\"3h\" retry=2 {\n        step name=\"Soak\" run=r#\"./bench/soak.sh --hours 2 --out \"results\"\"# timeout=\"2h30m\"\n// A monorepo: each par\u{b} builds onl        step name=\"Report\" run=\"./bench/report.sh\" continue_on_error=true\n        artifact \"results/**\"\n    }\n}\n";
+    let out = format("f.kdl", text, &ParseOptions::default()).expect("formats");
+    assert!(out.contains("// A monorepo: each par  builds onl"), "{out}");
+}

@@ -537,6 +537,9 @@ impl Snippet {
             .map(|span| {
                 let start = index.clamp(span.offset());
                 let line = index.line_of(start);
+                // A label on a line's `\r\n` is drawn at the end of its text.
+                let (_, text_end) = index.line_range(line);
+                let start = start.min(text_end);
                 // Up to and including the line break, which a label may mark.
                 let line_end = index.starts.get(line + 1).copied().unwrap_or(text.len());
                 let end = index
@@ -639,7 +642,8 @@ impl Snippet {
         if index.chars_before(le) - index.chars_before(ls) <= LONG_LINE {
             return (ls, le);
         }
-        let end = end.clamp(start, le.max(start));
+        let start = start.min(le);
+        let end = end.clamp(start, le);
         let ws = text[ls..start]
             .char_indices()
             .rev()

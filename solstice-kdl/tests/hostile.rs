@@ -346,7 +346,17 @@ fn labels_at_the_end_of_long_lines_and_across_lines_render() {
     // Found by `cidev run` on a long script: a label on the line break of
     // a long line (an unterminated string) was cut past the line's end.
     for len in [150, 199, 200, 201, 250, 70_000] {
-        for tail in ["", "\n", "\r\n", "\nmore\n", "é\n"] {
+        for tail in [
+            "",
+            "\n",
+            "\r\n",
+            "\r",
+            "\r\nmore\r\n",
+            "\nmore\n",
+            "é\n",
+            "\"\r\n",
+            " {\r\n",
+        ] {
             let text = format!(
                 "workflow {{ job id=\"a\" {{ step run=\"{}{tail}\"; }} }}",
                 "x".repeat(len)
@@ -355,8 +365,19 @@ fn labels_at_the_end_of_long_lines_and_across_lines_render() {
                 let out = e.render(false, 80);
                 assert!(!out.is_empty());
             }
-            let text = format!("{}{tail}", "y".repeat(len));
-            let _ = parse(&text).map_err(|e| e.render(true, 80));
+            for text in [
+                format!("{}{tail}", "y".repeat(len)),
+                format!(
+                    "workflow {{\r\n job id=\"a\" {{ step run=\"{}{tail}",
+                    "z".repeat(len)
+                ),
+                format!(
+                    "workflow {{ job id=\"a\" {{ step run=\"x\" {}{tail}",
+                    "1 ".repeat(len)
+                ),
+            ] {
+                let _ = parse(&text).map_err(|e| e.render(true, 80));
+            }
         }
     }
 }

@@ -607,7 +607,7 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
     let old = dir.path().join("old.kdl");
     std::fs::write(
         &old,
-        "workflow {\n    job id=\"old\" {\n        step run=\"setsid sleep 313 >/dev/null 2>&1 & p=$!; i=0; while [ \\\"$(cut -d' ' -f6 /proc/$p/stat)\\\" != \\\"$p\\\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; echo started; sleep 60\"\n    }\n}\n",
+        "workflow {\n    job id=\"old\" {\n        step run=\"setsid sleep 313 >/dev/null 2>&1 & p=$!; i=0; while [ \\\"$(cut -d' ' -f6 /proc/$p/stat)\\\" != \\\"$p\\\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; echo started; sleep 61\"\n    }\n}\n",
     )
     .expect("write");
     let new = dir.path().join("new.kdl");
@@ -648,8 +648,19 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("in use by another cidev"));
+    assert_eq!(sleepers("61"), 1, "the step runs");
     child.kill().expect("SIGKILL");
     let _ = child.wait();
+    // The runner lost its engine: it stops its step by itself.
+    let mut step = sleepers("61");
+    for _ in 0..200 {
+        if step == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        step = sleepers("61");
+    }
+    assert_eq!(step, 0, "the runner stopped its step when its engine died");
     assert_eq!(
         sleepers("313"),
         1,

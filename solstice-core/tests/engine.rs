@@ -811,7 +811,8 @@ impl Guest for Liar {
             );
             let mut c1 = client.clone();
             let held = tokio::spawn(async move { c1.report_events(first).await });
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The held stream's headers reach the engine long before this.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let second = client.report_events(request(events.clone())).await;
             self.seen.lock().expect("lock").push(match second {
                 Ok(_) => "second: ok".into(),

@@ -202,6 +202,15 @@ fn remember(doc: &KdlDocument, text: &str, keep_reprs: bool, out: &mut Vec<Kept>
                     .to_string()
             })
             .filter(|t| t.starts_with("//"))
+            // `kdl`'s v1 parser keeps a `//` comment ending the node's line
+            // after the terminator, where it is printed in front of the next
+            // node and comments it out (found by the `roundtrip` fuzz
+            // target): it is this node's line comment.
+            .or_else(|| {
+                format
+                    .map(|f| f.trailing.trim().to_string())
+                    .filter(|t| t.starts_with("//") && !t.contains(['\n', '\r']))
+            })
             .or_else(|| {
                 node.children()?;
                 comment_after_block(text, node.span().offset() + node.span().len())
@@ -244,6 +253,9 @@ fn respell(doc: &mut KdlDocument, depth: usize, kept: &mut std::vec::IntoIter<Ke
             if let Some(c) = &m.line_comment {
                 f.before_terminator.push(' ');
                 f.terminator = format!("{c}\n");
+                if f.trailing.trim() == c.as_str() {
+                    f.trailing.clear();
+                }
             }
         }
         let name = node.name().value().to_string();

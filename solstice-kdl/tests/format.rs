@@ -317,3 +317,19 @@ fn a_v1_comment_with_a_vertical_tab_is_kept_with_a_space() {
     let out = format("f.kdl", text, &ParseOptions::default()).expect("formats");
     assert!(out.contains("// A monorepo: each par  builds onl"), "{out}");
 }
+
+/// Found by the `roundtrip` fuzz target (2026-12-01): `kdl`'s v1 parser
+/// keeps a `//` comment that ends a node's line after the node's
+/// terminator, and printing it there commented out the next node; `format`
+/// refused the file as one it could not format.
+#[test]
+fn a_v1_line_comment_after_a_node_stays_on_its_line() {
+    let text = "workflow {\n    job id=\"d\" {\n        needs \"web\" \"api\"// why it waits\n        secret \"X\"\n        step run=\"x\" continue_on_error=true\n    }\n    job id=\"web\" { step run=\"w\"; }\n    job id=\"api\" { step run=\"a\"; }\n}\n";
+    assert!(parse(text).is_ok(), "a KDL v1 file (`true`)");
+    let out = format("f.kdl", text, &ParseOptions::default()).expect("formats");
+    assert!(
+        out.contains("needs \"web\" \"api\" // why it waits\n"),
+        "{out}"
+    );
+    assert!(out.contains("\n        secret \"X\"\n"), "{out}");
+}

@@ -230,6 +230,13 @@ fn checkout_root(file: &Path) -> PathBuf {
 }
 
 async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
+    // SIGINT (Ctrl-C), SIGTERM (`timeout`, systemd, `docker stop`) and
+    // SIGHUP (a closed terminal or SSH session) all cancel the run and
+    // clean up; a second signal changes nothing, the cleanup goes on.
+    // Caught from the start: one that arrives while the run is being set
+    // up cancels it as soon as it exists.
+    let signals = Signals::new().map_err(|e| format!("signal handlers: {e}"))?;
+    tokio::pin!(signals);
     let secrets = parse_secrets(&args)?;
     let workflow = select_jobs(workflow, &args.jobs)?;
     let mut builder = tempfile::Builder::new();
@@ -335,11 +342,6 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
         .map_err(|e| e.to_string())?;
 
     let mut printer = Printer::new();
-    // SIGINT (Ctrl-C), SIGTERM (`timeout`, systemd, `docker stop`) and
-    // SIGHUP (a closed terminal or SSH session) all cancel the run and
-    // clean up; a second signal changes nothing, the cleanup goes on.
-    let signals = Signals::new().map_err(|e| format!("signal handlers: {e}"))?;
-    tokio::pin!(signals);
     let mut interrupted: Option<u8> = None;
     let status = loop {
         tokio::select! {

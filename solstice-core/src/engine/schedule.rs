@@ -41,8 +41,21 @@ impl Engine {
     /// whole run. Ends this engine does not see (another host's) reach the
     /// index when it is read again, every half lease (`refresh_indexes`).
     pub(super) async fn schedule(&self, run: RunId) -> Result<(), EngineError> {
-        let store = &self.inner.store;
         let mut indexes = self.inner.indexes.lock().await;
+        let result = self.schedule_with(run, &mut indexes).await;
+        if result.is_err() {
+            // Part of a look may have been applied: read the run afresh.
+            indexes.remove(&run);
+        }
+        result
+    }
+
+    async fn schedule_with(
+        &self,
+        run: RunId,
+        indexes: &mut HashMap<RunId, RunIndex>,
+    ) -> Result<(), EngineError> {
+        let store = &self.inner.store;
         let fresh = !indexes.contains_key(&run);
         if fresh {
             let jobs = store.jobs(run).await?;

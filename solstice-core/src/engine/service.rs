@@ -168,9 +168,10 @@ impl pb::runner_server::Runner for RunnerService {
                     } else {
                         StepStatus::Failed
                     };
-                    if let Err(why) = steps_seen.finish(s.index, status) {
-                        break RunnerResult::Refused(why);
-                    }
+                    let stops_the_job = match steps_seen.finish(s.index, status) {
+                        Ok(stops) => stops,
+                        Err(why) => break RunnerResult::Refused(why),
+                    };
                     if !s.error.is_empty() {
                         engine
                             .system_log(
@@ -183,10 +184,7 @@ impl pb::runner_server::Runner for RunnerService {
                             )
                             .await;
                     }
-                    let continue_on_error = steps
-                        .get(s.index as usize)
-                        .is_some_and(|st| st.continue_on_error);
-                    if status != StepStatus::Succeeded && !continue_on_error {
+                    if stops_the_job {
                         let why = if status == StepStatus::TimedOut {
                             format!("step `{}` timed out", name(s.index))
                         } else {
@@ -304,17 +302,20 @@ impl StepOrder {
         Ok(())
     }
 
-    fn finish(&mut self, index: u32, status: StepStatus) -> Result<(), String> {
+    /// Records a step's end; `true` when it failed and may not (the job
+    /// fails because of it).
+    fn finish(&mut self, index: u32, status: StepStatus) -> Result<bool, String> {
         if self.running != Some(index) {
             return Err(format!("step {index} finished without having started"));
         }
         self.running = None;
         self.next = index + 1;
         let may_fail = self.steps.get(index as usize).copied().unwrap_or(false);
-        if status != StepStatus::Succeeded && !may_fail {
+        let stops = status != StepStatus::Succeeded && !may_fail;
+        if stops {
             self.stopped_by = Some(index);
         }
-        Ok(())
+        Ok(stops)
     }
 
     fn all_passed(&self) -> Result<(), String> {

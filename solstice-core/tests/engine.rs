@@ -58,6 +58,30 @@ async fn setup_with(provider: MockVmProvider, config: EngineConfig) -> Setup {
     }
 }
 
+/// A client of a runner endpoint (`http://...`).
+async fn client(endpoint: String) -> pb::runner_client::RunnerClient<tonic::transport::Channel> {
+    pb::runner_client::RunnerClient::connect(endpoint)
+        .await
+        .expect("connect")
+}
+
+/// A request as a runner (or an impostor) sends it: with the job token and,
+/// when given, a report session.
+fn signed<T>(message: T, token: &str, session: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        solstice_core::protocol::bearer(token).expect("ascii"),
+    );
+    if let Some(session) = session {
+        req.metadata_mut().insert(
+            solstice_core::protocol::SESSION,
+            session.parse().expect("ascii"),
+        );
+    }
+    req
+}
+
 /// A second engine on the first one's store, as after a crash: a new name
 /// and a new (empty) in-memory queue.
 async fn restart(first: &Setup, provider: &MockVmProvider, config: EngineConfig) -> Engine {
@@ -412,15 +436,9 @@ impl Guest for Sneaky {
         let RunnerEndpoint::Tcp(addr) = &context.spec.endpoint else {
             return 2;
         };
-        let mut client = pb::runner_client::RunnerClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
+        let mut client = client(format!("http://{addr}")).await;
         for _ in 0..2 {
-            let mut req = tonic::Request::new(pb::FetchJobRequest::default());
-            req.metadata_mut().insert(
-                "authorization",
-                solstice_core::protocol::bearer(&context.spec.token).expect("ascii"),
-            );
+            let req = signed(pb::FetchJobRequest::default(), &context.spec.token, None);
             let outcome = match client.fetch_job(req).await {
                 Ok(_) => "ok".to_string(),
                 Err(status) => format!("{:?}", status.code()),
@@ -455,15 +473,9 @@ async fn tokens_are_single_use_and_forged_or_stale_ones_are_refused() {
     let RunnerEndpoint::Tcp(addr) = s.engine.endpoint() else {
         panic!("the default endpoint is TCP");
     };
-    let mut client = pb::runner_client::RunnerClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let mut client = client(format!("http://{addr}")).await;
     for token in [seen[2].clone(), "0".repeat(64), "not even hex".into()] {
-        let mut req = tonic::Request::new(pb::FetchJobRequest::default());
-        req.metadata_mut().insert(
-            "authorization",
-            solstice_core::protocol::bearer(&token).expect("ascii"),
-        );
+        let req = signed(pb::FetchJobRequest::default(), &token, None);
         let err = client.fetch_job(req).await.expect_err("refused");
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
     }
@@ -682,25 +694,14 @@ impl solstice_core::runner::StepExecutor for Impostor {
                 .any(|k| k.contains("TOKEN") || k == "SOLSTICE_ENDPOINT")
         ));
         let (endpoint, token) = self.found.lock().expect("lock").clone().expect("token");
-        let mut client = pb::runner_client::RunnerClient::connect(endpoint)
-            .await
-            .expect("connect");
-        let bearer = solstice_core::protocol::bearer(&token).expect("ascii");
-        let mut req = tonic::Request::new(pb::FetchJobRequest::default());
-        req.metadata_mut().insert("authorization", bearer.clone());
+        let mut client = client(endpoint).await;
+        let req = signed(pb::FetchJobRequest::default(), &token, None);
         seen.push(match client.fetch_job(req).await {
             Ok(_) => "fetch: ok".into(),
             Err(s) => format!("fetch: {:?}", s.code()),
         });
         for session in [None, Some(""), Some("0000")] {
-            let mut req = tonic::Request::new(tokio_stream::iter(claims_success()));
-            req.metadata_mut().insert("authorization", bearer.clone());
-            if let Some(session) = session {
-                req.metadata_mut().insert(
-                    solstice_core::protocol::SESSION,
-                    session.parse().expect("ascii"),
-                );
-            }
+            let req = signed(tokio_stream::iter(claims_success()), &token, session);
             seen.push(match client.report_events(req).await {
                 Ok(_) => "report: ok".into(),
                 Err(s) => format!("report: {:?}", s.code()),
@@ -771,22 +772,11 @@ impl Guest for Liar {
         let RunnerEndpoint::Tcp(addr) = &context.spec.endpoint else {
             return 2;
         };
-        let mut client = pb::runner_client::RunnerClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
-        let bearer = solstice_core::protocol::bearer(&context.spec.token).expect("ascii");
-        let mut req = tonic::Request::new(pb::FetchJobRequest::default());
-        req.metadata_mut().insert("authorization", bearer.clone());
+        let mut client = client(format!("http://{addr}")).await;
+        let token = &context.spec.token;
+        let req = signed(pb::FetchJobRequest::default(), token, None);
         let job = client.fetch_job(req).await.expect("fetch").into_inner();
-        let request = |events: Vec<pb::RunnerEvent>| {
-            let mut req = tonic::Request::new(tokio_stream::iter(events));
-            req.metadata_mut().insert("authorization", bearer.clone());
-            req.metadata_mut().insert(
-                solstice_core::protocol::SESSION,
-                job.session.parse().expect("ascii"),
-            );
-            req
-        };
+        let session = Some(job.session.as_str());
         let mut events = Vec::new();
         for (index, exit_code) in &self.steps {
             events.push(event(Event::StepStarted(pb::StepStarted { index: *index })));
@@ -803,17 +793,18 @@ impl Guest for Liar {
         if self.second_stream {
             // Hold one stream open (it has sent nothing yet) and try another.
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::RunnerEvent>(4);
-            let mut first = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            first.metadata_mut().insert("authorization", bearer.clone());
-            first.metadata_mut().insert(
-                solstice_core::protocol::SESSION,
-                job.session.parse().expect("ascii"),
+            let first = signed(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                token,
+                session,
             );
             let mut c1 = client.clone();
             let held = tokio::spawn(async move { c1.report_events(first).await });
             // The held stream's headers reach the engine long before this.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let second = client.report_events(request(events.clone())).await;
+            let second = client
+                .report_events(signed(tokio_stream::iter(events.clone()), token, session))
+                .await;
             self.seen.lock().expect("lock").push(match second {
                 Ok(_) => "second: ok".into(),
                 Err(s) => format!("second: {:?}", s.code()),
@@ -825,7 +816,9 @@ impl Guest for Liar {
             let _ = held.await;
             return 0;
         }
-        let _ = client.report_events(request(events)).await;
+        let _ = client
+            .report_events(signed(tokio_stream::iter(events), token, session))
+            .await;
         0
     }
 }

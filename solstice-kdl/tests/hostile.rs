@@ -466,32 +466,33 @@ fn the_run_is_bounded_after_matrix_expansion() {
     ));
 }
 
+/// A `ParseError` drawn by miette's own report handler, not `render`.
+fn miette_report(err: &solstice_kdl::ParseError) -> String {
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .render_report(&mut out, err)
+        .expect("renders");
+    out
+}
+
 #[test]
 fn miette_s_own_handler_does_not_panic_on_a_long_line() {
-    use miette::{GraphicalReportHandler, GraphicalTheme};
     let text = format!(
         "workflow {{ job id=\"a\" {{ step run=\"{}\" nmae=\"y\"; }} }}",
         "x".repeat(70_000)
     );
     let err = parse(&text).expect_err("invalid");
-    let mut out = String::new();
-    GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
-        .render_report(&mut out, &err)
-        .expect("renders");
+    let out = miette_report(&err);
     assert!(out.contains("nmae"), "{out}");
 }
 
 #[test]
 fn tabs_count_as_columns_too() {
-    use miette::{GraphicalReportHandler, GraphicalTheme};
     let text = format!(
         "workflow {{ job id=\"a\" {{ step run=\"x\"{}nmae=\"y\"; }} }}",
         "\t".repeat(20_000)
     );
     let err = parse(&text).expect_err("invalid");
     assert!(err.render(false, 100).contains("nmae"));
-    let mut out = String::new();
-    GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
-        .render_report(&mut out, &err)
-        .expect("renders");
+    assert!(miette_report(&err).contains("nmae"));
 }

@@ -318,14 +318,7 @@ fn a_signal_cancels_and_leaves_nothing_behind(signal: nix::sys::signal::Signal, 
     std::io::Read::read_to_string(child.stdout.as_mut().expect("stdout"), &mut out).expect("read");
     assert!(out.contains("cancelled"), "{out}");
     // Killed means gone, or a zombie waiting for init to reap it.
-    let dead = || {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        state.is_none_or(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-    };
+    let dead = || !alive(Path::new(&format!("/proc/{pid}")));
     let until = Instant::now() + Duration::from_secs(5);
     while !dead() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
@@ -366,6 +359,42 @@ fn sighup_cancels_and_leaves_nothing_behind() {
     a_signal_cancels_and_leaves_nothing_behind(nix::sys::signal::Signal::SIGHUP, 129);
 }
 
+/// Processes whose command line is exactly `sleep SECONDS`, not zombies.
+fn sleepers(seconds: &str) -> usize {
+    let cmdline = format!("sleep\0{seconds}\0");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes())
+                && alive(&e.path())
+        })
+        .count()
+}
+
+/// Whether the process of a `/proc/PID` directory runs (exists and is not
+/// a zombie waiting for its parent).
+fn alive(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// `sleepers(seconds)` once it is 0, or after `tries` looks 50 ms apart.
+fn sleepers_after(seconds: &str, tries: usize) -> usize {
+    let mut left = sleepers(seconds);
+    for _ in 0..tries {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        left = sleepers(seconds);
+    }
+    left
+}
+
 /// Processes a step leaves running (in the background, even in a session
 /// of their own) do not outlive the job.
 #[test]
@@ -382,28 +411,7 @@ fn processes_a_step_leaves_behind_end_with_the_job() {
     let o = cidev(&["run", &wf.display().to_string()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("[daemon] started"), "{}", text(&o));
-    let left = || {
-        std::fs::read_dir("/proc")
-            .expect("/proc")
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00317\x00")
-                    && !std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
-                        s.rsplit(')')
-                            .next()
-                            .is_some_and(|r| r.trim_start().starts_with('Z'))
-                    })
-            })
-            .count()
-    };
-    let mut remaining = left();
-    for _ in 0..100 {
-        if remaining == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        remaining = left();
-    }
+    let remaining = sleepers_after("317", 100);
     assert_eq!(
         remaining, 0,
         "the step's background process outlived the job"
@@ -579,23 +587,6 @@ async fn secrets_from_the_environment_and_dotenv_files_and_private_state() {
     assert!(err.contains("secrets.env:2: expected NAME=VALUE"), "{err}");
 }
 
-/// Processes whose command line is exactly `sleep SECONDS`, not zombies.
-fn sleepers(seconds: &str) -> usize {
-    let cmdline = format!("sleep\0{seconds}\0");
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes())
-                && !std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z'))
-                })
-        })
-        .count()
-}
-
 /// `--state DIR` is one cidev's at a time; a run a killed cidev left in it
 /// is cancelled (not resumed under the next run's output) and what its jobs
 /// left running is reaped.
@@ -652,14 +643,7 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     // The runner lost its engine: it stops its step by itself.
-    let mut step = sleepers("61");
-    for _ in 0..200 {
-        if step == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        step = sleepers("61");
-    }
+    let step = sleepers_after("61", 200);
     assert_eq!(step, 0, "the runner stopped its step when its engine died");
     assert_eq!(
         sleepers("313"),
@@ -685,14 +669,7 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let mut left = sleepers("313");
-    for _ in 0..100 {
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        left = sleepers("313");
-    }
+    let left = sleepers_after("313", 100);
     assert_eq!(left, 0, "the old job's process was reaped");
     let store = SqlStore::connect(&format!("sqlite://{}", state.join("state.db").display()))
         .await

@@ -26,6 +26,19 @@ fn job(key: &str, needs: &[&str], max_attempts: u32) -> NewJob {
     }
 }
 
+/// A new run of one queued job `a` with `max_attempts`; its id.
+async fn queued_job(s: &dyn StateStore, max_attempts: u32) -> crate::store::JobId {
+    let run = s
+        .create_run("CI", "{}", &[job("a", &[], max_attempts)], 0)
+        .await
+        .expect("run");
+    let id = s.jobs(run).await.expect("jobs")[0].id;
+    s.transition_job(id, &[JobStatus::Pending], JobStatus::Queued, None)
+        .await
+        .expect("queue");
+    id
+}
+
 /// Runs every check, each on a fresh store from `make`.
 pub async fn run_all<S, F, Fut>(make: F)
 where
@@ -48,14 +61,7 @@ where
 /// `Write::Finish` with `extra_attempts` ends the attempt, queues the job
 /// and grows its allowance together; a second finish of it does nothing.
 pub async fn a_lost_attempt_is_queued_again_in_one_write(s: &dyn StateStore) {
-    let run = s
-        .create_run("CI", "{}", &[job("a", &[], 1)], 0)
-        .await
-        .expect("run");
-    let id = s.jobs(run).await.expect("jobs")[0].id;
-    s.transition_job(id, &[JobStatus::Pending], JobStatus::Queued, None)
-        .await
-        .expect("queue");
+    let id = queued_job(s, 1).await;
     let a1 = s.claim(id, "e1", 100, "h1", 10).await.expect("claim");
     let lost = Write::Finish {
         attempt: a1.id,
@@ -315,14 +321,7 @@ pub async fn claims_create_numbered_attempts(s: &dyn StateStore) {
 
 /// Eight engines race for one job: exactly one claim succeeds.
 pub async fn concurrent_claims_have_one_winner(s: Arc<dyn StateStore>) {
-    let run = s
-        .create_run("CI", "{}", &[job("a", &[], 5)], 0)
-        .await
-        .expect("run");
-    let id = s.jobs(run).await.expect("jobs")[0].id;
-    s.transition_job(id, &[JobStatus::Pending], JobStatus::Queued, None)
-        .await
-        .expect("queue");
+    let id = queued_job(&*s, 5).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
         let s = s.clone();
@@ -379,14 +378,7 @@ pub async fn leases_renew_only_for_their_holder_and_expire(s: &dyn StateStore) {
 
 /// A token resolves to its attempt and can be used once.
 pub async fn tokens_are_single_use(s: &dyn StateStore) {
-    let run = s
-        .create_run("CI", "{}", &[job("a", &[], 1)], 0)
-        .await
-        .expect("run");
-    let id = s.jobs(run).await.expect("jobs")[0].id;
-    s.transition_job(id, &[JobStatus::Pending], JobStatus::Queued, None)
-        .await
-        .expect("queue");
+    let id = queued_job(s, 1).await;
     let a = s
         .claim(id, "e1", 1_000, "secret-hash", 0)
         .await
@@ -409,14 +401,7 @@ pub async fn tokens_are_single_use(s: &dyn StateStore) {
 
 /// Steps update in place; log bytes (not UTF-8, NULs) come back exactly, in order.
 pub async fn steps_and_binary_logs_round_trip(s: &dyn StateStore) {
-    let run = s
-        .create_run("CI", "{}", &[job("a", &[], 1)], 0)
-        .await
-        .expect("run");
-    let id = s.jobs(run).await.expect("jobs")[0].id;
-    s.transition_job(id, &[JobStatus::Pending], JobStatus::Queued, None)
-        .await
-        .expect("queue");
+    let id = queued_job(s, 1).await;
     let a = s.claim(id, "e1", 1_000, "h", 0).await.expect("claim");
     let mut step = StepRecord {
         attempt_id: a.id,

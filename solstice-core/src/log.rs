@@ -54,7 +54,6 @@ pub const DEFAULT_LOG_CAP: u64 = 64 << 20;
 /// Streaming secret masker.
 pub struct Masker {
     finder: Option<AhoCorasick>,
-    patterns: Vec<Vec<u8>>,
     /// Longest pattern in bytes; that much minus one is held back.
     longest: usize,
     marker: Vec<u8>,
@@ -64,9 +63,9 @@ pub struct Masker {
     state: u32,
 }
 
-/// A trie of the patterns with failure links (Aho-Corasick without the
-/// outputs): after any text, its state tells how long a tail of that text
-/// could still become a secret, in O(1) per byte. (Comparing every tail
+/// A trie of the patterns with failure links (Aho-Corasick): after any
+/// text, its state tells how long a tail of that text could still become a
+/// secret, and which secrets end there, in O(1) per byte. (Comparing every tail
 /// with every pattern was quadratic in the secret's length per chunk.)
 #[derive(Default)]
 struct Prefixes {
@@ -76,15 +75,20 @@ struct Prefixes {
     /// Length of the longest tail that is a proper prefix of some pattern,
     /// for the text that led to this node.
     hold: Vec<u32>,
+    /// Length of the pattern that ends at this node (0: none).
+    ends: Vec<u32>,
+    /// The nearest node on the failure chain where a pattern ends (0: none):
+    /// with `ends`, every pattern that ends at a position of the text.
+    dict: Vec<u32>,
 }
 
 impl Prefixes {
     fn new(patterns: &[Vec<u8>]) -> Self {
         let mut t = Prefixes {
             next: vec![Vec::new()],
-            fail: vec![0],
-            hold: vec![0],
+            ..Prefixes::default()
         };
+        let mut ends = vec![0u32];
         for p in patterns {
             let mut node = 0usize;
             for &b in p {
@@ -93,13 +97,17 @@ impl Prefixes {
                     None => {
                         let n = t.next.len();
                         t.next.push(Vec::new());
+                        ends.push(0);
                         t.next[node].push((b, n as u32));
                         n
                     }
                 };
             }
+            ends[node] = p.len() as u32;
         }
+        t.ends = ends;
         let n = t.next.len();
+        t.dict = vec![0; n];
         t.fail = vec![0; n];
         let mut depth = vec![0u32; n];
         t.hold = vec![0; n];
@@ -119,6 +127,8 @@ impl Prefixes {
                 } else {
                     t.step(t.fail[node], b)
                 };
+                let f = t.fail[child] as usize;
+                t.dict[child] = if t.ends[f] > 0 { f as u32 } else { t.dict[f] };
                 queue.push_back(child);
             }
         }
@@ -186,7 +196,6 @@ impl Masker {
             finder,
             prefixes: Prefixes::new(&patterns),
             state: 0,
-            patterns,
             longest,
             marker: vec![marker_byte; 3],
             pending: Vec::new(),
@@ -201,15 +210,34 @@ impl Masker {
             return None;
         }
         let len = self.pending.len();
-        let (k, rest) = (1..=len.min(self.longest)).rev().find_map(|k| {
-            let tail = &self.pending[len - k..];
-            self.patterns
-                .iter()
-                .filter(|p| p.len() > k && p.starts_with(tail) && next.starts_with(&p[k..]))
-                .map(|p| p.len() - k)
-                .max()
-                .map(|rest| (k, rest))
-        })?;
+        // Scan `next` on from the state after the held tail: a pattern that
+        // ends `rest` bytes into `next` and is longer than that started `k`
+        // bytes before its end, in the tail. The earliest start wins, then
+        // the longest secret (as when the tail is masked alone). Linear in
+        // what is scanned: no more of `next` than the longest secret.
+        let t = &self.prefixes;
+        let mut state = self.state;
+        let mut best: Option<(usize, usize)> = None;
+        for (i, &b) in next.iter().take(self.longest).enumerate() {
+            state = t.step(state, b);
+            let rest = i + 1;
+            let mut node = if t.ends[state as usize] > 0 {
+                state
+            } else {
+                t.dict[state as usize]
+            };
+            while node != 0 {
+                let plen = t.ends[node as usize] as usize;
+                if plen > rest && plen - rest <= len {
+                    let k = plen - rest;
+                    if best.is_none_or(|(bk, br)| k > bk || (k == bk && rest > br)) {
+                        best = Some((k, rest));
+                    }
+                }
+                node = t.dict[node as usize];
+            }
+        }
+        let (k, rest) = best?;
         self.pending.truncate(len - k);
         let marker = self.marker.clone();
         self.pending.extend_from_slice(&marker);
@@ -461,6 +489,22 @@ mod tests {
         );
         assert_eq!(out[0], b"a *** b");
         assert_eq!(out[1], b"warning\n");
+    }
+
+    #[test]
+    fn a_long_held_secret_prefix_costs_linear_time_across_streams() {
+        // A 64 KiB secret's start held on stdout while stderr writes line
+        // after line: each stderr chunk is checked against the held tail
+        // (comparing every tail with every secret was quadratic per chunk).
+        let secret = format!("{}b", "a".repeat(MAX_SECRET_LEN - 1));
+        let mut chunks: Vec<(usize, Vec<u8>)> =
+            vec![(0, "a".repeat(MAX_SECRET_LEN - 2).into_bytes())];
+        chunks.extend((0..200).map(|_| (1, b"c\n".to_vec())));
+        chunks.push((0, b"ab".to_vec()));
+        let chunks: Vec<(usize, &[u8])> = chunks.iter().map(|(s, c)| (*s, c.as_slice())).collect();
+        let out = streams(&[&secret], &chunks);
+        assert_eq!(out[0], b"***");
+        assert_eq!(out[1], b"c\n".repeat(200));
     }
 
     #[test]

@@ -238,31 +238,41 @@ impl RunIndex {
                     },
                 );
             }
-        }
-        for job in jobs {
-            let _ = index.ended(&job.key, job.status);
+            index.count(&job.key, job.status);
         }
         index
     }
 
     /// Counts a job's end; returns the pending jobs to look at again.
     fn ended(&mut self, key: &str, status: JobStatus) -> Vec<JobId> {
-        let outcome = match status {
-            JobStatus::Succeeded => true,
-            JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped => false,
-            _ => return Vec::new(),
-        };
-        if !self.counted.insert(key.to_string()) {
+        if !self.count(key, status) {
             return Vec::new();
         }
         let name = solstice_kdl::matrix::base_of(key);
-        let g = self.groups.entry(name.to_string()).or_default();
-        if outcome {
+        self.waiting_on.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Counts a final status in its name's group, once per job; `false`
+    /// when there was nothing new to count.
+    fn count(&mut self, key: &str, status: JobStatus) -> bool {
+        let succeeded = match status {
+            JobStatus::Succeeded => true,
+            JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped => false,
+            _ => return false,
+        };
+        if !self.counted.insert(key.to_string()) {
+            return false;
+        }
+        let g = self
+            .groups
+            .entry(solstice_kdl::matrix::base_of(key).to_string())
+            .or_default();
+        if succeeded {
             g.succeeded += 1;
         } else if g.failed.is_none() {
             g.failed = Some(key.to_string());
         }
-        self.waiting_on.get(name).cloned().unwrap_or_default()
+        true
     }
 
     /// Forgets pending jobs (queued, skipped or cancelled now).

@@ -33,6 +33,34 @@ pub const MAX_SECRET_LEN: usize = 64 << 10;
 /// of another is masked too.
 pub const STREAMS: usize = 3;
 
+/// Which stream a piece of log came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "store", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "store", serde(rename_all = "snake_case"))]
+pub enum LogStream {
+    /// A step's standard output.
+    Stdout,
+    /// A step's standard error.
+    Stderr,
+    /// The runner's or the engine's own lines (checkout, VM, masking).
+    System,
+}
+
+impl LogStream {
+    /// All streams, in their stored order.
+    pub const ALL: [LogStream; 3] = [LogStream::Stdout, LogStream::Stderr, LogStream::System];
+
+    /// Its position in [`LogStream::ALL`] (what a store may keep).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The stream at `index` in [`LogStream::ALL`].
+    pub fn from_index(index: usize) -> Option<LogStream> {
+        LogStream::ALL.get(index).copied()
+    }
+}
+
 /// Why secrets cannot be masked. Masking fails closed: nothing is logged
 /// without it.
 #[derive(Debug, thiserror::Error)]

@@ -31,3 +31,6 @@ pub fn token_of<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status>
         .map(str::to_string)
         .ok_or_else(|| tonic::Status::unauthenticated("missing job token"))
 }
+
+/// The step number of the runner's own lines (checkout, ...).
+pub(crate) const SYSTEM_STEP: u32 = u32::MAX;

@@ -413,7 +413,12 @@ async fn execute(
 ) -> Option<bool> {
     let checkout = workspace.join("checkout");
     if let Err(e) = check_out(job.checkout.as_ref(), &checkout).await {
-        system_line(events, u32::MAX, format!("checkout failed: {e}\n")).await;
+        system_line(
+            events,
+            crate::protocol::SYSTEM_STEP,
+            format!("checkout failed: {e}\n"),
+        )
+        .await;
         return Some(false);
     }
     let mut success = true;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use solstice_core::engine::{
     Checkout, Engine, EngineConfig, EngineEvent, FakeExecutor, JobMessage, Listen, RunnerGuest,
 };
-use solstice_core::store::{JobStatus, RunStatus, SqlStore, StateStore, StepStatus};
+use solstice_core::store::{JobStatus, LogStream, RunStatus, SqlStore, StateStore, StepStatus};
 use solstice_kdl::Workflow;
 use solstice_queue::{MemoryQueue, QueueOptions};
 use solstice_vmm::{LocalProvider, MockVmProvider, VmProvider};
@@ -436,35 +436,41 @@ fn lock_state(dir: &Path) -> Result<std::fs::File, String> {
 async fn abandon_unfinished_runs(
     store: &dyn StateStore,
 ) -> Result<Vec<(solstice_core::store::RunId, usize)>, solstice_core::store::StoreError> {
-    use solstice_core::store::AttemptStatus;
+    use solstice_core::store::{AttemptStatus, Change};
     const WHY: &str = "abandoned: the cidev that ran it stopped before the run ended";
     let mut out = Vec::new();
     for run in store.running_runs().await? {
         let mut unfinished = 0;
         for job in store.jobs(run.id).await? {
+            // The running attempt's end cancels its job in the same write.
+            let mut cancelled = false;
             if matches!(job.status, JobStatus::Running) {
                 for attempt in store.attempts(job.id).await? {
                     if attempt.status == AttemptStatus::Running {
-                        store
-                            .finish_attempt(
-                                attempt.id,
-                                AttemptStatus::Cancelled,
-                                Some(WHY),
-                                solstice_core::engine::now_ms(),
-                            )
+                        cancelled |= store
+                            .finish(Change::Finish {
+                                attempt: attempt.id,
+                                status: AttemptStatus::Cancelled,
+                                reason: Some(WHY.into()),
+                                now: solstice_core::engine::now_ms(),
+                                job: job.id,
+                                job_status: JobStatus::Cancelled,
+                                job_reason: Some(WHY.into()),
+                                extra_attempts: 0,
+                            })
                             .await?;
                     }
                 }
             }
-            if store
+            cancelled |= store
                 .transition_job(
                     job.id,
                     &[JobStatus::Pending, JobStatus::Queued, JobStatus::Running],
                     JobStatus::Cancelled,
                     Some(WHY),
                 )
-                .await?
-            {
+                .await?;
+            if cancelled {
                 unfinished += 1;
             }
         }
@@ -487,7 +493,7 @@ struct Printer {
     color: bool,
     colors: HashMap<String, &'static str>,
     /// Output of each job and stream not yet ended by a line break.
-    partial: HashMap<(String, u8), Partial>,
+    partial: HashMap<(String, LogStream), Partial>,
     /// What is written at the next `flush_out`: live, without a write per line.
     out: Vec<u8>,
 }
@@ -559,9 +565,9 @@ impl Printer {
     }
 
     /// Step output lines, prefixed and cleaned.
-    fn output(&mut self, key: &str, stream: u8, lines: &[u8]) {
+    fn output(&mut self, key: &str, stream: LogStream, lines: &[u8]) {
         let prefix = self.prefix(key);
-        let (a, b) = if stream != 0 && self.color {
+        let (a, b) = if stream != LogStream::Stdout && self.color {
             (DIM, RESET)
         } else {
             ("", "")
@@ -579,7 +585,7 @@ impl Printer {
     /// Prints what a job's streams hold without a final line break (a step
     /// ended without one): the next step's output starts on its own line.
     fn end_lines(&mut self, key: &str) {
-        for stream in 0..=2u8 {
+        for stream in LogStream::ALL {
             if let Some(p) = self.partial.remove(&(key.to_string(), stream))
                 && !p.buf.is_empty()
             {
@@ -716,7 +722,7 @@ async fn summary(store: &dyn StateStore, run: solstice_core::store::RunId, statu
 
 #[cfg(test)]
 mod tests {
-    use super::{EngineEvent, MAX_LINE, Printer, dotenv_line};
+    use super::{EngineEvent, LogStream, MAX_LINE, Printer, dotenv_line};
 
     #[test]
     fn a_long_line_is_printed_in_linear_time() {
@@ -727,10 +733,10 @@ mod tests {
         let chunk = vec![b'x'; 64];
         for _ in 0..40_000 {
             p.event(&EngineEvent::Log {
-                run: 1,
+                run: solstice_core::store::RunId::new(1),
                 key: "k".into(),
-                step: 0,
-                stream: 0,
+                step: Some(0),
+                stream: LogStream::Stdout,
                 data: chunk.clone(),
             });
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use solstice_core::store::{JobStatus, SqlStore, StateStore};
+use solstice_core::store::{JobStatus, RunId, SqlStore, StateStore};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -36,7 +36,7 @@ async fn state(dir: &Path) -> Vec<(String, JobStatus, Vec<u8>, i64, i64)> {
         .await
         .expect("state");
     let mut out = Vec::new();
-    for job in store.jobs(1).await.expect("jobs") {
+    for job in store.jobs(RunId::new(1)).await.expect("jobs") {
         let attempts = store.attempts(job.id).await.expect("attempts");
         let (log, start, end) = match attempts.last() {
             Some(a) => (
@@ -674,9 +674,9 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
     let store = SqlStore::connect(&format!("sqlite://{}", state.join("state.db").display()))
         .await
         .expect("state");
-    let old_run = store.run(1).await.expect("run").expect("run 1");
+    let old_run = store.run(RunId::new(1)).await.expect("run").expect("run 1");
     assert_eq!(old_run.status, solstice_core::store::RunStatus::Cancelled);
-    let job = store.jobs(1).await.expect("jobs").remove(0);
+    let job = store.jobs(RunId::new(1)).await.expect("jobs").remove(0);
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.reason.is_some_and(|r| r.starts_with("abandoned")));
 }

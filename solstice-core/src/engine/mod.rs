@@ -38,8 +38,8 @@ pub use guest::{FakeExecutor, RunnerGuest};
 
 use crate::log::{DEFAULT_LOG_CAP, LogIngest};
 use crate::store::{
-    Applied, Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, NewJob, RunId,
-    RunStatus, StateStore, StepStatus, Write,
+    Applied, Attempt, AttemptId, AttemptStatus, Change, Job, JobId, JobStatus, LogChunk, LogStream,
+    NewJob, RunId, RunStatus, StateStore, StepStatus,
 };
 use recorder::Recorder;
 use schedule::RunIndex;
@@ -239,10 +239,10 @@ pub enum EngineEvent {
         run: RunId,
         /// Job.
         key: String,
-        /// Step index (`u32::MAX`: the system).
-        step: u32,
-        /// 0 stdout, 1 stderr, 2 system.
-        stream: u8,
+        /// The step that wrote it; `None` for the system's own lines.
+        step: Option<u32>,
+        /// Which stream.
+        stream: LogStream,
         /// Bytes.
         data: Vec<u8>,
     },
@@ -673,7 +673,7 @@ impl Engine {
             let ended = self
                 .inner
                 .recorder
-                .apply(Write::Finish {
+                .apply(Change::Finish {
                     attempt: attempt.id,
                     status: AttemptStatus::Lost,
                     reason: Some(reason.clone()),
@@ -786,7 +786,7 @@ impl Engine {
             };
             let engine = self.clone();
             let msg = delivery.message().clone();
-            let span = tracing::info_span!("job", run = msg.run_id, job = msg.job_id);
+            let span = tracing::info_span!("job", run = %msg.run_id, job = %msg.job_id);
             let mut killed = self.inner.killed.subscribe();
             let busy = self
                 .inner
@@ -847,7 +847,7 @@ impl Engine {
         let claimed = self
             .inner
             .recorder
-            .apply(Write::Claim {
+            .apply(Change::Claim {
                 job: msg.job_id,
                 holder: self.inner.config.holder.clone(),
                 lease_until: now_ms() + lease.as_millis() as i64,
@@ -971,7 +971,7 @@ impl Engine {
             Ok(handle) => {
                 self.inner
                     .recorder
-                    .send(Write::SetVm {
+                    .send(Change::SetVm {
                         attempt: attempt.id,
                         vm_id: handle.id.0.clone(),
                     })
@@ -1046,7 +1046,7 @@ impl Engine {
         let ended = self
             .inner
             .recorder
-            .apply(Write::Finish {
+            .apply(Change::Finish {
                 attempt: attempt.id,
                 status,
                 reason: reason.clone(),
@@ -1136,18 +1136,25 @@ impl Engine {
     }
 
     async fn system_log(&self, live: &LiveAttempt, text: &str) {
-        self.append_log(live, u32::MAX, 2, text.as_bytes()).await;
+        self.append_log(live, None, LogStream::System, text.as_bytes())
+            .await;
     }
 
     /// Masks and stores output; also publishes it as an event.
-    async fn append_log(&self, live: &LiveAttempt, step: u32, stream: u8, data: &[u8]) {
+    async fn append_log(
+        &self,
+        live: &LiveAttempt,
+        step: Option<u32>,
+        stream: LogStream,
+        data: &[u8],
+    ) {
         let mut guard = live.ingest.lock().await;
-        let parts = guard.0.push_stream(usize::from(stream), data);
+        let parts = guard.0.push_stream(stream.index(), data);
         let first = guard.1;
         guard.1 += parts.len() as i64;
         drop(guard);
         for (seq, (stream, masked)) in (first..).zip(parts) {
-            self.store_chunk(live, seq, step, stream as u8, masked)
+            self.store_chunk(live, seq, step, stream_at(stream), masked)
                 .await;
         }
     }
@@ -1159,7 +1166,7 @@ impl Engine {
         guard.1 += parts.len() as i64;
         drop(guard);
         for (seq, (stream, rest)) in (first..).zip(parts) {
-            self.store_chunk(live, seq, u32::MAX, stream as u8, rest)
+            self.store_chunk(live, seq, None, stream_at(stream), rest)
                 .await;
         }
     }
@@ -1168,8 +1175,8 @@ impl Engine {
         &self,
         live: &LiveAttempt,
         seq: i64,
-        step: u32,
-        stream: u8,
+        step: Option<u32>,
+        stream: LogStream,
         data: Vec<u8>,
     ) {
         let chunk = LogChunk {
@@ -1180,7 +1187,7 @@ impl Engine {
             data: data.clone(),
             at: now_ms(),
         };
-        self.inner.recorder.send(Write::Logs(vec![chunk])).await;
+        self.inner.recorder.send(Change::Logs(vec![chunk])).await;
         self.emit(EngineEvent::Log {
             run: live.run,
             key: live.key.clone(),
@@ -1189,6 +1196,12 @@ impl Engine {
             data,
         });
     }
+}
+
+/// The stream of a masker's output index (the masker keeps one lane per
+/// [`LogStream`]).
+fn stream_at(index: usize) -> LogStream {
+    LogStream::from_index(index).unwrap_or(LogStream::System)
 }
 
 fn new_token() -> String {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::store::{Applied, StateStore, StoreError, Write};
+use crate::store::{Applied, Change, StateStore, StoreError};
 
 /// Most writes in one batch.
 const MAX_BATCH: usize = 1024;
@@ -27,7 +27,7 @@ const QUEUE: usize = 1024;
 type Reply = oneshot::Sender<Result<Applied, StoreError>>;
 
 struct Entry {
-    write: Write,
+    write: Change,
     reply: Option<Reply>,
 }
 
@@ -44,7 +44,7 @@ impl Recorder {
     }
 
     /// Queues a write and waits until it is stored.
-    pub(super) async fn apply(&self, write: Write) -> Result<Applied, StoreError> {
+    pub(super) async fn apply(&self, write: Change) -> Result<Applied, StoreError> {
         let (reply, result) = oneshot::channel();
         self.tx
             .send(Entry {
@@ -58,16 +58,16 @@ impl Recorder {
 
     /// Queues a write without waiting for it to be stored (only for room in
     /// the queue). A failure is logged.
-    pub(super) async fn send(&self, write: Write) {
+    pub(super) async fn send(&self, write: Change) {
         if self.tx.send(Entry { write, reply: None }).await.is_err() {
             tracing::warn!("the engine's store writer has stopped; a write is lost");
         }
     }
 }
 
-fn log_bytes(w: &Write) -> usize {
+fn log_bytes(w: &Change) -> usize {
     match w {
-        Write::Logs(chunks) => chunks.iter().map(|c| c.data.len()).sum(),
+        Change::Logs(chunks) => chunks.iter().map(|c| c.data.len()).sum(),
         _ => 0,
     }
 }
@@ -85,7 +85,7 @@ async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
                 Err(_) => break,
             }
         }
-        let (writes, replies): (Vec<Write>, Vec<Option<Reply>>) =
+        let (writes, replies): (Vec<Change>, Vec<Option<Reply>>) =
             batch.into_iter().map(|e| (e.write, e.reply)).unzip();
         let started = std::time::Instant::now();
         let result = store.apply(&writes).await;
@@ -148,15 +148,16 @@ fn report(reply: Option<Reply>, result: Result<Applied, StoreError>) {
 mod tests {
     use super::*;
     use crate::store::{
-        AttemptStatus, JobStatus, LogChunk, NewJob, SqlStore, StepRecord, StepStatus,
+        AttemptId, AttemptStatus, JobStatus, LogChunk, LogStream, NewJob, SqlStore, StepRecord,
+        StepStatus,
     };
 
-    fn chunk(attempt: i64, seq: i64) -> LogChunk {
+    fn chunk(attempt: AttemptId, seq: i64) -> LogChunk {
         LogChunk {
             attempt_id: attempt,
             seq,
-            step: 0,
-            stream: 0,
+            step: Some(0),
+            stream: LogStream::Stdout,
             data: b"x".to_vec(),
             at: 0,
         }
@@ -200,11 +201,11 @@ mod tests {
             finished_at: Some(2),
         };
         for (write, reply) in [
-            (Write::Step(step), None),
-            (Write::Logs(vec![chunk(attempt.id, 0)]), Some(bad_reply)),
-            (Write::Logs(vec![chunk(attempt.id, 1)]), None),
+            (Change::Step(step), None),
+            (Change::Logs(vec![chunk(attempt.id, 0)]), Some(bad_reply)),
+            (Change::Logs(vec![chunk(attempt.id, 1)]), None),
             (
-                Write::Finish {
+                Change::Finish {
                     attempt: attempt.id,
                     status: AttemptStatus::Succeeded,
                     reason: None,

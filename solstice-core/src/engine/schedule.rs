@@ -26,7 +26,7 @@ impl Engine {
         let runs: Vec<RunId> = lock(&self.inner.to_schedule).drain().collect();
         for run in runs {
             if let Err(e) = self.schedule(run).await {
-                tracing::error!(run, error = %e, "scheduling failed");
+                tracing::error!(run = %run, error = %e, "scheduling failed");
             }
         }
     }
@@ -144,7 +144,7 @@ impl Engine {
         if lock(&self.inner.live).values().any(|l| l.run == run) {
             return Ok(());
         }
-        if store.unfinished_jobs(run).await? == 0
+        if !store.has_unfinished_jobs(run).await?
             && let Some(r) = store.run(run).await?
             && r.status == RunStatus::Running
         {

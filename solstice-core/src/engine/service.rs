@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Engine, LiveAttempt, RunnerResult, hash_token, lock, now_ms};
 use crate::protocol::pb::{self, runner_event::Event};
-use crate::protocol::token_of;
-use crate::store::{StepRecord, StepStatus, Write};
+use crate::protocol::{self, token_of};
+use crate::store::{Change, StepRecord, StepStatus};
 
 /// Largest message a runner may send (log chunks are 64 KiB).
 const MAX_MESSAGE: usize = 4 << 20;
@@ -146,7 +146,7 @@ impl pb::runner_server::Runner for RunnerService {
                         started_at: Some(now_ms()),
                         finished_at: None,
                     };
-                    engine.inner.recorder.send(Write::Step(record)).await;
+                    engine.inner.recorder.send(Change::Step(record)).await;
                     engine.emit(super::EngineEvent::StepStarted {
                         run: live.run,
                         key: live.key.clone(),
@@ -155,10 +155,8 @@ impl pb::runner_server::Runner for RunnerService {
                     });
                 }
                 Event::Log(chunk) => {
-                    let stream = u8::try_from(chunk.stream).unwrap_or(2).min(2);
-                    engine
-                        .append_log(&live, chunk.step, stream, &chunk.data)
-                        .await;
+                    let (step, stream) = log_origin(&chunk);
+                    engine.append_log(&live, step, stream, &chunk.data).await;
                 }
                 Event::StepFinished(s) => {
                     let status = if s.timed_out {
@@ -204,7 +202,7 @@ impl pb::runner_server::Runner for RunnerService {
                     // Waited for: once a step has ended, it and all its
                     // output are stored (the writes go in order), so an
                     // engine crash can lose only output of a running step.
-                    if let Err(e) = engine.inner.recorder.apply(Write::Step(record)).await {
+                    if let Err(e) = engine.inner.recorder.apply(Change::Step(record)).await {
                         break RunnerResult::Disconnected(format!(
                             "the orchestrator could not record a step: {e}"
                         ));
@@ -379,4 +377,17 @@ fn job_spec(live: &LiveAttempt) -> pb::JobSpec {
         workdir: job.workdir.clone().unwrap_or_default(),
         session: String::new(),
     }
+}
+
+/// Where a chunk came from: its step (`None` for the runner's own lines)
+/// and stream (an unknown stream number counts as the system's).
+fn log_origin(chunk: &pb::LogChunk) -> (Option<u32>, crate::log::LogStream) {
+    use crate::log::LogStream;
+    let step = (chunk.step != protocol::SYSTEM_STEP).then_some(chunk.step);
+    let stream = match pb::Stream::try_from(chunk.stream) {
+        Ok(pb::Stream::Stdout) => LogStream::Stdout,
+        Ok(pb::Stream::Stderr) => LogStream::Stderr,
+        _ => LogStream::System,
+    };
+    (step, stream)
 }

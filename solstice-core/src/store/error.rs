@@ -1,0 +1,42 @@
+//! [`StoreError`]: why a store operation failed.
+
+/// An error from a backend, kept whole (with its own source chain) and
+/// without naming the backend's type in the trait.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database (or whatever holds the state) failed or refused; the
+    /// source says how.
+    #[error("the state store's backend failed")]
+    Backend(#[source] BoxError),
+    /// Setting up the store (connecting, migrating) failed.
+    #[error("could not set up the state store")]
+    Setup(#[source] BoxError),
+    /// The row is not in the state the operation needs (e.g. claiming a job
+    /// that someone else claimed first).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored value could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The URL names no supported database.
+    #[error("unsupported database URL: {0}")]
+    Url(String),
+    /// The store was closed, or the writer in front of it stopped.
+    #[error("the state store is closed")]
+    Closed,
+    /// A batch of writes ([`crate::store::StateStore::apply`]) that this
+    /// write was part of failed.
+    #[error("a batch of writes failed: {0}")]
+    Batch(String),
+}
+
+impl StoreError {
+    /// Wraps a backend's error.
+    pub fn backend(error: impl Into<BoxError>) -> StoreError {
+        StoreError::Backend(error.into())
+    }
+}

@@ -1,0 +1,569 @@
+//! [`SqlStore`]: the The [`StateStore`] on SQLite or PostgreSQL.
+//!
+//! - `mod.rs`: connecting, migrating, the connection, and the reads and
+//!   control writes;
+//! - `batch.rs`: [`StateStore::apply`], the batched hot path;
+//! - `rows.rs`: rows to records;
+//! - `text.rs`: placeholders and the SQL fragments of multi-row statements.
+
+mod batch;
+mod rows;
+mod text;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+
+use crate::store::BoxError;
+use crate::store::{
+    Applied, Attempt, AttemptId, AttemptStatus, Change, Job, JobId, JobStatus, LogChunk, NewJob,
+    Run, RunId, RunStatus, StateStore, StepRecord, StoreError,
+};
+use rows::{
+    ATTEMPT_COLUMNS, JOB_COLUMNS, SqlResult, attempt_from, chunk_from, col, job_from, run_from,
+    step_from,
+};
+use text::{BATCH_ROWS, Dialect, ids_of, placeholders};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The [`StateStore`] on SQLite or PostgreSQL.
+#[derive(Clone)]
+pub struct SqlStore {
+    db: Arc<Handle>,
+    dialect: Dialect,
+}
+
+/// Where statements go.
+enum Handle {
+    /// SQLite: one connection, owned outright. SQLite has one writer at a
+    /// time and a writer that finds the database locked sleeps in
+    /// millisecond steps, so one connection that serialises everything is
+    /// the fastest; and without a pool, no statement pays the pool's
+    /// bookkeeping (which pings a connection every time it is returned).
+    /// `None` once closed.
+    Single(tokio::sync::Mutex<Option<AnyConnection>>),
+    /// PostgreSQL: a pool.
+    Pool(AnyPool),
+}
+
+/// A connection for one operation.
+enum Conn<'a> {
+    Single(tokio::sync::MappedMutexGuard<'a, AnyConnection>),
+    Pool(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Pool(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Pool(c) => c,
+        }
+    }
+}
+
+impl SqlStore {
+    /// Connects and migrates: `sqlite:///path/to/state.db` (created when
+    /// missing), `sqlite::memory:`, or `postgres://user@host/db`.
+    pub async fn connect(url: &str) -> Result<SqlStore> {
+        Self::connect_in_schema(url, None).await
+    }
+
+    /// Like [`SqlStore::connect`], with every PostgreSQL table in `schema`
+    /// (created when missing). Lets tests and tenants share a database.
+    pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Url(url.to_string()));
+        };
+        if let Some(s) = schema
+            && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::Url(format!("invalid schema name {s:?}")));
+        }
+        Self::open(url, dialect, schema.map(str::to_string))
+            .await
+            .map_err(StoreError::Setup)
+    }
+
+    /// Opens (creating when missing) and migrates the SQLite database at
+    /// `path`, whatever characters its name holds (`?`, `#`, `%`, spaces);
+    /// a name that is not UTF-8 is refused with [`StoreError::Url`] (sqlx
+    /// takes SQLite paths as UTF-8 text).
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<SqlStore> {
+        let text = path
+            .to_str()
+            .ok_or_else(|| StoreError::Url(format!("{path:?} is not UTF-8")))?;
+        let mut url = String::from("sqlite://");
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                url.push(char::from(b));
+            } else {
+                url.push_str(&format!("%{b:02X}"));
+            }
+        }
+        Self::connect(&url).await
+    }
+
+    async fn open(
+        url: &str,
+        dialect: Dialect,
+        schema: Option<String>,
+    ) -> std::result::Result<SqlStore, BoxError> {
+        let url =
+            if dialect == Dialect::Sqlite && !url.contains(":memory:") && !url.contains("mode=") {
+                format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+            } else {
+                url.to_string()
+            };
+        if let (Dialect::Postgres, Some(s)) = (dialect, &schema) {
+            let setup = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await?;
+            setup
+                .execute(format!("CREATE SCHEMA IF NOT EXISTS {s}").as_str())
+                .await?;
+            setup.close().await;
+        }
+        if dialect == Dialect::Sqlite {
+            let mut conn = AnyConnection::connect(&url).await?;
+            for pragma in [
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA busy_timeout = 10000",
+                "PRAGMA foreign_keys = ON",
+            ] {
+                conn.execute(pragma).await?;
+            }
+            sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+            return Ok(SqlStore {
+                db: Arc::new(Handle::Single(tokio::sync::Mutex::new(Some(conn)))),
+                dialect,
+            });
+        }
+        let pool = AnyPoolOptions::new()
+            // A connection is checked on every acquire by default: a second
+            // round trip to the database per statement. A broken connection
+            // shows up as an error on the statement instead.
+            .test_before_acquire(false)
+            .max_connections(16)
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    if let Some(s) = schema {
+                        conn.execute(format!("SET search_path TO {s}").as_str())
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(SqlStore {
+            db: Arc::new(Handle::Pool(pool)),
+            dialect,
+        })
+    }
+
+    async fn conn(&self) -> Result<Conn<'_>> {
+        Ok(match &*self.db {
+            Handle::Single(c) => Conn::Single(
+                tokio::sync::MutexGuard::try_map(c.lock().await, Option::as_mut)
+                    .map_err(|_| StoreError::Closed)?,
+            ),
+            Handle::Pool(p) => Conn::Pool(p.acquire().await.db()?),
+        })
+    }
+
+    /// Closes the connections. Operations after this fail.
+    pub async fn close(&self) {
+        match &*self.db {
+            Handle::Single(c) => {
+                if let Some(conn) = c.lock().await.take() {
+                    let _ = conn.close().await;
+                }
+            }
+            Handle::Pool(p) => p.close().await,
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for SqlStore {
+    async fn create_run(
+        &self,
+        name: &str,
+        source: &str,
+        jobs: &[NewJob],
+        now: i64,
+    ) -> Result<RunId> {
+        let mut conn = self.conn().await.db()?;
+        let mut tx = conn.begin().await.db()?;
+        let row = sqlx::query(&self.dialect.sql(
+            "INSERT INTO runs (name, source, status, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        ))
+        .bind(name)
+        .bind(source)
+        .bind(RunStatus::Running.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await.db()?;
+        let run = RunId::new(col(&row, "id")?);
+        let positioned: Vec<(usize, &NewJob)> = jobs.iter().enumerate().collect();
+        for rows in positioned.chunks(BATCH_ROWS) {
+            let sql = self.dialect.sequential_sql(format!(
+                "INSERT INTO jobs (run_id, position, job_key, label, spec, needs, status, max_attempts) VALUES {}",
+                placeholders(rows.len(), 8, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for (i, job) in rows {
+                let needs = serde_json::to_string(&job.needs)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                q = q
+                    .bind(run.get())
+                    .bind(*i as i64)
+                    .bind(job.key.as_str())
+                    .bind(job.label.as_str())
+                    .bind(job.spec.as_str())
+                    .bind(needs)
+                    .bind(JobStatus::Pending.as_str())
+                    .bind(i64::from(job.max_attempts.max(1)));
+            }
+            q.execute(&mut *tx).await.db()?;
+        }
+        tx.commit().await.db()?;
+        Ok(run)
+    }
+
+    async fn run(&self, id: RunId) -> Result<Option<Run>> {
+        let row = sqlx::query(&self.dialect.sql(
+            "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE id = $1",
+        ))
+        .bind(id.get())
+        .fetch_optional(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        row.as_ref().map(run_from).transpose()
+    }
+
+    async fn running_runs(&self) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&self.dialect.sql(
+            "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE status = $1 ORDER BY id",
+        ))
+        .bind(RunStatus::Running.as_str())
+        .fetch_all(&mut *self.conn().await.db()?)
+        .await.db()?;
+        rows.iter().map(run_from).collect()
+    }
+
+    async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()> {
+        sqlx::query(
+            &self
+                .dialect
+                .sql("UPDATE runs SET status = $1, finished_at = $2 WHERE id = $3"),
+        )
+        .bind(status.as_str())
+        .bind(now)
+        .bind(id.get())
+        .execute(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    async fn jobs(&self, run: RunId) -> Result<Vec<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY position");
+        let sql = self.dialect.dialect_sql(sql);
+        let rows = sqlx::query(&sql)
+            .bind(run.get())
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let sql = self.dialect.dialect_sql(sql);
+        let row = sqlx::query(&sql)
+            .bind(id.get())
+            .fetch_optional(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        row.as_ref().map(job_from).transpose()
+    }
+
+    async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 AND status = $2 ORDER BY position"
+        );
+        let sql = self.dialect.dialect_sql(sql);
+        let rows = sqlx::query(&sql)
+            .bind(run.get())
+            .bind(status.as_str())
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn queued_jobs(&self) -> Result<Vec<Job>> {
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = $1 ORDER BY run_id, position");
+        let rows = sqlx::query(&self.dialect.dialect_sql(sql))
+            .bind(JobStatus::Queued.as_str())
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn has_unfinished_jobs(&self, run: RunId) -> Result<bool> {
+        let row = sqlx::query(&self.dialect.sql(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE run_id = $1 AND status IN ($2, $3, $4) LIMIT 1) AS any_left",
+        ))
+        .bind(run.get())
+        .bind(JobStatus::Pending.as_str())
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Running.as_str())
+        .fetch_one(&mut *self.conn().await.db()?)
+        .await.db()?;
+        Ok(col::<i64>(&row, "n")? > 0)
+    }
+
+    async fn transition_job(
+        &self,
+        id: JobId,
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        // At most 7 statuses: a fixed IN list of placeholders.
+        let mut sql =
+            String::from("UPDATE jobs SET status = $1, reason = $2 WHERE id = $3 AND status IN (");
+        for i in 0..from.len().max(1) {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", i + 4));
+        }
+        sql.push(')');
+        let sql = self.dialect.dialect_sql(sql);
+        let mut q = sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(id.get());
+        if from.is_empty() {
+            q = q.bind("");
+        }
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        Ok(q.execute(&mut *self.conn().await.db()?)
+            .await
+            .db()?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn transition_jobs(
+        &self,
+        ids: &[JobId],
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<Vec<JobId>> {
+        let mut moved = Vec::new();
+        let mut conn = self.conn().await.db()?;
+        let mut tx = conn.begin().await.db()?;
+        for chunk in ids.chunks(BATCH_ROWS) {
+            let from_list = ids_of(from.len().max(1), 1, 3);
+            let sql = self.dialect.sequential_sql(format!(
+                "UPDATE jobs SET status = $1, reason = $2 WHERE status IN ({from_list}) AND id IN ({}) RETURNING id",
+                ids_of(chunk.len(), 1, 3 + from.len().max(1))
+            ));
+            let mut q = sqlx::query(&sql).bind(to.as_str()).bind(reason);
+            if from.is_empty() {
+                q = q.bind("");
+            }
+            for s in from {
+                q = q.bind(s.as_str());
+            }
+            for id in chunk {
+                q = q.bind(id.get());
+            }
+            for row in q.fetch_all(&mut *tx).await.db()? {
+                moved.push(JobId::new(col(&row, "id")?));
+            }
+        }
+        tx.commit().await.db()?;
+        let order: HashMap<JobId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        moved.sort_by_key(|id| order.get(id).copied());
+        Ok(moved)
+    }
+
+    async fn renew_lease(
+        &self,
+        attempt: AttemptId,
+        holder: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(&self.dialect.sql(
+            "UPDATE attempts SET lease_expires_at = $1 WHERE id = $2 AND holder = $3 AND status = $4",
+        ))
+        .bind(lease_until)
+        .bind(attempt.get())
+        .bind(holder)
+        .bind(AttemptStatus::Running.as_str())
+        .execute(&mut *self.conn().await.db()?)
+        .await.db()?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>> {
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE status = $1 AND lease_expires_at < $2 ORDER BY id"
+        );
+        let sql = self.dialect.dialect_sql(sql);
+        let rows = sqlx::query(&sql)
+            .bind(AttemptStatus::Running.as_str())
+            .bind(now)
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn running_attempts(&self) -> Result<Vec<Attempt>> {
+        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE status = $1 ORDER BY id");
+        let sql = self.dialect.dialect_sql(sql);
+        let rows = sqlx::query(&sql)
+            .bind(AttemptStatus::Running.as_str())
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
+        let sql =
+            format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number");
+        let sql = self.dialect.dialect_sql(sql);
+        let rows = sqlx::query(&sql)
+            .bind(job.get())
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
+        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1");
+        let sql = self.dialect.dialect_sql(sql);
+        let row = sqlx::query(&sql)
+            .bind(id.get())
+            .fetch_optional(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        row.as_ref().map(attempt_from).transpose()
+    }
+
+    async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>> {
+        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE token_hash = $1");
+        let sql = self.dialect.dialect_sql(sql);
+        let row = sqlx::query(&sql)
+            .bind(token_hash)
+            .fetch_optional(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        row.as_ref().map(attempt_from).transpose()
+    }
+
+    async fn use_token(&self, attempt: AttemptId) -> Result<bool> {
+        let n = sqlx::query(
+            &self
+                .dialect
+                .sql("UPDATE attempts SET token_used = 1 WHERE id = $1 AND token_used = 0"),
+        )
+        .bind(attempt.get())
+        .execute(&mut *self.conn().await.db()?)
+        .await
+        .db()?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>> {
+        let rows = sqlx::query(&self.dialect.sql(
+            "SELECT attempt_id, idx, name, status, exit_code, started_at, finished_at \
+             FROM steps WHERE attempt_id = $1 ORDER BY idx",
+        ))
+        .bind(attempt.get())
+        .fetch_all(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        rows.iter().map(step_from).collect()
+    }
+
+    fn atomic_apply(&self) -> bool {
+        true // one transaction
+    }
+
+    async fn apply(&self, changes: &[Change]) -> Result<Vec<Applied>> {
+        let writes = changes;
+        let mut out: Vec<Applied> = writes
+            .iter()
+            .map(|w| match w {
+                Change::Claim { .. } => Applied::Claimed(None),
+                Change::Finish { .. } => Applied::Finished(false),
+                _ => Applied::Done,
+            })
+            .collect();
+        if writes.is_empty() {
+            return Ok(out);
+        }
+        // One transaction, a handful of multi-row statements, in an order
+        // that respects what a batch can contain: an attempt's steps and
+        // logs before its end (an attempt claimed in this batch has no
+        // other writes in it: they need its id).
+        let mut conn = self.conn().await.db()?;
+        let mut tx = conn.begin().await.db()?;
+        self.apply_claims(&mut tx, writes, &mut out).await.db()?;
+        self.apply_vms(&mut tx, writes).await.db()?;
+        self.apply_steps(&mut tx, writes).await.db()?;
+        self.apply_logs(&mut tx, writes).await.db()?;
+        self.apply_finishes(&mut tx, writes, &mut out).await.db()?;
+        tx.commit().await.db()?;
+        Ok(out)
+    }
+
+    async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>> {
+        let rows = sqlx::query(&self.dialect.sql(
+            "SELECT attempt_id, seq, step, stream, data, at FROM log_chunks WHERE attempt_id = $1 ORDER BY seq",
+        ))
+        .bind(attempt.get())
+        .fetch_all(&mut *self.conn().await.db()?)
+        .await.db()?;
+        rows.iter().map(chunk_from).collect()
+    }
+}

@@ -1,0 +1,349 @@
+//! The [`StateStore`] trait and its one write path, [`StateStore::apply`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{
+    Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, NewJob, Run, RunId,
+    RunStatus, StepRecord, StoreError,
+};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// One change in a batch for [`StateStore::apply`]: the writes of the
+/// engine's hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// Claims a `queued` job: creates its next attempt (running, leased to
+    /// `holder` until `lease_until`, with the hash of its token) and marks
+    /// the job running. Results in [`Applied::Claimed`].
+    Claim {
+        /// The job.
+        job: JobId,
+        /// Lease holder.
+        holder: String,
+        /// Lease end (Unix ms).
+        lease_until: i64,
+        /// Hash of the attempt's token.
+        token_hash: String,
+        /// Unix ms.
+        now: i64,
+    },
+    /// Records which VM runs an attempt.
+    SetVm {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Its VM.
+        vm_id: String,
+    },
+    /// Inserts or updates a step (`started_at` once set is kept).
+    Step(StepRecord),
+    /// Appends log chunks.
+    Logs(Vec<LogChunk>),
+    /// Ends a running attempt and, only if it was still running, moves its
+    /// job from `running` to `job_status`. Results in
+    /// [`Applied::Finished`].
+    Finish {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Its final status.
+        status: AttemptStatus,
+        /// Why, for the attempt.
+        reason: Option<String>,
+        /// Unix ms.
+        now: i64,
+        /// The attempt's job.
+        job: JobId,
+        /// The job's next status (`queued` again for a retry).
+        job_status: JobStatus,
+        /// Why, for the job.
+        job_reason: Option<String>,
+        /// Attempts added to the job's allowance in the same write (1 when
+        /// the attempt was lost through no fault of the job: its engine
+        /// died), so that "lost and queued again" is one atomic change.
+        extra_attempts: u32,
+    },
+}
+
+/// What one [`Change`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// A claim: the job as claimed and its new attempt, or `None` if the
+    /// job was not queued or had no attempts left (or an earlier claim in
+    /// the same batch took it).
+    Claimed(Option<Box<(Job, Attempt)>>),
+    /// A finish: `true` if the attempt was running and is now ended.
+    Finished(bool),
+    /// Any other change.
+    Done,
+}
+
+/// What the engine records. Every method is safe to call from several
+/// engines at once: state changes are compare-and-set, so a race has one
+/// winner and the others get `false` or [`StoreError::Conflict`].
+///
+/// The hot-path writes go through one method, [`StateStore::apply`]; the
+/// single-change methods below it ([`StateStore::claim`],
+/// [`StateStore::put_step`], ...) are conveniences on top of it that a store
+/// need not implement. Check an implementation with the conformance suite
+/// (`solstice_core::testing::store::run_all`, the `testing` feature).
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Inserts a run and all its jobs (status `pending`) atomically.
+    async fn create_run(
+        &self,
+        name: &str,
+        source: &str,
+        jobs: &[NewJob],
+        now: i64,
+    ) -> Result<RunId>;
+    /// A run.
+    async fn run(&self, id: RunId) -> Result<Option<Run>>;
+    /// Every run not yet final, oldest first.
+    async fn running_runs(&self) -> Result<Vec<Run>>;
+    /// Sets a run's final status.
+    async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()>;
+    /// A run's jobs in workflow order.
+    async fn jobs(&self, run: RunId) -> Result<Vec<Job>>;
+    /// A job.
+    async fn job(&self, id: JobId) -> Result<Option<Job>>;
+    /// A run's jobs in one status, in workflow order. The default filters
+    /// [`StateStore::jobs`].
+    async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
+        let mut jobs = self.jobs(run).await?;
+        jobs.retain(|j| j.status == status);
+        Ok(jobs)
+    }
+    /// True while a job of the run is not final. The default reads
+    /// [`StateStore::jobs`]; a database stops at the first.
+    async fn has_unfinished_jobs(&self, run: RunId) -> Result<bool> {
+        Ok(self.jobs(run).await?.iter().any(|j| !j.status.is_final()))
+    }
+    /// Every `queued` job of every run, oldest run first: what the queue
+    /// should hold a message for (engines reconcile the two).
+    async fn queued_jobs(&self) -> Result<Vec<Job>>;
+    /// Moves a job to `to` if its status is one of `from`; `false` if not.
+    async fn transition_job(
+        &self,
+        id: JobId,
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<bool>;
+    /// [`StateStore::transition_job`] for many jobs at once (one
+    /// compare-and-set per job); returns the ids of the jobs that moved, in
+    /// the order asked.
+    async fn transition_jobs(
+        &self,
+        ids: &[JobId],
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<Vec<JobId>> {
+        let mut moved = Vec::new();
+        for &id in ids {
+            if self.transition_job(id, from, to, reason).await? {
+                moved.push(id);
+            }
+        }
+        Ok(moved)
+    }
+    /// Extends a running attempt's lease; `false` if it is not running or
+    /// not held by `holder`.
+    async fn renew_lease(&self, attempt: AttemptId, holder: &str, lease_until: i64)
+    -> Result<bool>;
+    /// Running attempts whose lease expired before `now`.
+    async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>>;
+    /// Running attempts (for reaping VMs no live job owns).
+    async fn running_attempts(&self) -> Result<Vec<Attempt>>;
+    /// A job's attempts, oldest first.
+    async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>>;
+    /// An attempt.
+    async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>>;
+    /// The attempt a token (by hash) belongs to.
+    async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>>;
+    /// Marks the token used; `true` only the first time (tokens are single-use).
+    async fn use_token(&self, attempt: AttemptId) -> Result<bool>;
+    /// An attempt's steps in order.
+    async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>>;
+    /// An attempt's log in order.
+    async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>>;
+
+    /// Applies many changes, in order, with one result per change: the
+    /// engine's group commit, and the only write path of the hot writes.
+    /// The result is as if the changes were applied one by one in order
+    /// (a second claim of a job in the batch loses; a second finish of an
+    /// attempt finds it ended).
+    async fn apply(&self, changes: &[Change]) -> Result<Vec<Applied>>;
+    /// True if [`StateStore::apply`] applies all of a batch or none of it.
+    /// Only then may a failed batch be applied again one change at a time
+    /// (so one bad change fails only itself); otherwise every change of a
+    /// failed batch fails.
+    fn atomic_apply(&self) -> bool {
+        false
+    }
+
+    /// [`Change::Claim`] alone: the new attempt, or
+    /// [`StoreError::Conflict`] if the job is not queued or has no attempts
+    /// left.
+    async fn claim(
+        &self,
+        job: JobId,
+        holder: &str,
+        lease_until: i64,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Attempt> {
+        let change = Change::Claim {
+            job,
+            holder: holder.to_string(),
+            lease_until,
+            token_hash: token_hash.to_string(),
+            now,
+        };
+        match one(self.apply(std::slice::from_ref(&change)).await?)? {
+            Applied::Claimed(Some(claimed)) => Ok(claimed.1),
+            Applied::Claimed(None) => Err(StoreError::Conflict(format!(
+                "job {job} is not queued or has no attempts left"
+            ))),
+            other => Err(unexpected(&change, &other)),
+        }
+    }
+    /// [`Change::SetVm`] alone.
+    async fn set_vm(&self, attempt: AttemptId, vm_id: &str) -> Result<()> {
+        self.apply(&[Change::SetVm {
+            attempt,
+            vm_id: vm_id.to_string(),
+        }])
+        .await
+        .map(drop)
+    }
+    /// [`Change::Step`] alone.
+    async fn put_step(&self, step: &StepRecord) -> Result<()> {
+        self.apply(&[Change::Step(step.clone())]).await.map(drop)
+    }
+    /// [`Change::Logs`] alone.
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()> {
+        self.apply(&[Change::Logs(chunks.to_vec())]).await.map(drop)
+    }
+    /// [`Change::Finish`] alone: `true` if the attempt was running and is
+    /// now ended.
+    async fn finish(&self, finish: Change) -> Result<bool> {
+        match one(self.apply(std::slice::from_ref(&finish)).await?)? {
+            Applied::Finished(ended) => Ok(ended),
+            other => Err(unexpected(&finish, &other)),
+        }
+    }
+}
+
+fn one(applied: Vec<Applied>) -> Result<Applied> {
+    let n = applied.len();
+    let mut it = applied.into_iter();
+    match (it.next(), n) {
+        (Some(a), 1) => Ok(a),
+        _ => Err(StoreError::Corrupt(format!(
+            "a batch of one change gave {n} results"
+        ))),
+    }
+}
+
+fn unexpected(change: &Change, applied: &Applied) -> StoreError {
+    StoreError::Corrupt(format!("{change:?} gave {applied:?}"))
+}
+
+/// A shared store is a store: wrappers and engines can hold an `Arc`.
+#[async_trait]
+impl<S: StateStore + ?Sized> StateStore for Arc<S> {
+    async fn create_run(
+        &self,
+        name: &str,
+        source: &str,
+        jobs: &[NewJob],
+        now: i64,
+    ) -> Result<RunId> {
+        (**self).create_run(name, source, jobs, now).await
+    }
+    async fn run(&self, id: RunId) -> Result<Option<Run>> {
+        (**self).run(id).await
+    }
+    async fn running_runs(&self) -> Result<Vec<Run>> {
+        (**self).running_runs().await
+    }
+    async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()> {
+        (**self).finish_run(id, status, now).await
+    }
+    async fn jobs(&self, run: RunId) -> Result<Vec<Job>> {
+        (**self).jobs(run).await
+    }
+    async fn job(&self, id: JobId) -> Result<Option<Job>> {
+        (**self).job(id).await
+    }
+    async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
+        (**self).jobs_in_status(run, status).await
+    }
+    async fn has_unfinished_jobs(&self, run: RunId) -> Result<bool> {
+        (**self).has_unfinished_jobs(run).await
+    }
+    async fn queued_jobs(&self) -> Result<Vec<Job>> {
+        (**self).queued_jobs().await
+    }
+    async fn transition_job(
+        &self,
+        id: JobId,
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        (**self).transition_job(id, from, to, reason).await
+    }
+    async fn transition_jobs(
+        &self,
+        ids: &[JobId],
+        from: &[JobStatus],
+        to: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<Vec<JobId>> {
+        (**self).transition_jobs(ids, from, to, reason).await
+    }
+    async fn renew_lease(
+        &self,
+        attempt: AttemptId,
+        holder: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
+        (**self).renew_lease(attempt, holder, lease_until).await
+    }
+    async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>> {
+        (**self).expired_attempts(now).await
+    }
+    async fn running_attempts(&self) -> Result<Vec<Attempt>> {
+        (**self).running_attempts().await
+    }
+    async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
+        (**self).attempts(job).await
+    }
+    async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
+        (**self).attempt(id).await
+    }
+    async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>> {
+        (**self).attempt_by_token(token_hash).await
+    }
+    async fn use_token(&self, attempt: AttemptId) -> Result<bool> {
+        (**self).use_token(attempt).await
+    }
+    async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>> {
+        (**self).steps(attempt).await
+    }
+    async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>> {
+        (**self).logs(attempt).await
+    }
+    async fn apply(&self, changes: &[Change]) -> Result<Vec<Applied>> {
+        (**self).apply(changes).await
+    }
+    fn atomic_apply(&self) -> bool {
+        (**self).atomic_apply()
+    }
+}

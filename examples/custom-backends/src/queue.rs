@@ -148,7 +148,11 @@ impl<M: DeserializeOwned> SharedConsumer<M> {
     fn take(&self) -> Option<Delivery<M>> {
         let mut state = self.shared.state();
         let held = state.out.iter().filter(|(c, _)| *c == self.id).count();
-        while held < self.prefetch {
+        if held >= self.prefetch {
+            return None;
+        }
+        // Undecodable messages are dead-lettered on the way.
+        loop {
             let mut message = state.ready.pop_front()?;
             match serde_json::from_slice::<M>(&message.body) {
                 Ok(decoded) => {
@@ -168,7 +172,6 @@ impl<M: DeserializeOwned> SharedConsumer<M> {
                 }),
             }
         }
-        None
     }
 }
 

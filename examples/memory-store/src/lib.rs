@@ -394,7 +394,7 @@ impl StateStore for MemoryStore {
         // which is simple and fine for an example.
         let mut state = self.state();
         let mut results = Vec::with_capacity(changes.len());
-        let mut undo = Undo::of(&state, changes);
+        let undo = Undo::of(&state, changes);
         for change in changes {
             match state.apply_one(change) {
                 Ok(applied) => results.push(applied),

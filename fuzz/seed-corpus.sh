@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 for target in parse roundtrip; do
     mkdir -p "corpus/$target"
-    cp ../testdata/kdl-spec-tests/v2/test_cases/input/*.kdl ../testdata/kdl-spec-tests/v1/test_cases/input/*.kdl \
-       ../examples/workflows/*.kdl ../solstice-kdl/tests/broken/*.kdl "corpus/$target/" 2>/dev/null || true
+    cp ../solstice-kdl/tests/kdl-spec-tests/v2/test_cases/input/*.kdl ../solstice-kdl/tests/kdl-spec-tests/v1/test_cases/input/*.kdl \
+       ../solstice-kdl/workflows/*.kdl ../solstice-kdl/tests/broken/*.kdl "corpus/$target/" 2>/dev/null || true
 done

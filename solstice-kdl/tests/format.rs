@@ -7,7 +7,7 @@ use solstice_kdl::{ParseOptions, format, parse, parse_named};
 
 fn example(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/workflows")
+        .join("workflows")
         .join(name);
     std::fs::read_to_string(path).expect("example")
 }
@@ -26,7 +26,7 @@ fn formatted_examples_are_fixed_points() {
 
 #[test]
 fn every_example_formats_to_an_equal_workflow_idempotently() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workflows");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
     for entry in std::fs::read_dir(dir).expect("dir") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("read");

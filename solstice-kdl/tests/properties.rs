@@ -295,7 +295,7 @@ fn seed(which: usize) -> String {
         "nightly-v1.kdl",
     ][which];
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/workflows")
+        .join("workflows")
         .join(name);
     std::fs::read_to_string(path).expect("example")
 }

@@ -1,4 +1,4 @@
-//! The official KDL spec test suite (`testdata/kdl-spec-tests`, see its
+//! The official KDL spec test suite (`tests/kdl-spec-tests`, see its
 //! README for source and licence). Every input that must fail is rejected
 //! as a *syntax* error, never a panic; every valid input is either accepted
 //! or rejected with a *schema* error (none of them is a Solstice workflow),
@@ -39,7 +39,7 @@ const KDL_V1_REJECTS_VALID: &[(&str, &str)] = &[
 
 fn suite(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/kdl-spec-tests")
+        .join("tests/kdl-spec-tests")
         .join(version)
         .join("test_cases")
 }

@@ -5,7 +5,7 @@
 //! to their capacity). One trait, [`JobQueue`], generic over a serde
 //! message; [`MemoryQueue`] for the embedded, single-process deployment; a
 //! RabbitMQ queue for many hosts (to come); and a conformance suite
-//! ([`testing`], behind the `testing` feature) that every implementation,
+//! (the `testing` module, behind the `testing` feature) that every implementation,
 //! including third parties', runs.
 //!
 //! ## Contract

@@ -13,7 +13,7 @@
 //!   virtualisation.
 //! - QEMU/KVM (Linux) and bhyve zones on ZFS (illumos): to come.
 //!
-//! A conformance suite ([`testing`], behind the `testing` feature) checks
+//! A conformance suite (the `testing` module, behind the `testing` feature) checks
 //! every provider against the same contract.
 //!
 //! ```

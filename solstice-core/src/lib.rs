@@ -22,7 +22,7 @@
 //! real runner code with a fake step executor:
 //!
 //! ```
-//! # #[cfg(feature = "engine")]
+//! # #[cfg(all(feature = "engine", feature = "testing"))]
 //! # fn main() {
 //! use std::sync::Arc;
 //! use solstice_core::engine::{Checkout, Engine, EngineConfig, FakeExecutor, JobMessage, RunnerGuest};
@@ -47,15 +47,20 @@
 //!     engine.shutdown().await;
 //! });
 //! # }
-//! # #[cfg(not(feature = "engine"))]
+//! # #[cfg(not(all(feature = "engine", feature = "testing")))]
 //! # fn main() {}
 //! ```
 
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod log;
-#[cfg(feature = "protocol")]
+// The wire protocol is the engine's and the runner's business: public only
+// to tests that speak it directly (the `testing` feature), never a stable API.
+#[cfg(all(feature = "protocol", feature = "testing"))]
+#[doc(hidden)]
 pub mod protocol;
+#[cfg(all(feature = "protocol", not(feature = "testing")))]
+pub(crate) mod protocol;
 #[cfg(feature = "protocol")]
 pub mod runner;
 #[cfg(feature = "store")]

@@ -1,7 +1,13 @@
 //! The runner protocol (`proto/runner.proto`), compiled with `protox` and
 //! `tonic`. The job token travels as `authorization: Bearer <token>`.
 
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    dead_code,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod pb {
     tonic::include_proto!("solstice.runner.v1");
 }
@@ -13,7 +19,7 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const SESSION: &str = "x-solstice-session";
 
 /// `Bearer <token>` for the metadata.
-pub fn bearer(
+pub(crate) fn bearer(
     token: &str,
 ) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
     format!("Bearer {token}")
@@ -22,7 +28,8 @@ pub fn bearer(
 }
 
 /// The token from a request's metadata.
-pub fn token_of<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
+#[cfg(feature = "engine")]
+pub(crate) fn token_of<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
     request
         .metadata()
         .get(AUTHORIZATION)

@@ -18,22 +18,98 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::log::LogStream;
 use crate::protocol::bearer;
 use crate::protocol::pb::{self, runner_client::RunnerClient, runner_event::Event};
+
+/// An error kept whole, without naming the transport's type in the API.
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why the runner could not do its job (a step failing is not an error).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunnerError {
     /// Could not reach the orchestrator.
-    #[error("cannot connect to {0}: {1}")]
-    Connect(String, String),
+    #[error("cannot connect to the orchestrator at {endpoint}")]
+    Connect {
+        /// Where it tried.
+        endpoint: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
     /// The orchestrator refused or failed a call.
-    #[error("orchestrator: {0}")]
-    Rpc(#[from] tonic::Status),
-    /// Checkout or workspace trouble.
-    #[error("checkout: {0}")]
-    Checkout(String),
+    #[error("the orchestrator refused or failed a call")]
+    Rpc(#[source] BoxError),
+}
+
+impl RunnerError {
+    fn rpc(status: tonic::Status) -> RunnerError {
+        RunnerError::Rpc(Box::new(status))
+    }
+}
+
+/// Why a step could not run at all (a step that runs and fails is a
+/// [`StepOutcome`] with a non-zero exit code, not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// The step's process (or what it needs) could not be set up.
+    #[error("cannot start the step: {what}")]
+    Start {
+        /// What failed.
+        what: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The step started and then could not be waited for.
+    #[error("lost track of the step's process")]
+    Wait(#[source] std::io::Error),
+    /// Another executor's reason.
+    #[error(transparent)]
+    Other(BoxError),
+}
+
+/// One step to run, as an executor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Step {
+    /// 0-based position in the job.
+    pub index: u32,
+    /// Display name.
+    pub name: String,
+    /// The script.
+    pub run: String,
+    /// Killed after this long (`None`: only the job's timeout applies).
+    pub timeout: Option<Duration>,
+}
+
+impl Step {
+    /// A step without a timeout.
+    pub fn new(index: u32, name: impl Into<String>, run: impl Into<String>) -> Step {
+        Step {
+            index,
+            name: name.into(),
+            run: run.into(),
+            timeout: None,
+        }
+    }
+
+    /// The same step, killed after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Step {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    fn from_spec(index: u32, spec: &pb::StepSpec) -> Step {
+        Step {
+            index,
+            name: spec.name.clone(),
+            run: spec.run.clone(),
+            timeout: (spec.timeout_secs > 0).then(|| Duration::from_secs(spec.timeout_secs)),
+        }
+    }
 }
 
 /// Where to connect and with what.
@@ -56,8 +132,36 @@ pub struct StepOutcome {
     pub timed_out: bool,
 }
 
-/// Output of a running step, as it is produced.
-pub type OutputSink = mpsc::Sender<(pb::Stream, Vec<u8>)>;
+/// Where a running step's output goes, as it is produced. Bounded: a
+/// sender waits while the reader is behind.
+#[derive(Debug, Clone)]
+pub struct OutputSink(mpsc::Sender<(LogStream, Vec<u8>)>);
+
+/// The reading end of an [`OutputSink`].
+#[derive(Debug)]
+pub struct OutputReceiver(mpsc::Receiver<(LogStream, Vec<u8>)>);
+
+impl OutputSink {
+    /// A sink holding at most `capacity` pieces not yet read, and its
+    /// reader.
+    pub fn channel(capacity: usize) -> (OutputSink, OutputReceiver) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (OutputSink(tx), OutputReceiver(rx))
+    }
+
+    /// Sends a piece of output; `false` once nobody reads any more (stop
+    /// producing then).
+    pub async fn send(&self, stream: LogStream, data: Vec<u8>) -> bool {
+        self.0.send((stream, data)).await.is_ok()
+    }
+}
+
+impl OutputReceiver {
+    /// The next piece; `None` once every sink is dropped.
+    pub async fn recv(&mut self) -> Option<(LogStream, Vec<u8>)> {
+        self.0.recv().await
+    }
+}
 
 /// Runs one step. [`ShellExecutor`] is the real one; tests and benchmarks
 /// use a fake that starts no processes.
@@ -67,14 +171,15 @@ pub trait StepExecutor: Send + Sync {
     /// sending output to `out` as it appears.
     async fn run(
         &self,
-        step: &pb::StepSpec,
+        step: &Step,
         dir: &Path,
         env: &BTreeMap<String, String>,
         out: OutputSink,
-    ) -> Result<StepOutcome, String>;
+    ) -> Result<StepOutcome, StepError>;
 }
 
 /// Runs steps with the shell (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ShellExecutor;
 
 /// Process groups of the steps running now, so that a runner told to stop
@@ -146,10 +251,22 @@ pub fn main_from_environment(name: &str) -> u8 {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("{name}: {e}");
+            eprintln!("{name}: {}", error_chain(&e));
             2
         }
     }
+}
+
+/// An error and its sources, `outer: inner: ...`, for one line of text.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// The token as the first line of standard input (at most 4 KiB). This is
@@ -227,21 +344,25 @@ impl Drop for StepGroup {
 impl StepExecutor for ShellExecutor {
     async fn run(
         &self,
-        step: &pb::StepSpec,
+        step: &Step,
         dir: &Path,
         env: &BTreeMap<String, String>,
         out: OutputSink,
-    ) -> Result<StepOutcome, String> {
+    ) -> Result<StepOutcome, StepError> {
         let (program, flags) = shell();
+        let start = |what: &str| {
+            let what = what.to_string();
+            move |source| StepError::Start { what, source }
+        };
         // The script goes in a file, not the argument vector: the kernel
         // limits one argument to 128 KiB ("Argument list too long").
         let script = tempfile::Builder::new()
             .prefix("solstice-step-")
             .suffix(".sh")
             .tempfile()
-            .map_err(|e| format!("cannot write the step's script: {e}"))?;
+            .map_err(start("writing the step's script"))?;
         std::fs::write(script.path(), step.run.as_bytes())
-            .map_err(|e| format!("cannot write the step's script: {e}"))?;
+            .map_err(start("writing the step's script"))?;
         let mut child = Command::new(program)
             .args(flags)
             .arg(script.path())
@@ -254,17 +375,17 @@ impl StepExecutor for ShellExecutor {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start {program}: {e}"))?;
+            .map_err(start(&format!("running {program}")))?;
         let group = StepGroup::new(child.id().map(|p| p as i32));
         let pump = |mut pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                    stream: pb::Stream,
+                    stream: LogStream,
                     out: OutputSink| async move {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if out.send((stream, buf[..n].to_vec())).await.is_err() {
+                        if !out.send(stream, buf[..n].to_vec()).await {
                             break;
                         }
                     }
@@ -274,13 +395,12 @@ impl StepExecutor for ShellExecutor {
         let stdout = child
             .stdout
             .take()
-            .map(|p| tokio::spawn(pump(Box::new(p), pb::Stream::Stdout, out.clone())));
+            .map(|p| tokio::spawn(pump(Box::new(p), LogStream::Stdout, out.clone())));
         let stderr = child
             .stderr
             .take()
-            .map(|p| tokio::spawn(pump(Box::new(p), pb::Stream::Stderr, out.clone())));
-        let limit = (step.timeout_secs > 0).then(|| Duration::from_secs(step.timeout_secs));
-        let waited = match limit {
+            .map(|p| tokio::spawn(pump(Box::new(p), LogStream::Stderr, out.clone())));
+        let waited = match step.timeout {
             Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
             None => Some(child.wait().await),
         };
@@ -289,7 +409,7 @@ impl StepExecutor for ShellExecutor {
                 exit_code: status.code().unwrap_or(-1),
                 timed_out: false,
             },
-            Some(Err(e)) => return Err(e.to_string()),
+            Some(Err(e)) => return Err(StepError::Wait(e)),
             None => {
                 group.kill();
                 let _ = child.wait().await;
@@ -318,22 +438,32 @@ pub async fn run(
     stop_after_steps: Option<u32>,
 ) -> Result<bool, RunnerError> {
     let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
-        .map_err(|e| RunnerError::Connect(config.endpoint.clone(), e.to_string()))?
+        .map_err(|e| RunnerError::Connect {
+            endpoint: config.endpoint.clone(),
+            source: Box::new(e),
+        })?
         .connect_timeout(Duration::from_secs(30))
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .connect()
         .await
-        .map_err(|e| RunnerError::Connect(config.endpoint.clone(), e.to_string()))?;
+        .map_err(|e| RunnerError::Connect {
+            endpoint: config.endpoint.clone(),
+            source: Box::new(e),
+        })?;
     let mut client = RunnerClient::new(channel).max_decoding_message_size(64 << 20);
-    let token = bearer(&config.token)?;
+    let token = bearer(&config.token).map_err(RunnerError::rpc)?;
     let mut request = tonic::Request::new(pb::FetchJobRequest {
         runner_version: env!("CARGO_PKG_VERSION").into(),
     });
     request
         .metadata_mut()
         .insert(crate::protocol::AUTHORIZATION, token.clone());
-    let job = client.fetch_job(request).await?.into_inner();
+    let job = client
+        .fetch_job(request)
+        .await
+        .map_err(RunnerError::rpc)?
+        .into_inner();
     tracing::info!(run = %job.run_id, job = %job.job_id, attempt = job.attempt, "runner: job fetched");
 
     let (events, rx) = mpsc::channel::<pb::RunnerEvent>(256);
@@ -341,10 +471,11 @@ pub async fn run(
     report
         .metadata_mut()
         .insert(crate::protocol::AUTHORIZATION, token);
-    let session = job
-        .session
-        .parse()
-        .map_err(|_| tonic::Status::invalid_argument("the report session is not ASCII"))?;
+    let session = job.session.parse().map_err(|_| {
+        RunnerError::rpc(tonic::Status::invalid_argument(
+            "the report session is not ASCII",
+        ))
+    })?;
     report
         .metadata_mut()
         .insert(crate::protocol::SESSION, session);
@@ -369,7 +500,7 @@ pub async fn run(
                 Err(e) => tonic::Status::internal(e.to_string()),
             };
             tracing::warn!(error = %status, "runner: lost the orchestrator; stopping the job");
-            return Err(RunnerError::Rpc(status));
+            return Err(RunnerError::rpc(status));
         }
     };
     if let Some(success) = success {
@@ -383,8 +514,8 @@ pub async fn run(
     drop(events);
     match reporting.await {
         Ok(Ok(_)) => {}
-        Ok(Err(status)) => return Err(RunnerError::Rpc(status)),
-        Err(e) => return Err(RunnerError::Rpc(tonic::Status::internal(e.to_string()))),
+        Ok(Err(status)) => return Err(RunnerError::rpc(status)),
+        Err(e) => return Err(RunnerError::Rpc(Box::new(e))),
     }
     Ok(success.unwrap_or(false))
 }
@@ -439,11 +570,16 @@ async fn execute(
                 break;
             }
         };
-        let (out_tx, mut out_rx) = mpsc::channel::<(pb::Stream, Vec<u8>)>(64);
+        let (out_tx, mut out_rx) = OutputSink::channel(64);
         let forward = {
             let events = events.clone();
             tokio::spawn(async move {
                 while let Some((stream, data)) = out_rx.recv().await {
+                    let stream = match stream {
+                        LogStream::Stdout => pb::Stream::Stdout,
+                        LogStream::Stderr => pb::Stream::Stderr,
+                        LogStream::System => pb::Stream::System,
+                    };
                     let chunk = pb::LogChunk {
                         step: index,
                         stream: stream as i32,
@@ -455,11 +591,13 @@ async fn execute(
                 }
             })
         };
-        let result = executor.run(step, &dir, &env, out_tx).await;
+        let result = executor
+            .run(&Step::from_spec(index, step), &dir, &env, out_tx)
+            .await;
         let _ = forward.await;
         let (code, timed_out, error) = match result {
             Ok(o) => (o.exit_code, o.timed_out, String::new()),
-            Err(e) => (-1, false, e),
+            Err(e) => (-1, false, error_chain(&e)),
         };
         if timed_out {
             system_line(
@@ -520,7 +658,7 @@ pub const INHERITED_ENV: &[&str] = &[
 /// the runner's own environment ([`INHERITED_ENV`]), then the job's
 /// (built-ins, workflow, job, matrix), then the step's, then the job's
 /// secrets.
-pub fn step_environment(job: &pb::JobSpec, step: &pb::StepSpec) -> BTreeMap<String, String> {
+pub(crate) fn step_environment(job: &pb::JobSpec, step: &pb::StepSpec) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| INHERITED_ENV.contains(&k.as_str()) || k.starts_with("LC_"))
         .collect();

@@ -70,8 +70,8 @@ async fn client(endpoint: String) -> pb::runner_client::RunnerClient<tonic::tran
 fn signed<T>(message: T, token: &str, session: Option<&str>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     req.metadata_mut().insert(
-        "authorization",
-        solstice_core::protocol::bearer(token).expect("ascii"),
+        solstice_core::protocol::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("ascii"),
     );
     if let Some(session) = session {
         req.metadata_mut().insert(
@@ -682,11 +682,11 @@ fn claims_success() -> Vec<pb::RunnerEvent> {
 impl solstice_core::runner::StepExecutor for Impostor {
     async fn run(
         &self,
-        _step: &pb::StepSpec,
+        _step: &solstice_core::runner::Step,
         _dir: &std::path::Path,
         env: &std::collections::BTreeMap<String, String>,
         _out: solstice_core::runner::OutputSink,
-    ) -> Result<solstice_core::runner::StepOutcome, String> {
+    ) -> Result<solstice_core::runner::StepOutcome, solstice_core::runner::StepError> {
         let mut seen = Vec::new();
         seen.push(format!(
             "env has token: {}",

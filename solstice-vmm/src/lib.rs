@@ -51,6 +51,17 @@ pub enum RunnerEndpoint {
     Unix(PathBuf),
 }
 
+impl RunnerEndpoint {
+    /// The URI the runner dials: `http://host:port` or `unix://PATH`. The
+    /// one place that spells it, for every provider and guest.
+    pub fn uri(&self) -> String {
+        match self {
+            RunnerEndpoint::Tcp(addr) => format!("http://{addr}"),
+            RunnerEndpoint::Unix(path) => format!("unix://{}", path.display()),
+        }
+    }
+}
+
 impl fmt::Display for RunnerEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState};
+use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState};
 
 /// Runs each job's runner as a child process of the orchestrator, in its
 /// own process group and a fresh directory `ROOT/NAME/`:
@@ -163,10 +163,7 @@ impl LocalProvider {
             .command
             .split_first()
             .ok_or_else(|| VmError::Provider("local provider: empty command".into()))?;
-        let endpoint = match &spec.endpoint {
-            RunnerEndpoint::Tcp(addr) => format!("http://{addr}"),
-            RunnerEndpoint::Unix(path) => format!("unix://{}", path.display()),
-        };
+        let endpoint = spec.endpoint.uri();
         let mut child = Command::new(program)
             .args(args)
             .current_dir(dir.join("work"))

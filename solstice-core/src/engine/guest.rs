@@ -7,41 +7,39 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use solstice_vmm::{Guest, GuestContext, RunnerEndpoint};
+use solstice_vmm::{Guest, GuestContext};
 
-use crate::protocol::pb;
-use crate::runner::{OutputSink, RunnerConfig, StepExecutor, StepOutcome};
+use crate::log::LogStream;
+use crate::runner::{OutputSink, RunnerConfig, Step, StepError, StepExecutor, StepOutcome};
 
 /// Pretends to run steps: prints the script and succeeds, except that
 /// `false` exits 1, `exit N` exits N, `sleep N` sleeps N seconds and
 /// `printenv NAME` prints the variable's value.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FakeExecutor;
 
 #[async_trait]
 impl StepExecutor for FakeExecutor {
     async fn run(
         &self,
-        step: &pb::StepSpec,
+        step: &Step,
         _dir: &Path,
         env: &BTreeMap<String, String>,
         out: OutputSink,
-    ) -> Result<StepOutcome, String> {
-        let _ = out
-            .send((pb::Stream::Stdout, format!("{}\n", step.run).into_bytes()))
+    ) -> Result<StepOutcome, StepError> {
+        out.send(LogStream::Stdout, format!("{}\n", step.run).into_bytes())
             .await;
         let script = step.run.trim();
         if let Some(name) = script.strip_prefix("printenv ") {
             let value = env.get(name.trim()).cloned().unwrap_or_default();
-            let _ = out
-                .send((pb::Stream::Stdout, format!("{value}\n").into_bytes()))
+            out.send(LogStream::Stdout, format!("{value}\n").into_bytes())
                 .await;
         }
         if let Some(secs) = script
             .strip_prefix("sleep ")
             .and_then(|n| n.trim().parse::<f64>().ok())
         {
-            let limit =
-                (step.timeout_secs > 0).then(|| std::time::Duration::from_secs(step.timeout_secs));
+            let limit = step.timeout;
             let nap = std::time::Duration::from_secs_f64(secs.max(0.0));
             if let Some(limit) = limit.filter(|l| *l < nap) {
                 tokio::time::sleep(limit).await;
@@ -68,10 +66,19 @@ impl StepExecutor for FakeExecutor {
 }
 
 /// Runs the runner against the engine from inside a mock VM.
+#[derive(Clone)]
 pub struct RunnerGuest {
     executor: Arc<dyn StepExecutor>,
     /// Where workspaces are made; the system's temporary directory if `None`.
     root: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for RunnerGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerGuest")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunnerGuest {
@@ -97,10 +104,7 @@ impl RunnerGuest {
 #[async_trait]
 impl Guest for RunnerGuest {
     async fn run(&self, context: GuestContext) -> i32 {
-        let endpoint = match &context.spec.endpoint {
-            RunnerEndpoint::Tcp(addr) => format!("http://{addr}"),
-            RunnerEndpoint::Unix(path) => format!("unix://{}", path.display()),
-        };
+        let endpoint = context.spec.endpoint.uri();
         let workspace = match &self.root {
             Some(root) => tempfile::tempdir_in(root),
             None => tempfile::tempdir(),

@@ -15,6 +15,7 @@
 //! | a user cancelled | cancelled | cancelled |
 //! | something it needs did not succeed | (none) | skipped, with the reason |
 
+#[cfg(feature = "testing")]
 mod guest;
 mod recorder;
 mod schedule;
@@ -34,6 +35,7 @@ use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+#[cfg(feature = "testing")]
 pub use guest::{FakeExecutor, RunnerGuest};
 
 use crate::log::{DEFAULT_LOG_CAP, LogIngest};
@@ -608,7 +610,9 @@ impl Engine {
     }
 
     /// Stops everything at once, without recording or cleaning up: what a
-    /// crash looks like to the store and the provider. For fault tests.
+    /// crash looks like to the store and the provider. For fault tests
+    /// (the `testing` feature).
+    #[cfg(feature = "testing")]
     pub fn kill(&self) {
         let _ = self.inner.killed.send(true);
         for t in lock(&self.inner.tasks).drain(..) {

@@ -67,3 +67,4 @@ pub mod runner;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod util;

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::log::LogStream;
 use crate::protocol::bearer;
 use crate::protocol::pb::{self, runner_client::RunnerClient, runner_event::Event};
+use crate::util::error_chain;
 
 /// An error kept whole, without naming the transport's type in the API.
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -187,7 +188,7 @@ pub struct ShellExecutor;
 static STEP_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
 fn step_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
-    STEP_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+    crate::util::lock(&STEP_GROUPS)
 }
 
 /// Kills every running step's process group. The runner binaries call this
@@ -255,18 +256,6 @@ pub fn main_from_environment(name: &str) -> u8 {
             2
         }
     }
-}
-
-/// An error and its sources, `outer: inner: ...`, for one line of text.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// The token as the first line of standard input (at most 4 KiB). This is

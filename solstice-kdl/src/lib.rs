@@ -61,12 +61,13 @@ use miette::SourceSpan;
 pub use diagnostic::{Code, MAX_PROBLEMS, ParseError, Problem, ProblemRecord};
 pub use format::format;
 pub use model::{
-    Axis, Duration, Env, Job, MAX_DEFAULT_NAME, Matrix, RefFilter, Step, Triggers, Workflow,
+    Axis, Duration, DurationError, Env, Job, MAX_DEFAULT_NAME, Matrix, RefFilter, Step, Triggers,
+    Workflow,
 };
 pub use plan::{MAX_RUN_JOBS, MAX_RUN_NEEDS, Plan, PlanError, PlannedJob};
 pub use print::{ident as print_ident, quote as print_string};
 pub use schema::{MAX_MATRIX_COMBINATIONS, MAX_RETRY};
-pub use trigger::{Event, GitRef, compile_glob};
+pub use trigger::{Event, GitRef};
 
 /// The default file name when none is given.
 pub const DEFAULT_FILE_NAME: &str = "workflow.kdl";

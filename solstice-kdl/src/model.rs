@@ -218,10 +218,10 @@ impl Duration {
 
     /// Parses `90s`, `30m`, `1h30m`, `2h`, `1d` (units d, h, m, s, each at
     /// most once, in that order). Zero and more than [`Duration::MAX`] are refused.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let t = text.trim();
         if t.is_empty() {
-            return Err("empty duration".into());
+            return Err(DurationError::Empty);
         }
         let units = [('d', 86_400u64), ('h', 3600), ('m', 60), ('s', 1)];
         let mut total: u64 = 0;
@@ -230,40 +230,66 @@ impl Duration {
         for c in t.chars() {
             if c.is_ascii_digit() {
                 if digits.len() >= 9 {
-                    return Err(format!("`{text}` is too long"));
+                    return Err(DurationError::TooManyDigits);
                 }
                 digits.push(c);
                 continue;
             }
             let Some(pos) = units.iter().position(|(u, _)| *u == c) else {
-                return Err(format!("unknown unit `{c}` (use d, h, m or s)"));
+                return Err(DurationError::UnknownUnit(c));
             };
             if digits.is_empty() {
-                return Err(format!("unit `{c}` has no number before it"));
+                return Err(DurationError::NoNumber(c));
             }
             if pos < next_unit {
-                return Err("units must come in the order d, h, m, s, each once".into());
+                return Err(DurationError::UnitOrder);
             }
-            let n: u64 = digits
-                .parse()
-                .map_err(|_| format!("bad number in `{text}`"))?;
+            let n: u64 = digits.parse().map_err(|_| DurationError::TooManyDigits)?;
             total = total.saturating_add(n.saturating_mul(units[pos].1));
             digits.clear();
             next_unit = pos + 1;
         }
         if !digits.is_empty() {
-            return Err(format!(
-                "`{digits}` has no unit (write `{digits}s` or `{digits}m`)"
-            ));
+            return Err(DurationError::NoUnit(digits));
         }
         if total == 0 {
-            return Err("a duration must be longer than zero".into());
+            return Err(DurationError::Zero);
         }
         if total > Self::MAX.secs {
-            return Err("a duration may be at most 7 days (`7d`)".into());
+            return Err(DurationError::TooLong);
         }
         Ok(Duration { secs: total })
     }
+}
+
+/// Why a duration does not parse ([`Duration::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Nothing to parse.
+    #[error("empty duration")]
+    Empty,
+    /// A number of more than 9 digits.
+    #[error("a number has more than 9 digits")]
+    TooManyDigits,
+    /// A letter that is not d, h, m or s.
+    #[error("unknown unit `{0}` (use d, h, m or s)")]
+    UnknownUnit(char),
+    /// A unit without a number before it.
+    #[error("unit `{0}` has no number before it")]
+    NoNumber(char),
+    /// Units out of order or repeated.
+    #[error("units must come in the order d, h, m, s, each once")]
+    UnitOrder,
+    /// A number without a unit after it.
+    #[error("`{0}` has no unit (write `{0}s` or `{0}m`)")]
+    NoUnit(String),
+    /// Zero.
+    #[error("a duration must be longer than zero")]
+    Zero,
+    /// More than [`Duration::MAX`].
+    #[error("a duration may be at most 7 days (`7d`)")]
+    TooLong,
 }
 
 impl fmt::Display for Duration {

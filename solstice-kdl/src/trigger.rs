@@ -55,7 +55,7 @@ pub enum Event {
 
 /// Compiles a workflow glob: `*` stays inside one path segment, `**` crosses
 /// segments, `{a,b}` gives alternatives.
-pub fn compile_glob(pattern: &str) -> Result<Glob, globset::Error> {
+pub(crate) fn compile_glob(pattern: &str) -> Result<Glob, globset::Error> {
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)

@@ -49,15 +49,19 @@ pub use memory::MemoryQueue;
 #[non_exhaustive]
 pub enum QueueError {
     /// The message could not be serialised.
-    #[error("cannot encode message: {0}")]
-    Encode(#[source] serde_json::Error),
+    #[error("cannot encode the message")]
+    Encode(#[source] BoxError),
     /// The queue (or the connection to the broker) is closed.
     #[error("the queue is closed")]
     Closed,
     /// The broker reported an error; retrying may help.
-    #[error("broker error: {0}")]
-    Broker(String),
+    #[error("the broker failed")]
+    Broker(#[source] BoxError),
 }
+
+/// An error kept whole (with its own sources), without naming the
+/// encoder's or the broker client's type in the API.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Settings shared by all implementations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

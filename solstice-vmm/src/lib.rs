@@ -40,6 +40,13 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalProvider;
+
+/// Locks `m`, also after a panic elsewhere poisoned it: the providers'
+/// maps are changed in one step while locked, so they are never half
+/// changed.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub use mock::{Guest, GuestContext, MockScript, MockVmProvider};
 
 /// How the runner inside a VM reaches the orchestrator.
@@ -172,14 +179,63 @@ pub struct VmInfo {
 pub enum VmError {
     /// The VM could not be created or booted. An infrastructure failure:
     /// a job with `retry` gets another attempt.
-    #[error("VM failed to boot: {0}")]
-    Boot(String),
+    #[error("VM failed to boot: {what}")]
+    Boot {
+        /// What failed.
+        what: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// No such VM (from `state`; `destroy` treats it as done).
     #[error("no such VM: {0}")]
     NotFound(VmId),
     /// The provider or its host failed.
-    #[error("provider error: {0}")]
-    Provider(String),
+    #[error("provider error: {what}")]
+    Provider {
+        /// What failed.
+        what: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// An error kept whole, without naming its type in the API.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl VmError {
+    /// [`VmError::Boot`] without an underlying error.
+    pub fn boot(what: impl Into<String>) -> VmError {
+        VmError::Boot {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// [`VmError::Boot`] caused by `source`.
+    pub fn boot_because(what: impl Into<String>, source: impl Into<BoxError>) -> VmError {
+        VmError::Boot {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// [`VmError::Provider`] without an underlying error.
+    pub fn provider(what: impl Into<String>) -> VmError {
+        VmError::Provider {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// [`VmError::Provider`] caused by `source`.
+    pub fn provider_because(what: impl Into<String>, source: impl Into<BoxError>) -> VmError {
+        VmError::Provider {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// Creates and destroys execution environments for jobs.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState};
+use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState, lock};
 
 /// Runs each job's runner as a child process of the orchestrator, in its
 /// own process group and a fresh directory `ROOT/NAME/`:
@@ -110,10 +110,6 @@ fn kill_marked(dir: &Path) -> usize {
     killed
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
@@ -145,7 +141,7 @@ impl LocalProvider {
     }
 
     async fn create(&self, spec: &VmSpec, dir: &Path) -> Result<Child, VmError> {
-        let io = |e: std::io::Error| VmError::Boot(format!("{}: {e}", dir.display()));
+        let io = |e: std::io::Error| VmError::boot_because(dir.display().to_string(), e);
         tokio::fs::create_dir_all(dir.join("work"))
             .await
             .map_err(io)?;
@@ -162,7 +158,7 @@ impl LocalProvider {
         let (program, args) = self
             .command
             .split_first()
-            .ok_or_else(|| VmError::Provider("local provider: empty command".into()))?;
+            .ok_or_else(|| VmError::provider("local provider: empty command"))?;
         let endpoint = spec.endpoint.uri();
         let mut child = Command::new(program)
             .args(args)
@@ -179,7 +175,7 @@ impl LocalProvider {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                VmError::Boot(format!("cannot start {}: {e}", program.to_string_lossy()))
+                VmError::boot_because(format!("cannot start {}", program.to_string_lossy()), e)
             })?;
         if let Some(mut stdin) = child.stdin.take() {
             use tokio::io::AsyncWriteExt;
@@ -229,7 +225,7 @@ impl VmProvider for LocalProvider {
 
     async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {
         if !safe_name(&spec.name) {
-            return Err(VmError::Provider(format!(
+            return Err(VmError::provider(format!(
                 "invalid VM name {:?}",
                 spec.name
             )));
@@ -237,7 +233,7 @@ impl VmProvider for LocalProvider {
         let id = VmId(spec.name.clone());
         let dir = self.dir(&id);
         if dir.exists() {
-            return Err(VmError::Provider(format!(
+            return Err(VmError::provider(format!(
                 "{} already exists",
                 dir.display()
             )));
@@ -313,7 +309,7 @@ impl VmProvider for LocalProvider {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmError::Provider(format!("{}: {e}", dir.display()))),
+            Err(e) => Err(VmError::provider_because(dir.display().to_string(), e)),
         }
     }
 
@@ -322,7 +318,12 @@ impl VmProvider for LocalProvider {
         let mut entries = match tokio::fs::read_dir(&self.root).await {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(VmError::Provider(format!("{}: {e}", self.root.display()))),
+            Err(e) => {
+                return Err(VmError::provider_because(
+                    self.root.display().to_string(),
+                    e,
+                ));
+            }
         };
         while let Ok(Some(entry)) = entries.next_entry().await {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {

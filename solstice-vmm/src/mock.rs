@@ -2,13 +2,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
-use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState};
+use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState, lock};
 
 /// What the next VM does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,10 +70,6 @@ struct Inner {
     provisioned: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl MockVmProvider {
     /// A provider whose VMs run `guest`.
     pub fn new(guest: Arc<dyn Guest>) -> Self {
@@ -130,7 +126,7 @@ impl VmProvider for MockVmProvider {
             tokio::time::sleep(script.boot_delay).await;
         }
         if script.fail_boot {
-            return Err(VmError::Boot(format!(
+            return Err(VmError::boot(format!(
                 "mock: scripted boot failure of {}",
                 spec.name
             )));

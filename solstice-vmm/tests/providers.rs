@@ -55,7 +55,7 @@ async fn mock_scripts_boot_failure_delay_and_crash() {
     let spec = VmSpec::example("m");
     assert!(matches!(
         provider.provision(&spec).await,
-        Err(VmError::Boot(_))
+        Err(VmError::Boot { .. })
     ));
     let vm = provider
         .provision(&spec)
@@ -246,11 +246,11 @@ async fn local_provider_refuses_unsafe_names_and_cleans_up_failed_starts() {
     let provider = LocalProvider::new(vec!["/no/such/runner".into()], &root);
     assert!(matches!(
         provider.provision(&VmSpec::example("../escape")).await,
-        Err(VmError::Provider(_))
+        Err(VmError::Provider { .. })
     ));
     assert!(matches!(
         provider.provision(&VmSpec::example("nope")).await,
-        Err(VmError::Boot(_))
+        Err(VmError::Boot { .. })
     ));
     assert!(
         !root.join("nope").exists(),

@@ -102,7 +102,7 @@ where
     M: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     async fn publish(&self, message: &M) -> Result<(), QueueError> {
-        let body = serde_json::to_vec(message).map_err(QueueError::Encode)?;
+        let body = serde_json::to_vec(message).map_err(|e| QueueError::Encode(Box::new(e)))?;
         self.publish_bytes(body).await
     }
 

@@ -32,7 +32,7 @@ impl DirProvider {
 }
 
 fn provider_error(what: &str, e: std::io::Error) -> VmError {
-    VmError::Provider(format!("{what}: {e}"))
+    VmError::provider_because(what, e)
 }
 
 #[async_trait]
@@ -44,18 +44,18 @@ impl VmProvider for DirProvider {
     async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {
         let dir = self
             .dir(&spec.name)
-            .ok_or_else(|| VmError::Boot(format!("unusable VM name {:?}", spec.name)))?;
+            .ok_or_else(|| VmError::boot(format!("unusable VM name {:?}", spec.name)))?;
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| provider_error("creating the root", e))?;
         // `create_dir` (not `_all`): two VMs never share a directory.
         tokio::fs::create_dir(&dir)
             .await
-            .map_err(|e| VmError::Boot(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| VmError::boot_because(format!("creating {}", dir.display()), e))?;
         if let Err(e) = tokio::fs::write(dir.join("owner"), &spec.owner).await {
             // Nothing is left behind by a failed provision.
             let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(VmError::Boot(format!("recording the owner: {e}")));
+            return Err(VmError::boot_because("recording the owner", e));
         }
         Ok(VmHandle {
             id: VmId(spec.name.clone()),

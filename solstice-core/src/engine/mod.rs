@@ -23,7 +23,7 @@ mod service;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,8 @@ use crate::store::{
     Applied, Attempt, AttemptId, AttemptStatus, Change, Job, JobId, JobStatus, LogChunk, LogStream,
     NewJob, RunId, RunStatus, StateStore, StepStatus,
 };
+use crate::util::error_chain;
+pub(crate) use crate::util::lock;
 use recorder::Recorder;
 use schedule::RunIndex;
 
@@ -297,10 +299,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How an attempt ended.
@@ -971,7 +969,8 @@ impl Engine {
         };
         let mut vm: Option<VmId> = None;
         let outcome = match self.inner.provider.provision(&spec).await {
-            Err(e) => Outcome::Lost(format!("VM failed to boot: {e}")),
+            Err(e @ solstice_vmm::VmError::Boot { .. }) => Outcome::Lost(error_chain(&e)),
+            Err(e) => Outcome::Lost(format!("VM failed to boot: {}", error_chain(&e))),
             Ok(handle) => {
                 self.inner
                     .recorder

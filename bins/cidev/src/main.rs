@@ -2,7 +2,6 @@
 //! workflow files. This binary is wiring and output formatting only; the
 //! language lives in `solstice-kdl`.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -24,6 +23,10 @@ const EXIT_USAGE: u8 = 2;
 #[derive(Parser)]
 #[command(name = "cidev", version, about = "Solstice CI developer tool")]
 struct Cli {
+    /// When to colour the output: `auto` (on a terminal, unless NO_COLOR
+    /// is set), `always` or `never`.
+    #[arg(long, value_enum, global = true, default_value_t = terminal::ColorChoice::Auto)]
+    color: terminal::ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,47 +50,7 @@ enum Command {
         format: Format,
     },
     /// Run the workflow of this checkout locally, with the production engine and runner.
-    Run {
-        /// Workflow file (default: .solstice/workflow.kdl).
-        file: Option<PathBuf>,
-        /// Run only this job (and what it needs); repeatable.
-        #[arg(long = "job", value_name = "ID")]
-        jobs: Vec<String>,
-        /// A secret: NAME=VALUE (visible in `ps`), or NAME to take the value
-        /// from the environment variable NAME; repeatable.
-        #[arg(long = "secret", value_name = "NAME[=VALUE]")]
-        secrets: Vec<String>,
-        /// A file of secrets in dotenv form (NAME=VALUE, export NAME=VALUE, quoted values, # comments).
-        #[arg(long)]
-        secrets_file: Option<PathBuf>,
-        /// Keep the state (SQLite) in this directory instead of a temporary one.
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// Where jobs run: `local` (host processes, no isolation) or `mock` (no processes).
-        #[arg(long, default_value = "local")]
-        provider: String,
-        /// Most jobs at once (default: number of cores).
-        #[arg(long)]
-        capacity: Option<usize>,
-        /// A `solstice-runner` binary to use instead of cidev's built-in runner.
-        #[arg(long)]
-        runner: Option<PathBuf>,
-        /// Cap on each job's stored log, in MiB (default 64).
-        #[arg(long, default_value_t = 64)]
-        log_cap_mib: u64,
-        /// Print only the summary (logs are still stored).
-        #[arg(long, short)]
-        quiet: bool,
-        /// Where to put the temporary state and the job workspaces (default:
-        /// the system's temporary directory). A tmpfs such as /dev/shm starts
-        /// jobs faster but holds everything the jobs write in memory.
-        #[arg(long)]
-        tmpdir: Option<PathBuf>,
-        /// Serve runners on a unix socket (in the temporary directory)
-        /// instead of a loopback TCP port.
-        #[arg(long)]
-        unix_socket: bool,
-    },
+    Run(run::RunArgs),
     /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
     #[command(hide = true)]
     Runner,
@@ -130,49 +93,21 @@ fn dispatch() -> ExitCode {
             };
         }
     };
+    terminal::set_color(cli.color);
     match cli.command {
         Command::Validate { files, format } => validate(&default_files(files), format),
         Command::Inspect { file, format } => {
             inspect(&file.unwrap_or_else(|| DEFAULT_WORKFLOW.into()), format)
         }
         Command::Fmt { files, check } => fmt(&default_files(files), check),
-        Command::Run {
-            file,
-            jobs,
-            secrets,
-            secrets_file,
-            state,
-            provider,
-            capacity,
-            runner,
-            log_cap_mib,
-            quiet,
-            tmpdir,
-            unix_socket,
-        } => {
+        Command::Run(args) => {
             init_tracing();
-            let file = file.unwrap_or_else(|| DEFAULT_WORKFLOW.into());
+            let file = args.file.clone().unwrap_or_else(|| DEFAULT_WORKFLOW.into());
             let workflow = match load(&file) {
                 Ok(w) => w,
                 Err(f) => return fail(f),
             };
-            run::run(
-                run::RunArgs {
-                    file,
-                    jobs,
-                    secrets,
-                    secrets_file,
-                    state,
-                    provider,
-                    capacity,
-                    runner,
-                    log_cap: log_cap_mib.saturating_mul(1 << 20),
-                    quiet,
-                    tmpdir,
-                    unix_socket,
-                },
-                workflow,
-            )
+            run::run(args, file, workflow)
         }
         Command::Runner => runner(),
     }
@@ -184,7 +119,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(terminal::color_on_stderr())
         .with_env_filter(filter)
         .try_init();
 }
@@ -232,8 +167,8 @@ fn read(path: &Path, options: &ParseOptions) -> Result<Vec<u8>, Failure> {
 /// The rendered problems, safe for the terminal (names in messages come
 /// from the file and may hold control characters).
 fn render(err: &ParseError) -> String {
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    terminal::clean_lines(&err.render(color, 100), color).into_owned()
+    let color = terminal::color_on_stderr();
+    terminal::clean_lines(&err.render(color, terminal::width()), color).into_owned()
 }
 
 /// The one-line summary of a parse error (`FILE: N problems`), safe to print.

@@ -3,7 +3,6 @@
 //! the local (or mock) provider.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,23 +17,60 @@ use solstice_kdl::Workflow;
 use solstice_queue::{MemoryQueue, QueueOptions};
 use solstice_vmm::{LocalProvider, MockVmProvider, VmProvider};
 
-use crate::terminal::{self, clean, clean_output};
+use crate::terminal::{self, Context, clean, clean_output};
 use crate::{errln, outln};
 
 /// `cidev run` options.
+#[derive(clap::Args)]
 pub struct RunArgs {
-    pub file: PathBuf,
+    /// Workflow file (default: .solstice/workflow.kdl).
+    pub file: Option<PathBuf>,
+    /// Run only this job (and what it needs); repeatable.
+    #[arg(long = "job", value_name = "ID")]
     pub jobs: Vec<String>,
+    /// A secret: NAME=VALUE (visible in `ps`), or NAME to take the value
+    /// from the environment variable NAME; repeatable.
+    #[arg(long = "secret", value_name = "NAME[=VALUE]")]
     pub secrets: Vec<String>,
+    /// A file of secrets in dotenv form (NAME=VALUE, export NAME=VALUE, quoted values, # comments).
+    #[arg(long)]
     pub secrets_file: Option<PathBuf>,
+    /// Keep the state (SQLite) in this directory instead of a temporary one.
+    #[arg(long)]
     pub state: Option<PathBuf>,
-    pub provider: String,
+    /// Where jobs run.
+    #[arg(long, value_enum, default_value_t = Provider::Local)]
+    pub provider: Provider,
+    /// Most jobs at once (default: number of cores).
+    #[arg(long)]
     pub capacity: Option<usize>,
+    /// A `solstice-runner` binary to use instead of cidev's built-in runner.
+    #[arg(long)]
     pub runner: Option<PathBuf>,
-    pub log_cap: u64,
+    /// Cap on each job's stored log, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub log_cap_mib: u64,
+    /// Print only the summary (logs are still stored).
+    #[arg(long, short)]
     pub quiet: bool,
+    /// Where to put the temporary state and the job workspaces (default:
+    /// the system's temporary directory). A tmpfs such as /dev/shm starts
+    /// jobs faster but holds everything the jobs write in memory.
+    #[arg(long)]
     pub tmpdir: Option<PathBuf>,
+    /// Serve runners on a unix socket (in the temporary directory)
+    /// instead of a loopback TCP port.
+    #[arg(long)]
     pub unix_socket: bool,
+}
+
+/// Where `cidev run` runs jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Provider {
+    /// Host processes in a fresh directory each (no isolation).
+    Local,
+    /// No processes: steps are echoed and succeed (`false` and `exit N` fail).
+    Mock,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -44,7 +80,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 const EXIT_HANGUP: u8 = 129;
 const EXIT_TERMINATED: u8 = 143;
 
-pub fn run(args: RunArgs, workflow: Workflow) -> ExitCode {
+pub fn run(args: RunArgs, file: PathBuf, workflow: Workflow) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,10 +91,10 @@ pub fn run(args: RunArgs, workflow: Workflow) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match runtime.block_on(execute(args, workflow)) {
+    match runtime.block_on(execute(args, file, workflow)) {
         Ok(code) => ExitCode::from(code),
-        Err(message) => {
-            errln!("error: {}", clean(&message));
+        Err(error) => {
+            terminal::err(terminal::report(&*error).as_bytes());
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -229,7 +265,11 @@ fn checkout_root(file: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
+/// What stops `cidev run` before or around the run (a job failing is an
+/// exit code, not an error).
+type RunError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8, RunError> {
     // SIGINT (Ctrl-C), SIGTERM (`timeout`, systemd, `docker stop`) and
     // SIGHUP (a closed terminal or SSH session) all cancel the run and
     // clean up; a second signal changes nothing, the cleanup goes on.
@@ -275,9 +315,9 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
             .map_err(|e| format!("{}: {e}", db.display()))?;
     }
     let store: Arc<dyn StateStore> = Arc::new(
-        SqlStore::connect(&format!("sqlite://{}", db.display()))
+        SqlStore::open_sqlite(&db)
             .await
-            .map_err(|e| format!("state store: {e}"))?,
+            .map_err(|e| Context::new(format!("state store {}", db.display()), e))?,
     );
     // A run belongs to the cidev that started it: runs a cidev left
     // unfinished (killed, or its machine went down) are cancelled, not
@@ -285,7 +325,7 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
     // in the same `--state` directory, where the engine's reaper finds them.
     let abandoned = abandon_unfinished_runs(&*store)
         .await
-        .map_err(|e| format!("state store: {e}"))?;
+        .map_err(|e| Context::new("state store", e))?;
     for (run, jobs) in &abandoned {
         errln!(
             "note: run {run} in {} was left unfinished by an earlier cidev; cancelled it ({jobs} unfinished jobs) and reaping what it left",
@@ -293,21 +333,21 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
         );
     }
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
-    let provider: Arc<dyn VmProvider> = match args.provider.as_str() {
-        "local" => {
+    let provider: Arc<dyn VmProvider> = match args.provider {
+        Provider::Local => {
             let command = match &args.runner {
                 Some(path) => vec![path.clone().into_os_string()],
                 None => {
-                    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+                    let me = std::env::current_exe()
+                        .map_err(|e| Context::new("where is cidev's own binary", e))?;
                     vec![me.into_os_string(), "runner".into()]
                 }
             };
             Arc::new(LocalProvider::new(command, state_dir.join("vms")))
         }
-        "mock" => Arc::new(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
+        Provider::Mock => Arc::new(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
             FakeExecutor,
         ))))),
-        other => return Err(format!("unknown provider `{other}` (use local or mock)")),
     };
     let capacity = args
         .capacity
@@ -315,7 +355,7 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
     let config = EngineConfig {
         capacity,
         secrets,
-        log_cap: args.log_cap,
+        log_cap: args.log_cap_mib.saturating_mul(1 << 20),
         listen: if args.unix_socket {
             Listen::Unix(temp.path().join("runner.sock"))
         } else {
@@ -325,8 +365,8 @@ async fn execute(args: RunArgs, workflow: Workflow) -> Result<u8, String> {
     };
     let engine = Engine::start(config, store.clone(), queue, provider)
         .await
-        .map_err(|e| e.to_string())?;
-    let root = checkout_root(&args.file);
+        .map_err(|e| Context::new("cannot start the engine", e))?;
+    let root = checkout_root(&file);
     let mut events = engine.subscribe();
     let source =
         serde_json::json!({ "event": "cidev run", "path": root.display().to_string() }).to_string();
@@ -517,7 +557,7 @@ const DIM: &str = "\x1b[2m";
 
 impl Printer {
     fn new() -> Self {
-        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let color = terminal::color_on_stdout();
         Printer {
             color,
             colors: HashMap::new(),

@@ -205,3 +205,137 @@ mod tests {
         assert_eq!(clean_lines("a\x1b[1mb\n", false), "a\\x1b[1mb\n");
     }
 }
+
+/// An error of cidev's own with what it was doing (`state store`, a file
+/// name), keeping the error it wraps as its source.
+#[derive(Debug)]
+pub struct Context {
+    what: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Context {
+    /// `what` failed because of `source`.
+    pub fn new(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Context {
+        Context {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// One level of an error chain, its text cleaned for the terminal.
+#[derive(Debug)]
+struct Level {
+    text: String,
+    source: Option<Box<Level>>,
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Level {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|l| l as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl miette::Diagnostic for Level {}
+
+/// An error and its causes as miette renders a report (`× what` and a
+/// `╰─▶` line per cause), every level's text cleaned: an error can quote a
+/// file name or a workflow's text.
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut texts = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        texts.push(clean(&e.to_string()).into_owned());
+        next = e.source();
+    }
+    let chain = texts
+        .into_iter()
+        .rev()
+        .fold(None, |source, text| Some(Box::new(Level { text, source })));
+    let Some(top) = chain else {
+        return String::new();
+    };
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
+    let mut out = String::new();
+    if handler.render_report(&mut out, &*top).is_err() {
+        return format!("error: {}\n", top.text);
+    }
+    out
+}
+
+/// `--color`: when cidev colours its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set to something.
+    Auto,
+    /// Always (also into a pipe or file).
+    Always,
+    /// Never.
+    Never,
+}
+
+static COLOR: std::sync::OnceLock<ColorChoice> = std::sync::OnceLock::new();
+
+/// Sets the choice for the rest of the process (the first call wins).
+pub fn set_color(choice: ColorChoice) {
+    let _ = COLOR.set(choice);
+}
+
+fn color_for(is_terminal: bool) -> bool {
+    match COLOR.get().copied().unwrap_or(ColorChoice::Auto) {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        // https://no-color.org: set and not empty.
+        ColorChoice::Auto => {
+            is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
+}
+
+/// Whether to colour standard output.
+pub fn color_on_stdout() -> bool {
+    use std::io::IsTerminal;
+    color_for(std::io::stdout().is_terminal())
+}
+
+/// Whether to colour standard error (diagnostics, tracing).
+pub fn color_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    color_for(std::io::stderr().is_terminal())
+}
+
+/// Columns for rendered reports: the terminal's width when standard error
+/// is one, else `COLUMNS`, else 100; at least 40.
+pub fn width() -> usize {
+    let from_terminal = terminal_size::terminal_size_of(std::io::stderr())
+        .map(|(terminal_size::Width(w), _)| usize::from(w));
+    from_terminal
+        .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
+        .unwrap_or(100)
+        .max(40)
+}

@@ -305,3 +305,34 @@ fn a_full_disk_is_an_error_and_a_closed_pipe_is_not_a_crash() {
         }
     }
 }
+
+#[test]
+fn color_follows_the_flag_and_no_color() {
+    let (_dir, path) = temp_file("bad.kdl", b"workflow { job id=\"a\" { step rn=\"x\"; } }\n");
+    let path = path.to_str().expect("utf-8");
+    let run = |args: &[&str], no_color: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cidev"));
+        c.args(args).current_dir(repo());
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        c.output().expect("cidev runs")
+    };
+    let colored = |o: &Output| String::from_utf8_lossy(&o.stderr).contains("\u{1b}[");
+    // Into a pipe, `auto` is plain; `always` colours even with NO_COLOR.
+    assert!(!colored(&run(&["validate", path], false)));
+    assert!(colored(&run(
+        &["--color", "always", "validate", path],
+        true
+    )));
+    assert!(colored(&run(&["validate", path, "--color=always"], false)));
+    assert!(!colored(&run(
+        &["--color", "never", "validate", path],
+        false
+    )));
+    let o = run(&["--color", "sometimes", "validate", path], false);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("always"));
+}

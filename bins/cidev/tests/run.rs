@@ -680,3 +680,63 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.reason.is_some_and(|r| r.starts_with("abandoned")));
 }
+
+#[test]
+fn a_state_directory_with_url_characters_in_its_name_works() {
+    // The SQLite database is opened by path: a name that a URL would read
+    // as a query (`?`), a fragment (`#`) or an escape (`%41`) is just a name.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state ?mode=ro#x%41");
+    let o = cidev(&[
+        "run",
+        "examples/workflows/hello.kdl",
+        "--provider",
+        "mock",
+        "--state",
+        state.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        state.join("state.db").is_file(),
+        "the database is where asked"
+    );
+    assert!(!dir.path().join("state ").exists(), "no truncated name");
+}
+
+#[test]
+fn an_unknown_provider_is_refused_with_the_choices() {
+    let o = cidev(&["run", "examples/workflows/hello.kdl", "--provider", "qemu2"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("local") && err.contains("mock"), "{err}");
+}
+
+#[test]
+fn errors_are_reported_with_their_causes() {
+    // A state directory under a file cannot be made: the report names what
+    // failed and why, one line per cause.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let state = file.join("state");
+    let o = cidev(&[
+        "run",
+        "examples/workflows/hello.kdl",
+        "--provider",
+        "mock",
+        "--state",
+        state.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains('×') && err.contains("a-file"), "{err}");
+    assert!(
+        err.contains("Not a directory") || err.contains("not a directory"),
+        "{err}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod run;
 mod terminal;
@@ -51,6 +51,14 @@ enum Command {
     },
     /// Run the workflow of this checkout locally, with the production engine and runner.
     Run(run::RunArgs),
+    /// Print a shell completion script (e.g. `cidev completions bash > /etc/bash_completion.d/cidev`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `cidev man > cidev.1`.
+    Man,
     /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
     #[command(hide = true)]
     Runner,
@@ -110,6 +118,25 @@ fn dispatch() -> ExitCode {
             run::run(args, file, workflow)
         }
         Command::Runner => runner(),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cidev", &mut out);
+            terminal::out(&out);
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => {
+                    terminal::out(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    errln!("error: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
     }
 }
 
@@ -234,6 +261,25 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
         print_json(&reports);
     }
     ExitCode::from(worst)
+}
+
+/// Replaces a file's content atomically: a temporary file beside it (in
+/// the directory of the file a symlink points to) with the same
+/// permissions, renamed over it. A crash or a full disk leaves the old
+/// file whole, never half a file.
+fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let target = std::fs::canonicalize(path)?;
+    let permissions = std::fs::metadata(&target)?.permissions();
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".cidev-fmt-")
+        .tempfile_in(dir)?;
+    temp.write_all(content)?;
+    temp.as_file().sync_all()?;
+    std::fs::set_permissions(temp.path(), permissions)?;
+    temp.persist(&target).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn print_json<T: Serialize>(value: &T) {
@@ -461,7 +507,7 @@ fn fmt(files: &[PathBuf], check: bool) -> ExitCode {
         if check {
             outln!("{name}: not formatted");
             worst = worst.max(EXIT_INVALID);
-        } else if let Err(e) = std::fs::write(path, formatted) {
+        } else if let Err(e) = replace_file(path, formatted.as_bytes()) {
             errln!("error: {name}: {e}");
             worst = worst.max(EXIT_USAGE);
         } else {

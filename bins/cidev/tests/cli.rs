@@ -336,3 +336,60 @@ fn color_follows_the_flag_and_no_color() {
     assert_eq!(code(&o), 2);
     assert!(String::from_utf8_lossy(&o.stderr).contains("always"));
 }
+
+#[test]
+fn fmt_replaces_the_file_atomically_keeping_its_mode_and_symlinks() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, messy) = temp_file(
+        "messy.kdl",
+        b"workflow{\njob id=\"a\"{\nstep run=\"x\"\n}\n}\n",
+    );
+    std::fs::set_permissions(&messy, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let link = dir.path().join("link.kdl");
+    std::os::unix::fs::symlink(&messy, &link).expect("symlink");
+    assert_eq!(code(&cidev(&["fmt", link.to_str().expect("utf-8")])), 0);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink(),
+        "the symlink stays a symlink"
+    );
+    let mode = std::fs::metadata(&messy)
+        .expect("file")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640, "permissions kept");
+    assert!(
+        std::fs::read_to_string(&messy)
+            .expect("read")
+            .starts_with("workflow {\n")
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let o = cidev(&["completions", "bash"]);
+    assert_eq!(code(&o), 0);
+    let script = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        script.contains("cidev") && script.contains("--provider"),
+        "{script}"
+    );
+    let o = cidev(&["completions", "zsh"]);
+    assert_eq!(code(&o), 0);
+    let o = cidev(&["man"]);
+    assert_eq!(code(&o), 0);
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        page.contains(".TH cidev") && page.contains("validate"),
+        "{page}"
+    );
+    assert_eq!(code(&cidev(&["completions", "cmd.exe"])), 2);
+}

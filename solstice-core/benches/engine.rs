@@ -17,20 +17,13 @@ use solstice_queue::{MemoryQueue, QueueOptions};
 use solstice_vmm::MockVmProvider;
 
 fn workflow(n: usize) -> Workflow {
-    Workflow {
-        name: Some("throughput".into()),
-        jobs: (0..n)
-            .map(|i| Job {
-                id: format!("j{i}"),
-                steps: vec![Step {
-                    run: "true".into(),
-                    ..Step::default()
-                }],
-                ..Job::default()
-            })
+    let mut workflow = Workflow::new(
+        (0..n)
+            .map(|i| Job::new(format!("j{i}"), vec![Step::new("true")]))
             .collect(),
-        ..Workflow::default()
-    }
+    );
+    workflow.name = Some("throughput".into());
+    workflow
 }
 
 async fn measure(
@@ -55,11 +48,12 @@ async fn measure(
         Ok("unix") => Listen::Unix(socket_dir.path().join("runner.sock")),
         _ => EngineConfig::default().listen,
     };
-    let config = EngineConfig {
-        capacity,
-        poll: Duration::from_millis(200),
-        listen,
-        ..EngineConfig::default()
+    let config = {
+        let mut value = EngineConfig::default();
+        value.capacity = capacity;
+        value.poll = Duration::from_millis(200);
+        value.listen = listen;
+        value
     };
     let engine = Engine::start(config, store, queue, Arc::new(provider))
         .await

@@ -81,10 +81,11 @@ async fn measure(label: &str, text: &str, dir: &std::path::Path) -> f64 {
     };
     let provider = MockVmProvider::new(Arc::new(guest));
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
-    let config = EngineConfig {
-        capacity: 64,
-        poll: Duration::from_millis(200),
-        ..EngineConfig::default()
+    let config = {
+        let mut value = EngineConfig::default();
+        value.capacity = 64;
+        value.poll = Duration::from_millis(200);
+        value
     };
     let engine = Engine::start(config, Arc::new(store), queue, Arc::new(provider))
         .await

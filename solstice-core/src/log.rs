@@ -79,7 +79,7 @@ pub enum MaskError {
 /// Default cap on one job's log after masking: 64 MiB.
 pub const DEFAULT_LOG_CAP: u64 = 64 << 20;
 
-/// Streaming secret masker.
+/// Streaming secret masker. `Debug` shows no secret and no held text.
 pub struct Masker {
     finder: Option<AhoCorasick>,
     /// Longest pattern in bytes; that much minus one is held back.
@@ -325,7 +325,20 @@ impl Masker {
     }
 }
 
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Masker")
+            .field(
+                "secrets",
+                &self.finder.as_ref().map_or(0, |f| f.patterns_len()),
+            )
+            .field("held_bytes", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Masking plus the per-job size cap.
+#[derive(Debug)]
 pub struct LogIngest {
     maskers: Vec<Masker>,
     cap: u64,

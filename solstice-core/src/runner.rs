@@ -113,8 +113,9 @@ impl Step {
     }
 }
 
-/// Where to connect and with what.
-#[derive(Debug, Clone)]
+/// Where to connect and with what. `Debug` does not show the token.
+#[derive(Clone)]
+#[non_exhaustive]
 pub struct RunnerConfig {
     /// `http://host:port`.
     pub endpoint: String,
@@ -124,13 +125,53 @@ pub struct RunnerConfig {
     pub workspace: PathBuf,
 }
 
+impl RunnerConfig {
+    /// Dial `endpoint` with `token`, work in `workspace`.
+    pub fn new(endpoint: impl Into<String>, token: impl Into<String>, workspace: PathBuf) -> Self {
+        RunnerConfig {
+            endpoint: endpoint.into(),
+            token: token.into(),
+            workspace,
+        }
+    }
+}
+
+impl std::fmt::Debug for RunnerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerConfig")
+            .field("endpoint", &self.endpoint)
+            .field("token", &"<redacted>")
+            .field("workspace", &self.workspace)
+            .finish()
+    }
+}
+
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StepOutcome {
     /// Exit status (-1 when killed or not started).
     pub exit_code: i32,
     /// Killed by its timeout.
     pub timed_out: bool,
+}
+
+impl StepOutcome {
+    /// The step ran to its end with this exit status.
+    pub fn exited(exit_code: i32) -> StepOutcome {
+        StepOutcome {
+            exit_code,
+            timed_out: false,
+        }
+    }
+
+    /// The step was killed by its timeout.
+    pub fn timed_out() -> StepOutcome {
+        StepOutcome {
+            exit_code: -1,
+            timed_out: true,
+        }
+    }
 }
 
 /// Where a running step's output goes, as it is produced. Bounded: a

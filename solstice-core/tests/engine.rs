@@ -24,16 +24,15 @@ struct Setup {
 }
 
 fn config(secrets: &[(&str, &str)]) -> EngineConfig {
-    EngineConfig {
-        capacity: 4,
-        lease: Duration::from_secs(10),
-        poll: Duration::from_millis(20),
-        secrets: secrets
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..EngineConfig::default()
-    }
+    let mut config = EngineConfig::default();
+    config.capacity = 4;
+    config.lease = Duration::from_secs(10);
+    config.poll = Duration::from_millis(20);
+    config.secrets = secrets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config
 }
 
 async fn setup_with(provider: MockVmProvider, config: EngineConfig) -> Setup {
@@ -87,9 +86,10 @@ fn signed<T>(message: T, token: &str, session: Option<&str>) -> tonic::Request<T
 async fn restart(first: &Setup, provider: &MockVmProvider, config: EngineConfig) -> Engine {
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
     Engine::start(
-        EngineConfig {
-            holder: "second".into(),
-            ..config
+        {
+            let mut value = config;
+            value.holder = "second".into();
+            value
         },
         first.store.clone(),
         queue,
@@ -237,10 +237,7 @@ async fn matrix_fans_out_and_env_has_precedence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_failure_without_and_with_retry() {
     let s = setup(&[]).await;
-    s.provider.script_next(MockScript {
-        fail_boot: true,
-        ..MockScript::default()
-    });
+    s.provider.script_next(MockScript::failing_boot());
     let (run1, status) = run(&s, r#"workflow { job id="a" { step run="echo"; } }"#).await;
     assert_eq!(status, RunStatus::Failed);
     let (st, reason) = job_status(&s, run1, "a").await;
@@ -252,10 +249,7 @@ async fn boot_failure_without_and_with_retry() {
         "{reason:?}"
     );
 
-    s.provider.script_next(MockScript {
-        fail_boot: true,
-        ..MockScript::default()
-    });
+    s.provider.script_next(MockScript::failing_boot());
     let (run2, status) = run(
         &s,
         r#"workflow { job id="a" retry=1 { step run="echo second"; } }"#,
@@ -279,10 +273,7 @@ async fn boot_failure_without_and_with_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_crash_mid_job_is_retried() {
     let s = setup(&[]).await;
-    s.provider.script_next(MockScript {
-        crash_after_steps: Some(1),
-        ..MockScript::default()
-    });
+    s.provider.script_next(MockScript::crash_after(1));
     let (run, status) = run(
         &s,
         r#"workflow { job id="a" retry=1 { step run="echo one"; step run="echo two"; } }"#,
@@ -373,9 +364,10 @@ async fn step_timeout_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_killed_mid_job_and_restarted() {
     let provider = MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor))));
-    let short_lease = EngineConfig {
-        lease: Duration::from_millis(600),
-        ..config(&[])
+    let short_lease = {
+        let mut value = config(&[]);
+        value.lease = Duration::from_millis(600);
+        value
     };
     let first = setup_with(provider.clone(), short_lease.clone()).await;
     let wf = solstice_kdl::parse(r#"workflow { job id="a" { step run="echo before"; step run="sleep 2"; step run="echo after"; } }"#).expect("valid");
@@ -550,10 +542,11 @@ async fn recovery_never_reaps_vms_of_starting_jobs() {
         FakeExecutor,
     )))));
     // A short lease makes recovery run all through the run.
-    let busy = EngineConfig {
-        lease: Duration::from_millis(400),
-        capacity: 8,
-        ..config(&[])
+    let busy = {
+        let mut value = config(&[]);
+        value.lease = Duration::from_millis(400);
+        value.capacity = 8;
+        value
     };
     let engine = Engine::start(busy, store.clone(), queue, Arc::new(provider))
         .await
@@ -592,9 +585,10 @@ async fn runners_reach_a_unix_socket_endpoint() {
     drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
     let s = setup_with(
         MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
-        EngineConfig {
-            listen: Listen::Unix(path.clone()),
-            ..config(&[])
+        {
+            let mut value = config(&[]);
+            value.listen = Listen::Unix(path.clone());
+            value
         },
     )
     .await;
@@ -614,9 +608,10 @@ async fn runners_reach_a_unix_socket_endpoint() {
     let file = sockets.path().join("not-a-socket");
     std::fs::write(&file, "data").expect("write");
     let refused = Engine::start(
-        EngineConfig {
-            listen: Listen::Unix(file.clone()),
-            ..config(&[])
+        {
+            let mut value = config(&[]);
+            value.listen = Listen::Unix(file.clone());
+            value
         },
         s.store.clone(),
         Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default())),
@@ -708,10 +703,7 @@ impl solstice_core::runner::StepExecutor for Impostor {
             });
         }
         self.seen.lock().expect("lock").extend(seen);
-        Ok(solstice_core::runner::StepOutcome {
-            exit_code: 1,
-            timed_out: false,
-        })
+        Ok(solstice_core::runner::StepOutcome::exited(1))
     }
 }
 
@@ -925,10 +917,11 @@ async fn secrets_too_short_to_mask_are_refused_and_unmaskable_ones_fail_closed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_survive_a_restart_with_an_in_process_queue() {
     let provider = MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor))));
-    let one = EngineConfig {
-        capacity: 1,
-        lease: Duration::from_millis(600),
-        ..config(&[])
+    let one = {
+        let mut value = config(&[]);
+        value.capacity = 1;
+        value.lease = Duration::from_millis(600);
+        value
     };
     let first = setup_with(provider.clone(), one.clone()).await;
     let wf = solstice_kdl::parse(
@@ -973,10 +966,11 @@ async fn queued_jobs_survive_a_restart_with_an_in_process_queue() {
 async fn a_queued_job_without_a_message_is_published_again() {
     let s = setup_with(
         MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
-        EngineConfig {
-            capacity: 1,
-            lease: Duration::from_millis(600),
-            ..config(&[])
+        {
+            let mut value = config(&[]);
+            value.capacity = 1;
+            value.lease = Duration::from_millis(600);
+            value
         },
     )
     .await;

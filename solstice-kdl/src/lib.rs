@@ -74,6 +74,7 @@ pub const DEFAULT_FILE_NAME: &str = "workflow.kdl";
 
 /// Limits applied before parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ParseOptions {
     /// Largest accepted file, in bytes. Default 1 MiB.
     pub max_bytes: usize,
@@ -84,6 +85,26 @@ pub struct ParseOptions {
     /// Read the text as this KDL version only. `None` (the default): a
     /// `/- kdl-version N` first line decides, otherwise v2 with v1 fallback.
     pub version: Option<KdlVersion>,
+}
+
+impl ParseOptions {
+    /// These options with another size limit.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// These options with another nesting limit.
+    pub fn with_max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// These options reading only `version`.
+    pub fn with_version(mut self, version: KdlVersion) -> Self {
+        self.version = Some(version);
+        self
+    }
 }
 
 impl Default for ParseOptions {
@@ -98,6 +119,7 @@ impl Default for ParseOptions {
 
 /// Which KDL syntax a document was read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KdlVersion {
     /// KDL 1.0
     V1,

@@ -11,6 +11,7 @@ pub type Env = BTreeMap<String, String>;
 
 /// A whole workflow file: the `workflow` root node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct Workflow {
     /// Display name (`workflow name="..."`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,8 +30,19 @@ pub struct Workflow {
     pub jobs: Vec<Job>,
 }
 
+impl Workflow {
+    /// A workflow of these jobs; everything else empty or default.
+    pub fn new(jobs: Vec<Job>) -> Workflow {
+        Workflow {
+            jobs,
+            ..Workflow::default()
+        }
+    }
+}
+
 /// One `job`: a VM's worth of steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct Job {
     /// Unique id inside the workflow (`id="build"`).
     pub id: String,
@@ -65,6 +77,17 @@ pub struct Job {
     pub steps: Vec<Step>,
 }
 
+impl Job {
+    /// A job with this id and steps; everything else empty or default.
+    pub fn new(id: impl Into<String>, steps: Vec<Step>) -> Job {
+        Job {
+            id: id.into(),
+            steps,
+            ..Job::default()
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -75,6 +98,7 @@ fn is_false(b: &bool) -> bool {
 
 /// One `step`: a script run by the job's shell.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct Step {
     /// Display name; defaults to the first line of `run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +120,14 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step running `run`; everything else default.
+    pub fn new(run: impl Into<String>) -> Step {
+        Step {
+            run: run.into(),
+            ..Step::default()
+        }
+    }
+
     /// The name to show: `name`, or the first non-empty line of `run`, cut
     /// to [`MAX_DEFAULT_NAME`] characters.
     pub fn display_name(&self) -> std::borrow::Cow<'_, str> {
@@ -124,6 +156,7 @@ pub const MAX_DEFAULT_NAME: usize = 72;
 /// A job's `matrix`: named axes whose cartesian product, minus exclusions,
 /// gives one job per combination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct Matrix {
     /// The axes, in file order.
     pub axes: Vec<Axis>,
@@ -132,8 +165,19 @@ pub struct Matrix {
     pub exclude: Vec<BTreeMap<String, String>>,
 }
 
+impl Matrix {
+    /// A matrix of these axes, excluding nothing.
+    pub fn new(axes: Vec<Axis>) -> Matrix {
+        Matrix {
+            axes,
+            exclude: Vec::new(),
+        }
+    }
+}
+
 /// One matrix axis: `rust "stable" "beta"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Axis {
     /// The axis name (`rust`), used in job ids and `${{ matrix.rust }}`.
     pub name: String,
@@ -141,8 +185,19 @@ pub struct Axis {
     pub values: Vec<String>,
 }
 
+impl Axis {
+    /// An axis `name` with these values.
+    pub fn new(name: impl Into<String>, values: Vec<String>) -> Axis {
+        Axis {
+            name: name.into(),
+            values,
+        }
+    }
+}
+
 /// The `on` block: which events start the workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct Triggers {
     /// `push`: pushes of branches and tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +228,7 @@ impl Triggers {
 
 /// Filters of a `push` or `pull_request` trigger. Empty lists mean "any".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct RefFilter {
     /// Branch globs (for pull requests: the base branch).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -16,6 +16,7 @@ use crate::schema::MAX_MATRIX_COMBINATIONS;
 
 /// Why a workflow (built by hand or deserialised, not parsed) cannot be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// `needs` names a job that does not exist.
     #[error("job `{job}` needs `{target}`, which is not a job")]
@@ -56,6 +57,7 @@ pub const MAX_RUN_NEEDS: usize = 10_000;
 
 /// One concrete job of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PlannedJob {
     /// Expanded id: `build`, or `test (rust=stable, os=illumos)`.
     pub id: String,
@@ -70,6 +72,7 @@ pub struct PlannedJob {
 
 /// All concrete jobs, in file order, and an execution order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Plan {
     /// Concrete jobs in file order (expansions in matrix order).
     pub jobs: Vec<PlannedJob>,

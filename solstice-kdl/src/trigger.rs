@@ -7,6 +7,7 @@ use crate::model::{RefFilter, Triggers, Workflow};
 
 /// A pushed git reference.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum GitRef {
     /// `refs/heads/NAME`
     Branch(String),
@@ -28,6 +29,7 @@ impl GitRef {
 
 /// An event that may start a workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Event {
     /// A push of a branch or tag. `changed_paths` is `None` when the forge
     /// did not say (path filters then pass: better an extra run than a missed one).

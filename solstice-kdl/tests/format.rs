@@ -72,9 +72,10 @@ fn kdl_v1_input_becomes_v2() {
     let out = fmt(&example("nightly-v1.kdl"));
     assert!(out.contains("continue_on_error=#true"), "{out}");
     assert!(!out.contains("run=r#"), "{out}");
-    let options = ParseOptions {
-        version: Some(solstice_kdl::KdlVersion::V2),
-        ..ParseOptions::default()
+    let options = {
+        let mut options = ParseOptions::default();
+        options.version = Some(solstice_kdl::KdlVersion::V2);
+        options
     };
     parse_named("out.kdl", &out, &options).expect("output is KDL v2");
 }

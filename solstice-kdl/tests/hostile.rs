@@ -38,9 +38,10 @@ fn nesting_at_the_limit_parses_on_a_small_stack() {
         "}".repeat(limit - 1)
     );
     for version in [None, Some(KdlVersion::V1), Some(KdlVersion::V2)] {
-        let options = ParseOptions {
-            version,
-            ..ParseOptions::default()
+        let options = {
+            let mut options = ParseOptions::default();
+            options.version = version;
+            options
         };
         let err = parse_named("deep.kdl", &text, &options).expect_err("not a workflow");
         assert!(
@@ -159,9 +160,10 @@ fn long_names_do_not_make_suggestions_expensive() {
 #[test]
 fn input_that_crashes_the_v1_parser_is_a_syntax_error() {
     for version in [None, Some(KdlVersion::V1)] {
-        let options = ParseOptions {
-            version,
-            ..ParseOptions::default()
+        let options = {
+            let mut options = ParseOptions::default();
+            options.version = version;
+            options
         };
         let err = parse_named("f.kdl", "node (false\n", &options).expect_err("invalid");
         assert!(err.is_syntax(), "{version:?}");

@@ -46,18 +46,20 @@ fn globs() -> impl Strategy<Value = Vec<String>> {
 fn triggers() -> impl Strategy<Value = Option<Triggers>> {
     let filter =
         (globs(), globs(), globs(), globs()).prop_map(|(branches, tags, paths, paths_ignore)| {
-            RefFilter {
-                branches,
-                tags,
-                paths,
-                paths_ignore,
-            }
+            let mut value = RefFilter::default();
+            value.branches = branches;
+            value.tags = tags;
+            value.paths = paths;
+            value.paths_ignore = paths_ignore;
+            value
         });
-    let pr = (globs(), globs(), globs()).prop_map(|(branches, paths, paths_ignore)| RefFilter {
-        branches,
-        tags: Vec::new(),
-        paths,
-        paths_ignore,
+    let pr = (globs(), globs(), globs()).prop_map(|(branches, paths, paths_ignore)| {
+        let mut value = RefFilter::default();
+        value.branches = branches;
+        value.tags = Vec::new();
+        value.paths = paths;
+        value.paths_ignore = paths_ignore;
+        value
     });
     let cron = proptest::collection::vec(
         prop_oneof![
@@ -74,11 +76,13 @@ fn triggers() -> impl Strategy<Value = Option<Triggers>> {
             any::<bool>(),
             cron,
         )
-            .prop_map(|(push, pull_request, manual, cron)| Triggers {
-                push,
-                pull_request,
-                manual,
-                cron,
+            .prop_map(|(push, pull_request, manual, cron)| {
+                let mut value = Triggers::default();
+                value.push = push;
+                value.pull_request = pull_request;
+                value.manual = manual;
+                value.cron = cron;
+                value
             }),
     )
 }
@@ -100,16 +104,16 @@ fn step() -> impl Strategy<Value = Step> {
         workdir(),
         any::<bool>(),
     )
-        .prop_map(
-            |(name, run, env, timeout, workdir, continue_on_error)| Step {
-                name,
-                run,
-                env,
-                timeout,
-                workdir,
-                continue_on_error,
-            },
-        )
+        .prop_map(|(name, run, env, timeout, workdir, continue_on_error)| {
+            let mut value = Step::default();
+            value.name = name;
+            value.run = run;
+            value.env = env;
+            value.timeout = timeout;
+            value.workdir = workdir;
+            value.continue_on_error = continue_on_error;
+            value
+        })
 }
 
 fn matrix() -> impl Strategy<Value = Option<Matrix>> {
@@ -121,7 +125,7 @@ fn matrix() -> impl Strategy<Value = Option<Matrix>> {
             // An axis lists each value once (a repeated one is refused).
             let mut seen = std::collections::HashSet::new();
             values.retain(|v| seen.insert(v.clone()));
-            Axis { name, values }
+            Axis::new(name, values)
         });
     proptest::option::of(proptest::collection::vec(axis, 1..3).prop_filter_map(
         "unique axes",
@@ -132,7 +136,9 @@ fn matrix() -> impl Strategy<Value = Option<Matrix>> {
                 axes[0].name.clone(),
                 axes[0].values[0].clone(),
             )])];
-            Some(Matrix { axes, exclude })
+            let mut matrix = Matrix::new(axes);
+            matrix.exclude = exclude;
+            Some(matrix)
         },
     ))
 }
@@ -186,18 +192,20 @@ fn workflow() -> impl Strategy<Value = Workflow> {
                             .filter(|j| bits >> j & 1 == 1)
                             .map(|j| format!("job-{j}"))
                             .collect();
-                        Job {
-                            id: format!("job-{i}"),
-                            runs_on,
-                            needs,
-                            env,
-                            secrets: job_secrets,
-                            timeout,
-                            retry,
-                            workdir,
-                            matrix,
-                            artifacts,
-                            steps,
+                        {
+                            let mut value = Job::default();
+                            value.id = format!("job-{i}");
+                            value.runs_on = runs_on;
+                            value.needs = needs;
+                            value.env = env;
+                            value.secrets = job_secrets;
+                            value.timeout = timeout;
+                            value.retry = retry;
+                            value.workdir = workdir;
+                            value.matrix = matrix;
+                            value.artifacts = artifacts;
+                            value.steps = steps;
+                            value
                         }
                     },
                 )
@@ -211,12 +219,14 @@ fn workflow() -> impl Strategy<Value = Workflow> {
                     true
                 }
             });
-            Workflow {
-                name,
-                on,
-                env,
-                secrets,
-                jobs,
+            {
+                let mut value = Workflow::default();
+                value.name = name;
+                value.on = on;
+                value.env = env;
+                value.secrets = secrets;
+                value.jobs = jobs;
+                value
             }
         })
 }

@@ -65,10 +65,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Settings shared by all implementations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueOptions {
     /// After this many deliveries a message that is requeued again is
     /// dead-lettered instead. Default 5.
     pub max_deliveries: u32,
+}
+
+impl QueueOptions {
+    /// These options with another [`QueueOptions::max_deliveries`].
+    pub fn with_max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries;
+        self
+    }
 }
 
 impl Default for QueueOptions {
@@ -79,11 +88,22 @@ impl Default for QueueOptions {
 
 /// A message that will not be delivered again, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The raw body as published.
     pub body: Vec<u8>,
     /// Why it was dead-lettered.
     pub reason: String,
+}
+
+impl DeadLetter {
+    /// `body`, dead-lettered for `reason`.
+    pub fn new(body: Vec<u8>, reason: impl Into<String>) -> DeadLetter {
+        DeadLetter {
+            body,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A durable, at-least-once queue of `M`.

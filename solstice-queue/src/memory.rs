@@ -20,6 +20,12 @@ pub struct MemoryQueue<M> {
     _message: PhantomData<fn() -> M>,
 }
 
+impl<M> std::fmt::Debug for MemoryQueue<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryQueue").finish_non_exhaustive()
+    }
+}
+
 impl<M> Clone for MemoryQueue<M> {
     fn clone(&self) -> Self {
         MemoryQueue {

@@ -51,6 +51,7 @@ pub use mock::{Guest, GuestContext, MockScript, MockVmProvider};
 
 /// How the runner inside a VM reaches the orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RunnerEndpoint {
     /// `host:port`, as the guest must dial it.
     Tcp(String),
@@ -80,6 +81,7 @@ impl fmt::Display for RunnerEndpoint {
 
 /// What to provision.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct VmSpec {
     /// Unique name, used for the VM, its disk and its workspace.
     pub name: String,
@@ -115,6 +117,27 @@ impl fmt::Debug for VmSpec {
 }
 
 impl VmSpec {
+    /// A spec for VM `name` of job attempt `owner`, whose runner dials
+    /// `endpoint` with `token`: 1 vCPU, 512 MiB, 4 GiB, no label. Set the
+    /// other fields on the result.
+    pub fn new(
+        name: impl Into<String>,
+        owner: impl Into<String>,
+        endpoint: RunnerEndpoint,
+        token: impl Into<String>,
+    ) -> Self {
+        VmSpec {
+            name: name.into(),
+            label: String::new(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 4,
+            endpoint,
+            token: token.into(),
+            owner: owner.into(),
+        }
+    }
+
     /// A small spec for examples and tests.
     pub fn example(name: &str) -> Self {
         VmSpec {
@@ -142,6 +165,7 @@ impl fmt::Display for VmId {
 
 /// A provisioned VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VmHandle {
     /// The provider's id.
     pub id: VmId,
@@ -149,8 +173,19 @@ pub struct VmHandle {
     pub owner: String,
 }
 
+impl VmHandle {
+    /// The handle of VM `id`, provisioned for `owner`.
+    pub fn new(id: VmId, owner: impl Into<String>) -> VmHandle {
+        VmHandle {
+            id,
+            owner: owner.into(),
+        }
+    }
+}
+
 /// What a VM is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VmState {
     /// Created, not yet running the runner.
     Booting,
@@ -164,6 +199,7 @@ pub enum VmState {
 
 /// One VM as `list` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VmInfo {
     /// The provider's id.
     pub id: VmId,
@@ -171,6 +207,17 @@ pub struct VmInfo {
     pub owner: String,
     /// Its state.
     pub state: VmState,
+}
+
+impl VmInfo {
+    /// What `list` says about VM `id` of `owner`.
+    pub fn new(id: VmId, owner: impl Into<String>, state: VmState) -> VmInfo {
+        VmInfo {
+            id,
+            owner: owner.into(),
+            state,
+        }
+    }
 }
 
 /// Why a provider operation failed.

@@ -43,6 +43,7 @@ use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState, lock};
 /// killed with SIGKILL could not stop, and what left its process group or
 /// session. Only a process that clears its own environment escapes that;
 /// VM providers have no such gap, destroying the VM ends everything.
+#[derive(Debug)]
 pub struct LocalProvider {
     command: Vec<OsString>,
     root: PathBuf,

@@ -12,6 +12,7 @@ use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState, lock};
 
 /// What the next VM does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MockScript {
     /// `provision` fails with [`VmError::Boot`].
     pub fail_boot: bool,
@@ -21,8 +22,35 @@ pub struct MockScript {
     pub crash_after_steps: Option<u32>,
 }
 
+impl MockScript {
+    /// A VM that fails to boot.
+    pub fn failing_boot() -> MockScript {
+        MockScript {
+            fail_boot: true,
+            ..MockScript::default()
+        }
+    }
+
+    /// A VM that takes `delay` to boot.
+    pub fn slow_boot(delay: Duration) -> MockScript {
+        MockScript {
+            boot_delay: delay,
+            ..MockScript::default()
+        }
+    }
+
+    /// A VM whose guest dies after `steps` steps.
+    pub fn crash_after(steps: u32) -> MockScript {
+        MockScript {
+            crash_after_steps: Some(steps),
+            ..MockScript::default()
+        }
+    }
+}
+
 /// What a mock VM's guest gets.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GuestContext {
     /// The spec the VM was provisioned with (endpoint and token included).
     pub spec: VmSpec,
@@ -60,6 +88,15 @@ struct MockVm {
 #[derive(Clone)]
 pub struct MockVmProvider {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MockVmProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockVmProvider")
+            .field("vms", &lock(&self.inner.vms).len())
+            .field("provisioned", &self.provisioned())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {

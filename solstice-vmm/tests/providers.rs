@@ -44,14 +44,8 @@ async fn mock_scripts_boot_failure_delay_and_crash() {
         }
     }
     let provider = MockVmProvider::new(Arc::new(Echo));
-    provider.script_next(MockScript {
-        fail_boot: true,
-        ..MockScript::default()
-    });
-    provider.script_next(MockScript {
-        crash_after_steps: Some(2),
-        ..MockScript::default()
-    });
+    provider.script_next(MockScript::failing_boot());
+    provider.script_next(MockScript::crash_after(2));
     let spec = VmSpec::example("m");
     assert!(matches!(
         provider.provision(&spec).await,
@@ -74,10 +68,7 @@ async fn mock_scripts_boot_failure_delay_and_crash() {
         VmState::Stopped(Some(102)),
         "the guest saw crash_after_steps"
     );
-    provider.set_default_script(MockScript {
-        boot_delay: Duration::from_millis(50),
-        ..MockScript::default()
-    });
+    provider.set_default_script(MockScript::slow_boot(Duration::from_millis(50)));
     let started = std::time::Instant::now();
     provider.provision(&spec).await.expect("slow boot");
     assert!(started.elapsed() >= Duration::from_millis(50));

@@ -352,17 +352,13 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
     let capacity = args
         .capacity
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let config = EngineConfig {
-        capacity,
-        secrets,
-        log_cap: args.log_cap_mib.saturating_mul(1 << 20),
-        listen: if args.unix_socket {
-            Listen::Unix(temp.path().join("runner.sock"))
-        } else {
-            EngineConfig::default().listen
-        },
-        ..EngineConfig::default()
-    };
+    let mut config = EngineConfig::default();
+    config.capacity = capacity;
+    config.secrets = secrets;
+    config.log_cap = args.log_cap_mib.saturating_mul(1 << 20);
+    if args.unix_socket {
+        config.listen = Listen::Unix(temp.path().join("runner.sock"));
+    }
     let engine = Engine::start(config, store.clone(), queue, provider)
         .await
         .map_err(|e| Context::new("cannot start the engine", e))?;

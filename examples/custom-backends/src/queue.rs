@@ -53,14 +53,14 @@ impl Shared {
             Some(true) if message.deliveries < self.options.max_deliveries => {
                 state.ready.push_front(message);
             }
-            Some(requeue) => state.dead.push(DeadLetter {
-                reason: if requeue {
+            Some(requeue) => {
+                let reason = if requeue {
                     format!("delivered {} times", message.deliveries)
                 } else {
                     "rejected by its consumer".into()
-                },
-                body: message.body,
-            }),
+                };
+                state.dead.push(DeadLetter::new(message.body, reason));
+            }
         }
         drop(state);
         self.changed.notify_waiters();
@@ -71,6 +71,17 @@ impl Shared {
 pub struct SharedQueue<M> {
     shared: Arc<Shared>,
     message: PhantomData<fn() -> M>,
+}
+
+impl<M> std::fmt::Debug for SharedQueue<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.state();
+        f.debug_struct("SharedQueue")
+            .field("ready", &state.ready.len())
+            .field("unacked", &state.out.len())
+            .field("dead", &state.dead.len())
+            .finish()
+    }
 }
 
 impl<M> Clone for SharedQueue<M> {
@@ -166,10 +177,10 @@ impl<M: DeserializeOwned> SharedConsumer<M> {
                     };
                     return Some(Delivery::new(decoded, deliveries, Box::new(settle)));
                 }
-                Err(e) => state.dead.push(DeadLetter {
-                    reason: format!("cannot decode the message: {e}"),
-                    body: message.body,
-                }),
+                Err(e) => state.dead.push(DeadLetter::new(
+                    message.body,
+                    format!("cannot decode the message: {e}"),
+                )),
             }
         }
     }

@@ -57,10 +57,7 @@ impl VmProvider for DirProvider {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(VmError::boot_because("recording the owner", e));
         }
-        Ok(VmHandle {
-            id: VmId(spec.name.clone()),
-            owner: spec.owner.clone(),
-        })
+        Ok(VmHandle::new(VmId(spec.name.clone()), spec.owner.clone()))
     }
 
     async fn state(&self, id: &VmId) -> Result<VmState, VmError> {
@@ -98,11 +95,7 @@ impl VmProvider for DirProvider {
             let owner = tokio::fs::read_to_string(entry.path().join("owner"))
                 .await
                 .unwrap_or_default();
-            out.push(VmInfo {
-                id: VmId(name),
-                owner,
-                state: VmState::Running,
-            });
+            out.push(VmInfo::new(VmId(name), owner, VmState::Running));
         }
         Ok(out)
     }

@@ -50,6 +50,7 @@ use schedule::RunIndex;
 
 /// The queue message: one job of one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct JobMessage {
     /// The run.
     pub run_id: RunId,
@@ -59,6 +60,7 @@ pub struct JobMessage {
 
 /// Where the runner gets the code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Checkout {
     /// Nothing to check out.
     None,
@@ -78,6 +80,7 @@ pub enum Checkout {
 
 /// What the store keeps as a job's spec.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StoredJob {
     /// The planned job (matrix expanded, `needs` resolved).
     pub planned: PlannedJob,
@@ -91,6 +94,7 @@ pub struct StoredJob {
 
 /// Where the runner endpoint listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Listen {
     /// A TCP address; port 0 picks a free port.
     Tcp(SocketAddr),
@@ -137,6 +141,7 @@ impl Listen {
 
 /// Engine settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// This engine's unique name; leases are held in it.
     pub holder: String,
@@ -209,6 +214,7 @@ pub enum EngineError {
 
 /// What happens, for live output (`cidev run`) and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EngineEvent {
     /// A job was published to the queue.
     JobQueued {
@@ -384,6 +390,16 @@ struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("holder", &self.inner.config.holder)
+            .field("endpoint", &self.inner.endpoint)
+            .field("live_attempts", &lock(&self.inner.live).len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -957,16 +973,16 @@ impl Engine {
             })
         };
 
-        let spec = VmSpec {
-            name: format!("solstice-r{}-j{}-a{}", run, job.id, attempt.number),
-            label: job.label.clone(),
-            vcpus: self.inner.config.vcpus,
-            memory_mib: self.inner.config.memory_mib,
-            disk_gib: self.inner.config.disk_gib,
-            endpoint: self.inner.endpoint.clone(),
+        let mut spec = VmSpec::new(
+            format!("solstice-r{}-j{}-a{}", run, job.id, attempt.number),
+            attempt.id.to_string(),
+            self.inner.endpoint.clone(),
             token,
-            owner: attempt.id.to_string(),
-        };
+        );
+        spec.label = job.label.clone();
+        spec.vcpus = self.inner.config.vcpus;
+        spec.memory_mib = self.inner.config.memory_mib;
+        spec.disk_gib = self.inner.config.disk_gib;
         let mut vm: Option<VmId> = None;
         let outcome = match self.inner.provider.provision(&spec).await {
             Err(e @ solstice_vmm::VmError::Boot { .. }) => Outcome::Lost(error_chain(&e)),

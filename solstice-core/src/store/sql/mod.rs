@@ -37,6 +37,14 @@ pub struct SqlStore {
     dialect: Dialect,
 }
 
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where statements go.
 enum Handle {
     /// SQLite: one connection, owned outright. SQLite has one writer at a

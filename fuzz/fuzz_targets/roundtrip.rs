@@ -49,10 +49,7 @@ fuzz_target!(|data: &[u8]| {
             e.render(false, 100)
         ),
     };
-    let relaxed = ParseOptions {
-        max_bytes: usize::MAX,
-        ..ParseOptions::default()
-    };
+    let relaxed = ParseOptions::default().with_max_bytes(usize::MAX);
     let again =
         solstice_kdl::parse_named("f.kdl", &out, &relaxed).expect("formatted output parses");
     assert_eq!(again, workflow, "format changed the meaning");

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use solstice_core::engine::{
-    Checkout, Engine, EngineConfig, EngineEvent, FakeExecutor, JobMessage, Listen, RunnerGuest,
+    Checkout, Engine, EngineConfig, EngineEvent, EventError, FakeExecutor, JobMessage, Listen,
+    RunnerGuest,
 };
 use solstice_core::store::{JobStatus, LogStream, RunStatus, SqlStore, StateStore, StepStatus};
 use solstice_kdl::Workflow;
@@ -389,7 +390,7 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
                         printer.flush_out();
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => printer.note(&format!("(output fell behind: {n} events not shown)")),
+                Err(EventError::Lagged { missed }) => printer.note(&format!("(output fell behind: {missed} events not shown)")),
                 Err(_) => return Err("the engine stopped".into()),
             },
             code = signals.as_mut().next(), if interrupted.is_none() => {

@@ -15,6 +15,7 @@
 //! | a user cancelled | cancelled | cancelled |
 //! | something it needs did not succeed | (none) | skipped, with the reason |
 
+mod events;
 #[cfg(feature = "testing")]
 mod guest;
 mod recorder;
@@ -31,10 +32,11 @@ use sha2::{Digest, Sha256};
 use solstice_kdl::{PlannedJob, Workflow};
 use solstice_queue::{Delivery, JobQueue};
 use solstice_vmm::{RunnerEndpoint, VmId, VmProvider, VmSpec, VmState};
-use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use events::{EVENT_BUFFER_BYTES, EVENT_BUFFER_EVENTS, EventError, Events};
 #[cfg(feature = "testing")]
 pub use guest::{FakeExecutor, RunnerGuest};
 
@@ -363,7 +365,7 @@ struct Inner {
     endpoint: RunnerEndpoint,
     live: Mutex<HashMap<AttemptId, Arc<LiveAttempt>>>,
     cancelled_runs: Mutex<HashSet<RunId>>,
-    events: broadcast::Sender<EngineEvent>,
+    events: events::EventBus,
     /// Long-lived tasks (endpoint, consumer, recovery).
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set by `kill`: job tasks and heartbeats stop dead, as in a crash.
@@ -412,7 +414,6 @@ impl Engine {
         provider: Arc<dyn VmProvider>,
     ) -> Result<Engine, EngineError> {
         let (listener, endpoint) = config.listen.bind().await.map_err(EngineError::Listen)?;
-        let (events, _) = broadcast::channel(1 << 16);
         let (recorder, writer) = Recorder::start(store.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -423,7 +424,7 @@ impl Engine {
                 endpoint,
                 live: Mutex::new(HashMap::new()),
                 cancelled_runs: Mutex::new(HashSet::new()),
-                events,
+                events: events::EventBus::default(),
                 tasks: Mutex::new(Vec::new()),
                 killed: tokio::sync::watch::channel(false).0,
                 recorder,
@@ -483,8 +484,10 @@ impl Engine {
         &self.inner.store
     }
 
-    /// Live events.
-    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+    /// Live events from now on. A subscriber that falls behind by more
+    /// than [`EVENT_BUFFER_BYTES`] gets [`EventError::Lagged`] with the
+    /// number of events it missed, then reads on.
+    pub fn subscribe(&self) -> Events {
         self.inner.events.subscribe()
     }
 
@@ -499,7 +502,7 @@ impl Engine {
                 .or_default()
                 .push((key.clone(), *status));
         }
-        let _ = self.inner.events.send(event);
+        self.inner.events.send(event);
     }
 
     /// Plans a workflow and inserts it as a run; queues the jobs without

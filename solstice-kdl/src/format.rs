@@ -176,7 +176,7 @@ fn remember(doc: &KdlDocument, text: &str, keep_reprs: bool, out: &mut Vec<Kept>
                     && matches!(e.value(), KdlValue::String(_))
                     && !repr
                         .chars()
-                        .any(|c| c != '\n' && c != '\t' && crate::print::needs_escape(c))
+                        .any(|c| c != '\n' && c != '\t' && crate::chars::needs_escape(c))
                     && !repr.contains('\r');
                 safe.then_some(repr)
             })

@@ -40,6 +40,7 @@
 //! nesting deeper than [`ParseOptions::max_depth`] is refused before the KDL
 //! parser (which recurses per level) sees it.
 
+mod chars;
 mod cron;
 mod dag;
 mod diagnostic;
@@ -344,16 +345,8 @@ fn parse_v2(text: &str) -> Result<KdlDocument, Vec<Problem>> {
 /// controls, and U+FEFF except as the first character). `kdl` 6.7.1 lets
 /// U+007F through; Solstice refuses all of them, in v1 documents too.
 fn forbidden_char(text: &str) -> Option<(usize, char)> {
-    text.char_indices().find(|&(i, c)| {
-        matches!(c,
-            '\u{0}'..='\u{8}'
-            | '\u{E}'..='\u{1F}'
-            | '\u{7F}'
-            | '\u{200E}' | '\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}')
-            || (c == '\u{FEFF}' && i != 0)
-    })
+    text.char_indices()
+        .find(|&(i, c)| chars::is_disallowed(c) && !(c == '\u{FEFF}' && i == 0))
 }
 
 /// When neither version parses, whose errors to show: v1 when the text

@@ -77,25 +77,55 @@ fn id_value(value: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// The `${{ ... }}` expressions in `text`: `Ok(axis)` for `matrix.axis`,
-/// `Err(expression)` for anything else. `$${{` is a literal `${{`.
-pub fn references(text: &str) -> Vec<Result<&str, &str>> {
+/// A piece of text that may hold `${{ ... }}` expressions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece<'a> {
+    /// Literal text (an escaped `$${{` gives the literal `${{`).
+    Text(&'a str),
+    /// `${{ expr }}`: the whole of it, and the expression trimmed.
+    Expr { raw: &'a str, expr: &'a str },
+}
+
+/// The one scanner of `${{ }}`: `$${{` is a literal `${{` (and scanning
+/// goes on right after it), `${{` without a closing `}}` is literal text.
+/// Validation ([`references`]) and substitution ([`interpolate`]) both read
+/// text through it, so they cannot disagree about what is an expression.
+fn pieces(text: &str) -> Vec<Piece<'_>> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("${{") {
-        let escaped = start > 0 && rest.as_bytes()[start - 1] == b'$';
         let after = &rest[start + 3..];
-        let Some(end) = after.find("}}") else { break };
-        if !escaped {
-            let expr = after[..end].trim();
-            match expr.strip_prefix("matrix.") {
-                Some(name) if !name.is_empty() => out.push(Ok(name)),
-                _ => out.push(Err(expr)),
-            }
+        if start > 0 && rest.as_bytes()[start - 1] == b'$' {
+            out.push(Piece::Text(&rest[..start - 1]));
+            out.push(Piece::Text("${{"));
+            rest = after;
+            continue;
         }
+        let Some(end) = after.find("}}") else { break };
+        out.push(Piece::Text(&rest[..start]));
+        out.push(Piece::Expr {
+            raw: &rest[start..start + 3 + end + 2],
+            expr: after[..end].trim(),
+        });
         rest = &after[end + 2..];
     }
+    out.push(Piece::Text(rest));
     out
+}
+
+/// The `${{ ... }}` expressions in `text`: `Ok(axis)` for `matrix.axis`,
+/// `Err(expression)` for anything else. `$${{` is a literal `${{`.
+pub fn references(text: &str) -> Vec<Result<&str, &str>> {
+    pieces(text)
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Text(_) => None,
+            Piece::Expr { expr, .. } => Some(match expr.strip_prefix("matrix.") {
+                Some(name) if !name.is_empty() => Ok(name),
+                _ => Err(expr),
+            }),
+        })
+        .collect()
 }
 
 /// Replaces `${{ matrix.NAME }}` by the combination's value and `$${{` by `${{`.
@@ -104,31 +134,29 @@ pub fn interpolate(text: &str, combo: &[(String, String)]) -> String {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${{") {
-        let escaped = start > 0 && rest.as_bytes()[start - 1] == b'$';
-        let after = &rest[start + 3..];
-        let Some(end) = after.find("}}") else { break };
-        if escaped {
-            out.push_str(&rest[..start - 1]);
-            out.push_str("${{");
-            rest = after;
-            continue;
+    for piece in pieces(text) {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Expr { raw, expr } => {
+                let value = expr
+                    .strip_prefix("matrix.")
+                    .and_then(|name| combo.iter().find(|(k, _)| k == name))
+                    .map(|(_, v)| v.as_str());
+                out.push_str(value.unwrap_or(raw));
+            }
         }
-        out.push_str(&rest[..start]);
-        let expr = after[..end].trim();
-        let value = expr
-            .strip_prefix("matrix.")
-            .and_then(|name| combo.iter().find(|(k, _)| k == name))
-            .map(|(_, v)| v.as_str());
-        match value {
-            Some(v) => out.push_str(v),
-            None => out.push_str(&rest[start..start + 3 + end + 2]),
-        }
-        rest = &after[end + 2..];
     }
-    out.push_str(rest);
     out
+}
+
+/// How many combinations `matrix` has before `exclude`: the product of its
+/// axes' sizes, `None` past `usize`. The one home of the size rule that
+/// validation and planning apply ([`crate::MAX_MATRIX_COMBINATIONS`]).
+pub fn combination_count(matrix: &Matrix) -> Option<usize> {
+    matrix
+        .axes
+        .iter()
+        .try_fold(1usize, |acc, a| acc.checked_mul(a.values.len()))
 }
 
 #[cfg(test)]
@@ -165,6 +193,37 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_eq!(expanded_id("test", &c[1]), "test (rust=stable, os=illumos)");
         assert_eq!(c[2], pairs(&[("rust", "beta"), ("os", "linux")]));
+    }
+
+    #[test]
+    fn validation_and_substitution_read_the_same_expressions() {
+        // After an escaped `$${{`, scanning goes on right after it: the
+        // reference behind it is both checked and substituted.
+        let text = "$${{ ${{ matrix.rust }} and ${{ matrix.nope }}";
+        assert_eq!(references(text), vec![Ok("rust"), Ok("nope")]);
+        assert_eq!(
+            interpolate(text, &pairs(&[("rust", "beta")])),
+            "${{ beta and ${{ matrix.nope }}"
+        );
+        // An escape without a closing `}}` is still an escape.
+        assert_eq!(interpolate("a $${{ b", &[]), "a ${{ b");
+        assert!(references("a $${{ b").is_empty());
+    }
+
+    #[test]
+    fn the_size_rule_counts_what_expansion_makes() {
+        let axis = |n: usize| Axis::new("a", (0..n).map(|i| i.to_string()).collect());
+        assert_eq!(
+            combination_count(&Matrix::new(vec![axis(3), axis(4)])),
+            Some(12)
+        );
+        assert_eq!(
+            combination_count(&Matrix::new(vec![axis(0), axis(300)])),
+            Some(0),
+            "an empty axis makes no combination (validation reports it)"
+        );
+        let huge = Matrix::new(vec![axis(1 << 16); 5]);
+        assert_eq!(combination_count(&huge), None);
     }
 
     #[test]

@@ -129,10 +129,7 @@ impl Workflow {
         for job in &self.jobs {
             let n = match &job.matrix {
                 Some(m) => {
-                    let product = m
-                        .axes
-                        .iter()
-                        .try_fold(1usize, |acc, a| acc.checked_mul(a.values.len()));
+                    let product = matrix::combination_count(m);
                     if product.is_none_or(|n| n > MAX_MATRIX_COMBINATIONS) {
                         return Err(PlanError::MatrixTooLarge(job.id.clone()));
                     }

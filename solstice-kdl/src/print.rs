@@ -8,22 +8,10 @@
 
 use std::fmt::Write;
 
+use crate::chars::{is_unicode_space as is_kdl_space, needs_escape};
 use crate::model::{Env, Job, Matrix, RefFilter, Step, Triggers, Workflow};
 
 const INDENT: &str = "    ";
-
-/// True for characters that must never appear raw inside a KDL string.
-pub(crate) fn needs_escape(c: char) -> bool {
-    matches!(c,
-        '\u{0}'..='\u{1F}'
-        | '\u{7F}'
-        | '\u{85}'
-        | '\u{200E}' | '\u{200F}'
-        | '\u{2028}' | '\u{2029}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2066}'..='\u{2069}'
-        | '\u{FEFF}')
-}
 
 fn push_escaped(out: &mut String, c: char, keep_newline: bool) {
     match c {
@@ -40,16 +28,6 @@ fn push_escaped(out: &mut String, c: char, keep_newline: bool) {
         }
         c => out.push(c),
     }
-}
-
-/// KDL's whitespace (its `unicode-space` table): a multi-line string line
-/// made only of these is normalised to empty, so such values stay single-line.
-fn is_kdl_space(c: char) -> bool {
-    matches!(
-        c,
-        '\t' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
-            ..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
-    )
 }
 
 /// A single-line quoted KDL v2 string.

@@ -91,38 +91,12 @@ pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
     candidates
         .iter()
         .filter(|c| c.len().abs_diff(normalized.len()) <= limit * 4)
-        .map(|c| (levenshtein(&normalized, c), *c))
+        // Optimal string alignment: a swap of two neighbours is one edit,
+        // so `stpe` is one edit from `step`.
+        .map(|c| (strsim::osa_distance(&normalized, c), *c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-/// Edit distance counting a swap of two neighbours as one edit (optimal
-/// string alignment), so `stpe` is one edit from `step`.
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let w = b.len() + 1;
-    let mut d = vec![0usize; (a.len() + 1) * w];
-    for i in 0..=a.len() {
-        d[i * w] = i;
-    }
-    for (j, cell) in d.iter_mut().enumerate().take(w) {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[(i - 1) * w + j] + 1)
-                .min(d[i * w + j - 1] + 1)
-                .min(d[(i - 1) * w + j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[(i - 2) * w + j - 2] + 1);
-            }
-            d[i * w + j] = v;
-        }
-    }
-    d[a.len() * w + b.len()]
 }
 
 /// Most names a help line lists.
@@ -609,10 +583,7 @@ impl Cx {
             }
             matrix.exclude.push(combo);
         }
-        let combinations = matrix
-            .axes
-            .iter()
-            .try_fold(1usize, |acc, a| acc.checked_mul(a.values.len().max(1)));
+        let combinations = crate::matrix::combination_count(&matrix);
         if combinations.is_none_or(|n| n > MAX_MATRIX_COMBINATIONS) {
             self.push(
                 Problem::new(
@@ -1209,6 +1180,5 @@ mod tests {
         assert_eq!(suggest("runs-on", &["id", "runs_on"]), Some("runs_on"));
         assert_eq!(suggest("stpe", &["step", "env"]), Some("step"));
         assert_eq!(suggest("zzzzzz", &["step", "env"]), None);
-        assert_eq!(levenshtein("kitten", "sitting"), 3);
     }
 }

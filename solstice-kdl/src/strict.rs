@@ -16,6 +16,8 @@
 //! v1 parser panics on some malformed input, so it too only gets text known
 //! to be well formed, or small text under `catch_unwind`.
 
+use crate::chars::{is_disallowed, is_newline as is_newline_char, is_unicode_space};
+
 /// Where and why the text is not well-formed KDL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rejection {
@@ -80,28 +82,6 @@ struct Checker<'a> {
     errors: Vec<Rejection>,
     /// Where comments are, when asked for (`comments`).
     comments: Option<Vec<(usize, usize)>>,
-}
-
-/// `kdl`'s `UNICODE_SPACES`.
-fn is_unicode_space(c: char) -> bool {
-    matches!(
-        c,
-        '\t' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
-            ..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
-    )
-}
-
-fn is_newline_char(c: char) -> bool {
-    matches!(
-        c,
-        '\r' | '\n' | '\u{85}' | '\u{b}' | '\u{c}' | '\u{2028}' | '\u{2029}'
-    )
-}
-
-fn is_disallowed(c: char) -> bool {
-    matches!(c,
-        '\u{0}'..='\u{8}' | '\u{e}'..='\u{1f}' | '\u{7f}' | '\u{200e}'..='\u{200f}'
-        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 impl<'a> Checker<'a> {

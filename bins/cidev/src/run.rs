@@ -357,6 +357,13 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
     config.capacity = capacity;
     config.secrets = secrets;
     config.log_cap = args.log_cap_mib.saturating_mul(1 << 20);
+    // The printer shows every line: it may fall behind by as much log as
+    // all the jobs running at once can write (capacity × the log cap)
+    // before it misses any. Bounded all the same.
+    config.event_buffer_bytes = usize::try_from(config.log_cap)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(capacity.max(1))
+        .max(solstice_core::engine::EVENT_BUFFER_BYTES);
     if args.unix_socket {
         config.listen = Listen::Unix(temp.path().join("runner.sock"));
     }

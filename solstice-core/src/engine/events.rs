@@ -1,4 +1,5 @@
-//! The engine's events for subscribers (printers, APIs, tests), bounded in
+//! [`EngineEvent`]: what the engine tells subscribers, and the bus that
+//! carries them. The engine's events for subscribers (printers, APIs, tests), bounded in
 //! bytes: a subscriber that stops reading cannot pin more than
 //! [`EVENT_BUFFER_BYTES`] of log data. It misses what was dropped and is
 //! told how much ([`EventError::Lagged`]), then reads on from the oldest
@@ -9,18 +10,105 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::EngineEvent;
+use crate::store::{JobStatus, LogStream, RunId, RunStatus, StepStatus};
 use crate::util::lock;
 
-/// Most bytes of events kept for subscribers that are behind (log data
-/// counted by its length, every event by a fixed overhead): 16 MiB.
+/// What happens, for live output (`cidev run`) and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EngineEvent {
+    /// A job was published to the queue.
+    JobQueued {
+        /// Run.
+        run: RunId,
+        /// Expanded job id.
+        key: String,
+    },
+    /// An attempt started.
+    JobStarted {
+        /// Run.
+        run: RunId,
+        /// Expanded job id.
+        key: String,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// A step started.
+    StepStarted {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// Step index.
+        index: u32,
+        /// Step name.
+        name: String,
+    },
+    /// Output (masked).
+    Log {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// The step that wrote it; `None` for the system's own lines.
+        step: Option<u32>,
+        /// Which stream.
+        stream: LogStream,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+    /// A step ended.
+    StepFinished {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// Step index.
+        index: u32,
+        /// Status.
+        status: StepStatus,
+        /// Exit status.
+        exit_code: i32,
+    },
+    /// An attempt was lost and the job goes round again.
+    JobRetrying {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// The attempt that was lost.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A job reached its final status.
+    JobFinished {
+        /// Run.
+        run: RunId,
+        /// Job.
+        key: String,
+        /// Final status.
+        status: JobStatus,
+        /// Why, when not succeeded.
+        reason: Option<String>,
+    },
+    /// Every job of the run is final.
+    RunFinished {
+        /// Run.
+        run: RunId,
+        /// Final status.
+        status: RunStatus,
+    },
+}
+
+/// Default of [`crate::engine::EngineConfig::event_buffer_bytes`]: most
+/// bytes of events kept for subscribers that are behind, 16 MiB (log data
+/// counted by its length, every event also by [`EVENT_OVERHEAD`], so the
+/// bound also bounds how many events are kept).
 pub const EVENT_BUFFER_BYTES: usize = 16 << 20;
 
-/// Most events kept, whatever their size.
-pub const EVENT_BUFFER_EVENTS: usize = 1 << 16;
-
 /// What an event costs in the buffer beyond its log data.
-const EVENT_OVERHEAD: usize = 128;
+pub const EVENT_OVERHEAD: usize = 128;
 
 /// Why [`Events::recv`] returned no event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -63,12 +151,22 @@ struct Shared {
 }
 
 /// The sending side, owned by the engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EventBus {
     shared: Arc<Shared>,
+    limit: usize,
 }
 
 impl EventBus {
+    /// A bus keeping at most `limit` bytes of events (and always the
+    /// newest event, however large).
+    pub(crate) fn new(limit: usize) -> EventBus {
+        EventBus {
+            shared: Arc::default(),
+            limit,
+        }
+    }
+
     /// Keeps `event` for subscribers, dropping the oldest past the bounds.
     pub(crate) fn send(&self, event: EngineEvent) {
         let size = cost(&event);
@@ -76,9 +174,7 @@ impl EventBus {
             let mut ring = lock(&self.shared.ring);
             ring.events.push_back((Arc::new(event), size));
             ring.bytes += size;
-            while ring.events.len() > 1
-                && (ring.bytes > EVENT_BUFFER_BYTES || ring.events.len() > EVENT_BUFFER_EVENTS)
-            {
+            while ring.events.len() > 1 && ring.bytes > self.limit {
                 if let Some((_, old)) = ring.events.pop_front() {
                     ring.bytes -= old;
                     ring.first += 1;
@@ -165,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_stalled_subscriber_pins_at_most_the_byte_bound_and_learns_what_it_missed() {
-        let bus = EventBus::default();
+        let bus = EventBus::new(EVENT_BUFFER_BYTES);
         let mut slow = bus.subscribe();
         let chunk = 64 << 10;
         let sent = 4 * EVENT_BUFFER_BYTES / chunk;
@@ -199,10 +295,10 @@ mod tests {
     }
 
     #[test]
-    fn small_events_are_bounded_by_count() {
-        let bus = EventBus::default();
+    fn small_events_are_bounded_too() {
+        let bus = EventBus::new(100 * EVENT_OVERHEAD);
         let mut slow = bus.subscribe();
-        for _ in 0..EVENT_BUFFER_EVENTS + 10 {
+        for _ in 0..110 {
             bus.send(log(0));
         }
         assert_eq!(
@@ -213,7 +309,7 @@ mod tests {
 
     #[test]
     fn an_event_larger_than_the_bound_is_still_delivered() {
-        let bus = EventBus::default();
+        let bus = EventBus::new(EVENT_BUFFER_BYTES);
         let mut sub = bus.subscribe();
         bus.send(log(EVENT_BUFFER_BYTES + 1));
         assert!(matches!(sub.try_recv(), Some(Ok(EngineEvent::Log { .. }))));
@@ -221,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_waits_for_an_event_and_ends_when_the_engine_is_gone() {
-        let bus = EventBus::default();
+        let bus = EventBus::new(EVENT_BUFFER_BYTES);
         let mut sub = bus.subscribe();
         let waiter = tokio::spawn(async move {
             let first = sub.recv().await;

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Engine, LiveAttempt, RunnerResult, hash_token, lock, now_ms};
+use super::token::{hash_token, new_token};
+use super::{Engine, LiveAttempt, RunnerResult, lock, now_ms};
 use crate::protocol::pb::{self, runner_event::Event};
 use crate::protocol::{self, token_of};
 use crate::store::{Change, StepRecord, StepStatus};
@@ -14,7 +15,7 @@ use crate::store::{Change, StepRecord, StepStatus};
 /// Largest message a runner may send (log chunks are 64 KiB).
 const MAX_MESSAGE: usize = 4 << 20;
 
-pub(super) async fn serve(engine: Engine, listener: super::Listener) {
+pub(super) async fn serve(engine: Engine, listener: super::config::Listener) {
     let service = pb::runner_server::RunnerServer::new(RunnerService { engine })
         .max_decoding_message_size(MAX_MESSAGE);
     // Runners stream logs to us: HTTP/2's default 64 KiB receive window
@@ -26,14 +27,16 @@ pub(super) async fn serve(engine: Engine, listener: super::Listener) {
     let result = match listener {
         // No Nagle: a response (a job spec, an ack) goes out at once
         // instead of waiting for the runner's ACK of the previous packet.
-        super::Listener::Tcp(l) => {
+        super::config::Listener::Tcp(l) => {
             router
                 .serve_with_incoming(
                     tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
                 )
                 .await
         }
-        super::Listener::Unix(l) => router.serve_with_incoming(UnixListenerStream::new(l)).await,
+        super::config::Listener::Unix(l) => {
+            router.serve_with_incoming(UnixListenerStream::new(l)).await
+        }
     };
     if let Err(e) = result {
         tracing::error!(error = %e, "runner endpoint stopped");
@@ -81,7 +84,7 @@ impl pb::runner_server::Runner for RunnerService {
         }
         // The report session: only the process that fetched the job knows
         // it, so a step that finds the token cannot report for the runner.
-        let session = super::new_token();
+        let session = new_token();
         *lock(&live.session_hash) = Some(hash_token(&session));
         let mut spec = job_spec(&live);
         spec.session = session;

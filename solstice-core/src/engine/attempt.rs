@@ -1,0 +1,333 @@
+//! One attempt at a job: claim it, boot its VM, watch the runner, record
+//! how it ended (the failure table is in the module docs of `engine`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use solstice_vmm::{VmId, VmSpec, VmState};
+use tokio::sync::{Notify, oneshot};
+use tracing::Instrument;
+
+use super::token::{hash_token, new_token};
+use super::{
+    Engine, EngineError, EngineEvent, JobMessage, LiveAttempt, Outcome, RunnerResult, StoredJob,
+    lock, now_ms,
+};
+use crate::log::LogIngest;
+use crate::store::{Applied, Attempt, AttemptStatus, Change, Job, JobStatus};
+use crate::util::error_chain;
+
+impl Engine {
+    pub(super) async fn run_job(&self, msg: &JobMessage) -> Result<(), EngineError> {
+        if lock(&self.inner.cancelled_runs).contains(&msg.run_id) {
+            self.inner
+                .store
+                .transition_job(
+                    msg.job_id,
+                    &[JobStatus::Queued],
+                    JobStatus::Cancelled,
+                    Some("cancelled"),
+                )
+                .await?;
+            return Ok(());
+        }
+        let token = new_token();
+        let lease = self.inner.config.lease;
+        let claimed = self
+            .inner
+            .recorder
+            .apply(Change::Claim {
+                job: msg.job_id,
+                holder: self.inner.config.holder.clone(),
+                lease_until: now_ms() + lease.as_millis() as i64,
+                token_hash: hash_token(&token),
+                now: now_ms(),
+            })
+            .await?;
+        // Not queued (a stale or duplicate message), or out of attempts.
+        let Applied::Claimed(Some(pair)) = claimed else {
+            return Ok(());
+        };
+        let (job, attempt) = *pair;
+        let span = tracing::info_span!("attempt", key = %job.key, attempt = attempt.number);
+        self.attempt(job, attempt, token).instrument(span).await
+    }
+
+    pub(super) async fn attempt(
+        &self,
+        job: Job,
+        attempt: Attempt,
+        token: String,
+    ) -> Result<(), EngineError> {
+        let run = job.run_id;
+        self.emit(EngineEvent::JobStarted {
+            run,
+            key: job.key.clone(),
+            attempt: attempt.number,
+        });
+        let stored: StoredJob = match serde_json::from_str(&job.spec) {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Nothing can run it; record why instead of leaving it running.
+                let outcome = Outcome::Failed(format!("the stored job cannot be read: {e}"));
+                return self.finish(&job, &attempt, outcome).await;
+            }
+        };
+        let secrets: BTreeMap<String, String> = stored
+            .secrets
+            .iter()
+            .filter_map(|n| {
+                self.inner
+                    .config
+                    .secrets
+                    .get(n)
+                    .map(|v| (n.clone(), v.clone()))
+            })
+            .collect();
+        let secret_values: Vec<String> = secrets.values().cloned().collect();
+        // Masking fails closed: a job whose secrets cannot be masked does
+        // not start, so nothing unmasked is ever stored or shown.
+        let ingest = match LogIngest::new(&secret_values, self.inner.config.log_cap) {
+            Ok(ingest) => ingest,
+            Err(e) => {
+                let outcome = Outcome::Failed(format!("the job's secrets cannot be masked: {e}"));
+                return self.finish(&job, &attempt, outcome).await;
+            }
+        };
+        let (result_tx, result_rx) = oneshot::channel();
+        let timeout = stored
+            .planned
+            .job
+            .timeout
+            .map_or(self.inner.config.default_job_timeout, |t| t.to_std());
+        let live = Arc::new(LiveAttempt {
+            attempt: attempt.clone(),
+            run,
+            key: job.key.clone(),
+            stored,
+            secrets,
+            result: Mutex::new(Some(result_tx)),
+            ingest: tokio::sync::Mutex::new((ingest, 0)),
+            failed_step: Mutex::new(None),
+            token_hash: hash_token(&token),
+            token_used: std::sync::atomic::AtomicBool::new(false),
+            lease_until: std::sync::atomic::AtomicI64::new(attempt.lease_expires_at),
+            cancel: Notify::new(),
+            reporting: std::sync::atomic::AtomicBool::new(false),
+            session_hash: Mutex::new(None),
+            report_opened: std::sync::atomic::AtomicBool::new(false),
+        });
+        lock(&self.inner.live).insert(attempt.id, live.clone());
+
+        let lease = self.inner.config.lease;
+        let heartbeat = {
+            let store = self.inner.store.clone();
+            let holder = self.inner.config.holder.clone();
+            let live = live.clone();
+            let mut killed = self.inner.killed.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(lease / 3) => {}
+                        _ = killed.wait_for(|k| *k) => return,
+                    }
+                    let until = now_ms() + lease.as_millis() as i64;
+                    match store.renew_lease(live.attempt.id, &holder, until).await {
+                        Ok(true) => live
+                            .lease_until
+                            .store(until, std::sync::atomic::Ordering::SeqCst),
+                        Ok(false) => {
+                            tracing::warn!("lost the lease; stopping the attempt");
+                            live.lease_until
+                                .store(0, std::sync::atomic::Ordering::SeqCst);
+                            live.cancel.notify_one();
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                    }
+                }
+            })
+        };
+
+        let mut spec = VmSpec::new(
+            format!("solstice-r{}-j{}-a{}", run, job.id, attempt.number),
+            attempt.id.to_string(),
+            self.inner.endpoint.clone(),
+            token,
+        );
+        spec.label = job.label.clone();
+        spec.vcpus = self.inner.config.vcpus;
+        spec.memory_mib = self.inner.config.memory_mib;
+        spec.disk_gib = self.inner.config.disk_gib;
+        let mut vm: Option<VmId> = None;
+        let outcome = match self.inner.provider.provision(&spec).await {
+            Err(e @ solstice_vmm::VmError::Boot { .. }) => Outcome::Lost(error_chain(&e)),
+            Err(e) => Outcome::Lost(format!("VM failed to boot: {}", error_chain(&e))),
+            Ok(handle) => {
+                self.inner
+                    .recorder
+                    .send(Change::SetVm {
+                        attempt: attempt.id,
+                        vm_id: handle.id.0.clone(),
+                    })
+                    .await;
+                vm = Some(handle.id.clone());
+                self.watch(&live, &handle.id, result_rx, timeout).await
+            }
+        };
+        heartbeat.abort();
+        if let Some(id) = &vm
+            && let Err(e) = self.inner.provider.destroy(id).await
+        {
+            tracing::warn!(vm = %id, error = %e, "destroying the VM failed; the reaper will retry");
+        }
+        let reason_line = match &outcome {
+            Outcome::Succeeded => None,
+            Outcome::Failed(r) | Outcome::Lost(r) => Some(r.clone()),
+            Outcome::Cancelled => Some("cancelled".to_string()),
+        };
+        if let Some(r) = &reason_line {
+            self.system_log(
+                &live,
+                &format!("[solstice] attempt {}: {r}\n", attempt.number),
+            )
+            .await;
+        }
+        self.flush_log(&live).await;
+        lock(&self.inner.live).remove(&attempt.id);
+        self.finish(&job, &attempt, outcome).await
+    }
+
+    /// Records how an attempt ended and what happens to its job: final, or
+    /// queued again while `retry` allows.
+    pub(super) async fn finish(
+        &self,
+        job: &Job,
+        attempt: &Attempt,
+        outcome: Outcome,
+    ) -> Result<(), EngineError> {
+        let run = job.run_id;
+        // `job` is as claimed: its `max_attempts` can only have grown since
+        // if recovery ended this attempt, and then this finish does nothing.
+        let retry =
+            attempt.number < job.max_attempts && !lock(&self.inner.cancelled_runs).contains(&run);
+        let (status, reason, job_status, job_reason) = match outcome {
+            Outcome::Succeeded => (AttemptStatus::Succeeded, None, JobStatus::Succeeded, None),
+            Outcome::Failed(r) => (
+                AttemptStatus::Failed,
+                Some(r.clone()),
+                JobStatus::Failed,
+                Some(r),
+            ),
+            Outcome::Cancelled => (
+                AttemptStatus::Cancelled,
+                Some("cancelled".to_string()),
+                JobStatus::Cancelled,
+                Some("cancelled".to_string()),
+            ),
+            Outcome::Lost(r) if retry => (
+                AttemptStatus::Lost,
+                Some(r.clone()),
+                JobStatus::Queued,
+                Some(r),
+            ),
+            Outcome::Lost(r) => (
+                AttemptStatus::Lost,
+                Some(r.clone()),
+                JobStatus::Failed,
+                Some(format!("{r} (no attempts left)")),
+            ),
+        };
+        let ended = self
+            .inner
+            .recorder
+            .apply(Change::Finish {
+                attempt: attempt.id,
+                status,
+                reason: reason.clone(),
+                now: now_ms(),
+                job: job.id,
+                job_status,
+                job_reason: job_reason.clone(),
+                extra_attempts: 0,
+            })
+            .await?;
+        if ended != Applied::Finished(true) {
+            // Someone else (recovery after a lost lease) already ended it.
+            return Ok(());
+        }
+        if job_status == JobStatus::Queued {
+            self.emit(EngineEvent::JobRetrying {
+                run,
+                key: job.key.clone(),
+                attempt: attempt.number,
+                reason: reason.unwrap_or_default(),
+            });
+            self.publish(run, job.id).await?;
+            return Ok(());
+        }
+        self.emit(EngineEvent::JobFinished {
+            run,
+            key: job.key.clone(),
+            status: job_status,
+            reason: job_reason,
+        });
+        Ok(())
+    }
+
+    /// Waits for the runner's result, the VM's death, the timeout or a cancel.
+    pub(super) async fn watch(
+        &self,
+        live: &Arc<LiveAttempt>,
+        vm: &VmId,
+        mut result: oneshot::Receiver<RunnerResult>,
+        timeout: Duration,
+    ) -> Outcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = tokio::time::interval(self.inner.config.poll);
+        let mut stopped_at: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                r = &mut result => {
+                    return match r {
+                        Ok(RunnerResult::Finished { success: true, .. }) => Outcome::Succeeded,
+                        Ok(RunnerResult::Finished { success: false, failed_step }) => Outcome::Failed(
+                            failed_step.unwrap_or_else(|| "the job failed".to_string())),
+                        Ok(RunnerResult::Disconnected(why)) => Outcome::Lost(format!("runner lost: {why}")),
+                        Ok(RunnerResult::Refused(why)) => Outcome::Failed(format!("the runner's report was refused: {why}")),
+                        Err(_) => Outcome::Lost("runner lost".into()),
+                    };
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Outcome::Failed(format!("timed out after {}", solstice_kdl::Duration::from_secs(timeout.as_secs().max(1))));
+                }
+                _ = live.cancel.notified() => return Outcome::Cancelled,
+                _ = poll.tick() => {
+                    match self.inner.provider.state(vm).await {
+                        Ok(VmState::Stopped(_)) | Ok(VmState::Failed(_)) | Err(_) => {
+                            // Give the runner's last events time to land: while
+                            // its report stream is still being processed (which
+                            // can lag under load) the stream's end decides.
+                            let since = *stopped_at.get_or_insert_with(tokio::time::Instant::now);
+                            let grace = if live.reporting.load(std::sync::atomic::Ordering::SeqCst) {
+                                Duration::from_secs(30)
+                            } else {
+                                Duration::from_secs(2)
+                            };
+                            if since.elapsed() > grace {
+                                tracing::warn!(
+                                    reporting = live.reporting.load(std::sync::atomic::Ordering::SeqCst),
+                                    result_pending = lock(&live.result).is_some(),
+                                    "the VM stopped and no result came"
+                                );
+                                return Outcome::Lost("the VM stopped before the runner reported the end of the job".into());
+                            }
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}

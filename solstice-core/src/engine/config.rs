@@ -1,0 +1,131 @@
+//! [`EngineConfig`]: what an engine is set up with, and where it serves
+//! runners ([`Listen`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use solstice_vmm::RunnerEndpoint;
+
+use super::events::EVENT_BUFFER_BYTES;
+use super::now_ms;
+use crate::log::DEFAULT_LOG_CAP;
+
+/// Where the runner endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Listen {
+    /// A TCP address; port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A unix socket at this path, for runners on this host or behind a
+    /// bridge (virtio-serial, vsock proxies). A socket file left there by an
+    /// engine that died is replaced; any other file is an error. The socket
+    /// is created with the directory's permissions: put it in a directory
+    /// only the engine and its VMs' bridges can reach.
+    Unix(std::path::PathBuf),
+}
+
+/// The bound endpoint.
+pub(super) enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listen {
+    pub(super) async fn bind(&self) -> std::io::Result<(Listener, RunnerEndpoint)> {
+        match self {
+            Listen::Tcp(addr) => {
+                let l = tokio::net::TcpListener::bind(addr).await?;
+                let endpoint = RunnerEndpoint::Tcp(l.local_addr()?.to_string());
+                Ok((Listener::Tcp(l), endpoint))
+            }
+            Listen::Unix(path) => {
+                use std::os::unix::fs::FileTypeExt;
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+                    Ok(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket", path.display()),
+                        ));
+                    }
+                    Err(_) => {}
+                }
+                let l = tokio::net::UnixListener::bind(path)?;
+                Ok((Listener::Unix(l), RunnerEndpoint::Unix(path.clone())))
+            }
+        }
+    }
+}
+
+/// Engine settings.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// This engine's unique name; leases are held in it.
+    pub holder: String,
+    /// Most jobs at once.
+    pub capacity: usize,
+    /// Lease length; the heartbeat renews it every third of that.
+    pub lease: Duration,
+    /// Timeout of jobs without `timeout`.
+    pub default_job_timeout: Duration,
+    /// Per-job log cap after masking.
+    pub log_cap: u64,
+    /// Secret values by name.
+    pub secrets: BTreeMap<String, String>,
+    /// Where the runner endpoint listens.
+    pub listen: Listen,
+    /// How often a VM's state is checked while its job runs.
+    pub poll: Duration,
+    /// VM shape.
+    pub vcpus: u32,
+    /// VM memory.
+    pub memory_mib: u32,
+    /// VM disk.
+    pub disk_gib: u32,
+    /// Most bytes of events kept for subscribers that fall behind
+    /// ([`crate::engine::Engine::subscribe`]); default
+    /// [`EVENT_BUFFER_BYTES`]. A subscriber further behind misses events
+    /// and is told how many ([`crate::engine::EventError::Lagged`]).
+    pub event_buffer_bytes: usize,
+}
+
+/// Secret values are not shown, only their names.
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("holder", &self.holder)
+            .field("capacity", &self.capacity)
+            .field("lease", &self.lease)
+            .field("default_job_timeout", &self.default_job_timeout)
+            .field("log_cap", &self.log_cap)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("listen", &self.listen)
+            .field("poll", &self.poll)
+            .field("vcpus", &self.vcpus)
+            .field("memory_mib", &self.memory_mib)
+            .field("disk_gib", &self.disk_gib)
+            .field("event_buffer_bytes", &self.event_buffer_bytes)
+            .finish()
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            holder: format!("engine-{}-{}", std::process::id(), now_ms()),
+            capacity: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            lease: Duration::from_secs(30),
+            default_job_timeout: Duration::from_secs(3600),
+            log_cap: DEFAULT_LOG_CAP,
+            secrets: BTreeMap::new(),
+            listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
+            poll: Duration::from_millis(100),
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_gib: 20,
+            event_buffer_bytes: EVENT_BUFFER_BYTES,
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! [`EngineError`]: why an engine call failed.
+
+/// Why the engine could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] solstice_queue::QueueError),
+    /// The workflow cannot be planned.
+    #[error(transparent)]
+    Plan(#[from] solstice_kdl::PlanError),
+    /// The runner endpoint could not listen.
+    #[error("runner endpoint: {0}")]
+    Listen(std::io::Error),
+    /// A declared secret has no value.
+    #[error("secret `{0}` is declared by the workflow but has no value (use --secret {0}=VALUE)")]
+    MissingSecret(String),
+    /// A declared secret's value is too short to be masked in logs.
+    #[error(
+        "secret `{0}` is shorter than {min} bytes: it could not be masked in the logs, so it is refused",
+        min = crate::log::MIN_SECRET_LEN
+    )]
+    SecretTooShort(String),
+}

@@ -7,6 +7,7 @@
 //! in their own process group, which is killed as a whole on timeout.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -798,7 +799,10 @@ fn scp_like(url: &str) -> bool {
 
 /// Copies a working tree: in a git repository the tracked files and the
 /// untracked ones git does not ignore (so `target/` stays behind);
-/// elsewhere everything but `.git`.
+/// elsewhere everything but `.git`. Git itself decides in a repository
+/// (a walker such as the `ignore` crate's would also drop tracked files
+/// that match a `.gitignore`); outside one, the plain walk below is all
+/// there is to it.
 async fn copy_tree(src: &Path, dest: &Path) -> Result<(), String> {
     let listed = Command::new("git")
         .args([
@@ -816,7 +820,9 @@ async fn copy_tree(src: &Path, dest: &Path) -> Result<(), String> {
             .stdout
             .split(|b| *b == 0)
             .filter(|p| !p.is_empty())
-            .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+            // Names are bytes: a file whose name is not UTF-8 is copied
+            // under its own name, not a lossy one.
+            .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
             .collect(),
         _ => walk(src).map_err(|e| format!("{}: {e}", src.display()))?,
     };
@@ -881,6 +887,31 @@ fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_checkout_copies_names_that_are_not_utf8_exactly() {
+        use std::os::unix::ffi::OsStringExt;
+        let name = std::ffi::OsString::from_vec(b"caf\xe9.txt".to_vec());
+        for in_git in [false, true] {
+            let src = tempfile::tempdir().expect("src");
+            let dest = tempfile::tempdir().expect("dest");
+            if in_git {
+                let ok = std::process::Command::new("git")
+                    .args(["init", "--quiet"])
+                    .current_dir(src.path())
+                    .status()
+                    .expect("git");
+                assert!(ok.success());
+            }
+            std::fs::write(src.path().join(&name), b"latin-1").expect("write");
+            copy_tree(src.path(), dest.path()).await.expect("copy");
+            assert_eq!(
+                std::fs::read(dest.path().join(&name)).expect("copied under its own name"),
+                b"latin-1",
+                "in git: {in_git}"
+            );
+        }
+    }
 
     #[test]
     fn clone_sources_from_webhooks_cannot_be_read_as_options() {

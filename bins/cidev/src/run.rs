@@ -3,6 +3,7 @@
 //! the local (or mock) provider.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -261,7 +262,13 @@ fn checkout_root(file: &Path) -> PathBuf {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        .map(|o| {
+            let mut out = o.stdout;
+            while out.last().is_some_and(u8::is_ascii_whitespace) {
+                out.pop();
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        });
     top.or_else(|| std::env::current_dir().ok())
         .unwrap_or_else(|| PathBuf::from("."))
 }
@@ -371,15 +378,23 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
         .await
         .map_err(|e| Context::new("cannot start the engine", e))?;
     let root = checkout_root(&file);
+    // The checkout's path travels as text (the stored job, the runner
+    // protocol): a directory whose path is not UTF-8 is refused, not
+    // copied from a lossy name. Files inside it may have any name.
+    let root = root.to_str().ok_or_else(|| {
+        format!(
+            "the checkout directory {} has a path that is not UTF-8",
+            root.display()
+        )
+    })?;
     let mut events = engine.subscribe();
-    let source =
-        serde_json::json!({ "event": "cidev run", "path": root.display().to_string() }).to_string();
+    let source = serde_json::json!({ "event": "cidev run", "path": root }).to_string();
     let run = engine
         .submit(
             &workflow,
             &source,
             Checkout::Local {
-                path: root.display().to_string(),
+                path: root.to_string(),
             },
         )
         .await

@@ -125,12 +125,12 @@ impl Engine {
             let store = self.inner.store.clone();
             let holder = self.inner.config.holder.clone();
             let live = live.clone();
-            let mut killed = self.inner.killed.subscribe();
+            let killed = self.inner.killed.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep(lease / 3) => {}
-                        _ = killed.wait_for(|k| *k) => return,
+                        () = killed.cancelled() => return,
                     }
                     let until = now_ms() + lease.as_millis() as i64;
                     match store.renew_lease(live.attempt.id, &holder, until).await {

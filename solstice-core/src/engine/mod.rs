@@ -45,7 +45,8 @@ use solstice_kdl::{PlannedJob, Workflow};
 use solstice_queue::{Delivery, JobQueue};
 use solstice_vmm::{RunnerEndpoint, VmProvider};
 use tokio::sync::{Notify, Semaphore, oneshot};
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
 pub use config::{EngineConfig, Listen};
@@ -103,6 +104,9 @@ pub struct StoredJob {
     /// Where the code comes from.
     pub checkout: Checkout,
 }
+
+/// Longest `shutdown` waits for running jobs to end after cancelling them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -168,10 +172,15 @@ struct Inner {
     live: Mutex<HashMap<AttemptId, Arc<LiveAttempt>>>,
     cancelled_runs: Mutex<HashSet<RunId>>,
     events: events::EventBus,
-    /// Long-lived tasks (endpoint, consumer, recovery).
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Set by `kill`: job tasks and heartbeats stop dead, as in a crash.
-    killed: tokio::sync::watch::Sender<bool>,
+    /// Long-lived tasks (writer, endpoint, scheduler, consumer, recovery);
+    /// they stop when `stopping` or `killed` is cancelled.
+    services: TaskTracker,
+    /// Cancelled by `shutdown`, once the job tasks have ended.
+    stopping: CancellationToken,
+    /// Cancelled by `kill`: every task stops dead, as in a crash.
+    killed: CancellationToken,
+    /// Job tasks (each holds one of `capacity` slots while it runs).
+    jobs: TaskTracker,
     /// The hot path's writes (group commit).
     recorder: Recorder,
     /// Woken whenever a run finishes (for `wait`).
@@ -183,8 +192,6 @@ struct Inner {
     /// Runs whose jobs changed since the scheduler last looked.
     to_schedule: Mutex<HashSet<RunId>>,
     schedule_wake: Notify,
-    /// Job tasks running (each holds one of `capacity` slots).
-    active_jobs: std::sync::atomic::AtomicUsize,
     /// No moment without a free slot since the last queue reconciliation
     /// (cleared when every slot is taken).
     idle_since_reconcile: std::sync::atomic::AtomicBool,
@@ -228,19 +235,25 @@ impl Engine {
                 live: Mutex::new(HashMap::new()),
                 cancelled_runs: Mutex::new(HashSet::new()),
                 events,
-                tasks: Mutex::new(Vec::new()),
-                killed: tokio::sync::watch::channel(false).0,
+                services: TaskTracker::new(),
+                stopping: CancellationToken::new(),
+                killed: CancellationToken::new(),
+                jobs: TaskTracker::new(),
                 recorder,
                 run_finished: Notify::new(),
                 indexes: tokio::sync::Mutex::new(HashMap::new()),
                 ended: Mutex::new(HashMap::new()),
                 to_schedule: Mutex::new(HashSet::new()),
                 schedule_wake: Notify::new(),
-                active_jobs: std::sync::atomic::AtomicUsize::new(0),
                 idle_since_reconcile: std::sync::atomic::AtomicBool::new(true),
             }),
         };
-        lock(&engine.inner.tasks).push(writer);
+        // The writer outlives the job tasks (they record through it) and
+        // stops with the other services; dropping its handle aborts it.
+        let writer = AbortOnDropHandle::new(writer);
+        engine.spawn(async move {
+            let _ = writer.await;
+        });
         let scheduler = engine.clone();
         engine.spawn(async move { scheduler.scheduler().await });
         let server = service::serve(engine.clone(), listener);
@@ -272,9 +285,17 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Starts a long-lived task that ends with the engine.
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        let handle = tokio::spawn(f);
-        lock(&self.inner.tasks).push(handle);
+        let stopping = self.inner.stopping.clone();
+        let killed = self.inner.killed.clone();
+        self.inner.services.spawn(async move {
+            tokio::select! {
+                () = f => {}
+                () = stopping.cancelled() => {}
+                () = killed.cancelled() => {}
+            }
+        });
     }
 
     /// Where runners connect.
@@ -434,10 +455,7 @@ impl Engine {
     /// (the `testing` feature).
     #[cfg(feature = "testing")]
     pub fn kill(&self) {
-        let _ = self.inner.killed.send(true);
-        for t in lock(&self.inner.tasks).drain(..) {
-            t.abort();
-        }
+        self.inner.killed.cancel();
         lock(&self.inner.live).clear();
     }
 
@@ -449,24 +467,23 @@ impl Engine {
             let _ = self.cancel_run(run).await;
         }
         // Wait for every job task to end (they record their outcome through
-        // the writer task, which must outlive them), then schedule what they
-        // left to schedule.
-        for _ in 0..600 {
-            if lock(&self.inner.live).is_empty()
-                && self
-                    .inner
-                    .active_jobs
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                    == 0
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // the writer task, which must outlive them; a VM that will not die
+        // does not hold shutdown for ever), then schedule what they left to
+        // schedule, then stop the services.
+        self.inner.jobs.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                jobs = self.inner.jobs.len(),
+                "jobs still running after the shutdown grace period"
+            );
         }
         self.schedule_pending().await;
-        for t in lock(&self.inner.tasks).drain(..) {
-            t.abort();
-        }
+        self.inner.stopping.cancel();
+        self.inner.services.close();
+        self.inner.services.wait().await;
     }
 
     /// Puts a job on the queue.
@@ -505,27 +522,19 @@ impl Engine {
             let engine = self.clone();
             let msg = delivery.message().clone();
             let span = tracing::info_span!("job", run = %msg.run_id, job = %msg.job_id);
-            let mut killed = self.inner.killed.subscribe();
-            let busy = self
-                .inner
-                .active_jobs
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                + 1;
+            let killed = self.inner.killed.clone();
+            let busy = self.inner.jobs.len() + 1;
             if busy >= capacity {
                 self.inner
                     .idle_since_reconcile
                     .store(false, std::sync::atomic::Ordering::SeqCst);
             }
-            tokio::spawn(
+            self.inner.jobs.spawn(
                 async move {
                     tokio::select! {
                         () = engine.handle(delivery) => {}
-                        _ = killed.wait_for(|k| *k) => {}
+                        () = killed.cancelled() => {}
                     }
-                    engine
-                        .inner
-                        .active_jobs
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     drop(slot);
                 }
                 .instrument(span),

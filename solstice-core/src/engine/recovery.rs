@@ -88,11 +88,7 @@ impl Engine {
         seen: Option<&HashSet<JobId>>,
     ) -> Result<HashSet<JobId>, EngineError> {
         let queued = self.inner.store.queued_jobs().await?;
-        let idle = self
-            .inner
-            .active_jobs
-            .load(std::sync::atomic::Ordering::SeqCst)
-            < self.inner.config.capacity.max(1)
+        let idle = self.inner.jobs.len() < self.inner.config.capacity.max(1)
             && self
                 .inner
                 .idle_since_reconcile

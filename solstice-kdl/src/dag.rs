@@ -1,6 +1,14 @@
 //! The `needs` graph: cycle detection and a stable topological order. Both
 //! are iterative, so a hostile file with a very long chain cannot overflow
 //! the stack.
+//!
+//! Our own code rather than a graph crate (petgraph) on purpose: what is
+//! needed is small (about a hundred lines), but specific: every cycle
+//! reported once with the labelled edges that close it (for spans in the
+//! diagnostics), and a topological order that keeps file order among
+//! independent jobs (so `cidev inspect` and the stages are stable). A
+//! general library gives neither directly and would add a dependency to a
+//! crate that editors and linters embed.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anstyle::{AnsiColor, Style};
 use solstice_core::engine::{
     Checkout, Engine, EngineConfig, EngineEvent, EventError, FakeExecutor, JobMessage, Listen,
     RunnerGuest,
@@ -550,7 +551,7 @@ async fn abandon_unfinished_runs(
 /// (`terminal`); colour is cidev's own.
 struct Printer {
     color: bool,
-    colors: HashMap<String, &'static str>,
+    colors: HashMap<String, AnsiColor>,
     /// Output of each job and stream not yet ended by a line break.
     partial: HashMap<(String, LogStream), Partial>,
     /// What is written at the next `flush_out`: live, without a write per line.
@@ -568,11 +569,17 @@ struct Partial {
 /// A line longer than this is printed in pieces of this size.
 const MAX_LINE: usize = 1 << 20;
 
-const PALETTE: [&str; 6] = [
-    "\x1b[36m", "\x1b[35m", "\x1b[33m", "\x1b[32m", "\x1b[34m", "\x1b[31m",
+/// Job prefixes take these colours in turn.
+const PALETTE: [AnsiColor; 6] = [
+    AnsiColor::Cyan,
+    AnsiColor::Magenta,
+    AnsiColor::Yellow,
+    AnsiColor::Green,
+    AnsiColor::Blue,
+    AnsiColor::Red,
 ];
-const RESET: &str = "\x1b[0m";
-const DIM: &str = "\x1b[2m";
+/// Standard error and the system's lines.
+const DIM: Style = Style::new().dimmed();
 
 impl Printer {
     fn new() -> Self {
@@ -595,20 +602,17 @@ impl Printer {
             .colors
             .entry(key.to_string())
             .or_insert(PALETTE[n % PALETTE.len()]);
-        format!("{c}[{name}]{RESET} ")
+        let style = Style::new().fg_color(Some(c.into()));
+        format!("{style}[{name}]{style:#} ")
     }
 
     /// A line of cidev's own about a job; `text` is cleaned.
     fn line(&mut self, key: &str, text: &str, dim: bool) {
         let prefix = self.prefix(key);
-        let (a, b) = if dim && self.color {
-            (DIM, RESET)
-        } else {
-            ("", "")
-        };
+        let style = if dim && self.color { DIM } else { Style::new() };
         let text = clean(text);
         self.out
-            .extend_from_slice(format!("{prefix}{a}{text}{b}\n").as_bytes());
+            .extend_from_slice(format!("{prefix}{style}{text}{style:#}\n").as_bytes());
     }
 
     fn note(&mut self, text: &str) {
@@ -626,11 +630,12 @@ impl Printer {
     /// Step output lines, prefixed and cleaned.
     fn output(&mut self, key: &str, stream: LogStream, lines: &[u8]) {
         let prefix = self.prefix(key);
-        let (a, b) = if stream != LogStream::Stdout && self.color {
-            (DIM, RESET)
+        let style = if stream != LogStream::Stdout && self.color {
+            DIM
         } else {
-            ("", "")
+            Style::new()
         };
+        let (a, b) = (style.render().to_string(), style.render_reset().to_string());
         for line in lines.split(|c| *c == b'\n') {
             self.out.extend_from_slice(prefix.as_bytes());
             self.out.extend_from_slice(a.as_bytes());

@@ -306,27 +306,25 @@ pub fn set_color(choice: ColorChoice) {
     let _ = COLOR.set(choice);
 }
 
-fn color_for(is_terminal: bool) -> bool {
+/// `auto` asks anstream, which follows the conventions: a terminal, and
+/// not `NO_COLOR` (set to something), `TERM=dumb` or `CLICOLOR=0`;
+/// `CLICOLOR_FORCE` forces colour.
+fn color_for<S: anstream::stream::RawStream>(stream: &S) -> bool {
     match COLOR.get().copied().unwrap_or(ColorChoice::Auto) {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        // https://no-color.org: set and not empty.
-        ColorChoice::Auto => {
-            is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        }
+        ColorChoice::Auto => anstream::AutoStream::choice(stream) != anstream::ColorChoice::Never,
     }
 }
 
 /// Whether to colour standard output.
 pub fn color_on_stdout() -> bool {
-    use std::io::IsTerminal;
-    color_for(std::io::stdout().is_terminal())
+    color_for(&std::io::stdout())
 }
 
 /// Whether to colour standard error (diagnostics, tracing).
 pub fn color_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    color_for(std::io::stderr().is_terminal())
+    color_for(&std::io::stderr())
 }
 
 /// Columns for rendered reports: the terminal's width when standard error

@@ -8,7 +8,7 @@
 //! every compare-and-set has one winner. Nothing survives the process: a
 //! real store would keep the same shape over its database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -26,7 +26,9 @@ struct AttemptRow {
     token_hash: String,
     token_used: bool,
     steps: BTreeMap<u32, StepRecord>,
-    logs: Vec<LogChunk>,
+    /// By sequence number: in order, and a chunk stored twice is found in
+    /// O(log n).
+    logs: BTreeMap<i64, LogChunk>,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +55,57 @@ impl State {
         self.attempts
             .get_mut(&id)
             .ok_or_else(|| StoreError::Conflict(format!("no attempt {id}")))
+    }
+
+    /// Everything that can make a batch fail, found before anything of it
+    /// is applied: so a batch is all or nothing without undoing. (A batch
+    /// never refers to an attempt it claims itself: the id is not known
+    /// before the claim.)
+    fn check(&self, changes: &[Change]) -> Result<()> {
+        let mut new_chunks: HashSet<(AttemptId, i64)> = HashSet::new();
+        let known = |attempt: &AttemptId| {
+            if self.attempts.contains_key(attempt) {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict(format!("no attempt {attempt}")))
+            }
+        };
+        for change in changes {
+            match change {
+                Change::Claim { .. } => {}
+                Change::SetVm { attempt, .. } => known(attempt)?,
+                Change::Step(step) => known(&step.attempt_id)?,
+                Change::Logs(chunks) => {
+                    for c in chunks {
+                        known(&c.attempt_id)?;
+                        let stored = self
+                            .attempts
+                            .get(&c.attempt_id)
+                            .is_some_and(|row| row.logs.contains_key(&c.seq));
+                        if stored || !new_chunks.insert((c.attempt_id, c.seq)) {
+                            return Err(StoreError::Conflict(format!(
+                                "log chunk {} of attempt {} is stored already",
+                                c.seq, c.attempt_id
+                            )));
+                        }
+                    }
+                }
+                Change::Finish { attempt, job, .. } => {
+                    known(attempt)?;
+                    if !self.jobs.contains_key(job) {
+                        return Err(StoreError::Conflict(format!("no job {job}")));
+                    }
+                }
+                // `Change` grows with the engine: refuse what this store
+                // does not know rather than pretend it applied.
+                other => {
+                    return Err(StoreError::Conflict(format!(
+                        "this store does not know {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply_one(&mut self, change: &Change) -> Result<Applied> {
@@ -92,7 +145,7 @@ impl State {
                         token_hash: token_hash.clone(),
                         token_used: false,
                         steps: BTreeMap::new(),
-                        logs: Vec::new(),
+                        logs: BTreeMap::new(),
                     },
                 );
                 Applied::Claimed(Some(Box::new((claimed, attempt))))
@@ -120,13 +173,7 @@ impl State {
             Change::Logs(chunks) => {
                 for chunk in chunks {
                     let row = self.attempt_mut(chunk.attempt_id)?;
-                    if row.logs.iter().any(|c| c.seq == chunk.seq) {
-                        return Err(StoreError::Conflict(format!(
-                            "log chunk {} of attempt {} is stored already",
-                            chunk.seq, chunk.attempt_id
-                        )));
-                    }
-                    row.logs.push(chunk.clone());
+                    row.logs.insert(chunk.seq, chunk.clone());
                 }
                 Applied::Done
             }
@@ -155,8 +202,6 @@ impl State {
                 }
                 Applied::Finished(true)
             }
-            // `Change` grows with the engine: refuse what this store does
-            // not know rather than pretend it applied.
             other => {
                 return Err(StoreError::Conflict(format!(
                     "this store does not know {other:?}"
@@ -179,8 +224,8 @@ impl MemoryStore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves no half-made change behind
-        // (`apply` works on a copy), so the state is still good.
+        // Changes are checked before any is made, so a panic while holding
+        // the lock leaves no half-made batch behind.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -378,114 +423,23 @@ impl StateStore for MemoryStore {
     }
 
     async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>> {
-        let mut out = self
+        Ok(self
             .state()
             .attempts
             .get(&attempt)
-            .map(|row| row.logs.clone())
-            .unwrap_or_default();
-        out.sort_by_key(|c| c.seq);
-        Ok(out)
+            .map(|row| row.logs.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn apply(&self, changes: &[Change]) -> Result<Vec<Applied>> {
-        // All or nothing: work on a copy of what the batch can touch is
-        // what a database transaction gives; here, on the whole state,
-        // which is simple and fine for an example.
+        // One lock for the whole batch: nobody sees half of it, and what
+        // could fail is found before anything is applied.
         let mut state = self.state();
-        let mut results = Vec::with_capacity(changes.len());
-        let undo = Undo::of(&state, changes);
-        for change in changes {
-            match state.apply_one(change) {
-                Ok(applied) => results.push(applied),
-                Err(e) => {
-                    undo.restore(&mut state);
-                    return Err(e);
-                }
-            }
-        }
-        undo.discard();
-        Ok(results)
+        state.check(changes)?;
+        changes.iter().map(|c| state.apply_one(c)).collect()
     }
 
     fn atomic_apply(&self) -> bool {
         true
     }
-}
-
-/// What a batch may change, copied before it runs.
-struct Undo {
-    jobs: Vec<Job>,
-    attempts: Vec<(AttemptId, Option<AttemptSnapshot>)>,
-    next_id: i64,
-}
-
-struct AttemptSnapshot {
-    attempt: Attempt,
-    token_used: bool,
-    steps: BTreeMap<u32, StepRecord>,
-    logs: usize,
-}
-
-impl Undo {
-    fn of(state: &State, changes: &[Change]) -> Undo {
-        let mut jobs = Vec::new();
-        let mut attempts = Vec::new();
-        for change in changes {
-            let (job, attempt) = match change {
-                Change::Claim { job, .. } => (Some(*job), None),
-                Change::SetVm { attempt, .. } => (None, Some(*attempt)),
-                Change::Step(step) => (None, Some(step.attempt_id)),
-                Change::Logs(chunks) => {
-                    for c in chunks {
-                        attempts.push((c.attempt_id, None));
-                    }
-                    (None, None)
-                }
-                Change::Finish { attempt, job, .. } => (Some(*job), Some(*attempt)),
-                _ => (None, None),
-            };
-            if let Some(j) = job.and_then(|j| state.jobs.get(&j)) {
-                jobs.push(j.clone());
-            }
-            if let Some(a) = attempt {
-                attempts.push((a, None));
-            }
-        }
-        attempts.sort_by_key(|(id, _)| *id);
-        attempts.dedup_by_key(|(id, _)| *id);
-        for (id, snapshot) in &mut attempts {
-            *snapshot = state.attempts.get(id).map(|row| AttemptSnapshot {
-                attempt: row.attempt.clone(),
-                token_used: row.token_used,
-                steps: row.steps.clone(),
-                logs: row.logs.len(),
-            });
-        }
-        Undo {
-            jobs,
-            attempts,
-            next_id: state.next_id,
-        }
-    }
-
-    fn restore(self, state: &mut State) {
-        // Attempts created by the batch have ids past the old counter.
-        let next_id = self.next_id;
-        state.attempts.retain(|id, _| id.get() <= next_id);
-        state.next_id = next_id;
-        for job in self.jobs.into_iter().rev() {
-            state.jobs.insert(job.id, job);
-        }
-        for (id, snapshot) in self.attempts {
-            if let (Some(row), Some(s)) = (state.attempts.get_mut(&id), snapshot) {
-                row.attempt = s.attempt;
-                row.token_used = s.token_used;
-                row.steps = s.steps;
-                row.logs.truncate(s.logs);
-            }
-        }
-    }
-
-    fn discard(self) {}
 }

@@ -91,7 +91,10 @@ impl Engine {
         let ingest = match LogIngest::new(&secret_values, self.inner.config.log_cap) {
             Ok(ingest) => ingest,
             Err(e) => {
-                let outcome = Outcome::Failed(format!("the job's secrets cannot be masked: {e}"));
+                let outcome = Outcome::Failed(format!(
+                    "the job's secrets cannot be masked: {}",
+                    error_chain(&e)
+                ));
                 return self.finish(&job, &attempt, outcome).await;
             }
         };
@@ -144,7 +147,9 @@ impl Engine {
                             live.cancel.notify_one();
                             return;
                         }
-                        Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::util::error_chain(&e), "lease renewal failed; retrying")
+                        }
                     }
                 }
             })
@@ -180,7 +185,7 @@ impl Engine {
         if let Some(id) = &vm
             && let Err(e) = self.inner.provider.destroy(id).await
         {
-            tracing::warn!(vm = %id, error = %e, "destroying the VM failed; the reaper will retry");
+            tracing::warn!(vm = %id, error = %crate::util::error_chain(&e), "destroying the VM failed; the reaper will retry");
         }
         let reason_line = match &outcome {
             Outcome::Succeeded => None,

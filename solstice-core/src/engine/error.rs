@@ -14,8 +14,8 @@ pub enum EngineError {
     #[error(transparent)]
     Plan(#[from] solstice_kdl::PlanError),
     /// The runner endpoint could not listen.
-    #[error("runner endpoint: {0}")]
-    Listen(std::io::Error),
+    #[error("the runner endpoint cannot listen")]
+    Listen(#[source] std::io::Error),
     /// A declared secret has no value.
     #[error("secret `{0}` is declared by the workflow but has no value (use --secret {0}=VALUE)")]
     MissingSecret(String),

@@ -124,7 +124,7 @@ impl Guest for RunnerGuest {
                 1
             }
             Err(e) => {
-                tracing::warn!(error = %e, "mock guest: runner failed");
+                tracing::warn!(error = %crate::util::error_chain(&e), "mock guest: runner failed");
                 2
             }
         }

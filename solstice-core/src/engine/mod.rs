@@ -272,11 +272,11 @@ impl Engine {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = keeper.recover().await {
-                    tracing::warn!(error = %e, "recovery pass failed");
+                    tracing::warn!(error = %crate::util::error_chain(&e), "recovery pass failed");
                 }
                 match keeper.reconcile_queue(Some(&stale)).await {
                     Ok(now) => stale = now,
-                    Err(e) => tracing::warn!(error = %e, "queue reconciliation failed"),
+                    Err(e) => tracing::warn!(error = %crate::util::error_chain(&e), "queue reconciliation failed"),
                 }
                 keeper.refresh_indexes().await;
             }
@@ -504,7 +504,7 @@ impl Engine {
         let mut consumer = match self.inner.queue.consume(capacity).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "cannot consume the job queue");
+                tracing::error!(error = %crate::util::error_chain(&e), "cannot consume the job queue");
                 return;
             }
         };
@@ -515,7 +515,7 @@ impl Engine {
             let delivery = match consumer.next().await {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::info!(error = %e, "job queue closed");
+                    tracing::info!(error = %crate::util::error_chain(&e), "job queue closed");
                     return;
                 }
             };
@@ -549,7 +549,7 @@ impl Engine {
                 let _ = delivery.ack().await;
             }
             Err(e) => {
-                tracing::error!(error = %e, "job handling failed; the message goes back to the queue");
+                tracing::error!(error = %crate::util::error_chain(&e), "job handling failed; the message goes back to the queue");
                 let _ = delivery.nack(true).await;
             }
         }

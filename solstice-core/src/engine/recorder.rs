@@ -108,15 +108,15 @@ async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
             Err(e) if !store.atomic_apply() => {
                 // Part of the batch may be applied: applying it again
                 // could apply that part twice.
-                tracing::error!(error = %e, writes = writes.len(), "a batch of writes failed");
-                let message = e.to_string();
+                tracing::error!(error = %crate::util::error_chain(&e), writes = writes.len(), "a batch of writes failed");
+                let cause = std::sync::Arc::new(e);
                 for reply in replies {
-                    report(reply, Err(StoreError::Batch(message.clone())));
+                    report(reply, Err(StoreError::Batch(cause.clone())));
                 }
             }
             Err(e) => {
                 // One bad write must not sink the others: apply each alone.
-                tracing::warn!(error = %e, writes = writes.len(), "a batch of writes failed; applying them one by one");
+                tracing::warn!(error = %crate::util::error_chain(&e), writes = writes.len(), "a batch of writes failed; applying them one by one");
                 for (write, reply) in writes.iter().zip(replies) {
                     let result =
                         store
@@ -139,7 +139,9 @@ fn report(reply: Option<Reply>, result: Result<Applied, StoreError>) {
         (Some(reply), result) => {
             let _ = reply.send(result);
         }
-        (None, Err(e)) => tracing::error!(error = %e, "storing a write failed"),
+        (None, Err(e)) => {
+            tracing::error!(error = %crate::util::error_chain(&e), "storing a write failed")
+        }
         (None, Ok(_)) => {}
     }
 }

@@ -58,7 +58,7 @@ impl Engine {
         let vms = match self.inner.provider.list().await {
             Ok(vms) => vms,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list VMs to reap");
+                tracing::warn!(error = %crate::util::error_chain(&e), "cannot list VMs to reap");
                 return Ok(());
             }
         };
@@ -72,7 +72,7 @@ impl Engine {
         for vm in vms.into_iter().filter(|vm| !owners.contains(&vm.owner)) {
             tracing::info!(vm = %vm.id, owner = %vm.owner, "reaping a VM no running attempt owns");
             if let Err(e) = self.inner.provider.destroy(&vm.id).await {
-                tracing::warn!(vm = %vm.id, error = %e, "reaping failed");
+                tracing::warn!(vm = %vm.id, error = %crate::util::error_chain(&e), "reaping failed");
             }
         }
         Ok(())

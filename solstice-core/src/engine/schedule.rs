@@ -26,7 +26,7 @@ impl Engine {
         let runs: Vec<RunId> = lock(&self.inner.to_schedule).drain().collect();
         for run in runs {
             if let Err(e) = self.schedule(run).await {
-                tracing::error!(run = %run, error = %e, "scheduling failed");
+                tracing::error!(run = %run, error = %crate::util::error_chain(&e), "scheduling failed");
             }
         }
     }

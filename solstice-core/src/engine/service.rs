@@ -39,7 +39,7 @@ pub(super) async fn serve(engine: Engine, listener: super::config::Listener) {
         }
     };
     if let Err(e) = result {
-        tracing::error!(error = %e, "runner endpoint stopped");
+        tracing::error!(error = %crate::util::error_chain(&e), "runner endpoint stopped");
     }
 }
 
@@ -207,7 +207,8 @@ impl pb::runner_server::Runner for RunnerService {
                     // engine crash can lose only output of a running step.
                     if let Err(e) = engine.inner.recorder.apply(Change::Step(record)).await {
                         break RunnerResult::Disconnected(format!(
-                            "the orchestrator could not record a step: {e}"
+                            "the orchestrator could not record a step: {}",
+                            crate::util::error_chain(&e)
                         ));
                     }
                     engine.emit(super::EngineEvent::StepFinished {

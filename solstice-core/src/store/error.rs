@@ -29,9 +29,10 @@ pub enum StoreError {
     #[error("the state store is closed")]
     Closed,
     /// A batch of writes ([`crate::store::StateStore::apply`]) that this
-    /// write was part of failed.
-    #[error("a batch of writes failed: {0}")]
-    Batch(String),
+    /// write was part of failed; the source is the batch's error (shared by
+    /// every write of the batch).
+    #[error("a batch of writes that this write was part of failed")]
+    Batch(#[source] std::sync::Arc<StoreError>),
 }
 
 impl StoreError {

@@ -740,3 +740,33 @@ fn errors_are_reported_with_their_causes() {
         "{err}"
     );
 }
+
+#[test]
+fn a_state_directory_whose_name_is_not_utf8_works() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join(std::ffi::OsStr::from_bytes(b"st\xe9te"));
+    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args([
+            "run",
+            "examples/workflows/hello.kdl",
+            "--provider",
+            "mock",
+            "--state",
+        ])
+        .arg(&state)
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .output()
+        .expect("cidev runs");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        state.join("state.db").is_file(),
+        "the database is where asked"
+    );
+}

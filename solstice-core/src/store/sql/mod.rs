@@ -35,6 +35,22 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct SqlStore {
     db: Arc<Handle>,
     dialect: Dialect,
+    /// The symlink through which a path that is not UTF-8 is opened.
+    _alias: Option<Arc<tempfile::TempDir>>,
+}
+
+/// `sqlite://` and the path, percent-encoded but for unreserved characters
+/// and `/` (sqlx decodes it).
+fn sqlite_url(path: &str) -> String {
+    let mut url = String::from("sqlite://");
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -112,22 +128,38 @@ impl SqlStore {
     }
 
     /// Opens (creating when missing) and migrates the SQLite database at
-    /// `path`, whatever characters its name holds (`?`, `#`, `%`, spaces);
-    /// a name that is not UTF-8 is refused with [`StoreError::Url`] (sqlx
-    /// takes SQLite paths as UTF-8 text).
+    /// `path`, whatever its directories are called (`?`, `#`, `%`, spaces,
+    /// bytes that are not UTF-8). The file's own name must be UTF-8
+    /// ([`StoreError::Url`] otherwise).
+    ///
+    /// sqlx takes SQLite paths as UTF-8 text in a URL: the path is
+    /// percent-encoded, and a directory whose path is not UTF-8 is reached
+    /// through a symlink with a UTF-8 name in a private temporary
+    /// directory that lives as long as the store.
     pub async fn open_sqlite(path: &std::path::Path) -> Result<SqlStore> {
-        let text = path
-            .to_str()
-            .ok_or_else(|| StoreError::Url(format!("{path:?} is not UTF-8")))?;
-        let mut url = String::from("sqlite://");
-        for b in text.bytes() {
-            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
-                url.push(char::from(b));
-            } else {
-                url.push_str(&format!("%{b:02X}"));
-            }
+        if let Some(text) = path.to_str() {
+            return Self::connect(&sqlite_url(text)).await;
         }
-        Self::connect(&url).await
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| StoreError::Url(format!("the file name of {path:?} is not UTF-8")))?;
+        let dir = std::path::absolute(path.parent().unwrap_or(std::path::Path::new(".")))
+            .map_err(|e| StoreError::Setup(Box::new(e)))?;
+        let alias = tempfile::Builder::new()
+            .prefix("solstice-sqlite-")
+            .tempdir()
+            .map_err(|e| StoreError::Setup(Box::new(e)))?;
+        let link = alias.path().join("db");
+        std::os::unix::fs::symlink(&dir, &link).map_err(|e| StoreError::Setup(Box::new(e)))?;
+        let text = link
+            .join(name)
+            .to_str()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Url("the temporary directory is not UTF-8".into()))?;
+        let mut store = Self::connect(&sqlite_url(&text)).await?;
+        store._alias = Some(Arc::new(alias));
+        Ok(store)
     }
 
     async fn open(
@@ -165,6 +197,7 @@ impl SqlStore {
             return Ok(SqlStore {
                 db: Arc::new(Handle::Single(tokio::sync::Mutex::new(Some(conn)))),
                 dialect,
+                _alias: None,
             });
         }
         let pool = AnyPoolOptions::new()
@@ -189,6 +222,7 @@ impl SqlStore {
         Ok(SqlStore {
             db: Arc::new(Handle::Pool(pool)),
             dialect,
+            _alias: None,
         })
     }
 

@@ -6,6 +6,7 @@
 //! event still kept.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -148,6 +149,9 @@ struct Ring {
 struct Shared {
     ring: Mutex<Ring>,
     added: Notify,
+    /// Live subscriptions: with none, an event is dropped at once (a new
+    /// subscriber sees only what is sent after it subscribed).
+    subscribers: AtomicUsize,
 }
 
 /// The sending side, owned by the engine.
@@ -169,6 +173,9 @@ impl EventBus {
 
     /// Keeps `event` for subscribers, dropping the oldest past the bounds.
     pub(crate) fn send(&self, event: EngineEvent) {
+        if self.shared.subscribers.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let size = cost(&event);
         {
             let mut ring = lock(&self.shared.ring);
@@ -187,6 +194,8 @@ impl EventBus {
     /// A subscription that sees events sent from now on.
     pub(crate) fn subscribe(&self) -> Events {
         let ring = lock(&self.shared.ring);
+        // Counted under the lock: an event sent after this point is kept.
+        self.shared.subscribers.fetch_add(1, Ordering::AcqRel);
         Events {
             shared: self.shared.clone(),
             next: ring.first + ring.events.len() as u64,
@@ -206,6 +215,12 @@ impl Drop for EventBus {
 pub struct Events {
     shared: Arc<Shared>,
     next: u64,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.shared.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Events {
@@ -313,6 +328,20 @@ mod tests {
         let mut sub = bus.subscribe();
         bus.send(log(EVENT_BUFFER_BYTES + 1));
         assert!(matches!(sub.try_recv(), Some(Ok(EngineEvent::Log { .. }))));
+    }
+
+    #[test]
+    fn without_subscribers_nothing_is_kept() {
+        let bus = EventBus::new(EVENT_BUFFER_BYTES);
+        bus.send(log(1 << 10));
+        assert!(lock(&bus.shared.ring).events.is_empty());
+        let mut sub = bus.subscribe();
+        bus.send(log(1));
+        drop(bus.subscribe());
+        assert!(matches!(sub.try_recv(), Some(Ok(_))));
+        drop(sub);
+        bus.send(log(1));
+        assert_eq!(lock(&bus.shared.ring).events.len(), 1, "only the one seen");
     }
 
     #[tokio::test]

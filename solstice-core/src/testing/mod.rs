@@ -1,3 +1,5 @@
 //! Conformance suites (the `testing` feature).
 
+#[cfg(feature = "protocol")]
+pub mod executor;
 pub mod store;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::any::AnyPoolOptions;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use crate::store::BoxError;
@@ -236,6 +236,38 @@ impl SqlStore {
         })
     }
 
+    /// The rows of `sql` (one parameter, `$1`, bound to `id`), mapped.
+    async fn all_by_id<T>(
+        &self,
+        sql: String,
+        id: i64,
+        map: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let sql = self.dialect.dialect_sql(sql);
+        let rows = sqlx::query(&sql)
+            .bind(id)
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(map).collect()
+    }
+
+    /// The row of `sql` (one parameter, `$1`, bound to `id`), if any, mapped.
+    async fn one_by_id<T>(
+        &self,
+        sql: String,
+        id: i64,
+        map: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let sql = self.dialect.dialect_sql(sql);
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        row.as_ref().map(map).transpose()
+    }
+
     /// Closes the connections. Operations after this fail.
     pub async fn close(&self) {
         match &*self.db {
@@ -297,14 +329,9 @@ impl StateStore for SqlStore {
     }
 
     async fn run(&self, id: RunId) -> Result<Option<Run>> {
-        let row = sqlx::query(&self.dialect.sql(
-            "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE id = $1",
-        ))
-        .bind(id.get())
-        .fetch_optional(&mut *self.conn().await.db()?)
-        .await
-        .db()?;
-        row.as_ref().map(run_from).transpose()
+        let sql =
+            "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE id = $1";
+        self.one_by_id(sql.into(), id.get(), run_from).await
     }
 
     async fn running_runs(&self) -> Result<Vec<Run>> {
@@ -334,24 +361,12 @@ impl StateStore for SqlStore {
 
     async fn jobs(&self, run: RunId) -> Result<Vec<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY position");
-        let sql = self.dialect.dialect_sql(sql);
-        let rows = sqlx::query(&sql)
-            .bind(run.get())
-            .fetch_all(&mut *self.conn().await.db()?)
-            .await
-            .db()?;
-        rows.iter().map(job_from).collect()
+        self.all_by_id(sql, run.get(), job_from).await
     }
 
     async fn job(&self, id: JobId) -> Result<Option<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let sql = self.dialect.dialect_sql(sql);
-        let row = sqlx::query(&sql)
-            .bind(id.get())
-            .fetch_optional(&mut *self.conn().await.db()?)
-            .await
-            .db()?;
-        row.as_ref().map(job_from).transpose()
+        self.one_by_id(sql, id.get(), job_from).await
     }
 
     async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
@@ -510,24 +525,12 @@ impl StateStore for SqlStore {
     async fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
         let sql =
             format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number");
-        let sql = self.dialect.dialect_sql(sql);
-        let rows = sqlx::query(&sql)
-            .bind(job.get())
-            .fetch_all(&mut *self.conn().await.db()?)
-            .await
-            .db()?;
-        rows.iter().map(attempt_from).collect()
+        self.all_by_id(sql, job.get(), attempt_from).await
     }
 
     async fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
         let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1");
-        let sql = self.dialect.dialect_sql(sql);
-        let row = sqlx::query(&sql)
-            .bind(id.get())
-            .fetch_optional(&mut *self.conn().await.db()?)
-            .await
-            .db()?;
-        row.as_ref().map(attempt_from).transpose()
+        self.one_by_id(sql, id.get(), attempt_from).await
     }
 
     async fn attempt_by_token(&self, token_hash: &str) -> Result<Option<Attempt>> {
@@ -556,15 +559,9 @@ impl StateStore for SqlStore {
     }
 
     async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>> {
-        let rows = sqlx::query(&self.dialect.sql(
-            "SELECT attempt_id, idx, name, status, exit_code, started_at, finished_at \
-             FROM steps WHERE attempt_id = $1 ORDER BY idx",
-        ))
-        .bind(attempt.get())
-        .fetch_all(&mut *self.conn().await.db()?)
-        .await
-        .db()?;
-        rows.iter().map(step_from).collect()
+        let sql = "SELECT attempt_id, idx, name, status, exit_code, started_at, finished_at \
+                   FROM steps WHERE attempt_id = $1 ORDER BY idx";
+        self.all_by_id(sql.into(), attempt.get(), step_from).await
     }
 
     fn atomic_apply(&self) -> bool {
@@ -600,12 +597,8 @@ impl StateStore for SqlStore {
     }
 
     async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>> {
-        let rows = sqlx::query(&self.dialect.sql(
-            "SELECT attempt_id, seq, step, stream, data, at FROM log_chunks WHERE attempt_id = $1 ORDER BY seq",
-        ))
-        .bind(attempt.get())
-        .fetch_all(&mut *self.conn().await.db()?)
-        .await.db()?;
-        rows.iter().map(chunk_from).collect()
+        let sql = "SELECT attempt_id, seq, step, stream, data, at FROM log_chunks \
+                   WHERE attempt_id = $1 ORDER BY seq";
+        self.all_by_id(sql.into(), attempt.get(), chunk_from).await
     }
 }

@@ -681,30 +681,36 @@ async fn a_later_run_on_the_same_state_cancels_and_reaps_what_a_killed_one_left(
     assert!(job.reason.is_some_and(|r| r.starts_with("abandoned")));
 }
 
+/// `cidev run --provider mock` with its state in `state`: it succeeds and
+/// the database is where asked.
+fn runs_with_state_in(state: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args([
+            "run",
+            "examples/workflows/hello.kdl",
+            "--provider",
+            "mock",
+            "--state",
+        ])
+        .arg(state)
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .output()
+        .expect("cidev runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        state.join("state.db").is_file(),
+        "the database is where asked"
+    );
+}
+
 #[test]
 fn a_state_directory_with_url_characters_in_its_name_works() {
     // The SQLite database is opened by path: a name that a URL would read
     // as a query (`?`), a fragment (`#`) or an escape (`%41`) is just a name.
     let dir = tempfile::tempdir().expect("temp dir");
-    let state = dir.path().join("state ?mode=ro#x%41");
-    let o = cidev(&[
-        "run",
-        "examples/workflows/hello.kdl",
-        "--provider",
-        "mock",
-        "--state",
-        state.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        state.join("state.db").is_file(),
-        "the database is where asked"
-    );
+    runs_with_state_in(&dir.path().join("state ?mode=ro#x%41"));
     assert!(!dir.path().join("state ").exists(), "no truncated name");
 }
 
@@ -745,28 +751,5 @@ fn errors_are_reported_with_their_causes() {
 fn a_state_directory_whose_name_is_not_utf8_works() {
     use std::os::unix::ffi::OsStrExt;
     let dir = tempfile::tempdir().expect("temp dir");
-    let state = dir.path().join(std::ffi::OsStr::from_bytes(b"st\xe9te"));
-    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
-        .args([
-            "run",
-            "examples/workflows/hello.kdl",
-            "--provider",
-            "mock",
-            "--state",
-        ])
-        .arg(&state)
-        .env("NO_COLOR", "1")
-        .current_dir(repo())
-        .output()
-        .expect("cidev runs");
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        state.join("state.db").is_file(),
-        "the database is where asked"
-    );
+    runs_with_state_in(&dir.path().join(std::ffi::OsStr::from_bytes(b"st\xe9te")));
 }

@@ -4,4 +4,10 @@
 //! a workflow file at a commit) and `StatusReporter` (commit statuses, GitHub
 //! check runs) traits, with GitHub and Forgejo implementations.
 //!
-//! Nothing is implemented here yet.
+//! So far: webhook signatures ([`verify`], [`sign`]) for both forges. The
+//! rest (events, adapters, reporters) is the next step of the forge work;
+//! the crate is not published until it is there.
+
+mod signature;
+
+pub use signature::{Forge, SignatureError, sign, verify};

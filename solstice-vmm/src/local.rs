@@ -64,10 +64,24 @@ fn mark_of(dir: &Path) -> Vec<u8> {
 /// Whether process `pid` carries the mark of the VM in `dir` (Linux:
 /// `/proc/PID/environ`; elsewhere no process is recognised, and none is
 /// killed by number).
+///
+/// A process in the middle of `execve` shows an empty environment: the
+/// kernel releases the parent (spawn returns) before it has set up the new
+/// program's environment. So an empty one is read again for a moment
+/// before the process counts as not ours (found by a test that listed a VM
+/// right after starting it, under load).
 fn is_marked(pid: i32, dir: &Path) -> bool {
     let needle = mark_of(dir);
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_slice()))
+    for _ in 0..50 {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return false;
+        };
+        if !env.is_empty() {
+            return env.split(|b| *b == 0).any(|kv| kv == needle.as_slice());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    false
 }
 
 /// SIGKILLs every process whose environment has `MARK=dir` (Linux: read

@@ -9,7 +9,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Which forge signed a delivery (their headers differ).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Forge {
     /// GitHub (and GitHub Enterprise).

@@ -161,11 +161,15 @@ pub fn parse(
     };
     if event == "push" {
         let git_ref = p.text(&["ref"], "ref")?;
-        if !(git_ref.starts_with("refs/heads/") || git_ref.starts_with("refs/tags/")) {
-            return Err(PayloadError::Invalid {
-                field: "ref",
-                why: "not a branch or tag",
-            });
+        let name = git_ref
+            .strip_prefix("refs/heads/")
+            .or_else(|| git_ref.strip_prefix("refs/tags/"));
+        if name.is_none_or(str::is_empty) {
+            // `refs/notes/...` and the like: a real push that builds nothing.
+            return Ok(ignored(format!(
+                "a push of `{}`, which is no branch or tag, starts nothing",
+                clip(&git_ref)
+            )));
         }
         let after = p.text(&["after"], "after")?;
         let deleted = p.flag(&["deleted"]) || is_zero_id(&after);

@@ -35,6 +35,27 @@ fn config(secrets: &[(&str, &str)]) -> EngineConfig {
     config
 }
 
+/// Submits `wf` and waits until step `index` of one of its jobs has started.
+async fn submit_until_step_starts(
+    engine: &Engine,
+    wf: &solstice_kdl::Workflow,
+    index: u32,
+) -> RunId {
+    let mut events = engine.subscribe();
+    let run = engine
+        .submit(wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    loop {
+        if let solstice_core::engine::EngineEvent::StepStarted { index: i, .. } =
+            events.recv().await.expect("event")
+            && i == index
+        {
+            return run;
+        }
+    }
+}
+
 async fn setup_with(provider: MockVmProvider, config: EngineConfig) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn StateStore> = Arc::new(
@@ -315,19 +336,7 @@ async fn job_timeout_and_cancellation_destroy_the_vm() {
     assert_eq!(s.provider.live(), 0);
 
     let wf = solstice_kdl::parse(r#"workflow { job id="long" { step run="sleep 30"; }; job id="after" { needs "long"; step run="echo"; }; }"#).expect("valid");
-    let mut events = s.engine.subscribe();
-    let run = s
-        .engine
-        .submit(&wf, "{}", Checkout::None)
-        .await
-        .expect("submit");
-    loop {
-        if let solstice_core::engine::EngineEvent::StepStarted { .. } =
-            events.recv().await.expect("event")
-        {
-            break;
-        }
-    }
+    let run = submit_until_step_starts(&s.engine, &wf, 0).await;
     s.engine.cancel_run(run).await.expect("cancel");
     let status = tokio::time::timeout(Duration::from_secs(30), s.engine.wait(run))
         .await
@@ -371,19 +380,7 @@ async fn engine_killed_mid_job_and_restarted() {
     };
     let first = setup_with(provider.clone(), short_lease.clone()).await;
     let wf = solstice_kdl::parse(r#"workflow { job id="a" { step run="echo before"; step run="sleep 2"; step run="echo after"; } }"#).expect("valid");
-    let mut events = first.engine.subscribe();
-    let run = first
-        .engine
-        .submit(&wf, "{}", Checkout::None)
-        .await
-        .expect("submit");
-    loop {
-        if let solstice_core::engine::EngineEvent::StepStarted { index: 1, .. } =
-            events.recv().await.expect("event")
-        {
-            break;
-        }
-    }
+    let run = submit_until_step_starts(&first.engine, &wf, 1).await;
     first.engine.kill();
     assert_eq!(provider.live(), 1, "the VM outlives the engine");
     // A new engine on the same state, with a new (empty) in-memory queue.
@@ -928,19 +925,7 @@ async fn queued_jobs_survive_a_restart_with_an_in_process_queue() {
         r#"workflow { job id="a" { step run="sleep 2"; }; job id="b" { step run="echo b"; } }"#,
     )
     .expect("valid");
-    let mut events = first.engine.subscribe();
-    let run = first
-        .engine
-        .submit(&wf, "{}", Checkout::None)
-        .await
-        .expect("submit");
-    loop {
-        if let solstice_core::engine::EngineEvent::StepStarted { .. } =
-            events.recv().await.expect("event")
-        {
-            break;
-        }
-    }
+    let run = submit_until_step_starts(&first.engine, &wf, 0).await;
     first.engine.kill();
     let queued: Vec<String> = first
         .store

@@ -31,7 +31,7 @@ pub const MAX_SECRET_LEN: usize = 64 << 10;
 /// two halves of a secret on another does not hide it), and a secret that
 /// starts at the end of one stream and ends at the start of the next chunk
 /// of another is masked too.
-pub const STREAMS: usize = 3;
+pub const STREAMS: usize = LogStream::ALL.len();
 
 /// Which stream a piece of log came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

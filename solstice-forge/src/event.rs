@@ -42,6 +42,15 @@ pub struct ForgeEvent {
     /// Paths the push changed, when the payload says so completely; `None`
     /// when it does not (path filters then let the run happen).
     pub changed_paths: Option<Vec<String>>,
+    /// The GitHub App installation the delivery came through.
+    pub installation: Option<u64>,
+}
+
+impl ForgeEvent {
+    /// The repository, as the API calls about this event name it.
+    pub fn repo(&self) -> crate::Repo {
+        crate::Repo::new(self.repository.clone()).with_installation(self.installation)
+    }
 }
 
 /// What a [`ForgeEvent`] is.
@@ -87,12 +96,34 @@ pub enum Delivery {
     Event(ForgeEvent),
     /// The forge checking that the hook works.
     Ping,
+    /// Someone asked GitHub to run checks again (`check_suite` or
+    /// `check_run` `rerequested`): the jobs run again as new attempts.
+    Rerun(Rerun),
     /// Nothing to do, and why (a branch deletion, a closed pull request,
     /// an event Solstice does not act on).
     Ignored {
         /// Why, for the forge's delivery log.
         reason: String,
     },
+}
+
+/// A request to run checks again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Rerun {
+    /// The delivery's id.
+    pub delivery: String,
+    /// `owner/name`.
+    pub repository: String,
+    /// The commit whose checks run again.
+    pub commit: String,
+    /// The GitHub App installation the delivery came through.
+    pub installation: Option<u64>,
+    /// For one check run (`check_run`): its `external_id`, which Solstice
+    /// set to `RUN/JOB`; `None` for the whole suite (`check_suite`).
+    pub external_id: Option<String>,
+    /// Who asked.
+    pub sender: String,
 }
 
 /// Why a body is not a delivery Solstice can read.
@@ -137,6 +168,9 @@ pub fn parse(
     match event {
         "ping" => return Ok(Delivery::Ping),
         "push" | "pull_request" => {}
+        "check_suite" | "check_run" if forge == Forge::GitHub => {
+            return rerun(event, delivery, body);
+        }
         other => {
             return Ok(ignored(format!("`{}` events start nothing", clip(other))));
         }
@@ -148,6 +182,10 @@ pub fn parse(
     let sender = p
         .text(&["sender", "login"], "sender.login")
         .or_else(|_| p.text(&["sender", "username"], "sender.login"))?;
+    let installation =
+        p.0.get("installation")
+            .and_then(|i| i.get("id"))
+            .and_then(Value::as_u64);
     let base = |commit: String, git_ref: String, kind, changed_paths| ForgeEvent {
         forge,
         delivery: delivery.to_string(),
@@ -158,6 +196,7 @@ pub fn parse(
         kind,
         sender: sender.clone(),
         changed_paths,
+        installation,
     };
     if event == "push" {
         let git_ref = p.text(&["ref"], "ref")?;
@@ -230,6 +269,46 @@ pub fn parse(
         kind,
         None,
     )))
+}
+
+/// `check_suite` and `check_run` deliveries: only `rerequested` does
+/// something.
+fn rerun(event: &str, delivery: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
+    let v: Value = serde_json::from_slice(body).map_err(PayloadError::Json)?;
+    let p = Payload(&v);
+    let action = p.text(&["action"], "action")?;
+    if action != "rerequested" {
+        return Ok(ignored(format!(
+            "`{event}` action `{}` starts nothing",
+            clip(&action)
+        )));
+    }
+    let (commit_path, name): (&[&str], _) = if event == "check_suite" {
+        (&["check_suite", "head_sha"], "check_suite.head_sha")
+    } else {
+        (&["check_run", "head_sha"], "check_run.head_sha")
+    };
+    let commit = object_id(p.text(commit_path, name)?, name)?;
+    let external_id = if event == "check_run" {
+        match p.text(&["check_run", "external_id"], "check_run.external_id") {
+            Ok(id) => Some(id),
+            Err(_) => return Ok(ignored("the check run is not one of Solstice's".into())),
+        }
+    } else {
+        None
+    };
+    Ok(Delivery::Rerun(Rerun {
+        delivery: delivery.to_string(),
+        repository: p.text(&["repository", "full_name"], "repository.full_name")?,
+        commit,
+        installation: p
+            .0
+            .get("installation")
+            .and_then(|i| i.get("id"))
+            .and_then(Value::as_u64),
+        external_id,
+        sender: p.text(&["sender", "login"], "sender.login")?,
+    }))
 }
 
 fn ignored(reason: String) -> Delivery {

@@ -1,18 +1,59 @@
 //! # solstice-forge
 //!
-//! The `ForgeAdapter` (verify and normalise webhooks into `ForgeEvent`s, fetch
-//! a workflow file at a commit) and `StatusReporter` (commit statuses, GitHub
-//! check runs) traits, with GitHub and Forgejo implementations.
+//! Solstice CI's forge layer: webhooks in, job states out.
 //!
-//! So far: webhook signatures ([`verify`], [`sign`]) and reading a
-//! delivery ([`parse`] into a [`ForgeEvent`]) for both forges. The adapters
-//! and reporters are the next step of the forge work; the crate is not
-//! published until they are there.
+//! - [`ForgeAdapter`]: verify a webhook delivery ([`verify`]) and read it
+//!   into a [`ForgeEvent`] ([`parse`]), fetch the workflow file at a
+//!   commit, give a job short-lived clone credentials.
+//! - [`StatusReporter`]: tell the forge how a job is doing, idempotently,
+//!   retried with backoff where a retry can help ([`RetryPolicy`]).
+//! - [`GitHub`] (a GitHub App's check runs, or commit statuses with a
+//!   plain token) and [`Forgejo`] (commit statuses) implement both.
+//!
+//! The crate does not depend on the engine: the daemon composes the two.
+//!
+//! ```
+//! use solstice_forge::{Delivery, Forge, ForgeAdapter, Forgejo, Headers, Secret, sign};
+//!
+//! let forgejo = Forgejo::new("https://codeberg.org", Secret::new("api-token"), Secret::new("hook-secret"))?;
+//! let body = br#"{"zen": "hello"}"#;
+//! let headers = Headers::new()
+//!     .with("X-Forgejo-Event", "ping")
+//!     .with("X-Forgejo-Delivery", "d-1")
+//!     .with("X-Forgejo-Signature", sign(Forge::Forgejo, b"hook-secret", body));
+//! let received = forgejo.receive(&headers, body)?;
+//! assert_eq!(received.delivery, Delivery::Ping);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+mod adapter;
 mod event;
+mod forgejo;
+mod github;
+mod http;
+mod secret;
 mod signature;
+mod status;
+pub mod text;
+mod time;
+mod util;
 
-pub use event::{
-    Delivery, EventKind, ForgeEvent, MAX_PAYLOAD, PayloadError, PullRequestAction, parse,
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use adapter::{
+    BoxError, CloneCredentials, ForgeAdapter, ForgeError, Headers, MAX_DELIVERY_ID,
+    MAX_WORKFLOW_FILE, Received, Repo, WebhookError,
 };
+pub use event::{
+    Delivery, EventKind, ForgeEvent, MAX_PAYLOAD, PayloadError, PullRequestAction, Rerun, parse,
+};
+pub use forgejo::Forgejo;
+pub use github::{GITHUB_API, GitHub, TOKEN_REFRESH_MARGIN};
+pub use http::RetryPolicy;
+pub use secret::Secret;
 pub use signature::{Forge, SignatureError, sign, verify};
+pub use status::{
+    CHECK_TEXT_CHARS, Conclusion, JobReport, JobState, STATUS_DESCRIPTION_CHARS, StatusReporter,
+    StepLine,
+};

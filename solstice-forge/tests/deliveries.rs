@@ -388,6 +388,69 @@ fn other_events_start_nothing_and_ping_is_a_ping() {
 }
 
 #[test]
+fn rerequested_checks_are_reruns() {
+    match deliver(
+        Forge::GitHub,
+        "check_suite",
+        "github/octokit/check_suite/rerequested.payload.json",
+    ) {
+        Delivery::Rerun(r) => {
+            assert_eq!(r.repository, "Codertocat/Hello-World");
+            assert_eq!(r.commit, "ec26c3e57ca3a959ca5aad62de7213c562f8c821");
+            assert_eq!(r.installation, Some(957387));
+            assert_eq!(r.external_id, None);
+            assert_eq!(r.sender, "octocoders-linter[bot]");
+            assert_eq!(r.delivery, "delivery-1");
+        }
+        other => panic!("{other:?}"),
+    }
+    // This check run was not made by Solstice (no external id): nothing to rerun.
+    let reason = ignored(
+        Forge::GitHub,
+        "check_run",
+        "github/octokit/check_run/rerequested.payload.json",
+    );
+    assert!(reason.contains("not one of Solstice's"), "{reason}");
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(
+        "github/octokit/check_run/rerequested.payload.json",
+    ))
+    .expect("json");
+    v["check_run"]["external_id"] = "12/build".into();
+    match parse(
+        Forge::GitHub,
+        "check_run",
+        "d",
+        &serde_json::to_vec(&v).expect("json"),
+    )
+    .expect("readable")
+    {
+        Delivery::Rerun(r) => {
+            assert_eq!(r.external_id.as_deref(), Some("12/build"));
+            assert_eq!(r.commit, "d6fde92930d4715a2b49857d24b940956b26d2d3");
+            assert_eq!(r.installation, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    for (event, path) in [
+        ("check_run", "github/octokit/check_run/created.payload.json"),
+        (
+            "check_suite",
+            "github/octokit/check_suite/requested.payload.json",
+        ),
+    ] {
+        assert!(
+            ignored(Forge::GitHub, event, path).contains("starts nothing"),
+            "{path}"
+        );
+    }
+    // Forgejo has no checks API: the same event name starts nothing.
+    assert!(matches!(
+        parse(Forge::Forgejo, "check_suite", "d", b"{}").expect("ignored"),
+        Delivery::Ignored { .. }
+    ));
+}
+
+#[test]
 fn hostile_bodies_get_a_clear_error() {
     let read = |body: &[u8]| parse(Forge::GitHub, "push", "d", body);
     assert!(matches!(read(b"{not json"), Err(PayloadError::Json(_))));
@@ -418,6 +481,14 @@ fn hostile_bodies_get_a_clear_error() {
         with("repository", serde_json::Value::Null),
         Err(PayloadError::Field(_))
     ));
+    // The App installation travels with the event (for its API calls).
+    match with("installation", serde_json::json!({"id": 5})).expect("readable") {
+        Delivery::Event(e) => {
+            assert_eq!(e.installation, Some(5));
+            assert_eq!(e.repo().installation, Some(5));
+        }
+        other => panic!("{other:?}"),
+    }
     push["after"] = "D2B75AA7797EC26B088FA2DD527E9D2C052FCEDD".into();
     match read(&serde_json::to_vec(&push).expect("json")).expect("readable") {
         Delivery::Event(e) => assert_eq!(e.commit, "d2b75aa7797ec26b088fa2dd527e9d2c052fcedd"),

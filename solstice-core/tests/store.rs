@@ -178,3 +178,35 @@ async fn the_default_methods_conform() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_integration_store_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqlStore::open_sqlite(&dir.path().join("state.db"))
+        .await
+        .expect("sqlite");
+    solstice_core::testing::integration::run_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_integration_store_conforms() {
+    let url = postgres_url();
+    let schema = format!(
+        "ti{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let store = SqlStore::connect_in_schema(&url, Some(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for this test: {e}"));
+    solstice_core::testing::integration::run_all(&store).await;
+    store.close().await;
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    conn.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+        .await
+        .expect("drop the test schema");
+}

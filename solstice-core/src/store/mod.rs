@@ -9,6 +9,9 @@
 //!   through sqlx's `Any` driver, with one migration set per dialect in
 //!   `migrations/`.
 //!
+//! [`IntegrationStore`] (in `integration.rs`) keeps what the forge
+//! integration adds: accepted webhook deliveries and run listings.
+//!
 //! The trait, its records and its conformance suite
 //! (`solstice_core::testing::store`, the `testing` feature) build without
 //! sqlx: a third-party store depends on `solstice-core` with
@@ -16,12 +19,14 @@
 //! `examples/memory-store`).
 
 mod error;
+mod integration;
 mod model;
 #[cfg(feature = "sql")]
 mod sql;
 mod state_store;
 
 pub use error::{BoxError, StoreError};
+pub use integration::{InboxEntry, InboxState, IntegrationStore};
 pub use model::{
     Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, LogStream, NewJob, Run,
     RunId, RunStatus, StepRecord, StepStatus,

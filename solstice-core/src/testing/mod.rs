@@ -2,4 +2,5 @@
 
 #[cfg(feature = "protocol")]
 pub mod executor;
+pub mod integration;
 pub mod store;

@@ -7,6 +7,7 @@
 //! - `text.rs`: placeholders and the SQL fragments of multi-row statements.
 
 mod batch;
+mod integration;
 mod rows;
 mod text;
 

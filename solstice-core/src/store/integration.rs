@@ -1,0 +1,110 @@
+//! [`IntegrationStore`]: what the integration layer (webhooks in, statuses
+//! out) keeps beside the engine's runs: the deliveries it accepted, what
+//! became of each, and the listings its API serves.
+
+use async_trait::async_trait;
+
+use super::{Run, RunId, StoreError};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where a recorded delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InboxState {
+    /// Accepted, not yet processed (picked up again after a restart).
+    Pending,
+    /// Held until an operator approves it (a pull request from a fork).
+    AwaitingApproval,
+    /// Processed: its outcome says what came of it.
+    Done,
+}
+
+impl InboxState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxState::Pending => "pending",
+            InboxState::AwaitingApproval => "approval",
+            InboxState::Done => "done",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<InboxState> {
+        Ok(match text {
+            "pending" => InboxState::Pending,
+            "approval" => InboxState::AwaitingApproval,
+            "done" => InboxState::Done,
+            other => return Err(StoreError::Corrupt(format!("delivery state {other:?}"))),
+        })
+    }
+}
+
+/// A delivery as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxEntry {
+    /// The forge's name (`github`, `forgejo`).
+    pub forge: String,
+    /// The forge's delivery id.
+    pub id: String,
+    /// The event name.
+    pub event: String,
+    /// The raw body (emptied once processed).
+    pub body: Vec<u8>,
+    /// When it was accepted (Unix ms).
+    pub received_at: i64,
+    /// Where it is.
+    pub state: InboxState,
+    /// What came of it, for people.
+    pub outcome: Option<String>,
+    /// The run it started.
+    pub run: Option<RunId>,
+    /// What the run reports to (the integration layer's own JSON).
+    pub target: Option<String>,
+}
+
+/// The integration layer's records. Implemented by
+/// [`SqlStore`](super::SqlStore) on SQLite and PostgreSQL.
+#[async_trait]
+pub trait IntegrationStore: Send + Sync {
+    /// Records a delivery as pending, durably, before it is acknowledged.
+    /// `false` (and nothing changes) when `(forge, id)` was recorded
+    /// before: the forge sent it again.
+    async fn record_delivery(
+        &self,
+        forge: &str,
+        id: &str,
+        event: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<bool>;
+
+    /// Up to `limit` deliveries in `state`, oldest first.
+    async fn deliveries(&self, state: InboxState, limit: usize) -> Result<Vec<InboxEntry>>;
+
+    /// One delivery.
+    async fn delivery(&self, forge: &str, id: &str) -> Result<Option<InboxEntry>>;
+
+    /// Moves a delivery on. A `Done` delivery's body is dropped (what the
+    /// run needs is in `target`).
+    async fn set_delivery(
+        &self,
+        forge: &str,
+        id: &str,
+        state: InboxState,
+        outcome: &str,
+        run: Option<RunId>,
+        target: Option<&str>,
+    ) -> Result<()>;
+
+    /// The delivery that started `run`.
+    async fn delivery_of_run(&self, run: RunId) -> Result<Option<InboxEntry>>;
+
+    /// The newest run whose `source` is exactly `source` (how a delivery
+    /// processed again after a crash finds the run it already started).
+    async fn run_by_source(&self, source: &str) -> Result<Option<RunId>>;
+
+    /// Up to `limit` runs, newest first, older than `before` when given.
+    async fn recent_runs(&self, limit: usize, before: Option<RunId>) -> Result<Vec<Run>>;
+}

@@ -1,0 +1,141 @@
+//! [`IntegrationStore`] on SQLite and PostgreSQL.
+
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+
+use super::rows::{SqlResult, col, run_from};
+use super::{Result, SqlStore};
+use crate::store::{InboxEntry, InboxState, IntegrationStore, Run, RunId};
+
+const COLUMNS: &str = "forge, id, event, body, received_at, state, outcome, run_id, target";
+
+fn entry_from(r: &AnyRow) -> Result<InboxEntry> {
+    Ok(InboxEntry {
+        forge: col(r, "forge")?,
+        id: col(r, "id")?,
+        event: col(r, "event")?,
+        body: col(r, "body")?,
+        received_at: col(r, "received_at")?,
+        state: InboxState::parse(&col::<String>(r, "state")?)?,
+        outcome: col(r, "outcome")?,
+        run: col::<Option<i64>>(r, "run_id")?.map(RunId::new),
+        target: col(r, "target")?,
+    })
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl IntegrationStore for SqlStore {
+    async fn record_delivery(
+        &self,
+        forge: &str,
+        id: &str,
+        event: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(&self.dialect.sql(
+            "INSERT INTO deliveries (forge, id, event, body, received_at, state) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (forge, id) DO NOTHING",
+        ))
+        .bind(forge)
+        .bind(id)
+        .bind(event)
+        .bind(body)
+        .bind(now)
+        .bind(InboxState::Pending.as_str())
+        .execute(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn deliveries(&self, state: InboxState, n: usize) -> Result<Vec<InboxEntry>> {
+        let sql = self.dialect.dialect_sql(format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE state = $1 ORDER BY received_at, id LIMIT $2"
+        ));
+        let rows = sqlx::query(&sql)
+            .bind(state.as_str())
+            .bind(limit(n))
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(entry_from).collect()
+    }
+
+    async fn delivery(&self, forge: &str, id: &str) -> Result<Option<InboxEntry>> {
+        let sql = self.dialect.dialect_sql(format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE forge = $1 AND id = $2"
+        ));
+        let row = sqlx::query(&sql)
+            .bind(forge)
+            .bind(id)
+            .fetch_optional(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        row.as_ref().map(entry_from).transpose()
+    }
+
+    async fn set_delivery(
+        &self,
+        forge: &str,
+        id: &str,
+        state: InboxState,
+        outcome: &str,
+        run: Option<RunId>,
+        target: Option<&str>,
+    ) -> Result<()> {
+        // Once done, the body is dropped: the deliveries table keeps ids
+        // (for deduplication) without keeping every payload.
+        let sql = self.dialect.sql(if state == InboxState::Done {
+            "UPDATE deliveries SET state = $1, outcome = $2, run_id = $3, target = $4, body = $7 WHERE forge = $5 AND id = $6"
+        } else {
+            "UPDATE deliveries SET state = $1, outcome = $2, run_id = $3, target = $4 WHERE forge = $5 AND id = $6"
+        });
+        let mut q = sqlx::query(&sql)
+            .bind(state.as_str())
+            .bind(outcome)
+            .bind(run.map(RunId::get))
+            .bind(target)
+            .bind(forge)
+            .bind(id);
+        if state == InboxState::Done {
+            q = q.bind(Vec::<u8>::new());
+        }
+        q.execute(&mut *self.conn().await.db()?).await.db()?;
+        Ok(())
+    }
+
+    async fn delivery_of_run(&self, run: RunId) -> Result<Option<InboxEntry>> {
+        let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE run_id = $1 LIMIT 1");
+        self.one_by_id(sql, run.get(), entry_from).await
+    }
+
+    async fn run_by_source(&self, source: &str) -> Result<Option<RunId>> {
+        let row = sqlx::query(
+            &self
+                .dialect
+                .sql("SELECT id FROM runs WHERE source = $1 ORDER BY id DESC LIMIT 1"),
+        )
+        .bind(source)
+        .fetch_optional(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        row.map(|r| col::<i64>(&r, "id").map(RunId::new))
+            .transpose()
+    }
+
+    async fn recent_runs(&self, n: usize, before: Option<RunId>) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&self.dialect.sql(
+            "SELECT id, name, source, status, created_at, finished_at FROM runs WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        ))
+        .bind(before.map_or(i64::MAX, RunId::get))
+        .bind(limit(n))
+        .fetch_all(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        rows.iter().map(run_from).collect()
+    }
+}

@@ -1,0 +1,174 @@
+//! The conformance suite for [`IntegrationStore`] implementations: call
+//! [`run_all`] with a fresh, empty store that also implements
+//! [`StateStore`] (runs are created through it).
+
+use crate::store::{InboxState, IntegrationStore, NewJob, RunId, StateStore};
+
+/// Every check below, in turn, on one fresh store.
+pub async fn run_all<S: StateStore + IntegrationStore>(store: &S) {
+    deliveries_are_recorded_once(store).await;
+    deliveries_move_on_and_drop_their_body(store).await;
+    runs_are_found_by_source_and_listed_newest_first(store).await;
+}
+
+/// A delivery id is recorded once per forge; the same id from another
+/// forge is another delivery.
+pub async fn deliveries_are_recorded_once<S: StateStore + IntegrationStore>(store: &S) {
+    let body = b"{\"x\": \"\\u0000 \xff binary is kept\"}";
+    assert!(
+        store
+            .record_delivery("github", "d-1", "push", body, 10)
+            .await
+            .expect("record")
+    );
+    assert!(
+        !store
+            .record_delivery("github", "d-1", "push", b"other", 11)
+            .await
+            .expect("again")
+    );
+    assert!(
+        store
+            .record_delivery("forgejo", "d-1", "push", b"{}", 12)
+            .await
+            .expect("other forge")
+    );
+    let got = store
+        .delivery("github", "d-1")
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(got.body, body, "the first body is kept, byte for byte");
+    assert_eq!(got.event, "push");
+    assert_eq!(got.received_at, 10);
+    assert_eq!(got.state, InboxState::Pending);
+    assert_eq!(got.run, None);
+    assert_eq!(store.delivery("github", "nope").await.expect("read"), None);
+}
+
+/// Pending deliveries come oldest first; done ones lose their body and
+/// keep their outcome, run and target.
+pub async fn deliveries_move_on_and_drop_their_body<S: StateStore + IntegrationStore>(store: &S) {
+    for (i, id) in ["m-3", "m-1", "m-2"].iter().enumerate() {
+        store
+            .record_delivery("github", id, "push", b"{}", 1000 + i as i64)
+            .await
+            .expect("record");
+    }
+    let pending = store
+        .deliveries(InboxState::Pending, 100)
+        .await
+        .expect("list");
+    let ids: Vec<&str> = pending
+        .iter()
+        .filter(|d| d.id.starts_with("m-"))
+        .map(|d| d.id.as_str())
+        .collect();
+    assert_eq!(ids, ["m-3", "m-1", "m-2"], "oldest first");
+    assert!(
+        store
+            .deliveries(InboxState::Pending, 1)
+            .await
+            .expect("list")
+            .len()
+            == 1
+    );
+
+    store
+        .set_delivery(
+            "github",
+            "m-1",
+            InboxState::AwaitingApproval,
+            "waiting for approval",
+            None,
+            Some("{\"t\":1}"),
+        )
+        .await
+        .expect("hold");
+    let held = store
+        .deliveries(InboxState::AwaitingApproval, 10)
+        .await
+        .expect("list");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].body, b"{}", "a held delivery keeps its body");
+    assert_eq!(held[0].target.as_deref(), Some("{\"t\":1}"));
+
+    let run = store.create_run("w", "src", &[], 1).await.expect("run");
+    store
+        .set_delivery(
+            "github",
+            "m-1",
+            InboxState::Done,
+            "started a run",
+            Some(run),
+            Some("{\"t\":2}"),
+        )
+        .await
+        .expect("done");
+    let done = store
+        .delivery("github", "m-1")
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(done.state, InboxState::Done);
+    assert!(done.body.is_empty(), "a done delivery's body is dropped");
+    assert_eq!(done.outcome.as_deref(), Some("started a run"));
+    assert_eq!(done.run, Some(run));
+    let by_run = store
+        .delivery_of_run(run)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(by_run.id, "m-1");
+    assert_eq!(by_run.target.as_deref(), Some("{\"t\":2}"));
+    assert!(
+        store
+            .deliveries(InboxState::AwaitingApproval, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+/// `run_by_source` finds the newest run with exactly that source;
+/// `recent_runs` pages newest first.
+pub async fn runs_are_found_by_source_and_listed_newest_first<S: StateStore + IntegrationStore>(
+    store: &S,
+) {
+    let job = NewJob {
+        key: "a".into(),
+        label: "default".into(),
+        spec: "{}".into(),
+        needs: vec![],
+        max_attempts: 1,
+    };
+    let mut made: Vec<RunId> = Vec::new();
+    for i in 0..5 {
+        made.push(
+            store
+                .create_run(
+                    "w",
+                    &format!("source-{}", i % 2),
+                    std::slice::from_ref(&job),
+                    i,
+                )
+                .await
+                .expect("run"),
+        );
+    }
+    assert_eq!(
+        store.run_by_source("source-1").await.expect("find"),
+        Some(made[3])
+    );
+    assert_eq!(
+        store.run_by_source("source-").await.expect("find"),
+        None,
+        "exact match only"
+    );
+    let page = store.recent_runs(2, None).await.expect("list");
+    let ids: Vec<RunId> = page.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [made[4], made[3]]);
+    let next = store.recent_runs(2, Some(made[3])).await.expect("list");
+    let ids: Vec<RunId> = next.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [made[2], made[1]]);
+}

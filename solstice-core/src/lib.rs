@@ -15,6 +15,8 @@
 //! - [`runner`] and [`protocol`]: what runs inside a VM, and the wire
 //!   protocol (`proto/runner.proto`); the runner binary enables only the
 //!   `protocol` feature.
+//! - [`secrets`]: the [`secrets::SecretStore`] trait: per-repository
+//!   secret values for the jobs, never from the workflow file.
 //! - [`log`]: secret masking and the per-job size cap, which every byte from
 //!   a runner goes through before it is stored or shown.
 //!
@@ -63,6 +65,8 @@ pub mod protocol;
 pub(crate) mod protocol;
 #[cfg(feature = "protocol")]
 pub mod runner;
+#[cfg(feature = "store")]
+pub mod secrets;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "testing")]

@@ -146,7 +146,9 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub(crate) fn new(
+    /// A problem at `span` (for other KDL files checked with this crate's
+    /// diagnostics, such as a daemon's configuration).
+    pub fn new(
         code: Code,
         span: SourceSpan,
         message: impl Into<String>,
@@ -162,7 +164,8 @@ impl Problem {
         }
     }
 
-    pub(crate) fn help(mut self, help: impl Into<String>) -> Self {
+    /// Adds how to fix it.
+    pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
@@ -223,7 +226,8 @@ struct Inner {
 pub const MAX_PROBLEMS: usize = 100;
 
 impl ParseError {
-    pub(crate) fn new(name: &str, text: Arc<str>, problems: Vec<Problem>) -> Self {
+    /// The problems of the document `name` whose text is `text`.
+    pub fn new(name: &str, text: Arc<str>, problems: Vec<Problem>) -> Self {
         Self::with_omitted(name, text, problems, 0)
     }
 

@@ -61,6 +61,8 @@ use miette::SourceSpan;
 
 pub use diagnostic::{Code, MAX_PROBLEMS, ParseError, Problem, ProblemRecord};
 pub use format::format;
+/// The KDL crate the documents of [`parse_document`] come from.
+pub use kdl;
 pub use model::{
     Axis, Duration, DurationError, Env, Job, MAX_DEFAULT_NAME, Matrix, RefFilter, Step, Triggers,
     Workflow,
@@ -180,6 +182,23 @@ pub fn decode<'a>(
         .help("save the workflow as UTF-8");
         ParseError::new(name, lossy, vec![problem])
     })
+}
+
+/// Reads any KDL document behind the same guards as a workflow (size,
+/// encoding, nesting, forbidden characters; KDL v2 with v1 as the
+/// fallback), for other files written in KDL: the daemons' configuration
+/// is one. The errors render like a workflow's.
+pub fn parse_document(
+    name: &str,
+    bytes: &[u8],
+    options: &ParseOptions,
+) -> Result<(KdlDocument, Arc<str>), ParseError> {
+    let text = decode(name, bytes, options)?;
+    let shared: Arc<str> = Arc::from(text);
+    match read_document(text, options) {
+        Ok((doc, _)) => Ok((doc, shared)),
+        Err(problems) => Err(ParseError::new(name, shared, problems)),
+    }
 }
 
 fn too_large(len: usize, max: usize) -> Problem {

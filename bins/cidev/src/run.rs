@@ -399,7 +399,12 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
             },
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match &e {
+            solstice_core::engine::EngineError::MissingSecret(name) => {
+                format!("{e} (use --secret {name}=VALUE)")
+            }
+            _ => e.to_string(),
+        })?;
 
     let mut printer = Printer::new();
     let mut interrupted: Option<u8> = None;

@@ -74,17 +74,42 @@ impl Engine {
                 return self.finish(&job, &attempt, outcome).await;
             }
         };
-        let secrets: BTreeMap<String, String> = stored
-            .secrets
-            .iter()
-            .filter_map(|n| {
-                self.inner
-                    .config
+        let secrets: BTreeMap<String, String> =
+            match (&stored.secret_scope, &self.inner.config.secret_store) {
+                (Some(scope), Some(store)) if !stored.secrets.is_empty() => {
+                    match store.get(scope, &stored.secrets).await {
+                        Ok(values) => {
+                            if let Some(gone) =
+                                stored.secrets.iter().find(|n| !values.contains_key(*n))
+                            {
+                                let outcome = Outcome::Failed(format!(
+                                    "secret `{gone}` is no longer in the secret store"
+                                ));
+                                return self.finish(&job, &attempt, outcome).await;
+                            }
+                            values
+                        }
+                        Err(e) => {
+                            let outcome = Outcome::Failed(format!(
+                                "the secret store cannot be read: {}",
+                                error_chain(&e)
+                            ));
+                            return self.finish(&job, &attempt, outcome).await;
+                        }
+                    }
+                }
+                _ => stored
                     .secrets
-                    .get(n)
-                    .map(|v| (n.clone(), v.clone()))
-            })
-            .collect();
+                    .iter()
+                    .filter_map(|n| {
+                        self.inner
+                            .config
+                            .secrets
+                            .get(n)
+                            .map(|v| (n.clone(), v.clone()))
+                    })
+                    .collect(),
+            };
         let secret_values: Vec<String> = secrets.values().cloned().collect();
         // Masking fails closed: a job whose secrets cannot be masked does
         // not start, so nothing unmasked is ever stored or shown.

@@ -72,8 +72,13 @@ pub struct EngineConfig {
     pub default_job_timeout: Duration,
     /// Per-job log cap after masking.
     pub log_cap: u64,
-    /// Secret values by name.
+    /// Secret values by name, for runs submitted without a secret scope.
     pub secrets: BTreeMap<String, String>,
+    /// Per-repository secrets, for runs submitted with a scope
+    /// ([`crate::engine::Submission::with_secret_scope`]): read at
+    /// planning (a missing one fails the submission) and again when each
+    /// attempt starts (values are never stored).
+    pub secret_store: Option<std::sync::Arc<dyn crate::secrets::SecretStore>>,
     /// Where the runner endpoint listens.
     pub listen: Listen,
     /// How often a VM's state is checked while its job runs.
@@ -101,6 +106,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("default_job_timeout", &self.default_job_timeout)
             .field("log_cap", &self.log_cap)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("secret_store", &self.secret_store)
             .field("listen", &self.listen)
             .field("poll", &self.poll)
             .field("vcpus", &self.vcpus)
@@ -120,6 +126,7 @@ impl Default for EngineConfig {
             default_job_timeout: Duration::from_secs(3600),
             log_cap: DEFAULT_LOG_CAP,
             secrets: BTreeMap::new(),
+            secret_store: None,
             listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
             poll: Duration::from_millis(100),
             vcpus: 2,

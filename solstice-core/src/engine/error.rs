@@ -17,8 +17,11 @@ pub enum EngineError {
     #[error("the runner endpoint cannot listen")]
     Listen(#[source] std::io::Error),
     /// A declared secret has no value.
-    #[error("secret `{0}` is declared by the workflow but has no value (use --secret {0}=VALUE)")]
+    #[error("secret `{0}` is declared by the workflow but has no value")]
     MissingSecret(String),
+    /// The secret store could not be read.
+    #[error("the secret store cannot be read")]
+    SecretStore(#[source] crate::secrets::SecretError),
     /// A declared secret's value is too short to be masked in logs.
     #[error(
         "secret `{0}` is shorter than {min} bytes: it could not be masked in the logs, so it is refused",

@@ -103,6 +103,35 @@ pub struct StoredJob {
     pub secrets: Vec<String>,
     /// Where the code comes from.
     pub checkout: Checkout,
+    /// The repository whose secrets the job gets from the engine's
+    /// secret store; `None`: from the engine's configuration.
+    #[serde(default)]
+    pub secret_scope: Option<String>,
+}
+
+/// How a workflow is submitted ([`Engine::submit_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Submission {
+    /// Read secrets from the engine's secret store for this repository.
+    pub secret_scope: Option<String>,
+    /// Run without any secret, whatever the workflow declares (a pull
+    /// request from a fork).
+    pub no_secrets: bool,
+}
+
+impl Submission {
+    /// Secrets from the secret store, for `scope` (`owner/name`).
+    pub fn with_secret_scope(mut self, scope: impl Into<String>) -> Submission {
+        self.secret_scope = Some(scope.into());
+        self
+    }
+
+    /// No secrets at all.
+    pub fn without_secrets(mut self) -> Submission {
+        self.no_secrets = true;
+        self
+    }
 }
 
 /// Longest `shutdown` waits for running jobs to end after cancelling them.
@@ -337,17 +366,63 @@ impl Engine {
         source: &str,
         checkout: Checkout,
     ) -> Result<RunId, EngineError> {
+        self.submit_with(workflow, source, checkout, &Submission::default())
+            .await
+    }
+
+    /// [`Engine::submit`], with the secrets chosen by `how`.
+    pub async fn submit_with(
+        &self,
+        workflow: &Workflow,
+        source: &str,
+        checkout: Checkout,
+        how: &Submission,
+    ) -> Result<RunId, EngineError> {
         let plan = workflow.plan()?;
-        let mut new_jobs = Vec::with_capacity(plan.jobs.len());
-        for planned in plan.jobs {
+        let names_of = |job: &solstice_kdl::Job| -> Vec<String> {
+            if how.no_secrets {
+                return Vec::new();
+            }
             let mut secrets: Vec<String> = workflow.secrets.clone();
-            for s in &planned.job.secrets {
+            for s in &job.secrets {
                 if !secrets.contains(s) {
                     secrets.push(s.clone());
                 }
             }
+            secrets
+        };
+        let scoped = match (&how.secret_scope, &self.inner.config.secret_store) {
+            (Some(scope), Some(store)) if !how.no_secrets => {
+                let mut all: Vec<String> = Vec::new();
+                for planned in &plan.jobs {
+                    for n in names_of(&planned.job) {
+                        if !all.contains(&n) {
+                            all.push(n);
+                        }
+                    }
+                }
+                let values = if all.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    store
+                        .get(scope, &all)
+                        .await
+                        .map_err(EngineError::SecretStore)?
+                };
+                Some(values)
+            }
+            _ => None,
+        };
+        let secret_scope = scoped.as_ref().and(how.secret_scope.clone());
+        let mut new_jobs = Vec::with_capacity(plan.jobs.len());
+        for planned in plan.jobs {
+            let secrets = names_of(&planned.job);
             for name in &secrets {
-                match self.inner.config.secrets.get(name) {
+                let value = match &scoped {
+                    Some(values) => values.get(name),
+                    None => self.inner.config.secrets.get(name),
+                };
+                match value {
                     None => return Err(EngineError::MissingSecret(name.clone())),
                     // A value this short would not be masked in the logs.
                     Some(v) if v.len() < crate::log::MIN_SECRET_LEN => {
@@ -374,6 +449,7 @@ impl Engine {
                 env,
                 secrets,
                 checkout: checkout.clone(),
+                secret_scope: secret_scope.clone(),
             };
             let spec = serde_json::to_string(&stored)
                 .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;

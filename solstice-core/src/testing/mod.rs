@@ -3,4 +3,5 @@
 #[cfg(feature = "protocol")]
 pub mod executor;
 pub mod integration;
+pub mod secrets;
 pub mod store;

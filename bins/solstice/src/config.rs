@@ -1,0 +1,670 @@
+//! The daemon's configuration: a KDL file (read behind the workflow
+//! parser's guards, its mistakes reported with their spans) and the
+//! environment, which overrides it setting by setting. Secrets come from
+//! files (`*-file`) or the environment, never from the file itself, and
+//! never show in `Debug` output or logs.
+//!
+//! ```kdl
+//! listen "127.0.0.1:8080"
+//! public-url "https://ci.example.com"
+//! state-dir "/var/lib/solstice"
+//! capacity 4
+//! github {
+//!     app-id 12345
+//!     private-key-file "/etc/solstice/github-app.pem"
+//!     webhook-secret-file "/etc/solstice/github-webhook-secret"
+//! }
+//! forgejo {
+//!     url "https://codeberg.org"
+//!     token-file "/etc/solstice/forgejo-token"
+//!     webhook-secret-file "/etc/solstice/forgejo-webhook-secret"
+//! }
+//! fork-pull-requests {
+//!     trust "alice" "bob"
+//! }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use solstice_forge::Secret;
+use solstice_kdl::kdl::{KdlDocument, KdlNode, KdlValue};
+use solstice_kdl::{Code, ParseError, ParseOptions, Problem};
+
+/// Largest configuration file read.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+/// The daemon's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the HTTP server listens.
+    pub listen: SocketAddr,
+    /// The daemon's address as forges and browsers reach it (job links).
+    pub public_url: String,
+    /// The SQLite database and the jobs' working directories.
+    pub state_dir: PathBuf,
+    /// Jobs at once.
+    pub capacity: usize,
+    /// The workflow file in a repository.
+    pub workflow_path: String,
+    /// Bearer token for the API's writes (approve); none: writes refused.
+    pub admin_token: Option<Secret>,
+    /// GitHub, when configured.
+    pub github: Option<GitHubConfig>,
+    /// Forgejo, when configured.
+    pub forgejo: Option<ForgejoConfig>,
+    /// Authors whose fork pull requests run without an approval.
+    pub trusted_authors: Vec<String>,
+    /// The file-backed secret store's directory.
+    pub secrets_dir: Option<PathBuf>,
+    /// The Vault KV v2 secret store, instead of the directory.
+    pub vault: Option<VaultConfig>,
+}
+
+/// GitHub settings.
+#[derive(Debug, Clone)]
+pub struct GitHubConfig {
+    /// API root.
+    pub api_url: String,
+    /// The webhook's secret.
+    pub webhook_secret: Secret,
+    /// How the daemon authenticates.
+    pub auth: GitHubAuth,
+}
+
+/// A GitHub App (check runs) or a plain token (commit statuses).
+#[derive(Debug, Clone)]
+pub enum GitHubAuth {
+    /// A GitHub App.
+    App {
+        /// Its id.
+        id: u64,
+        /// Its private key (PEM).
+        key: Secret,
+    },
+    /// A token.
+    Token(Secret),
+}
+
+/// Forgejo settings.
+#[derive(Debug, Clone)]
+pub struct ForgejoConfig {
+    /// Base URL.
+    pub url: String,
+    /// API token.
+    pub token: Secret,
+    /// The webhook's secret.
+    pub webhook_secret: Secret,
+}
+
+/// HashiCorp Vault KV v2 settings.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// Vault's address (`https://vault:8200`).
+    pub addr: String,
+    /// The KV v2 mount (`secret`).
+    pub mount: String,
+    /// Path prefix under the mount; a repository's secrets are at
+    /// `PREFIX/OWNER/NAME`.
+    pub prefix: String,
+    /// Token.
+    pub token: Secret,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file has mistakes (rendered with their spans).
+    #[error("{}", .0.render(false, 100))]
+    File(ParseError),
+    /// A setting from the environment, or a combination, is wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct Raw {
+    values: std::collections::BTreeMap<String, String>,
+    trust: Vec<String>,
+}
+
+impl Config {
+    /// Reads the file (when given), then the environment (`env(NAME)`).
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = Raw {
+            values: Default::default(),
+            trust: Vec::new(),
+        };
+        let mut base = PathBuf::from(".");
+        if let Some(path) = path {
+            let name = path.display().to_string();
+            let bytes = read_limited(path).map_err(|source| ConfigError::Read {
+                path: name.clone(),
+                source,
+            })?;
+            let options = ParseOptions::default()
+                .with_max_bytes(MAX_CONFIG_BYTES)
+                .with_max_depth(8);
+            let (doc, text) =
+                solstice_kdl::parse_document(&name, &bytes, &options).map_err(ConfigError::File)?;
+            let mut problems = Vec::new();
+            let mut secrets = Vec::new();
+            read_block(&doc, "", &mut raw, &mut problems, &mut secrets);
+            if !problems.is_empty() {
+                // A secret written into the file is not shown back.
+                let mut shown = text.to_string();
+                for span in secrets {
+                    let range = span.offset()..span.offset() + span.len();
+                    if let Some(value) = shown.get(range.clone()) {
+                        let stars = "*".repeat(value.len());
+                        shown.replace_range(range, &stars);
+                    }
+                }
+                return Err(ConfigError::File(ParseError::new(&name, shown.into(), problems)));
+            }
+            if let Some(dir) = path.parent() {
+                base = dir.to_path_buf();
+            }
+        }
+        for (key, var) in ENV {
+            if let Some(value) = env(var) {
+                raw.values.insert(key.to_string(), value);
+            }
+        }
+        if let Some(list) = env("SOLSTICE_TRUSTED_AUTHORS") {
+            raw.trust = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        build(raw, &base)
+    }
+}
+
+/// Every setting: its key in the file (`block.name`) and its variable.
+const ENV: &[(&str, &str)] = &[
+    ("listen", "SOLSTICE_LISTEN"),
+    ("public-url", "SOLSTICE_PUBLIC_URL"),
+    ("state-dir", "SOLSTICE_STATE_DIR"),
+    ("capacity", "SOLSTICE_CAPACITY"),
+    ("workflow-path", "SOLSTICE_WORKFLOW_PATH"),
+    ("admin-token", "SOLSTICE_ADMIN_TOKEN"),
+    ("admin-token-file", "SOLSTICE_ADMIN_TOKEN_FILE"),
+    ("secrets-dir", "SOLSTICE_SECRETS_DIR"),
+    ("github.api-url", "SOLSTICE_GITHUB_API_URL"),
+    ("github.app-id", "SOLSTICE_GITHUB_APP_ID"),
+    ("github.private-key", "SOLSTICE_GITHUB_PRIVATE_KEY"),
+    (
+        "github.private-key-file",
+        "SOLSTICE_GITHUB_PRIVATE_KEY_FILE",
+    ),
+    ("github.token", "SOLSTICE_GITHUB_TOKEN"),
+    ("github.token-file", "SOLSTICE_GITHUB_TOKEN_FILE"),
+    ("github.webhook-secret", "SOLSTICE_GITHUB_WEBHOOK_SECRET"),
+    (
+        "github.webhook-secret-file",
+        "SOLSTICE_GITHUB_WEBHOOK_SECRET_FILE",
+    ),
+    ("forgejo.url", "SOLSTICE_FORGEJO_URL"),
+    ("forgejo.token", "SOLSTICE_FORGEJO_TOKEN"),
+    ("forgejo.token-file", "SOLSTICE_FORGEJO_TOKEN_FILE"),
+    ("forgejo.webhook-secret", "SOLSTICE_FORGEJO_WEBHOOK_SECRET"),
+    (
+        "forgejo.webhook-secret-file",
+        "SOLSTICE_FORGEJO_WEBHOOK_SECRET_FILE",
+    ),
+    ("vault.addr", "SOLSTICE_VAULT_ADDR"),
+    ("vault.mount", "SOLSTICE_VAULT_MOUNT"),
+    ("vault.prefix", "SOLSTICE_VAULT_PREFIX"),
+    ("vault.token", "SOLSTICE_VAULT_TOKEN"),
+    ("vault.token-file", "SOLSTICE_VAULT_TOKEN_FILE"),
+];
+
+/// Secrets: only the `-file` form may be in the file.
+const SECRET_KEYS: &[&str] = &[
+    "admin-token",
+    "github.private-key",
+    "github.token",
+    "github.webhook-secret",
+    "forgejo.token",
+    "forgejo.webhook-secret",
+    "vault.token",
+];
+
+const BLOCKS: &[&str] = &["github", "forgejo", "vault", "fork-pull-requests"];
+
+/// The environment-variable list, for `--help`.
+pub fn environment_help() -> String {
+    let mut out = String::from("Every setting can also come from the environment:\n");
+    for (key, var) in ENV {
+        out.push_str(&format!("  {var:<38} {key}\n"));
+    }
+    out.push_str(
+        "  SOLSTICE_TRUSTED_AUTHORS               fork-pull-requests.trust (comma-separated)\n",
+    );
+    out
+}
+
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn read_block(
+    doc: &KdlDocument,
+    prefix: &str,
+    raw: &mut Raw,
+    problems: &mut Vec<Problem>,
+    secrets: &mut Vec<miette::SourceSpan>,
+) {
+    let mut seen: Vec<String> = Vec::new();
+    for node in doc.nodes() {
+        let name = node.name().value();
+        let key = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        if seen.contains(&key) {
+            problems.push(Problem::new(
+                Code::DuplicateNode,
+                node.name().span(),
+                format!("`{key}` is set twice"),
+                "set again here",
+            ));
+            continue;
+        }
+        seen.push(key.clone());
+        if prefix.is_empty() && BLOCKS.contains(&name) {
+            if !node.entries().is_empty() {
+                problems.push(Problem::new(
+                    Code::UnexpectedArgument,
+                    node.entries()[0].span(),
+                    format!("`{name}` takes a block, not values"),
+                    "not expected",
+                ));
+            }
+            match node.children() {
+                Some(children) if name == "fork-pull-requests" => {
+                    read_trust(children, raw, problems)
+                }
+                Some(children) => read_block(children, name, raw, problems, secrets),
+                None => problems.push(Problem::new(
+                    Code::MissingProperty,
+                    node.span(),
+                    format!("`{name}` needs a block of settings"),
+                    "no block",
+                )),
+            }
+            continue;
+        }
+        let known = ENV.iter().any(|(k, _)| *k == key);
+        if !known {
+            let nearest = ENV
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| prefix.is_empty() != k.contains('.') && k.starts_with(prefix))
+                .map(|k| k.rsplit('.').next().unwrap_or(k))
+                .filter(|k| strsim::levenshtein(k, name) <= 2)
+                .min_by_key(|k| strsim::levenshtein(k, name));
+            let mut p = Problem::new(
+                Code::UnknownNode,
+                node.name().span(),
+                format!("unknown setting `{key}`"),
+                "not a setting",
+            );
+            if let Some(n) = nearest {
+                p = p.help(format!("did you mean `{n}`?"));
+            }
+            problems.push(p);
+            continue;
+        }
+        if SECRET_KEYS.contains(&key.as_str()) {
+            secrets.extend(node.entries().iter().map(|e| e.span()));
+            problems.push(
+                Problem::new(
+                    Code::InvalidValue,
+                    node.name().span(),
+                    format!("`{key}` is a secret: the file may only name a file that holds it"),
+                    "secret in the configuration file",
+                )
+                .help(format!("use `{name}-file \"/path\"`, or the environment")),
+            );
+            continue;
+        }
+        match one_value(node) {
+            Ok(value) => {
+                raw.values.insert(key, value);
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+}
+
+fn read_trust(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
+    for node in doc.nodes() {
+        if node.name().value() != "trust" {
+            problems.push(
+                Problem::new(
+                    Code::UnknownNode,
+                    node.name().span(),
+                    format!(
+                        "unknown setting `fork-pull-requests.{}`",
+                        node.name().value()
+                    ),
+                    "not a setting",
+                )
+                .help("the only setting here is `trust \"login\" ...`"),
+            );
+            continue;
+        }
+        for entry in node.entries() {
+            match entry.value() {
+                KdlValue::String(s) if entry.name().is_none() && !s.is_empty() => {
+                    raw.trust.push(s.clone());
+                }
+                _ => problems.push(Problem::new(
+                    Code::WrongType,
+                    entry.span(),
+                    "`trust` takes forge logins as strings",
+                    "not a login",
+                )),
+            }
+        }
+    }
+}
+
+fn one_value(node: &KdlNode) -> Result<String, Problem> {
+    let entries = node.entries();
+    if node.children().is_some() {
+        return Err(Problem::new(
+            Code::UnexpectedChildren,
+            node.span(),
+            format!("`{}` takes one value, not a block", node.name().value()),
+            "unexpected block",
+        ));
+    }
+    let [entry] = entries else {
+        return Err(Problem::new(
+            Code::MissingProperty,
+            node.span(),
+            format!("`{}` takes exactly one value", node.name().value()),
+            "one value here",
+        ));
+    };
+    if entry.name().is_some() {
+        return Err(Problem::new(
+            Code::UnexpectedArgument,
+            entry.span(),
+            "a setting takes a value, not a property",
+            "property",
+        ));
+    }
+    match entry.value() {
+        KdlValue::String(s) => Ok(s.clone()),
+        KdlValue::Integer(i) => Ok(i.to_string()),
+        KdlValue::Bool(b) => Ok(b.to_string()),
+        _ => Err(Problem::new(
+            Code::WrongType,
+            entry.span(),
+            "expected a string or a number",
+            "wrong type",
+        )),
+    }
+}
+
+fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
+    let invalid = |m: String| ConfigError::Invalid(m);
+    let mut take = |k: &str| raw.values.remove(k);
+    let listen = take("listen").unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        invalid(format!(
+            "listen: `{listen}` is not an address like 127.0.0.1:8080"
+        ))
+    })?;
+    let public_url = take("public-url").unwrap_or_else(|| format!("http://{listen}"));
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        return Err(invalid(format!(
+            "public-url: `{public_url}` is not an http(s) URL"
+        )));
+    }
+    let public_url = public_url.trim_end_matches('/').to_string();
+    let relative = |p: String| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+    let state_dir = take("state-dir").map_or_else(|| PathBuf::from("solstice-state"), relative);
+    let capacity = match take("capacity") {
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        Some(c) => c
+            .parse::<usize>()
+            .ok()
+            .filter(|c| (1..=1024).contains(c))
+            .ok_or_else(|| invalid(format!("capacity: `{c}` is not a number from 1 to 1024")))?,
+    };
+    let workflow_path = take("workflow-path").unwrap_or_else(|| ".solstice/workflow.kdl".into());
+    let mut secret = |key: &str| -> Result<Option<Secret>, ConfigError> {
+        let file_key = format!("{key}-file");
+        match (raw.values.remove(key), raw.values.remove(&file_key)) {
+            (Some(v), _) => Ok(Some(Secret::new(v))),
+            (None, Some(file)) => {
+                let path = relative(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(format!("{file_key}: cannot read {}: {e}", path.display()))
+                })?;
+                let value = text.trim_end_matches(['\n', '\r']).to_string();
+                if value.is_empty() {
+                    return Err(invalid(format!("{file_key}: {} is empty", path.display())));
+                }
+                Ok(Some(Secret::new(value)))
+            }
+            (None, None) => Ok(None),
+        }
+    };
+    let admin_token = secret("admin-token")?;
+    let gh_secret = secret("github.webhook-secret")?;
+    let gh_key = secret("github.private-key")?;
+    let gh_token = secret("github.token")?;
+    let fj_token = secret("forgejo.token")?;
+    let fj_secret = secret("forgejo.webhook-secret")?;
+    let vault_token = secret("vault.token")?;
+    let mut take = |k: &str| raw.values.remove(k);
+    let gh_app = take("github.app-id");
+    let gh_api = take("github.api-url");
+    let github = match (gh_secret, gh_app, gh_key, gh_token) {
+        (None, None, None, None) if gh_api.is_none() => None,
+        (None, ..) => {
+            return Err(invalid(
+                "github: a webhook secret is required (github.webhook-secret-file)".into(),
+            ));
+        }
+        (Some(webhook_secret), Some(id), Some(key), None) => Some(GitHubConfig {
+            api_url: gh_api.unwrap_or_else(|| solstice_forge::GITHUB_API.into()),
+            webhook_secret,
+            auth: GitHubAuth::App {
+                id: id
+                    .parse()
+                    .map_err(|_| invalid(format!("github.app-id: `{id}` is not a number")))?,
+                key,
+            },
+        }),
+        (Some(webhook_secret), None, None, Some(token)) => Some(GitHubConfig {
+            api_url: gh_api.unwrap_or_else(|| solstice_forge::GITHUB_API.into()),
+            webhook_secret,
+            auth: GitHubAuth::Token(token),
+        }),
+        _ => {
+            return Err(invalid(
+                "github: configure either an App (app-id and private-key-file) or a token (token-file), not both or half".into(),
+            ));
+        }
+    };
+    let fj_url = take("forgejo.url");
+    let forgejo = match (fj_url, fj_token, fj_secret) {
+        (None, None, None) => None,
+        (Some(url), Some(token), Some(webhook_secret)) => Some(ForgejoConfig {
+            url,
+            token,
+            webhook_secret,
+        }),
+        _ => {
+            return Err(invalid(
+                "forgejo: url, token-file and webhook-secret-file are all required".into(),
+            ));
+        }
+    };
+    let secrets_dir = take("secrets-dir").map(relative);
+    let vault = match (take("vault.addr"), vault_token) {
+        (None, None) => None,
+        (Some(addr), Some(token)) => Some(VaultConfig {
+            addr: addr.trim_end_matches('/').to_string(),
+            mount: take("vault.mount").unwrap_or_else(|| "secret".into()),
+            prefix: take("vault.prefix").unwrap_or_else(|| "solstice".into()),
+            token,
+        }),
+        _ => {
+            return Err(invalid(
+                "vault: addr and token-file are both required".into(),
+            ));
+        }
+    };
+    if vault.is_some() && secrets_dir.is_some() {
+        return Err(invalid(
+            "secrets-dir and vault: choose one secret store".into(),
+        ));
+    }
+    Ok(Config {
+        listen,
+        public_url,
+        state_dir,
+        capacity,
+        workflow_path,
+        admin_token,
+        github,
+        forgejo,
+        trusted_authors: raw.trust,
+        secrets_dir,
+        vault,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("secret"), "s3cret-value\n").expect("write");
+        let path = dir.path().join("solstice.kdl");
+        std::fs::write(&path, text).expect("write");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(Some(&path), &|k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn a_full_file_reads_and_secrets_stay_hidden() {
+        let config = load(
+            r#"
+            listen "127.0.0.1:9000"
+            public-url "https://ci.example.com/"
+            capacity 3
+            github {
+                token-file "secret"
+                webhook-secret-file "secret"
+            }
+            fork-pull-requests {
+                trust "alice" "bob"
+            }
+            "#,
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.public_url, "https://ci.example.com");
+        assert_eq!(config.capacity, 3);
+        assert_eq!(config.trusted_authors, ["alice", "bob"]);
+        let github = config.github.as_ref().expect("github");
+        assert_eq!(github.webhook_secret.expose(), "s3cret-value");
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "secrets must not show in Debug"
+        );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let config = load(
+            "capacity 3\n",
+            &[
+                ("SOLSTICE_CAPACITY", "5"),
+                ("SOLSTICE_TRUSTED_AUTHORS", "a, b"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.capacity, 5);
+        assert_eq!(config.trusted_authors, ["a", "b"]);
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_their_spans() {
+        let err = load(
+            "listen \"x\" \"y\"\ncapcity 3\ngithub {\n    token \"inline\"\n}\ncapacity 1\ncapacity 2\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let ConfigError::File(e) = &err else {
+            panic!("{err}")
+        };
+        let text = e.render(false, 100);
+        assert!(text.contains("`listen` takes exactly one value"), "{text}");
+        assert!(text.contains("unknown setting `capcity`"), "{text}");
+        assert!(text.contains("did you mean `capacity`?"), "{text}");
+        assert!(text.contains("`github.token` is a secret"), "{text}");
+        assert!(text.contains("`capacity` is set twice"), "{text}");
+        assert!(!text.contains("inline"), "a secret in the file is not shown back: {text}");
+        assert!(text.contains("solstice.kdl:2:1"), "{text}");
+    }
+
+    #[test]
+    fn hostile_files_are_refused_cleanly() {
+        let deep = format!("{}{}", "a {".repeat(10_000), "}".repeat(10_000));
+        assert!(matches!(load(&deep, &[]), Err(ConfigError::File(_))));
+        let big = "// x\n".repeat(MAX_CONFIG_BYTES);
+        assert!(matches!(load(&big, &[]), Err(ConfigError::File(_))));
+        assert!(matches!(
+            load("capacity 0\n", &[]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            load("listen \"nowhere\"\n", &[]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            load("github {\n app-id 1\n}\n", &[]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(load("\u{0}", &[]), Err(ConfigError::File(_))));
+    }
+}

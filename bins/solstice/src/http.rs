@@ -1,0 +1,400 @@
+//! The HTTP server: webhook endpoints (one per forge), the job pages and
+//! the JSON API (`/api/v1`).
+//!
+//! A webhook is answered after it is verified and recorded, before it is
+//! processed: 202 with what will happen, 200 for a ping, and a 4xx with no
+//! side effect for anything the sender got wrong (401 signature, 413 size,
+//! 415 content type, 400 body or headers). A store failure is 503: the
+//! forge delivers again later.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use solstice_core::store::{InboxState, IntegrationStore, JobId, RunId, StateStore};
+use solstice_forge::{Delivery, Forge, Headers, MAX_PAYLOAD, PayloadError, WebhookError};
+
+use crate::daemon::{Daemon, chain, forge_name, forge_of};
+
+type Shared = State<Arc<Daemon>>;
+
+/// The router.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/hooks/github", post(github_hook))
+        .route("/hooks/forgejo", post(forgejo_hook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(crate::pages::index))
+        .route("/runs/{id}", get(crate::pages::run_page))
+        .route("/jobs/{id}", get(crate::pages::job_page))
+        .route("/api/v1/runs", get(api_runs))
+        .route("/api/v1/runs/{id}", get(api_run))
+        .route("/api/v1/jobs/{id}", get(api_job))
+        .route("/api/v1/jobs/{id}/log", get(api_log))
+        .route("/api/v1/deliveries", get(api_deliveries))
+        .route("/api/v1/deliveries/{forge}/{id}/approve", post(api_approve))
+        // The body limit is checked again by the adapter; this one stops
+        // the server reading past it.
+        .layer(DefaultBodyLimit::max(MAX_PAYLOAD))
+        .with_state(daemon)
+}
+
+/// A JSON answer.
+pub fn answer(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    answer(status, json!({ "error": why.into() }))
+}
+
+async fn github_hook(
+    daemon: Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    hook(daemon, Forge::GitHub, headers, body).await
+}
+
+async fn forgejo_hook(
+    daemon: Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    hook(daemon, Forge::Forgejo, headers, body).await
+}
+
+async fn hook(
+    State(daemon): Shared,
+    forge: Forge,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !daemon.accepting.load(Ordering::SeqCst) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    }
+    let Some(link) = daemon.forge(forge) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("{} is not configured on this daemon", forge_name(forge)),
+        );
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_PAYLOAD} bytes"),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body cannot be read: {e}"),
+            );
+        }
+    };
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the content type must be application/json (set the webhook's content type to JSON)",
+        );
+    }
+    let mut ours = Headers::new();
+    for (name, value) in &headers {
+        ours.insert(name.as_str(), value.as_bytes());
+    }
+    let received = match link.adapter.receive(&ours, &body) {
+        Ok(r) => r,
+        Err(WebhookError::Signature(e)) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
+        Err(WebhookError::Payload(PayloadError::TooLarge { .. })) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_PAYLOAD} bytes"),
+            );
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, chain(&e)),
+    };
+    match &received.delivery {
+        Delivery::Ping => return answer(StatusCode::OK, json!({ "status": "pong" })),
+        Delivery::Ignored { reason } => {
+            return answer(
+                StatusCode::ACCEPTED,
+                json!({ "status": "ignored", "reason": reason }),
+            );
+        }
+        _ => {}
+    }
+    let recorded = daemon
+        .store
+        .record_delivery(
+            forge_name(forge),
+            &received.id,
+            &received.event,
+            &body,
+            solstice_core::engine::now_ms(),
+        )
+        .await;
+    match recorded {
+        Ok(true) => {
+            daemon.inbox.notify_one();
+            answer(
+                StatusCode::ACCEPTED,
+                json!({ "status": "accepted", "delivery": received.id }),
+            )
+        }
+        Ok(false) => answer(
+            StatusCode::ACCEPTED,
+            json!({ "status": "duplicate", "reason": "this delivery was received before", "delivery": received.id }),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "cannot record a delivery");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the delivery cannot be recorded now; deliver it again later",
+            )
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    limit: Option<usize>,
+    before: Option<i64>,
+}
+
+fn store_error(e: &dyn std::error::Error) -> Response {
+    tracing::warn!(error = %e, "store error in the API");
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the state store cannot be read now",
+    )
+}
+
+async fn api_runs(State(daemon): Shared, Query(page): Query<Page>) -> Response {
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    match daemon
+        .store
+        .recent_runs(limit, page.before.map(RunId::new))
+        .await
+    {
+        Ok(runs) => {
+            let next = (runs.len() == limit)
+                .then(|| runs.last().map(|r| r.id.get()))
+                .flatten();
+            answer(StatusCode::OK, json!({ "runs": runs, "next_before": next }))
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+/// A job as the API shows it (without its stored spec).
+pub fn job_json(job: &solstice_core::store::Job) -> Value {
+    json!({
+        "id": job.id,
+        "run_id": job.run_id,
+        "key": job.key,
+        "label": job.label,
+        "needs": job.needs,
+        "status": job.status,
+        "reason": job.reason,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+    })
+}
+
+async fn api_run(State(daemon): Shared, Path(id): Path<i64>) -> Response {
+    let run = match daemon.store.run(RunId::new(id)).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, "no such run"),
+        Err(e) => return store_error(&e),
+    };
+    let jobs = match daemon.store.jobs(run.id).await {
+        Ok(jobs) => jobs,
+        Err(e) => return store_error(&e),
+    };
+    let delivery = match daemon.store.delivery_of_run(run.id).await {
+        Ok(d) => d.map(|d| {
+            json!({
+                "forge": d.forge,
+                "id": d.id,
+                "event": d.event,
+                "target": d.target.and_then(|t| serde_json::from_str::<Value>(&t).ok()),
+            })
+        }),
+        Err(e) => return store_error(&e),
+    };
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+    answer(
+        StatusCode::OK,
+        json!({ "run": run, "jobs": jobs, "delivery": delivery }),
+    )
+}
+
+async fn api_job(State(daemon): Shared, Path(id): Path<i64>) -> Response {
+    let job = match daemon.store.job(JobId::new(id)).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, "no such job"),
+        Err(e) => return store_error(&e),
+    };
+    let attempts = match daemon.store.attempts(job.id).await {
+        Ok(a) => a,
+        Err(e) => return store_error(&e),
+    };
+    let mut out = Vec::new();
+    for a in attempts {
+        let steps = match daemon.store.steps(a.id).await {
+            Ok(s) => s,
+            Err(e) => return store_error(&e),
+        };
+        out.push(json!({
+            "number": a.number,
+            "status": a.status,
+            "reason": a.reason,
+            "started_at": a.started_at,
+            "finished_at": a.finished_at,
+            "steps": steps,
+        }));
+    }
+    answer(
+        StatusCode::OK,
+        json!({ "job": job_json(&job), "attempts": out }),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    attempt: Option<u32>,
+}
+
+/// The stored log of a job's attempt (the latest by default), as text.
+async fn api_log(
+    State(daemon): Shared,
+    Path(id): Path<i64>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    match crate::pages::job_log(&daemon, JobId::new(id), q.attempt).await {
+        Ok(Some(bytes)) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => refuse(StatusCode::NOT_FOUND, "no such job or attempt"),
+        Err(e) => store_error(&*e),
+    }
+}
+
+/// Writes and the delivery list need the admin token.
+fn admin(daemon: &Daemon, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &daemon.config.admin_token else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "no admin token is configured on this daemon",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let (a, b) = (given.as_bytes(), token.expose().as_bytes());
+    // Constant time in the token's content.
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "a valid admin token is required (Authorization: Bearer ...)",
+        ))
+    }
+}
+
+async fn api_deliveries(State(daemon): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&daemon, &headers) {
+        return r;
+    }
+    let mut out = Vec::new();
+    for state in [InboxState::Pending, InboxState::AwaitingApproval] {
+        match daemon.store.deliveries(state, 500).await {
+            Ok(list) => out.extend(list.into_iter().map(|d| {
+                json!({
+                    "forge": d.forge,
+                    "id": d.id,
+                    "event": d.event,
+                    "state": d.state.as_str(),
+                    "outcome": d.outcome,
+                    "received_at": d.received_at,
+                })
+            })),
+            Err(e) => return store_error(&e),
+        }
+    }
+    answer(StatusCode::OK, json!({ "deliveries": out }))
+}
+
+/// Approves a held delivery (a fork's pull request): it runs, without secrets.
+async fn api_approve(
+    State(daemon): Shared,
+    headers: HeaderMap,
+    Path((forge, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = admin(&daemon, &headers) {
+        return r;
+    }
+    if forge_of(&forge).is_none() {
+        return refuse(StatusCode::NOT_FOUND, "no such forge");
+    }
+    let entry = match daemon.store.delivery(&forge, &id).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, "no such delivery"),
+        Err(e) => return store_error(&e),
+    };
+    if entry.state != InboxState::AwaitingApproval {
+        return refuse(
+            StatusCode::CONFLICT,
+            "this delivery is not waiting for approval",
+        );
+    }
+    let mut target: crate::inbox::Target = match entry.target.as_deref().map(serde_json::from_str) {
+        Some(Ok(t)) => t,
+        _ => return refuse(StatusCode::CONFLICT, "this delivery's record is incomplete"),
+    };
+    target.approved = true;
+    let target = serde_json::to_string(&target).ok();
+    match daemon
+        .store
+        .set_delivery(
+            &forge,
+            &id,
+            InboxState::Pending,
+            "approved",
+            None,
+            target.as_deref(),
+        )
+        .await
+    {
+        Ok(()) => {
+            daemon.inbox.notify_one();
+            answer(StatusCode::ACCEPTED, json!({ "status": "approved" }))
+        }
+        Err(e) => store_error(&e),
+    }
+}

@@ -1,0 +1,306 @@
+//! Processing accepted deliveries: each was recorded before the forge got
+//! its answer, so nothing accepted is lost when the daemon stops; what is
+//! still pending at start is processed then. A delivery starts at most
+//! one run: the run's source names the delivery, and a delivery processed
+//! again after a crash finds the run it already started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use solstice_core::engine::{Checkout, EngineError, Submission};
+use solstice_core::store::{InboxEntry, InboxState, IntegrationStore, RunId};
+use solstice_forge::{Conclusion, Delivery, EventKind, ForgeEvent, JobReport, JobState, Repo};
+
+use crate::daemon::{Daemon, chain, forge_of};
+
+/// Deliveries taken per pass.
+const BATCH: usize = 32;
+
+/// What a run (or a held delivery) reports to: kept with the delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// `github` or `forgejo`.
+    pub forge: String,
+    /// The delivery id (check runs' external ids start with it).
+    pub delivery: String,
+    /// `owner/name`.
+    pub repository: String,
+    /// The GitHub App installation.
+    pub installation: Option<u64>,
+    /// The commit.
+    pub commit: String,
+    /// The ref.
+    pub git_ref: String,
+    /// Who sent it.
+    pub sender: String,
+    /// An operator approved it (a fork's pull request).
+    #[serde(default)]
+    pub approved: bool,
+}
+
+impl Target {
+    fn of(forge: &str, event: &ForgeEvent) -> Target {
+        Target {
+            forge: forge.to_string(),
+            delivery: event.delivery.clone(),
+            repository: event.repository.clone(),
+            installation: event.installation,
+            commit: event.commit.clone(),
+            git_ref: event.git_ref.clone(),
+            sender: event.sender.clone(),
+            approved: false,
+        }
+    }
+
+    /// The repository for API calls.
+    pub fn repo(&self) -> Repo {
+        Repo::new(self.repository.clone()).with_installation(self.installation)
+    }
+
+    /// The check run id of one of its jobs.
+    pub fn external_id(&self, key: &str) -> String {
+        format!("{}/{}", self.delivery, key)
+    }
+}
+
+/// The run source of a delivery.
+pub fn source_of(forge: &str, id: &str) -> String {
+    format!("delivery {forge}/{id}")
+}
+
+/// Processes pending deliveries now and whenever woken, until aborted.
+pub async fn run(daemon: Arc<Daemon>) {
+    loop {
+        let woken = daemon.inbox.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match daemon.store.deliveries(InboxState::Pending, BATCH).await {
+            Ok(batch) => {
+                let full = batch.len() == BATCH;
+                for entry in batch {
+                    let (forge, id) = (entry.forge.clone(), entry.id.clone());
+                    let (state, outcome, run, target) = process(&daemon, entry).await;
+                    tracing::info!(%forge, delivery = %id, %outcome, "delivery processed");
+                    if let Err(e) = daemon
+                        .store
+                        .set_delivery(&forge, &id, state, &outcome, run, target.as_deref())
+                        .await
+                    {
+                        tracing::warn!(%forge, delivery = %id, error = %chain(&e), "cannot record what came of a delivery");
+                    }
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(error = %chain(&e), "cannot read the pending deliveries"),
+        }
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+type Processed = (InboxState, String, Option<RunId>, Option<String>);
+
+fn done(outcome: impl Into<String>) -> Processed {
+    (InboxState::Done, outcome.into(), None, None)
+}
+
+async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
+    let Some(forge) = forge_of(&entry.forge) else {
+        return done(format!("unknown forge `{}`", entry.forge));
+    };
+    let Some(link) = daemon.forge(forge) else {
+        return done("the forge is no longer configured");
+    };
+    let delivery = match solstice_forge::parse(forge, &entry.event, &entry.id, &entry.body) {
+        Ok(d) => d,
+        Err(e) => return done(format!("unreadable: {}", chain(&e))),
+    };
+    let event = match delivery {
+        Delivery::Event(event) => event,
+        Delivery::Rerun(_) => return done("reruns from the forge are not supported yet"),
+        Delivery::Ping => return done("ping"),
+        Delivery::Ignored { reason } => return done(reason),
+        _ => return done("nothing to do"),
+    };
+    let source = source_of(&entry.forge, &entry.id);
+    let mut target = Target::of(&entry.forge, &event);
+    if let Some(old) = entry
+        .target
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Target>(t).ok())
+    {
+        target.approved = old.approved;
+    }
+    let target_json = serde_json::to_string(&target).ok();
+    // Processed before a crash: the run is there already.
+    match daemon.store.run_by_source(&source).await {
+        Ok(Some(run)) => {
+            daemon.reports.watch(run, target.clone());
+            return (
+                InboxState::Done,
+                format!("started run {run}"),
+                Some(run),
+                target_json,
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return (
+                InboxState::Pending,
+                format!("store: {}", chain(&e)),
+                None,
+                None,
+            );
+        }
+    }
+    let path = daemon.config.workflow_path.clone();
+    let bytes = match link
+        .adapter
+        .fetch_file(&event.repo(), &event.commit, &path)
+        .await
+    {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return done(format!("the repository has no {path}")),
+        Err(e) => return done(format!("cannot fetch {path}: {}", chain(&e))),
+    };
+    let workflow =
+        match solstice_kdl::parse_bytes(&path, &bytes, &solstice_kdl::ParseOptions::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                let text = e.render(false, 100);
+                let report = JobReport::new(
+                    target.repo(),
+                    &target.commit,
+                    "workflow",
+                    target.external_id("workflow"),
+                    JobState::Completed(Conclusion::Failure),
+                )
+                .with_description(format!("{path} cannot be read"))
+                .with_log_tail(text);
+                crate::report::send(daemon, forge, &report).await;
+                return (
+                    InboxState::Done,
+                    format!("{path} cannot be read"),
+                    None,
+                    target_json,
+                );
+            }
+        };
+    let trigger = match &event.kind {
+        EventKind::Push => match solstice_kdl::GitRef::parse(&event.git_ref) {
+            Some(git_ref) => solstice_kdl::Event::Push {
+                git_ref,
+                changed_paths: event.changed_paths.clone(),
+            },
+            None => return done("not a branch or tag"),
+        },
+        EventKind::PullRequest { base_branch, .. } => solstice_kdl::Event::PullRequest {
+            base_branch: base_branch.clone(),
+            changed_paths: None,
+        },
+        _ => return done("an event kind this daemon does not run"),
+    };
+    if !workflow.is_triggered_by(&trigger) {
+        return done("the workflow's `on` does not match this event");
+    }
+    let from_fork = matches!(
+        event.kind,
+        EventKind::PullRequest {
+            from_fork: true,
+            ..
+        }
+    );
+    if from_fork && !target.approved && !daemon.config.trusted_authors.contains(&event.sender) {
+        // Held: each job shows as queued, waiting for an operator.
+        if let Ok(plan) = workflow.plan() {
+            for job in plan.jobs {
+                let report = JobReport::new(
+                    target.repo(),
+                    &target.commit,
+                    job.id.clone(),
+                    target.external_id(&job.id),
+                    JobState::Queued,
+                )
+                .with_description("waiting for an operator's approval (pull request from a fork)");
+                crate::report::send(daemon, forge, &report).await;
+            }
+        }
+        return (
+            InboxState::AwaitingApproval,
+            format!(
+                "a pull request from a fork by `{}`: waiting for approval",
+                event.sender
+            ),
+            None,
+            target_json,
+        );
+    }
+    let checkout = Checkout::Git {
+        url: event.clone_url.clone(),
+        commit: event.commit.clone(),
+    };
+    // Secrets are the repository's, from the secret store; a fork's pull
+    // request gets none, approved or not.
+    let how = if from_fork {
+        Submission::default().without_secrets()
+    } else {
+        Submission::default().with_secret_scope(event.repository.clone())
+    };
+    // The reporter knows the run's target before its first event.
+    let submitted = {
+        let _hold = daemon.reports.hold().await;
+        match daemon
+            .engine
+            .submit_with(&workflow, &source, checkout, &how)
+            .await
+        {
+            Ok(run) => {
+                daemon.reports.watch(run, target.clone());
+                Ok(run)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    match submitted {
+        Ok(run) => (
+            InboxState::Done,
+            format!("started run {run}"),
+            Some(run),
+            target_json,
+        ),
+        Err(e) => {
+            let why = match &e {
+                EngineError::MissingSecret(_)
+                | EngineError::SecretTooShort(_)
+                | EngineError::SecretStore(_) => {
+                    format!(
+                        "{} (secrets come from the secret store, per repository)",
+                        chain(&e)
+                    )
+                }
+                _ => chain(&e),
+            };
+            let report = JobReport::new(
+                target.repo(),
+                &target.commit,
+                "workflow",
+                target.external_id("workflow"),
+                JobState::Completed(Conclusion::Failure),
+            )
+            .with_description(solstice_forge::text::head_chars(&why, 120).to_string())
+            .with_log_tail(why.clone());
+            crate::report::send(daemon, forge, &report).await;
+            (
+                InboxState::Done,
+                format!("not started: {why}"),
+                None,
+                target_json,
+            )
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `solstice`: the all-in-one daemon. Forge webhooks in, jobs run by the
+//! engine on this host (local provider, SQLite, the in-process queue:
+//! no external services), statuses back to the forge, and an HTTP server
+//! with job pages and a JSON API.
+//!
+//! Exit codes: 0 stopped cleanly; 1 a runtime failure; 2 bad usage or a
+//! broken configuration (nothing was started).
+
+mod config;
+mod daemon;
+mod http;
+mod inbox;
+mod pages;
+mod report;
+mod secrets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "solstice",
+    version,
+    about = "Solstice CI: the all-in-one daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve webhooks, run jobs, report statuses, serve job pages and the API.
+    #[command(after_help = config::environment_help())]
+    Serve {
+        /// The configuration file (KDL). Without one, the defaults and the
+        /// environment: 127.0.0.1:8080, state in ./solstice-state.
+        #[arg(long, short, env = "SOLSTICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit (0 valid, 2 not).
+    CheckConfig {
+        /// The configuration file (KDL).
+        #[arg(long, short, env = "SOLSTICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
+    #[command(hide = true)]
+    Runner,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SOLSTICE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match cli.command {
+        Command::Runner => ExitCode::from(solstice_core::runner::main_from_environment(
+            "solstice runner",
+        )),
+        Command::CheckConfig { config } => match load(config) {
+            Ok(_) => {
+                println!("the configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(daemon::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", daemon::chain(&*e));
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+    config::Config::load(path.as_deref(), &|k| std::env::var(k).ok()).map_err(|e| {
+        match e {
+            config::ConfigError::File(e) => {
+                let color = std::env::var_os("NO_COLOR").is_none()
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr());
+                eprint!("{}", e.render(color, 100));
+                eprintln!("error: the configuration has mistakes; the daemon did not start");
+            }
+            other => eprintln!("error: {}", daemon::chain(&other)),
+        }
+        ExitCode::from(2)
+    })
+}

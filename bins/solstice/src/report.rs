@@ -1,0 +1,361 @@
+//! Engine events to forge statuses. Each job's reports go out in order
+//! through its own queue (a slow forge delays that job's reports only);
+//! a reporter that fell behind the engine, or a daemon that restarted,
+//! reports the current state of every running job again (reports are
+//! idempotent).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, UNIX_EPOCH};
+
+use solstice_core::engine::{EngineEvent, EventError};
+use solstice_core::store::{IntegrationStore, Job, JobStatus, RunId, StateStore, StepStatus};
+use solstice_forge::{Conclusion, Forge, JobReport, JobState, StepLine};
+use tokio::sync::mpsc;
+
+use crate::daemon::{Daemon, chain, forge_of};
+use crate::inbox::Target;
+
+/// Most log bytes sent as a failing step's tail (GitHub shows 65,535
+/// characters; the reporter cuts to that).
+const TAIL_BYTES: usize = 64 * 1024;
+
+/// What happened to a job, for its report.
+#[derive(Debug, Clone)]
+enum Change {
+    Queued,
+    Started,
+    Finished(JobStatus, Option<String>),
+}
+
+/// The reporter's shared state.
+#[derive(Debug, Default)]
+pub struct Reports {
+    /// Where each run reports to; `None`: nowhere (not from a forge).
+    targets: Mutex<HashMap<RunId, Option<Target>>>,
+    /// Held while a run is submitted, so that its first events find its target.
+    gate: tokio::sync::Mutex<()>,
+    /// Each job's queue of changes.
+    jobs: Mutex<HashMap<(RunId, String), mpsc::UnboundedSender<Change>>>,
+    /// Reports not yet sent.
+    pending: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Reports {
+    /// Remembers where `run` reports to.
+    pub fn watch(&self, run: RunId, target: Target) {
+        lock(&self.targets).insert(run, Some(target));
+    }
+
+    /// Holds back event handling (while a run is submitted).
+    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
+    }
+
+    /// Waits until no report is waiting to be sent.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.pending.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Sends a report through the forge's reporter, logging a failure.
+pub async fn send(daemon: &Daemon, forge: Forge, report: &JobReport) {
+    let Some(link) = daemon.forge(forge) else {
+        return;
+    };
+    if let Err(e) = link.reporter.report(report).await {
+        tracing::warn!(repository = %report.repo.full_name, job = %report.name, error = %chain(&e), "the forge refused a status");
+    }
+}
+
+/// Follows the engine's events until the engine stops.
+pub async fn run(daemon: Arc<Daemon>) {
+    let mut events = daemon.engine.subscribe();
+    resync(&daemon).await;
+    loop {
+        let event = events.recv().await;
+        let _gate = daemon.reports.gate.lock().await;
+        match event {
+            Ok(EngineEvent::JobQueued { run, key })
+            | Ok(EngineEvent::JobRetrying { run, key, .. }) => {
+                enqueue(&daemon, run, key, Change::Queued).await;
+            }
+            Ok(EngineEvent::JobStarted { run, key, .. }) => {
+                enqueue(&daemon, run, key, Change::Started).await
+            }
+            Ok(EngineEvent::JobFinished {
+                run,
+                key,
+                status,
+                reason,
+            }) => {
+                enqueue(&daemon, run, key, Change::Finished(status, reason)).await;
+            }
+            Ok(_) => {}
+            Err(EventError::Lagged { missed }) => {
+                tracing::warn!(
+                    missed,
+                    "the status reporter fell behind; reporting every running job again"
+                );
+                resync(&daemon).await;
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Reports every job of every running run as it is now.
+async fn resync(daemon: &Arc<Daemon>) {
+    let runs = match daemon.store.running_runs().await {
+        Ok(runs) => runs,
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "cannot list the running runs");
+            return;
+        }
+    };
+    for run in runs {
+        let Ok(jobs) = daemon.store.jobs(run.id).await else {
+            continue;
+        };
+        for job in jobs {
+            let change = match job.status {
+                JobStatus::Pending | JobStatus::Queued => Change::Queued,
+                JobStatus::Running => Change::Started,
+                status => Change::Finished(status, job.reason.clone()),
+            };
+            enqueue(daemon, run.id, job.key, change).await;
+        }
+    }
+}
+
+async fn target_of(daemon: &Daemon, run: RunId) -> Option<Target> {
+    if let Some(known) = lock(&daemon.reports.targets).get(&run) {
+        return known.clone();
+    }
+    let target = match daemon.store.delivery_of_run(run).await {
+        Ok(Some(entry)) => entry
+            .target
+            .and_then(|t| serde_json::from_str::<Target>(&t).ok()),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%run, error = %chain(&e), "cannot read where a run reports to");
+            return None;
+        }
+    };
+    lock(&daemon.reports.targets).insert(run, target.clone());
+    target
+}
+
+async fn enqueue(daemon: &Arc<Daemon>, run: RunId, key: String, change: Change) {
+    let Some(target) = target_of(daemon, run).await else {
+        return;
+    };
+    let reports = &daemon.reports;
+    reports
+        .pending
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut jobs = lock(&reports.jobs);
+    let sender = jobs.entry((run, key.clone())).or_insert_with(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(job_reports(
+            daemon.clone(),
+            run,
+            key.clone(),
+            target.clone(),
+            rx,
+        ));
+        tx
+    });
+    if let Err(mpsc::error::SendError(change)) = sender.send(change) {
+        // Its worker just ended (the job had finished): a new one.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(change);
+        tokio::spawn(job_reports(daemon.clone(), run, key.clone(), target, rx));
+        jobs.insert((run, key), tx);
+    }
+}
+
+/// One job's reports, in order.
+async fn job_reports(
+    daemon: Arc<Daemon>,
+    run: RunId,
+    key: String,
+    target: Target,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+) {
+    let forge = forge_of(&target.forge);
+    while let Some(change) = changes.recv().await {
+        let last = matches!(change, Change::Finished(..));
+        if let Some(forge) = forge {
+            match build(&daemon, run, &key, &target, change).await {
+                Ok(report) => send(&daemon, forge, &report).await,
+                Err(e) => {
+                    tracing::warn!(%run, job = %key, error = %e, "cannot build a status report")
+                }
+            }
+        }
+        let reports = &daemon.reports;
+        if reports
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            reports.idle.notify_waiters();
+        }
+        if last && changes.is_empty() {
+            lock(&reports.jobs).remove(&(run, key.clone()));
+            // What arrived between the check and the removal still goes out.
+            while let Ok(change) = changes.try_recv() {
+                if let (Some(forge), Ok(report)) =
+                    (forge, build(&daemon, run, &key, &target, change).await)
+                {
+                    send(&daemon, forge, &report).await;
+                }
+                if reports
+                    .pending
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+                    == 1
+                {
+                    reports.idle.notify_waiters();
+                }
+            }
+            return;
+        }
+    }
+}
+
+fn conclusion(status: JobStatus, reason: Option<&str>) -> Conclusion {
+    match status {
+        JobStatus::Succeeded => Conclusion::Success,
+        JobStatus::Cancelled => Conclusion::Cancelled,
+        JobStatus::Skipped => Conclusion::Skipped,
+        _ if reason.is_some_and(|r| r.contains("timed out")) => Conclusion::TimedOut,
+        _ => Conclusion::Failure,
+    }
+}
+
+fn seconds(ms: i64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+async fn build(
+    daemon: &Daemon,
+    run: RunId,
+    key: &str,
+    target: &Target,
+    change: Change,
+) -> Result<JobReport, String> {
+    let store = &daemon.store;
+    let jobs = store.jobs(run).await.map_err(|e| chain(&e))?;
+    let job: Job = jobs
+        .into_iter()
+        .find(|j| j.key == key)
+        .ok_or("no such job")?;
+    let state = match &change {
+        Change::Queued => JobState::Queued,
+        Change::Started => JobState::InProgress,
+        Change::Finished(status, reason) => {
+            JobState::Completed(conclusion(*status, reason.as_deref()))
+        }
+    };
+    let mut report = JobReport::new(
+        target.repo(),
+        &target.commit,
+        key,
+        target.external_id(key),
+        state,
+    )
+    .with_details_url(format!("{}/jobs/{}", daemon.config.public_url, job.id));
+    let attempts = store.attempts(job.id).await.map_err(|e| chain(&e))?;
+    let latest = attempts.iter().max_by_key(|a| a.number);
+    match &change {
+        Change::Queued => report = report.with_description("queued"),
+        Change::Started => {
+            report = report.with_description(format!(
+                "running (attempt {})",
+                latest.map_or(1, |a| a.number)
+            ));
+            if let Some(a) = latest {
+                report = report.with_times(
+                    Some(UNIX_EPOCH + Duration::from_millis(a.started_at.max(0) as u64)),
+                    None,
+                );
+            }
+        }
+        Change::Finished(status, reason) => {
+            let mut steps = Vec::new();
+            let mut failing: Option<u32> = None;
+            if let Some(a) = latest {
+                for s in store.steps(a.id).await.map_err(|e| chain(&e))? {
+                    let outcome = match (s.status, s.exit_code) {
+                        (StepStatus::Succeeded, _) => "passed".to_string(),
+                        (StepStatus::Running, _) => "did not finish".to_string(),
+                        (StepStatus::TimedOut, _) => "timed out".to_string(),
+                        (StepStatus::Failed, Some(code)) => format!("failed (exit {code})"),
+                        (StepStatus::Failed, None) => "failed".to_string(),
+                    };
+                    if matches!(s.status, StepStatus::Failed | StepStatus::TimedOut)
+                        && failing.is_none()
+                    {
+                        failing = Some(s.index);
+                    }
+                    let duration = match (s.started_at, s.finished_at) {
+                        (Some(a), Some(b)) if b >= a => Some(Duration::from_millis((b - a) as u64)),
+                        _ => None,
+                    };
+                    steps.push(StepLine::new(s.name, outcome, duration));
+                }
+                let started = UNIX_EPOCH + Duration::from_millis(a.started_at.max(0) as u64);
+                let finished = a
+                    .finished_at
+                    .map(|f| UNIX_EPOCH + Duration::from_millis(f.max(0) as u64));
+                report = report.with_times(Some(started), finished);
+            }
+            let took = latest
+                .and_then(|a| a.finished_at.map(|f| f - a.started_at))
+                .map(seconds)
+                .unwrap_or_default();
+            let description = match status {
+                JobStatus::Succeeded => format!("passed in {took}"),
+                _ => reason.clone().unwrap_or_else(|| status.to_string()),
+            };
+            report = report.with_description(description).with_steps(steps);
+            if *status == JobStatus::Failed
+                && let Some(a) = latest
+            {
+                let chunks = store.logs(a.id).await.map_err(|e| chain(&e))?;
+                let mut tail: Vec<u8> = Vec::new();
+                for c in chunks
+                    .iter()
+                    .filter(|c| failing.is_none() || c.step == failing)
+                {
+                    tail.extend_from_slice(&c.data);
+                    if tail.len() > 2 * TAIL_BYTES {
+                        tail.drain(..tail.len() - TAIL_BYTES);
+                    }
+                }
+                if tail.len() > TAIL_BYTES {
+                    tail.drain(..tail.len() - TAIL_BYTES);
+                }
+                let mut text = String::from_utf8_lossy(&tail).into_owned();
+                if let Some(r) = reason {
+                    text.push_str(&format!("\n{r}\n"));
+                }
+                report = report.with_log_tail(text);
+            }
+        }
+    }
+    Ok(report)
+}

@@ -171,7 +171,11 @@ impl Config {
                         shown.replace_range(range, &stars);
                     }
                 }
-                return Err(ConfigError::File(ParseError::new(&name, shown.into(), problems)));
+                return Err(ConfigError::File(ParseError::new(
+                    &name,
+                    shown.into(),
+                    problems,
+                )));
             }
             if let Some(dir) = path.parent() {
                 base = dir.to_path_buf();
@@ -643,7 +647,10 @@ mod tests {
         assert!(text.contains("did you mean `capacity`?"), "{text}");
         assert!(text.contains("`github.token` is a secret"), "{text}");
         assert!(text.contains("`capacity` is set twice"), "{text}");
-        assert!(!text.contains("inline"), "a secret in the file is not shown back: {text}");
+        assert!(
+            !text.contains("inline"),
+            "a secret in the file is not shown back: {text}"
+        );
         assert!(text.contains("solstice.kdl:2:1"), "{text}");
     }
 

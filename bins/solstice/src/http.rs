@@ -301,8 +301,9 @@ async fn api_log(
     }
 }
 
-/// Writes and the delivery list need the admin token.
-fn admin(daemon: &Daemon, headers: &HeaderMap) -> Result<(), Response> {
+/// Writes and the delivery list need the admin token: the refusal, or
+/// `None` when the token is right.
+fn admin(daemon: &Daemon, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &daemon.config.admin_token else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
@@ -328,7 +329,7 @@ fn admin(daemon: &Daemon, headers: &HeaderMap) -> Result<(), Response> {
 }
 
 async fn api_deliveries(State(daemon): Shared, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&daemon, &headers) {
+    if let Some(r) = admin(&daemon, &headers) {
         return r;
     }
     let mut out = Vec::new();
@@ -356,7 +357,7 @@ async fn api_approve(
     headers: HeaderMap,
     Path((forge, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = admin(&daemon, &headers) {
+    if let Some(r) = admin(&daemon, &headers) {
         return r;
     }
     if forge_of(&forge).is_none() {

@@ -305,7 +305,7 @@ async fn api_log(
 /// `None` when the token is right.
 fn admin(daemon: &Daemon, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &daemon.config.admin_token else {
-        return Err(refuse(
+        return Some(refuse(
             StatusCode::UNAUTHORIZED,
             "no admin token is configured on this daemon",
         ));
@@ -318,14 +318,12 @@ fn admin(daemon: &Daemon, headers: &HeaderMap) -> Option<Response> {
     let (a, b) = (given.as_bytes(), token.expose().as_bytes());
     // Constant time in the token's content.
     let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(refuse(
+    (!same).then(|| {
+        refuse(
             StatusCode::UNAUTHORIZED,
             "a valid admin token is required (Authorization: Bearer ...)",
-        ))
-    }
+        )
+    })
 }
 
 async fn api_deliveries(State(daemon): Shared, headers: HeaderMap) -> Response {

@@ -47,6 +47,8 @@ pub struct Config {
     pub capacity: usize,
     /// The workflow file in a repository.
     pub workflow_path: String,
+    /// How long a stop (SIGTERM) waits for running jobs before cancelling them.
+    pub drain: std::time::Duration,
     /// Bearer token for the API's writes (approve); none: writes refused.
     pub admin_token: Option<Secret>,
     /// GitHub, when configured.
@@ -205,6 +207,7 @@ const ENV: &[(&str, &str)] = &[
     ("state-dir", "SOLSTICE_STATE_DIR"),
     ("capacity", "SOLSTICE_CAPACITY"),
     ("workflow-path", "SOLSTICE_WORKFLOW_PATH"),
+    ("drain-seconds", "SOLSTICE_DRAIN_SECONDS"),
     ("admin-token", "SOLSTICE_ADMIN_TOKEN"),
     ("admin-token-file", "SOLSTICE_ADMIN_TOKEN_FILE"),
     ("secrets-dir", "SOLSTICE_SECRETS_DIR"),
@@ -464,6 +467,19 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             .ok_or_else(|| invalid(format!("capacity: `{c}` is not a number from 1 to 1024")))?,
     };
     let workflow_path = take("workflow-path").unwrap_or_else(|| ".solstice/workflow.kdl".into());
+    let drain = match take("drain-seconds") {
+        None => std::time::Duration::from_secs(10),
+        Some(d) => d
+            .parse::<u64>()
+            .ok()
+            .filter(|d| *d <= 3600)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "drain-seconds: `{d}` is not a number of seconds up to 3600"
+                ))
+            })?,
+    };
     let mut secret = |key: &str| -> Result<Option<Secret>, ConfigError> {
         let file_key = format!("{key}-file");
         match (raw.values.remove(key), raw.values.remove(&file_key)) {
@@ -560,6 +576,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         state_dir,
         capacity,
         workflow_path,
+        drain,
         admin_token,
         github,
         forgejo,

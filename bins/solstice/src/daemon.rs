@@ -20,10 +20,6 @@ use crate::secrets::{FileSecretStore, VaultSecretStore};
 /// Boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long a stop waits for running jobs to end by themselves before
-/// cancelling them (the engine then waits for their VMs to go).
-pub const DRAIN: Duration = Duration::from_secs(10);
-
 /// One forge the daemon talks to.
 #[derive(Debug, Clone)]
 pub struct ForgeLink {
@@ -199,7 +195,8 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     processor.abort();
     // Running jobs get a while to end; what is still running is then
     // cancelled (and reported so), and the engine waits for its VMs.
-    let drained = tokio::time::timeout(DRAIN, async {
+    let drain = daemon.config.drain;
+    let drained = tokio::time::timeout(drain, async {
         loop {
             match daemon.store.running_runs().await {
                 Ok(runs) if runs.is_empty() => break,
@@ -209,7 +206,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("jobs still running after {DRAIN:?}: cancelling them");
+        tracing::warn!("jobs still running after {drain:?}: cancelling them");
     }
     engine.shutdown().await;
     // The last reports (the cancellations) go out, within a bound.

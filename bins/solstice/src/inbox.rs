@@ -71,7 +71,16 @@ pub fn source_of(forge: &str, id: &str) -> String {
 
 /// Processes pending deliveries now and whenever woken, until aborted.
 pub async fn run(daemon: Arc<Daemon>) {
+    // For fault tests only: a delay before each pass, so that a test can
+    // kill the daemon between acknowledging a delivery and processing it.
+    let delay = std::env::var("SOLSTICE_TEST_INBOX_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
     loop {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let woken = daemon.inbox.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();

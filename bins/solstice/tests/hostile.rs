@@ -1,0 +1,206 @@
+//! Bad webhook requests against the real daemon: each gets a clear 4xx and
+//! changes nothing, and the daemon answers the next good delivery.
+
+mod support;
+
+use serde_json::json;
+use solstice_forge::{Forge, MAX_PAYLOAD, sign};
+use support::{HOOK_SECRET, Harness, push};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_request_is_refused_without_side_effects() {
+    let mut h = Harness::new(true, "").await;
+    let sha =
+        h.commit("workflow {\n    job id=\"build\" {\n        step run=\"echo ok\"\n    }\n}\n");
+    h.start().await;
+    let good = serde_json::to_vec(&push(&h.repo, &sha)).expect("json");
+    let signature = sign(Forge::GitHub, HOOK_SECRET.as_bytes(), &good);
+    let json_type = "application/json";
+
+    // Unsigned, wrongly signed, malformed signature.
+    let (s, _) = h
+        .post(Forge::GitHub, "push", "h1", None, json_type, good.clone())
+        .await;
+    assert_eq!(s, 401);
+    let wrong = sign(Forge::GitHub, b"another secret", &good);
+    let (s, _) = h
+        .post(
+            Forge::GitHub,
+            "push",
+            "h2",
+            Some(&wrong),
+            json_type,
+            good.clone(),
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = h
+        .post(
+            Forge::GitHub,
+            "push",
+            "h3",
+            Some("sha256=zz"),
+            json_type,
+            good.clone(),
+        )
+        .await;
+    assert_eq!(s, 401);
+    // The Forgejo endpoint is not configured here.
+    let (s, _) = h
+        .post(
+            Forge::Forgejo,
+            "push",
+            "h4",
+            Some(&signature),
+            json_type,
+            good.clone(),
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Not JSON by its content type.
+    let (s, a) = h
+        .post(
+            Forge::GitHub,
+            "push",
+            "h5",
+            Some(&signature),
+            "application/x-www-form-urlencoded",
+            good.clone(),
+        )
+        .await;
+    assert_eq!(s, 415, "{a}");
+    // Signed, but not JSON, or missing what a push needs.
+    for (id, body) in [
+        ("h6", b"{not json".to_vec()),
+        ("h7", b"[]".to_vec()),
+        ("h8", br#"{"ref":"refs/heads/main"}"#.to_vec()),
+    ] {
+        let sig = sign(Forge::GitHub, HOOK_SECRET.as_bytes(), &body);
+        let (s, a) = h
+            .post(Forge::GitHub, "push", id, Some(&sig), json_type, body)
+            .await;
+        assert_eq!(s, 400, "{id}: {a}");
+        assert!(a["error"].is_string(), "{a}");
+    }
+    // Headers the forge always sends, missing or absurd.
+    let (s, _) = h
+        .post(
+            Forge::GitHub,
+            "push",
+            "",
+            Some(&signature),
+            json_type,
+            good.clone(),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let long_id = "x".repeat(1000);
+    let (s, _) = h
+        .post(
+            Forge::GitHub,
+            "push",
+            &long_id,
+            Some(&signature),
+            json_type,
+            good.clone(),
+        )
+        .await;
+    assert_eq!(s, 400);
+    // Over GitHub's 25 MB limit.
+    let big = vec![b' '; MAX_PAYLOAD + 1];
+    let sig = sign(Forge::GitHub, HOOK_SECRET.as_bytes(), &big);
+    let (s, _) = h
+        .post(Forge::GitHub, "push", "h9", Some(&sig), json_type, big)
+        .await;
+    assert_eq!(s, 413);
+    // A ping, and events that start nothing.
+    let (s, a) = h
+        .deliver(Forge::GitHub, "ping", "h10", &json!({"zen": "hi"}))
+        .await;
+    assert_eq!((s, a["status"].as_str()), (200, Some("pong")));
+    let mut deleted = push(&h.repo, &sha);
+    deleted["deleted"] = true.into();
+    deleted["after"] = "0000000000000000000000000000000000000000".into();
+    let (s, a) = h.deliver(Forge::GitHub, "push", "h11", &deleted).await;
+    assert_eq!(s, 202);
+    assert_eq!(a["status"], "ignored");
+    assert!(
+        a["reason"].as_str().unwrap_or_default().contains("deleted"),
+        "{a}"
+    );
+    let (s, a) = h.deliver(Forge::GitHub, "issues", "h12", &json!({})).await;
+    assert_eq!((s, a["status"].as_str()), (202, Some("ignored")));
+
+    // Nothing above was recorded or ran.
+    assert!(h.forge.check_runs().is_empty());
+    assert_eq!(h.get_json("/api/v1/runs").await["runs"], json!([]));
+
+    // And the next good delivery works.
+    let (s, a) = h
+        .post(
+            Forge::GitHub,
+            "push",
+            "h-good",
+            Some(&signature),
+            json_type,
+            good,
+        )
+        .await;
+    assert_eq!((s, a["status"].as_str()), (202, Some("accepted")), "{a}");
+    h.wait_for("the good delivery's run", || {
+        h.checks(&sha)
+            .iter()
+            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_bad_ids_and_unauthenticated_writes() {
+    let mut h = Harness::new(true, "").await;
+    h.start().await;
+    for path in [
+        "/api/v1/runs/999",
+        "/api/v1/jobs/999",
+        "/api/v1/jobs/999/log",
+        "/jobs/999",
+        "/runs/999",
+    ] {
+        let s = h
+            .http
+            .get(format!("{}{path}", h.url))
+            .send()
+            .await
+            .expect("get")
+            .status();
+        assert_eq!(s.as_u16(), 404, "{path}");
+    }
+    for path in ["/api/v1/runs/abc", "/api/v1/runs?limit=x", "/jobs/-"] {
+        let s = h
+            .http
+            .get(format!("{}{path}", h.url))
+            .send()
+            .await
+            .expect("get")
+            .status();
+        assert_eq!(s.as_u16(), 400, "{path}");
+    }
+    let s = h
+        .http
+        .get(format!("{}/api/v1/deliveries", h.url))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("get")
+        .status();
+    assert_eq!(s.as_u16(), 401);
+    let s = h
+        .http
+        .post(format!("{}/api/v1/deliveries/github/nope/approve", h.url))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(s.as_u16(), 404);
+}

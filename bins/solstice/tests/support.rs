@@ -12,19 +12,33 @@ use serde_json::{Value, json};
 use solstice_forge::testing::FakeForge;
 use solstice_forge::{Forge, sign};
 
+/// The fake forge's API token.
 pub const FORGE_TOKEN: &str = "forge-api-token";
+/// The webhooks' secret.
 pub const HOOK_SECRET: &str = "webhook-secret-for-tests";
+/// The daemon's admin token.
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+/// The repository's name on the forge.
 pub const REPO: &str = "octo/hello";
+/// Where the workflow is.
 pub const WORKFLOW: &str = ".solstice/workflow.kdl";
 
+/// One daemon, its forge and its repository, in one temporary directory.
+#[derive(Debug)]
 pub struct Harness {
+    /// Everything on disk (removed on drop).
     pub dir: tempfile::TempDir,
+    /// The fake forge.
     pub forge: FakeForge,
+    /// The git repository.
     pub repo: PathBuf,
+    /// The daemon's configuration file.
     pub config: PathBuf,
+    /// The daemon's URL.
     pub url: String,
+    /// The daemon's process.
     pub daemon: Option<Child>,
+    /// A client.
     pub http: reqwest::Client,
 }
 
@@ -113,6 +127,7 @@ impl Harness {
         sha
     }
 
+    /// The daemon's output.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("daemon.log")
     }
@@ -162,6 +177,7 @@ impl Harness {
         }
     }
 
+    /// What the daemon wrote.
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
@@ -243,6 +259,7 @@ impl Harness {
         (status, value)
     }
 
+    /// GET a path of the daemon as JSON.
     pub async fn get_json(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.url))
@@ -254,6 +271,7 @@ impl Harness {
             .expect("json")
     }
 
+    /// GET a URL as text.
     pub async fn get_text(&self, url: &str) -> String {
         self.http
             .get(url)

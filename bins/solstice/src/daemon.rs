@@ -48,6 +48,8 @@ pub struct Daemon {
     pub accepting: AtomicBool,
     /// The status reporter.
     pub reports: crate::report::Reports,
+    /// Records accepted deliveries.
+    pub intake: crate::intake::Intake,
 }
 
 impl Daemon {
@@ -167,13 +169,14 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let daemon = Arc::new(Daemon {
         config,
-        store,
+        store: store.clone(),
         engine: engine.clone(),
         github,
         forgejo,
         inbox: Notify::new(),
         accepting: AtomicBool::new(true),
         reports: crate::report::Reports::default(),
+        intake: crate::intake::Intake::start(store.clone()),
     });
     // The reporter listens before anything can start a job.
     let reporter = tokio::spawn(crate::report::run(daemon.clone()));

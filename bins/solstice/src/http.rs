@@ -139,14 +139,8 @@ async fn hook(
         _ => {}
     }
     let recorded = daemon
-        .store
-        .record_delivery(
-            forge_name(forge),
-            &received.id,
-            &received.event,
-            &body,
-            solstice_core::engine::now_ms(),
-        )
+        .intake
+        .record(forge_name(forge), &received.id, &received.event, body)
         .await;
     match recorded {
         Ok(true) => {
@@ -161,7 +155,7 @@ async fn hook(
             json!({ "status": "duplicate", "reason": "this delivery was received before", "delivery": received.id }),
         ),
         Err(e) => {
-            tracing::warn!(error = %chain(&e), "cannot record a delivery");
+            tracing::warn!(error = %e, "cannot record a delivery");
             refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the delivery cannot be recorded now; deliver it again later",

@@ -10,6 +10,7 @@ mod config;
 mod daemon;
 mod http;
 mod inbox;
+mod intake;
 mod pages;
 mod report;
 mod secrets;

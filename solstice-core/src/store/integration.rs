@@ -64,6 +64,32 @@ pub struct InboxEntry {
     pub target: Option<String>,
 }
 
+/// A delivery to record ([`IntegrationStore::record_deliveries`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewDelivery<'a> {
+    /// The forge's name.
+    pub forge: &'a str,
+    /// The delivery id.
+    pub id: &'a str,
+    /// The event name.
+    pub event: &'a str,
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+impl<'a> NewDelivery<'a> {
+    /// A delivery.
+    pub fn new(forge: &'a str, id: &'a str, event: &'a str, body: &'a [u8]) -> NewDelivery<'a> {
+        NewDelivery {
+            forge,
+            id,
+            event,
+            body,
+        }
+    }
+}
+
 /// The integration layer's records. Implemented by
 /// [`SqlStore`](super::SqlStore) on SQLite and PostgreSQL.
 #[async_trait]
@@ -79,6 +105,22 @@ pub trait IntegrationStore: Send + Sync {
         body: &[u8],
         now: i64,
     ) -> Result<bool>;
+
+    /// [`IntegrationStore::record_delivery`] for many at once, in one
+    /// transaction where the store can (what a busy webhook endpoint
+    /// gathers while the previous batch commits): one `bool` per
+    /// delivery, in order. A delivery repeated within `batch` is new only
+    /// the first time.
+    async fn record_deliveries(&self, batch: &[NewDelivery<'_>], now: i64) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            out.push(
+                self.record_delivery(d.forge, d.id, d.event, d.body, now)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
 
     /// Up to `limit` deliveries in `state`, oldest first.
     async fn deliveries(&self, state: InboxState, limit: usize) -> Result<Vec<InboxEntry>>;

@@ -2,13 +2,14 @@
 //! [`run_all`] with a fresh, empty store that also implements
 //! [`StateStore`] (runs are created through it).
 
-use crate::store::{InboxState, IntegrationStore, NewJob, RunId, StateStore};
+use crate::store::{InboxState, IntegrationStore, NewDelivery, NewJob, RunId, StateStore};
 
 /// Every check below, in turn, on one fresh store.
 pub async fn run_all<S: StateStore + IntegrationStore>(store: &S) {
     deliveries_are_recorded_once(store).await;
     deliveries_move_on_and_drop_their_body(store).await;
     runs_are_found_by_source_and_listed_newest_first(store).await;
+    batches_of_deliveries_are_recorded_once(store).await;
 }
 
 /// A delivery id is recorded once per forge; the same id from another
@@ -171,4 +172,49 @@ pub async fn runs_are_found_by_source_and_listed_newest_first<S: StateStore + In
     let next = store.recent_runs(2, Some(made[3])).await.expect("list");
     let ids: Vec<RunId> = next.iter().map(|r| r.id).collect();
     assert_eq!(ids, [made[2], made[1]]);
+}
+
+/// A batch records each new delivery once: ids seen before, and repeats
+/// within the batch, are not new.
+pub async fn batches_of_deliveries_are_recorded_once<S: StateStore + IntegrationStore>(store: &S) {
+    assert!(
+        store
+            .record_delivery("github", "b-old", "push", b"{}", 1)
+            .await
+            .expect("record")
+    );
+    let ids: Vec<String> = (0..250).map(|i| format!("b-{i}")).collect();
+    let mut batch: Vec<NewDelivery<'_>> = ids
+        .iter()
+        .map(|id| NewDelivery::new("github", id, "push", b"{}"))
+        .collect();
+    batch.push(NewDelivery::new("github", "b-old", "push", b"{}"));
+    batch.push(NewDelivery::new("github", "b-7", "push", b"{}"));
+    batch.push(NewDelivery::new("forgejo", "b-7", "push", b"{}"));
+    let got = store.record_deliveries(&batch, 2).await.expect("batch");
+    assert_eq!(got.len(), batch.len());
+    assert!(got[..250].iter().all(|new| *new), "every fresh id is new");
+    assert_eq!(
+        &got[250..],
+        [false, false, true],
+        "old, repeated, other forge"
+    );
+    let again = store
+        .record_deliveries(&batch[..3], 3)
+        .await
+        .expect("batch");
+    assert_eq!(again, [false, false, false]);
+    let stored = store
+        .delivery("github", "b-249")
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(stored.received_at, 2);
+    assert!(
+        store
+            .record_deliveries(&[], 4)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
 }

@@ -4,8 +4,9 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 
 use super::rows::{SqlResult, col, run_from};
+use super::text::placeholders;
 use super::{Result, SqlStore};
-use crate::store::{InboxEntry, InboxState, IntegrationStore, Run, RunId};
+use crate::store::{InboxEntry, InboxState, IntegrationStore, NewDelivery, Run, RunId};
 
 const COLUMNS: &str = "forge, id, event, body, received_at, state, outcome, run_id, target";
 
@@ -50,6 +51,39 @@ impl IntegrationStore for SqlStore {
         .await
         .db()?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_deliveries(&self, batch: &[NewDelivery<'_>], now: i64) -> Result<Vec<bool>> {
+        use sqlx::Connection;
+        let mut inserted: std::collections::HashSet<(String, String)> = Default::default();
+        let mut conn = self.conn().await.db()?;
+        let mut tx = conn.begin().await.db()?;
+        // 6 parameters a row: well under both databases' limits.
+        for rows in batch.chunks(100) {
+            let sql = self.dialect.sequential_sql(format!(
+                "INSERT INTO deliveries (forge, id, event, body, received_at, state) VALUES {} ON CONFLICT (forge, id) DO NOTHING RETURNING forge, id",
+                placeholders(rows.len(), 6, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for d in rows {
+                q = q
+                    .bind(d.forge)
+                    .bind(d.id)
+                    .bind(d.event)
+                    .bind(d.body)
+                    .bind(now)
+                    .bind(InboxState::Pending.as_str());
+            }
+            for row in q.fetch_all(&mut *tx).await.db()? {
+                inserted.insert((col(&row, "forge")?, col(&row, "id")?));
+            }
+        }
+        tx.commit().await.db()?;
+        // The first of a repeated (forge, id) is the one inserted.
+        Ok(batch
+            .iter()
+            .map(|d| inserted.remove(&(d.forge.to_string(), d.id.to_string())))
+            .collect())
     }
 
     async fn deliveries(&self, state: InboxState, n: usize) -> Result<Vec<InboxEntry>> {

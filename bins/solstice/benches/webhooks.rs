@@ -1,0 +1,191 @@
+//! Webhook benchmarks through the real daemon binary (release build):
+//!
+//! 1. acknowledge latency: 200 signed push deliveries sent at once,
+//!    p50/p99 of the time to each answer, against `GET /healthz` sent the
+//!    same way to the same server (the HTTP floor) in the same run;
+//! 2. push to first log line: 100 deliveries one after another, from the
+//!    POST to the job's first stored log line being served by the API,
+//!    against doing the job's own work by hand (`git clone` of the same
+//!    repository and one `sh -c echo`) in the same run.
+//!
+//! `cargo bench -p solstice --bench webhooks` (or `-- ack`, `-- first-log`).
+
+#[path = "../tests/support.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use solstice_forge::Forge;
+use support::{Harness, push};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn ack(h: &Arc<Harness>, sha: &str) {
+    const N: usize = 200;
+    // Deliveries for a repository without a workflow: the processing that
+    // follows each answer is a fetch and a 404, so the numbers are the
+    // endpoint's (verify, parse, record, answer), not the jobs'.
+    let mut body = push(&h.repo, sha);
+    body["repository"]["full_name"] = "octo/no-workflow".into();
+    let mut floor = Vec::with_capacity(N);
+    let mut acks = Vec::with_capacity(N);
+    for round in 0..3 {
+        let tasks: Vec<_> = (0..N)
+            .map(|_| {
+                let http = h.http.clone();
+                let url = format!("{}/healthz", h.url);
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let ok = http
+                        .get(url)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false);
+                    assert!(ok);
+                    t.elapsed()
+                })
+            })
+            .collect();
+        for t in tasks {
+            floor.push(t.await.expect("task"));
+        }
+        let tasks: Vec<_> = (0..N)
+            .map(|i| {
+                let body = body.clone();
+                let id = format!("ack-{round}-{i}");
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let (status, _) = h.deliver(Forge::GitHub, "push", &id, &body).await;
+                    assert_eq!(status, 202);
+                    t.elapsed()
+                })
+            })
+            .collect();
+        for t in tasks {
+            acks.push(t.await.expect("task"));
+        }
+    }
+    floor.sort();
+    acks.sort();
+    println!("acknowledge latency, {N} concurrent signed deliveries x 3 rounds:");
+    println!(
+        "  GET /healthz (floor): p50 {:.2} ms  p99 {:.2} ms",
+        ms(percentile(&floor, 0.5)),
+        ms(percentile(&floor, 0.99))
+    );
+    println!(
+        "  POST /hooks/github:   p50 {:.2} ms  p99 {:.2} ms  (ratio p99 {:.1}x the floor)",
+        ms(percentile(&acks, 0.5)),
+        ms(percentile(&acks, 0.99)),
+        ms(percentile(&acks, 0.99)) / ms(percentile(&floor, 0.99)).max(0.001)
+    );
+}
+
+async fn first_log(h: &Harness, sha: &str) {
+    const N: usize = 100;
+    let body = push(&h.repo, sha);
+    let mut times = Vec::with_capacity(N);
+    let mut last_run = 0i64;
+    for i in 0..N {
+        let t = Instant::now();
+        let (status, _) = h
+            .deliver(Forge::GitHub, "push", &format!("log-{i}"), &body)
+            .await;
+        assert_eq!(status, 202);
+        let job = loop {
+            let runs = h.get_json("/api/v1/runs?limit=1").await;
+            let run = runs["runs"][0]["id"].as_i64().unwrap_or(0);
+            if run > last_run {
+                let detail = h.get_json(&format!("/api/v1/runs/{run}")).await;
+                if let Some(job) = detail["jobs"][0]["id"].as_i64() {
+                    last_run = run;
+                    break job;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        loop {
+            let log = h
+                .get_text(&format!("{}/api/v1/jobs/{job}/log", h.url))
+                .await;
+            if log.contains("first-line") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        times.push(t.elapsed());
+    }
+    // The floor: the job's own work, by hand.
+    let mut floor = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().expect("dir");
+        let t = Instant::now();
+        let ok = std::process::Command::new("git")
+            .args(["clone", "-q", &format!("file://{}", h.repo.display())])
+            .arg(dir.path().join("c"))
+            .status()
+            .expect("git")
+            .success();
+        assert!(ok);
+        let ok = std::process::Command::new("sh")
+            .args(["-c", "echo first-line >/dev/null"])
+            .status()
+            .expect("sh")
+            .success();
+        assert!(ok);
+        floor.push(t.elapsed());
+    }
+    times.sort();
+    floor.sort();
+    println!("push to first log line, {N} deliveries one after another:");
+    println!(
+        "  git clone + sh (floor): p50 {:.1} ms  p99 {:.1} ms",
+        ms(percentile(&floor, 0.5)),
+        ms(percentile(&floor, 0.99))
+    );
+    println!(
+        "  through the daemon:     p50 {:.1} ms  p99 {:.1} ms  (ratio p50 {:.1}x the floor)",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99)),
+        ms(percentile(&times, 0.5)) / ms(percentile(&floor, 0.5)).max(0.001)
+    );
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut h = Harness::new(true, "").await;
+        let sha = h.commit(
+            "workflow {\n    job id=\"build\" {\n        step run=\"echo first-line\"\n    }\n}\n",
+        );
+        h.start_with(&[("SOLSTICE_LOG", "warn")]).await;
+        let h = Arc::new(h);
+        if wants("ack") {
+            ack(&h, &sha).await;
+        }
+        if wants("first-log") {
+            first_log(&h, &sha).await;
+        }
+        if let Ok(mut h) = Arc::try_unwrap(h) {
+            h.terminate();
+        }
+    });
+}

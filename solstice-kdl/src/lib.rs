@@ -67,7 +67,7 @@ pub use model::{
     Axis, Duration, DurationError, Env, Job, MAX_DEFAULT_NAME, Matrix, RefFilter, Step, Triggers,
     Workflow,
 };
-pub use plan::{MAX_RUN_JOBS, MAX_RUN_NEEDS, Plan, PlanError, PlannedJob};
+pub use plan::{MAX_RUN_JOBS, MAX_RUN_NEEDS, Plan, PlanError, PlannedJob, UnknownJob};
 pub use print::{ident as print_ident, quote as print_string};
 pub use schema::{MAX_MATRIX_COMBINATIONS, MAX_RETRY};
 pub use trigger::{Event, GitRef};

@@ -118,7 +118,48 @@ impl Plan {
     }
 }
 
+/// [`Workflow::only`] was asked for a job the workflow does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no job `{id}` (the jobs are {})", known.join(", "))]
+#[non_exhaustive]
+pub struct UnknownJob {
+    /// The id asked for.
+    pub id: String,
+    /// The workflow's job ids.
+    pub known: Vec<String>,
+}
+
 impl Workflow {
+    /// The workflow with only the jobs `ids` and every job they need,
+    /// directly or not (`cidev run --job`, a rerun of one job). Linear in
+    /// the jobs and their `needs`.
+    pub fn only(&self, ids: &[String]) -> Result<Workflow, UnknownJob> {
+        let by_id: std::collections::HashMap<&str, &Job> =
+            self.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
+        let mut keep: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut todo: Vec<&str> = Vec::new();
+        for id in ids {
+            if !by_id.contains_key(id.as_str()) {
+                return Err(UnknownJob {
+                    id: id.clone(),
+                    known: self.jobs.iter().map(|j| j.id.clone()).collect(),
+                });
+            }
+            todo.push(id.as_str());
+        }
+        while let Some(id) = todo.pop() {
+            if !keep.insert(id) {
+                continue;
+            }
+            if let Some(job) = by_id.get(id) {
+                todo.extend(job.needs.iter().map(String::as_str));
+            }
+        }
+        let mut out = self.clone();
+        out.jobs.retain(|j| keep.contains(j.id.as_str()));
+        Ok(out)
+    }
+
     /// Expands matrices, checks `needs` and the run's size, and orders the
     /// jobs.
     pub fn plan(&self) -> Result<Plan, PlanError> {
@@ -214,4 +255,28 @@ fn interpolate_job(job: &Job, combo: &[(String, String)]) -> Job {
         step.env = step.env.iter().map(|(k, v)| (k.clone(), i(v))).collect();
     }
     out
+}
+
+#[cfg(test)]
+mod only_tests {
+    #[test]
+    fn only_keeps_the_jobs_and_what_they_need() {
+        let w = crate::parse(
+            r#"workflow {
+                job id="a" { step run="x"; }
+                job id="b" { needs "a"; step run="x"; }
+                job id="c" { needs "b"; step run="x"; }
+                job id="d" { step run="x"; }
+            }"#,
+        )
+        .expect("valid");
+        let ids = |w: &crate::Workflow| w.jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&w.only(&["c".into()]).expect("known")), ["a", "b", "c"]);
+        assert_eq!(
+            ids(&w.only(&["d".into(), "a".into()]).expect("known")),
+            ["a", "d"]
+        );
+        let err = w.only(&["zz".into()]).expect_err("unknown");
+        assert_eq!(err.to_string(), "no job `zz` (the jobs are a, b, c, d)");
+    }
 }

@@ -223,33 +223,6 @@ fn dotenv_line(line: &str) -> Result<Option<(String, String)>, String> {
     Ok(Some((name.to_string(), value)))
 }
 
-/// Keeps the selected jobs and everything they need.
-fn select_jobs(mut workflow: Workflow, selected: &[String]) -> Result<Workflow, String> {
-    if selected.is_empty() {
-        return Ok(workflow);
-    }
-    for id in selected {
-        if !workflow.jobs.iter().any(|j| &j.id == id) {
-            let ids: Vec<&str> = workflow.jobs.iter().map(|j| j.id.as_str()).collect();
-            return Err(format!("no job `{id}` (the jobs are {})", ids.join(", ")));
-        }
-    }
-    let mut keep: Vec<String> = selected.to_vec();
-    let mut i = 0;
-    while i < keep.len() {
-        if let Some(job) = workflow.jobs.iter().find(|j| j.id == keep[i]) {
-            for need in &job.needs {
-                if !keep.contains(need) {
-                    keep.push(need.clone());
-                }
-            }
-        }
-        i += 1;
-    }
-    workflow.jobs.retain(|j| keep.contains(&j.id));
-    Ok(workflow)
-}
-
 /// The repository root: the git top level of the workflow's directory, or
 /// the current directory.
 fn checkout_root(file: &Path) -> PathBuf {
@@ -287,7 +260,11 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
     let signals = Signals::new().map_err(|e| format!("signal handlers: {e}"))?;
     tokio::pin!(signals);
     let secrets = parse_secrets(&args)?;
-    let workflow = select_jobs(workflow, &args.jobs)?;
+    let workflow = if args.jobs.is_empty() {
+        workflow
+    } else {
+        workflow.only(&args.jobs).map_err(|e| e.to_string())?
+    };
     let mut builder = tempfile::Builder::new();
     // Private: the state, the logs and the checkout copy are the user's.
     builder

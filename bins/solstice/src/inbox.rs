@@ -37,6 +37,12 @@ pub struct Target {
     /// An operator approved it (a fork's pull request).
     #[serde(default)]
     pub approved: bool,
+    /// Where the code is cloned from.
+    #[serde(default)]
+    pub clone_url: String,
+    /// A pull request from a fork: no secrets.
+    #[serde(default)]
+    pub from_fork: bool,
 }
 
 impl Target {
@@ -50,7 +56,20 @@ impl Target {
             git_ref: event.git_ref.clone(),
             sender: event.sender.clone(),
             approved: false,
+            clone_url: event.clone_url.clone(),
+            from_fork: matches!(
+                event.kind,
+                EventKind::PullRequest {
+                    from_fork: true,
+                    ..
+                }
+            ),
         }
+    }
+
+    /// What the delivery is about, for finding it again.
+    pub fn subject(&self) -> String {
+        format!("{}@{}", self.repository, self.commit)
     }
 
     /// The repository for API calls.
@@ -122,21 +141,20 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
     let Some(forge) = forge_of(&entry.forge) else {
         return done(format!("unknown forge `{}`", entry.forge));
     };
-    let Some(link) = daemon.forge(forge) else {
+    if daemon.forge(forge).is_none() {
         return done("the forge is no longer configured");
-    };
+    }
     let delivery = match solstice_forge::parse(forge, &entry.event, &entry.id, &entry.body) {
         Ok(d) => d,
         Err(e) => return done(format!("unreadable: {}", chain(&e))),
     };
     let event = match delivery {
         Delivery::Event(event) => event,
-        Delivery::Rerun(_) => return done("reruns from the forge are not supported yet"),
+        Delivery::Rerun(rerun) => return rerun_of(daemon, &entry, &rerun).await,
         Delivery::Ping => return done("ping"),
         Delivery::Ignored { reason } => return done(reason),
         _ => return done("nothing to do"),
     };
-    let source = source_of(&entry.forge, &entry.id);
     let mut target = Target::of(&entry.forge, &event);
     if let Some(old) = entry
         .target
@@ -145,7 +163,109 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
     {
         target.approved = old.approved;
     }
+    let trigger = match &event.kind {
+        EventKind::Push => match solstice_kdl::GitRef::parse(&event.git_ref) {
+            Some(git_ref) => solstice_kdl::Event::Push {
+                git_ref,
+                changed_paths: event.changed_paths.clone(),
+            },
+            None => return done("not a branch or tag"),
+        },
+        EventKind::PullRequest { base_branch, .. } => solstice_kdl::Event::PullRequest {
+            base_branch: base_branch.clone(),
+            changed_paths: None,
+        },
+        _ => return done("an event kind this daemon does not run"),
+    };
+    start(daemon, &entry, forge, target, Some(trigger), None).await
+}
+
+/// A check run or check suite asked for again: the same workflow at the
+/// same commit runs again as a new run (the earlier one is kept), with
+/// new check runs as GitHub expects, under the original's secrets policy.
+async fn rerun_of(
+    daemon: &Arc<Daemon>,
+    entry: &InboxEntry,
+    rerun: &solstice_forge::Rerun,
+) -> Processed {
+    let original = match &rerun.external_id {
+        Some(external) => match external.split_once('/') {
+            Some((id, _)) => daemon.store.delivery(&entry.forge, id).await,
+            None => Ok(None),
+        },
+        None => {
+            let subject = format!("{}@{}", rerun.repository, rerun.commit);
+            daemon
+                .store
+                .latest_delivery_about(&entry.forge, &subject)
+                .await
+        }
+    };
+    let original = match original {
+        Ok(found) => found,
+        Err(e) => {
+            return (
+                InboxState::Pending,
+                format!("store: {}", chain(&e)),
+                None,
+                None,
+            );
+        }
+    };
+    let Some(old) = original
+        .and_then(|o| o.target)
+        .and_then(|t| serde_json::from_str::<Target>(&t).ok())
+        .filter(|t| t.repository == rerun.repository && t.commit == rerun.commit)
+    else {
+        return done("no run of Solstice's to run again for this check");
+    };
+    let only = rerun
+        .external_id
+        .as_deref()
+        .and_then(|e| e.split_once('/'))
+        .map(|(_, key)| key.to_string());
+    let target = Target {
+        delivery: entry.id.clone(),
+        sender: rerun.sender.clone(),
+        installation: rerun.installation.or(old.installation),
+        // Someone with write access asked (GitHub allows no one else).
+        approved: true,
+        ..old
+    };
+    let Some(forge) = forge_of(&entry.forge) else {
+        return done("unknown forge");
+    };
+    start(daemon, entry, forge, target, None, only).await
+}
+
+/// Fetches and checks the workflow, applies the fork policy and submits
+/// the run. `trigger`: the event the workflow's `on` must match (none for
+/// a rerun); `only`: the job (expanded id) to run with what it needs.
+async fn start(
+    daemon: &Arc<Daemon>,
+    entry: &InboxEntry,
+    forge: solstice_forge::Forge,
+    target: Target,
+    trigger: Option<solstice_kdl::Event>,
+    only: Option<String>,
+) -> Processed {
+    let Some(link) = daemon.forge(forge) else {
+        return done("the forge is no longer configured");
+    };
+    let source = source_of(&entry.forge, &entry.id);
     let target_json = serde_json::to_string(&target).ok();
+    if let Err(e) = daemon
+        .store
+        .set_delivery_subject(&entry.forge, &entry.id, &target.subject())
+        .await
+    {
+        return (
+            InboxState::Pending,
+            format!("store: {}", chain(&e)),
+            None,
+            None,
+        );
+    }
     // Processed before a crash: the run is there already.
     match daemon.store.run_by_source(&source).await {
         Ok(Some(run)) => {
@@ -170,27 +290,29 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
     let path = daemon.config.workflow_path.clone();
     let bytes = match link
         .adapter
-        .fetch_file(&event.repo(), &event.commit, &path)
+        .fetch_file(&target.repo(), &target.commit, &path)
         .await
     {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return done(format!("the repository has no {path}")),
         Err(e) => return done(format!("cannot fetch {path}: {}", chain(&e))),
     };
-    let workflow =
+    let fail = |why: String, text: String| {
+        JobReport::new(
+            target.repo(),
+            &target.commit,
+            "workflow",
+            target.external_id("workflow"),
+            JobState::Completed(Conclusion::Failure),
+        )
+        .with_description(solstice_forge::text::head_chars(&why, 120).to_string())
+        .with_log_tail(text)
+    };
+    let mut workflow =
         match solstice_kdl::parse_bytes(&path, &bytes, &solstice_kdl::ParseOptions::default()) {
             Ok(w) => w,
             Err(e) => {
-                let text = e.render(false, 100);
-                let report = JobReport::new(
-                    target.repo(),
-                    &target.commit,
-                    "workflow",
-                    target.external_id("workflow"),
-                    JobState::Completed(Conclusion::Failure),
-                )
-                .with_description(format!("{path} cannot be read"))
-                .with_log_tail(text);
+                let report = fail(format!("{path} cannot be read"), e.render(false, 100));
                 crate::report::send(daemon, forge, &report).await;
                 return (
                     InboxState::Done,
@@ -200,31 +322,31 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
                 );
             }
         };
-    let trigger = match &event.kind {
-        EventKind::Push => match solstice_kdl::GitRef::parse(&event.git_ref) {
-            Some(git_ref) => solstice_kdl::Event::Push {
-                git_ref,
-                changed_paths: event.changed_paths.clone(),
-            },
-            None => return done("not a branch or tag"),
-        },
-        EventKind::PullRequest { base_branch, .. } => solstice_kdl::Event::PullRequest {
-            base_branch: base_branch.clone(),
-            changed_paths: None,
-        },
-        _ => return done("an event kind this daemon does not run"),
-    };
-    if !workflow.is_triggered_by(&trigger) {
+    if let Some(trigger) = &trigger
+        && !workflow.is_triggered_by(trigger)
+    {
         return done("the workflow's `on` does not match this event");
     }
-    let from_fork = matches!(
-        event.kind,
-        EventKind::PullRequest {
-            from_fork: true,
-            ..
+    if let Some(key) = &only {
+        // The check run names an expanded job: run its job (every
+        // combination of a matrix) and what it needs.
+        let base = workflow
+            .plan()
+            .ok()
+            .and_then(|p| p.jobs.into_iter().find(|j| &j.id == key).map(|j| j.base_id));
+        match base.map(|b| workflow.only(&[b])) {
+            Some(Ok(w)) => workflow = w,
+            _ => {
+                return done(format!(
+                    "the workflow at this commit has no job `{key}` any more"
+                ));
+            }
         }
-    );
-    if from_fork && !target.approved && !daemon.config.trusted_authors.contains(&event.sender) {
+    }
+    if target.from_fork
+        && !target.approved
+        && !daemon.config.trusted_authors.contains(&target.sender)
+    {
         // Held: each job shows as queued, waiting for an operator.
         if let Ok(plan) = workflow.plan() {
             for job in plan.jobs {
@@ -243,22 +365,22 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
             InboxState::AwaitingApproval,
             format!(
                 "a pull request from a fork by `{}`: waiting for approval",
-                event.sender
+                target.sender
             ),
             None,
             target_json,
         );
     }
     let checkout = Checkout::Git {
-        url: event.clone_url.clone(),
-        commit: event.commit.clone(),
+        url: target.clone_url.clone(),
+        commit: target.commit.clone(),
     };
     // Secrets are the repository's, from the secret store; a fork's pull
     // request gets none, approved or not.
-    let how = if from_fork {
+    let how = if target.from_fork {
         Submission::default().without_secrets()
     } else {
-        Submission::default().with_secret_scope(event.repository.clone())
+        Submission::default().with_secret_scope(target.repository.clone())
     };
     // The reporter knows the run's target before its first event.
     let submitted = {
@@ -294,16 +416,7 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
                 }
                 _ => chain(&e),
             };
-            let report = JobReport::new(
-                target.repo(),
-                &target.commit,
-                "workflow",
-                target.external_id("workflow"),
-                JobState::Completed(Conclusion::Failure),
-            )
-            .with_description(solstice_forge::text::head_chars(&why, 120).to_string())
-            .with_log_tail(why.clone());
-            crate::report::send(daemon, forge, &report).await;
+            crate::report::send(daemon, forge, &fail(why.clone(), why.clone())).await;
             (
                 InboxState::Done,
                 format!("not started: {why}"),

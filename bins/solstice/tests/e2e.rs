@@ -432,3 +432,104 @@ async fn a_secret_the_store_lacks_fails_the_run_at_planning() {
     assert!(text.contains("API_TOKEN"), "{text}");
     assert_eq!(h.get_json("/api/v1/runs").await["runs"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerequested_check_run_or_suite_runs_again_as_a_new_run() {
+    let mut h = Harness::new(true, "").await;
+    let sha = h.commit(
+        r#"workflow {
+            job id="build" { step run="echo build"; }
+            job id="test" { needs "build"; step run="echo test"; }
+            job id="lint" { step run="echo lint"; }
+        }"#,
+    );
+    h.start().await;
+    h.deliver(Forge::GitHub, "push", "d-orig", &push(&h.repo, &sha))
+        .await;
+    let completed = |h: &Harness, n: usize| {
+        h.checks(&sha)
+            .iter()
+            .filter(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
+            .count()
+            >= n
+    };
+    h.wait_for("the first run", || completed(&h, 3)).await;
+    let rerequest = |external_id: Option<&str>| {
+        let mut check_run = json!({ "head_sha": sha, "name": "test" });
+        if let Some(id) = external_id {
+            check_run["external_id"] = id.into();
+        }
+        json!({
+            "action": "rerequested",
+            "check_run": check_run,
+            "check_suite": { "head_sha": sha },
+            "repository": { "full_name": REPO, "clone_url": "unused" },
+            "sender": { "login": "maintainer" },
+            "installation": { "id": 42 },
+        })
+    };
+    // One check run again: the job and what it needs, as a new run.
+    let (status, _) = h
+        .deliver(
+            Forge::GitHub,
+            "check_run",
+            "d-rerun",
+            &rerequest(Some("d-orig/test")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    h.wait_for("the rerun", || completed(&h, 5)).await;
+    let runs = h.get_json("/api/v1/runs").await;
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(2), "{runs}");
+    let newest = runs["runs"][0]["id"].as_i64().expect("id");
+    let detail = h.get_json(&format!("/api/v1/runs/{newest}")).await;
+    let keys: Vec<&str> = detail["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["build", "test"], "{detail}");
+    let ids: Vec<String> = h
+        .checks(&sha)
+        .iter()
+        .map(|(_, _, f)| f["external_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        ids.contains(&"d-rerun/test".to_string()),
+        "new check runs for the rerun: {ids:?}"
+    );
+    assert!(
+        ids.contains(&"d-orig/test".to_string()),
+        "the first ones are kept: {ids:?}"
+    );
+    // The whole suite again.
+    let (status, _) = h
+        .deliver(Forge::GitHub, "check_suite", "d-suite", &rerequest(None))
+        .await;
+    assert_eq!(status, 202);
+    h.wait_for("the suite rerun", || completed(&h, 8)).await;
+    assert_eq!(
+        h.get_json("/api/v1/runs").await["runs"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    // A check run Solstice never made reruns nothing.
+    let (status, answer) = h
+        .deliver(
+            Forge::GitHub,
+            "check_run",
+            "d-alien",
+            &rerequest(Some("elsewhere/x")),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        h.get_json("/api/v1/runs").await["runs"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}

@@ -140,6 +140,13 @@ pub trait IntegrationStore: Send + Sync {
         target: Option<&str>,
     ) -> Result<()>;
 
+    /// Notes what a delivery is about (`owner/name@commit`).
+    async fn set_delivery_subject(&self, forge: &str, id: &str, subject: &str) -> Result<()>;
+
+    /// The newest delivery about `subject` that started a run.
+    async fn latest_delivery_about(&self, forge: &str, subject: &str)
+    -> Result<Option<InboxEntry>>;
+
     /// The delivery that started `run`.
     async fn delivery_of_run(&self, run: RunId) -> Result<Option<InboxEntry>>;
 

@@ -115,6 +115,30 @@ pub async fn deliveries_move_on_and_drop_their_body<S: StateStore + IntegrationS
     assert!(done.body.is_empty(), "a done delivery's body is dropped");
     assert_eq!(done.outcome.as_deref(), Some("started a run"));
     assert_eq!(done.run, Some(run));
+    store
+        .set_delivery_subject("github", "m-1", "octo/hello@abc")
+        .await
+        .expect("subject");
+    store
+        .set_delivery_subject("github", "m-2", "octo/hello@abc")
+        .await
+        .expect("subject");
+    let about = store
+        .latest_delivery_about("github", "octo/hello@abc")
+        .await
+        .expect("read");
+    assert_eq!(
+        about.map(|d| d.id).as_deref(),
+        Some("m-1"),
+        "only a delivery that started a run"
+    );
+    assert_eq!(
+        store
+            .latest_delivery_about("forgejo", "octo/hello@abc")
+            .await
+            .expect("read"),
+        None
+    );
     let by_run = store
         .delivery_of_run(run)
         .await

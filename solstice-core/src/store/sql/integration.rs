@@ -142,6 +142,38 @@ impl IntegrationStore for SqlStore {
         Ok(())
     }
 
+    async fn set_delivery_subject(&self, forge: &str, id: &str, subject: &str) -> Result<()> {
+        sqlx::query(
+            &self
+                .dialect
+                .sql("UPDATE deliveries SET subject = $1 WHERE forge = $2 AND id = $3"),
+        )
+        .bind(subject)
+        .bind(forge)
+        .bind(id)
+        .execute(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    async fn latest_delivery_about(
+        &self,
+        forge: &str,
+        subject: &str,
+    ) -> Result<Option<InboxEntry>> {
+        let sql = self.dialect.dialect_sql(format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE forge = $1 AND subject = $2 AND run_id IS NOT NULL ORDER BY received_at DESC, id DESC LIMIT 1"
+        ));
+        let row = sqlx::query(&sql)
+            .bind(forge)
+            .bind(subject)
+            .fetch_optional(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        row.as_ref().map(entry_from).transpose()
+    }
+
     async fn delivery_of_run(&self, run: RunId) -> Result<Option<InboxEntry>> {
         let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE run_id = $1 LIMIT 1");
         self.one_by_id(sql, run.get(), entry_from).await

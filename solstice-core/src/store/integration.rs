@@ -29,8 +29,13 @@ impl InboxState {
             InboxState::Done => "done",
         }
     }
+}
 
-    pub(crate) fn parse(text: &str) -> Result<InboxState> {
+impl std::str::FromStr for InboxState {
+    type Err = StoreError;
+
+    /// The state [`InboxState::as_str`] stored.
+    fn from_str(text: &str) -> Result<InboxState> {
         Ok(match text {
             "pending" => InboxState::Pending,
             "approval" => InboxState::AwaitingApproval,

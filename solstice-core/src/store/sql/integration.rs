@@ -17,7 +17,7 @@ fn entry_from(r: &AnyRow) -> Result<InboxEntry> {
         event: col(r, "event")?,
         body: col(r, "body")?,
         received_at: col(r, "received_at")?,
-        state: InboxState::parse(&col::<String>(r, "state")?)?,
+        state: col::<String>(r, "state")?.parse()?,
         outcome: col(r, "outcome")?,
         run: col::<Option<i64>>(r, "run_id")?.map(RunId::new),
         target: col(r, "target")?,

@@ -44,6 +44,8 @@ pub struct ForgeEvent {
     pub changed_paths: Option<Vec<String>>,
     /// The GitHub App installation the delivery came through.
     pub installation: Option<u64>,
+    /// The repository's default branch, when the payload names it.
+    pub default_branch: Option<String>,
 }
 
 impl ForgeEvent {
@@ -186,6 +188,12 @@ pub fn parse(
         p.0.get("installation")
             .and_then(|i| i.get("id"))
             .and_then(Value::as_u64);
+    let default_branch = p
+        .text(
+            &["repository", "default_branch"],
+            "repository.default_branch",
+        )
+        .ok();
     let base = |commit: String, git_ref: String, kind, changed_paths| ForgeEvent {
         forge,
         delivery: delivery.to_string(),
@@ -197,6 +205,7 @@ pub fn parse(
         sender: sender.clone(),
         changed_paths,
         installation,
+        default_branch: default_branch.clone(),
     };
     if event == "push" {
         let git_ref = p.text(&["ref"], "ref")?;

@@ -486,6 +486,7 @@ fn hostile_bodies_get_a_clear_error() {
         Delivery::Event(e) => {
             assert_eq!(e.installation, Some(5));
             assert_eq!(e.repo().installation, Some(5));
+            assert_eq!(e.default_branch.as_deref(), Some("master"));
         }
         other => panic!("{other:?}"),
     }

@@ -59,6 +59,7 @@ use std::sync::Arc;
 use kdl::KdlDocument;
 use miette::SourceSpan;
 
+pub use cron::Schedule as CronSchedule;
 pub use diagnostic::{Code, MAX_PROBLEMS, ParseError, Problem, ProblemRecord};
 pub use format::format;
 /// The KDL crate the documents of [`parse_document`] come from.

@@ -181,6 +181,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     // The reporter listens before anything can start a job.
     let reporter = tokio::spawn(crate::report::run(daemon.clone()));
     let processor = tokio::spawn(crate::inbox::run(daemon.clone()));
+    let schedules = tokio::spawn(crate::cron::run(daemon.clone()));
     let router = crate::http::router(daemon.clone());
     let stop = Arc::new(Notify::new());
     let stopped = stop.clone();
@@ -196,6 +197,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     daemon.accepting.store(false, Ordering::SeqCst);
     stop.notify_one();
     processor.abort();
+    schedules.abort();
     // Running jobs get a while to end; what is still running is then
     // cancelled (and reported so), and the engine waits for its VMs.
     let drain = daemon.config.drain;

@@ -43,6 +43,9 @@ pub struct Target {
     /// A pull request from a fork: no secrets.
     #[serde(default)]
     pub from_fork: bool,
+    /// The repository's default branch, when the delivery named it.
+    #[serde(default)]
+    pub default_branch: Option<String>,
 }
 
 impl Target {
@@ -64,6 +67,7 @@ impl Target {
                     ..
                 }
             ),
+            default_branch: event.default_branch.clone(),
         }
     }
 
@@ -144,6 +148,9 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
     if daemon.forge(forge).is_none() {
         return done("the forge is no longer configured");
     }
+    if entry.event == "schedule" {
+        return scheduled(daemon, &entry, forge).await;
+    }
     let delivery = match solstice_forge::parse(forge, &entry.event, &entry.id, &entry.body) {
         Ok(d) => d,
         Err(e) => return done(format!("unreadable: {}", chain(&e))),
@@ -178,6 +185,50 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
         _ => return done("an event kind this daemon does not run"),
     };
     start(daemon, &entry, forge, target, Some(trigger), None).await
+}
+
+/// A schedule's tick (recorded by `cron.rs`): the workflow at the commit
+/// last pushed to the default branch runs, if it still has the schedule.
+async fn scheduled(
+    daemon: &Arc<Daemon>,
+    entry: &InboxEntry,
+    forge: solstice_forge::Forge,
+) -> Processed {
+    #[derive(Deserialize)]
+    struct Tick {
+        repository: String,
+        cron: String,
+    }
+    let Ok(tick) = serde_json::from_slice::<Tick>(&entry.body) else {
+        return done("an unreadable schedule tick");
+    };
+    let schedules = match daemon.store.schedules().await {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                InboxState::Pending,
+                format!("store: {}", chain(&e)),
+                None,
+                None,
+            );
+        }
+    };
+    let Some(target) = schedules
+        .into_iter()
+        .find(|s| s.forge == entry.forge && s.repository == tick.repository && s.cron == tick.cron)
+        .and_then(|s| serde_json::from_str::<Target>(&s.target).ok())
+    else {
+        return done("the schedule is gone");
+    };
+    let target = Target {
+        delivery: entry.id.clone(),
+        sender: "schedule".into(),
+        approved: true,
+        from_fork: false,
+        ..target
+    };
+    let trigger = solstice_kdl::Event::Schedule { cron: tick.cron };
+    start(daemon, entry, forge, target, Some(trigger), None).await
 }
 
 /// A check run or check suite asked for again: the same workflow at the
@@ -322,6 +373,37 @@ async fn start(
                 );
             }
         };
+    // A push to the default branch sets the repository's schedules from
+    // its workflow (none left: none run).
+    if let (
+        Some(solstice_kdl::Event::Push {
+            git_ref: solstice_kdl::GitRef::Branch(branch),
+            ..
+        }),
+        Some(default),
+    ) = (&trigger, &target.default_branch)
+        && branch == default
+    {
+        let crons = workflow
+            .on
+            .as_ref()
+            .map(|t| t.cron.clone())
+            .unwrap_or_default();
+        let stored = serde_json::to_string(&target).unwrap_or_default();
+        if let Err(e) = daemon
+            .store
+            .set_schedules(
+                &entry.forge,
+                &target.repository,
+                &stored,
+                &crons,
+                crate::cron::registration_minute(),
+            )
+            .await
+        {
+            tracing::warn!(repository = %target.repository, error = %chain(&e), "cannot record the schedules");
+        }
+    }
     if let Some(trigger) = &trigger
         && !workflow.is_triggered_by(trigger)
     {

@@ -7,6 +7,7 @@
 //! broken configuration (nothing was started).
 
 mod config;
+mod cron;
 mod daemon;
 mod http;
 mod inbox;

@@ -533,3 +533,56 @@ async fn a_rerequested_check_run_or_suite_runs_again_as_a_new_run() {
         Some(3)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_tick_runs_the_default_branch_once_also_across_restarts() {
+    let mut h = Harness::new(true, "").await;
+    // Every five minutes; the push itself is filtered out by `on`.
+    let sha = h.commit(
+        r#"workflow {
+            on {
+                cron "*/5 * * * *"
+            }
+            job id="nightly" { step run="echo scheduled"; }
+        }"#,
+    );
+    h.start().await;
+    h.deliver(Forge::GitHub, "push", "d-cron-push", &push(&h.repo, &sha))
+        .await;
+    h.wait_for("the push to be processed", || {
+        h.daemon_log().contains("d-cron-push")
+    })
+    .await;
+    assert_eq!(
+        h.get_json("/api/v1/runs").await["runs"],
+        json!([]),
+        "the push itself runs nothing"
+    );
+    h.terminate();
+    // Ten minutes later (as far as the daemon can tell): two ticks passed
+    // while it was down; the latest one runs, once.
+    h.start_with(&[("SOLSTICE_TEST_CRON_SHIFT_MINUTES", "10")])
+        .await;
+    h.wait_for("the scheduled run", || {
+        h.checks(&sha)
+            .iter()
+            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
+    })
+    .await;
+    h.terminate();
+    // Restarted within the same tick: no second run.
+    h.start_with(&[("SOLSTICE_TEST_CRON_SHIFT_MINUTES", "10")])
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let runs = h.get_json("/api/v1/runs").await;
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs}");
+    let (_, _, fields) = &h.checks(&sha)[0];
+    assert_eq!(fields["conclusion"], "success");
+    assert!(
+        fields["external_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("schedule-"),
+        "{fields}"
+    );
+}

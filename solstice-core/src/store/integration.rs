@@ -69,6 +69,22 @@ pub struct InboxEntry {
     pub target: Option<String>,
 }
 
+/// A cron schedule of a repository ([`IntegrationStore::schedules`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScheduleEntry {
+    /// The forge's name.
+    pub forge: String,
+    /// `owner/name`.
+    pub repository: String,
+    /// The cron expression as written.
+    pub cron: String,
+    /// What a run of it reports to (the integration layer's JSON).
+    pub target: String,
+    /// Only ticks after this minute (Unix minutes) fire.
+    pub since: i64,
+}
+
 /// A delivery to record ([`IntegrationStore::record_deliveries`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -151,6 +167,22 @@ pub trait IntegrationStore: Send + Sync {
     /// The newest delivery about `subject` that started a run.
     async fn latest_delivery_about(&self, forge: &str, subject: &str)
     -> Result<Option<InboxEntry>>;
+
+    /// Sets the cron schedules of `repository`'s workflow: `crons` are
+    /// kept (a new one only fires for ticks after `since`, Unix minutes;
+    /// one already there keeps its own), every other schedule of the
+    /// repository is dropped, and all get `target`.
+    async fn set_schedules(
+        &self,
+        forge: &str,
+        repository: &str,
+        target: &str,
+        crons: &[String],
+        since: i64,
+    ) -> Result<()>;
+
+    /// Every schedule.
+    async fn schedules(&self) -> Result<Vec<ScheduleEntry>>;
 
     /// The delivery that started `run`.
     async fn delivery_of_run(&self, run: RunId) -> Result<Option<InboxEntry>>;

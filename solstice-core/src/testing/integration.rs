@@ -10,6 +10,7 @@ pub async fn run_all<S: StateStore + IntegrationStore>(store: &S) {
     deliveries_move_on_and_drop_their_body(store).await;
     runs_are_found_by_source_and_listed_newest_first(store).await;
     batches_of_deliveries_are_recorded_once(store).await;
+    schedules_follow_the_workflow(store).await;
 }
 
 /// A delivery id is recorded once per forge; the same id from another
@@ -241,4 +242,53 @@ pub async fn batches_of_deliveries_are_recorded_once<S: StateStore + Integration
             .expect("empty")
             .is_empty()
     );
+}
+
+/// Schedules are replaced per repository; a schedule already there keeps
+/// its `since`, and every one gets the new target.
+pub async fn schedules_follow_the_workflow<S: StateStore + IntegrationStore>(store: &S) {
+    let crons = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    store
+        .set_schedules(
+            "github",
+            "octo/a",
+            "t1",
+            &crons(&["0 3 * * *", "@hourly"]),
+            100,
+        )
+        .await
+        .expect("set");
+    store
+        .set_schedules("github", "octo/b", "tb", &crons(&["@daily"]), 100)
+        .await
+        .expect("set");
+    store
+        .set_schedules(
+            "github",
+            "octo/a",
+            "t2",
+            &crons(&["@hourly", "*/5 * * * *"]),
+            200,
+        )
+        .await
+        .expect("set");
+    let got: Vec<(String, String, String, i64)> = store
+        .schedules()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| (s.repository, s.cron, s.target, s.since))
+        .collect();
+    let want = [
+        ("octo/a", "*/5 * * * *", "t2", 200),
+        ("octo/a", "@hourly", "t2", 100),
+        ("octo/b", "@daily", "tb", 100),
+    ]
+    .map(|(r, c, t, s)| (r.to_string(), c.to_string(), t.to_string(), s));
+    assert_eq!(got, want);
+    store
+        .set_schedules("github", "octo/a", "t3", &[], 300)
+        .await
+        .expect("clear");
+    assert_eq!(store.schedules().await.expect("list").len(), 1);
 }

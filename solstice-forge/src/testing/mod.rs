@@ -1,7 +1,7 @@
 //! Test support, not a stable API: [`FakeForge`], an HTTP server that
 //! plays the parts of the GitHub and Forgejo APIs Solstice uses, and
-//! [`reporter`], the conformance suite every [`StatusReporter`]
-//! (crate::StatusReporter) implementation must pass.
+//! [`reporter`], the conformance suite every
+//! [`StatusReporter`](crate::StatusReporter) implementation must pass.
 
 mod fake;
 pub mod reporter;

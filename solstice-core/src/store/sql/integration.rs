@@ -6,7 +6,9 @@ use sqlx::any::AnyRow;
 use super::rows::{SqlResult, col, run_from};
 use super::text::placeholders;
 use super::{Result, SqlStore};
-use crate::store::{InboxEntry, InboxState, IntegrationStore, NewDelivery, Run, RunId};
+use crate::store::{
+    InboxEntry, InboxState, IntegrationStore, NewDelivery, Run, RunId, ScheduleEntry,
+};
 
 const COLUMNS: &str = "forge, id, event, body, received_at, state, outcome, run_id, target";
 
@@ -172,6 +174,78 @@ impl IntegrationStore for SqlStore {
             .await
             .db()?;
         row.as_ref().map(entry_from).transpose()
+    }
+
+    async fn set_schedules(
+        &self,
+        forge: &str,
+        repository: &str,
+        target: &str,
+        crons: &[String],
+        since: i64,
+    ) -> Result<()> {
+        use sqlx::Connection;
+        let mut conn = self.conn().await.db()?;
+        let mut tx = conn.begin().await.db()?;
+        let existing = sqlx::query(
+            &self
+                .dialect
+                .sql("SELECT cron FROM schedules WHERE forge = $1 AND repository = $2"),
+        )
+        .bind(forge)
+        .bind(repository)
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        for row in existing {
+            let cron: String = col(&row, "cron")?;
+            if !crons.contains(&cron) {
+                sqlx::query(&self.dialect.sql(
+                    "DELETE FROM schedules WHERE forge = $1 AND repository = $2 AND cron = $3",
+                ))
+                .bind(forge)
+                .bind(repository)
+                .bind(cron)
+                .execute(&mut *tx)
+                .await
+                .db()?;
+            }
+        }
+        for cron in crons {
+            sqlx::query(&self.dialect.sql(
+                "INSERT INTO schedules (forge, repository, cron, target, since) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (forge, repository, cron) DO UPDATE SET target = excluded.target",
+            ))
+            .bind(forge)
+            .bind(repository)
+            .bind(cron.as_str())
+            .bind(target)
+            .bind(since)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        }
+        tx.commit().await.db()?;
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleEntry>> {
+        let rows = sqlx::query(
+            "SELECT forge, repository, cron, target, since FROM schedules ORDER BY forge, repository, cron",
+        )
+        .fetch_all(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        rows.iter()
+            .map(|r| {
+                Ok(ScheduleEntry {
+                    forge: col(r, "forge")?,
+                    repository: col(r, "repository")?,
+                    cron: col(r, "cron")?,
+                    target: col(r, "target")?,
+                    since: col(r, "since")?,
+                })
+            })
+            .collect()
     }
 
     async fn delivery_of_run(&self, run: RunId) -> Result<Option<InboxEntry>> {

@@ -50,6 +50,8 @@ pub struct Daemon {
     pub reports: crate::report::Reports,
     /// Records accepted deliveries.
     pub intake: crate::intake::Intake,
+    /// Webhook body bytes that may be in memory at once (KiB).
+    pub body_budget: tokio::sync::Semaphore,
 }
 
 impl Daemon {
@@ -177,6 +179,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         accepting: AtomicBool::new(true),
         reports: crate::report::Reports::default(),
         intake: crate::intake::Intake::start(store.clone()),
+        body_budget: crate::http::body_budget(),
     });
     // The reporter listens before anything can start a job.
     let reporter = tokio::spawn(crate::report::run(daemon.clone()));

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use solstice_core::store::{InboxState, IntegrationStore, JobId, RunId, StateStore};
 use solstice_forge::{Delivery, Forge, Headers, MAX_PAYLOAD, PayloadError, WebhookError};
+use tokio::sync::Semaphore;
 
 use crate::daemon::{Daemon, chain, forge_name, forge_of};
 
@@ -56,28 +56,27 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     answer(status, json!({ "error": why.into() }))
 }
 
-async fn github_hook(
-    daemon: Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn github_hook(daemon: Shared, headers: HeaderMap, body: Body) -> Response {
     hook(daemon, Forge::GitHub, headers, body).await
 }
 
-async fn forgejo_hook(
-    daemon: Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn forgejo_hook(daemon: Shared, headers: HeaderMap, body: Body) -> Response {
     hook(daemon, Forge::Forgejo, headers, body).await
 }
 
-async fn hook(
-    State(daemon): Shared,
-    forge: Forge,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+/// Most webhook body bytes held in memory at once, across requests: a
+/// stranger without the secret can still send 25 MB bodies, and many at
+/// once must not exhaust memory. A request waits for its share (its
+/// `Content-Length`, or the whole limit when it does not say) before its
+/// body is read.
+pub const BODY_BUDGET: usize = 64 << 20;
+
+/// The budget is counted in KiB (semaphore permits).
+pub fn body_budget() -> Semaphore {
+    Semaphore::new(BODY_BUDGET >> 10)
+}
+
+async fn hook(State(daemon): Shared, forge: Forge, headers: HeaderMap, body: Body) -> Response {
     if !daemon.accepting.load(Ordering::SeqCst) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
     }
@@ -87,21 +86,19 @@ async fn hook(
             format!("{} is not configured on this daemon", forge_name(forge)),
         );
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {MAX_PAYLOAD} bytes"),
-            );
-        }
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("the body cannot be read: {e}"),
-            );
-        }
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_PAYLOAD} bytes"),
+        )
     };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_PAYLOAD as u64) {
+        return too_large();
+    }
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -113,6 +110,27 @@ async fn hook(
             "the content type must be application/json (set the webhook's content type to JSON)",
         );
     }
+    let share = declared
+        .map_or(MAX_PAYLOAD, |n| n as usize)
+        .div_ceil(1024)
+        .max(1);
+    let Ok(_permit) = daemon.body_budget.acquire_many(share as u32).await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    };
+    let body = match axum::body::to_bytes(body, MAX_PAYLOAD).await {
+        Ok(b) => b,
+        Err(e) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                return too_large();
+            }
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body cannot be read: {e}"),
+            );
+        }
+    };
     let mut ours = Headers::new();
     for (name, value) in &headers {
         ours.insert(name.as_str(), value.as_bytes());

@@ -103,6 +103,10 @@ pub async fn run(daemon: Arc<Daemon>) {
             }) => {
                 enqueue(&daemon, run, key, Change::Finished(status, reason)).await;
             }
+            Ok(EngineEvent::RunFinished { run, .. }) => {
+                // Its jobs' workers hold their own copy; the map stays bounded.
+                lock(&daemon.reports.targets).remove(&run);
+            }
             Ok(_) => {}
             Err(EventError::Lagged { missed }) => {
                 tracing::warn!(

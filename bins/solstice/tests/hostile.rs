@@ -204,3 +204,38 @@ async fn the_api_refuses_bad_ids_and_unauthenticated_writes() {
         .status();
     assert_eq!(s.as_u16(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_past_the_limit_is_refused_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = Harness::new(true, "").await;
+    h.start().await;
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /hooks/github HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let chunk = vec![b' '; 1 << 20];
+    let mut sent = 0;
+    // Up to 26 MiB, stopping when the server has answered and closed.
+    while sent <= MAX_PAYLOAD {
+        let frame = format!("{:x}\r\n", chunk.len());
+        if stream.write_all(frame.as_bytes()).await.is_err()
+            || stream.write_all(&chunk).await.is_err()
+            || stream.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let mut answer = vec![0u8; 64];
+    let n = stream.read(&mut answer).await.unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    // The daemon still answers.
+    let (s, _) = h.deliver(Forge::GitHub, "ping", "after", &json!({})).await;
+    assert_eq!(s, 200);
+}

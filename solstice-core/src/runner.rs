@@ -731,6 +731,9 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
         None => Ok(()),
         Some(pb::checkout::Source::Git(g)) => {
             check_git_source(&g.url, &g.commit)?;
+            if !g.fetch_ref.is_empty() {
+                check_fetch_ref(&g.fetch_ref)?;
+            }
             let ok = Command::new("git")
                 .args(["clone", "--quiet", "--no-checkout", "--", &g.url, "."])
                 .current_dir(dest)
@@ -738,6 +741,16 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
                 .await;
             if !matches!(ok, Ok(s) if s.success()) {
                 return Err(format!("git clone {} failed", g.url));
+            }
+            if !g.fetch_ref.is_empty() {
+                let ok = Command::new("git")
+                    .args(["fetch", "--quiet", "origin", "--", &g.fetch_ref])
+                    .current_dir(dest)
+                    .status()
+                    .await;
+                if !matches!(ok, Ok(s) if s.success()) {
+                    return Err(format!("git fetch {} failed", g.fetch_ref));
+                }
             }
             let ok = Command::new("git")
                 .args([
@@ -756,6 +769,23 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
             Ok(())
         }
         Some(pb::checkout::Source::Local(l)) => copy_tree(Path::new(&l.path), dest).await,
+    }
+}
+
+/// A ref to fetch comes from a webhook too: `refs/` and plain segments
+/// (letters, digits, `-`, `_`, `.`, no `..`), nothing option-like.
+pub(crate) fn check_fetch_ref(git_ref: &str) -> Result<(), String> {
+    let plain = git_ref.starts_with("refs/")
+        && git_ref.len() <= 255
+        && !git_ref.contains("..")
+        && !git_ref.ends_with('/')
+        && git_ref
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!("refusing ref to fetch {git_ref:?}"))
     }
 }
 
@@ -940,5 +970,20 @@ mod tests {
             assert!(check_git_source("https://h/r", commit).is_err(), "{commit}");
         }
         assert!(check_git_source("https://h/r", &"a".repeat(64)).is_ok());
+        for ok in ["refs/pull/7/head", "refs/heads/feature-1.2_x"] {
+            assert!(check_fetch_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "--upload-pack=x",
+            "refs/../x",
+            "HEAD",
+            "refs/a b",
+            "refs/a\nb",
+            "refs/x/",
+            "pull/7/head",
+            "refs/a:b",
+        ] {
+            assert!(check_fetch_ref(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -453,9 +453,15 @@ async fn start(
             target_json,
         );
     }
+    // A pull request's head may be only in a fork: fetched by its ref.
+    let fetch_ref = target
+        .git_ref
+        .starts_with("refs/pull/")
+        .then(|| target.git_ref.clone());
     let checkout = Checkout::Git {
         url: target.clone_url.clone(),
         commit: target.commit.clone(),
+        fetch_ref,
     };
     // Secrets are the repository's, from the secret store; a fork's pull
     // request gets none, approved or not.

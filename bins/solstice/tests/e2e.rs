@@ -177,7 +177,10 @@ async fn a_redelivery_starts_no_second_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_pull_request_waits_for_approval_and_runs_without_secrets_once_approved() {
     let mut h = Harness::new(true, "").await;
-    let sha = h.commit(PASSING);
+    h.commit(PASSING);
+    // The head commit is on no branch of the repository: the runner
+    // fetches it by the pull request's ref.
+    let sha = h.commit_pull_request(&format!("{PASSING}// from the fork\n"));
     h.start().await;
     let (status, _) = h
         .deliver(

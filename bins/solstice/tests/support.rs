@@ -127,6 +127,20 @@ impl Harness {
         sha
     }
 
+    /// Commits `workflow` as pull request 7's head only (as a fork's
+    /// commit is: under `refs/pull/7/head`, on no branch), on top of
+    /// `main`'s current commit, and serves it from the fake forge.
+    pub fn commit_pull_request(&self, workflow: &str) -> String {
+        let base = git(&self.repo, &["rev-parse", "HEAD"]);
+        git(&self.repo, &["checkout", "-q", "-b", "fork-work"]);
+        let sha = self.commit(workflow);
+        git(&self.repo, &["update-ref", "refs/pull/7/head", &sha]);
+        git(&self.repo, &["checkout", "-q", "main"]);
+        git(&self.repo, &["reset", "-q", "--hard", &base]);
+        git(&self.repo, &["branch", "-q", "-D", "fork-work"]);
+        sha
+    }
+
     /// The daemon's output.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("daemon.log")

@@ -83,6 +83,10 @@ pub enum Checkout {
         url: String,
         /// Commit to check out.
         commit: String,
+        /// A ref that brings the commit when the clone does not (a pull
+        /// request's `refs/pull/N/head`, whose head may be in a fork).
+        #[serde(default)]
+        fetch_ref: Option<String>,
     },
     /// Copy a directory of the host (`cidev run`, local provider only).
     Local {

@@ -351,9 +351,14 @@ fn job_spec(live: &LiveAttempt) -> pb::JobSpec {
     env.extend(live.stored.env.clone());
     let checkout = match &live.stored.checkout {
         super::Checkout::None => None,
-        super::Checkout::Git { url, commit } => Some(pb::checkout::Source::Git(pb::GitCheckout {
+        super::Checkout::Git {
+            url,
+            commit,
+            fetch_ref,
+        } => Some(pb::checkout::Source::Git(pb::GitCheckout {
             url: url.clone(),
             commit: commit.clone(),
+            fetch_ref: fetch_ref.clone().unwrap_or_default(),
         })),
         super::Checkout::Local { path } => Some(pb::checkout::Source::Local(pb::LocalCheckout {
             path: path.clone(),

@@ -7,7 +7,7 @@ use crate::adapter::{
     self, CloneCredentials, ForgeAdapter, Headers, MAX_WORKFLOW_FILE, Received, Repo, WebhookError,
 };
 use crate::github::{base_url, commit_status_body, file_path, repo_and_commit};
-use crate::http::{Api, RetryPolicy, read_limited};
+use crate::http::{Api, RetryPolicy, found, read_limited};
 use crate::status::{JobReport, StatusReporter};
 use crate::{Forge, ForgeError, Secret};
 
@@ -109,13 +109,7 @@ impl StatusReporter for Forgejo {
             .http
             .send(&what, |c| self.auth(c.post(&url)).json(&body))
             .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(ForgeError::Status {
-                what,
-                status: 404,
-                message: "no such repository or commit".into(),
-            });
-        }
+        found(&what, resp, "no such repository or commit")?;
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::adapter::{
     self, CloneCredentials, ForgeAdapter, Headers, MAX_WORKFLOW_FILE, Received, Repo, WebhookError,
 };
-use crate::http::{Api, RetryPolicy, read_json, read_limited};
+use crate::http::{Api, RetryPolicy, found, read_json, read_limited};
 use crate::status::{
     CHECK_TEXT_CHARS, JobReport, JobState, STATUS_DESCRIPTION_CHARS, StatusReporter, log_block,
     steps_markdown,
@@ -171,13 +171,11 @@ impl GitHub {
             .http
             .send(&what, |c| github_headers(c.get(&url)).bearer_auth(&jwt))
             .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(ForgeError::Status {
-                what,
-                status: 404,
-                message: "the GitHub App is not installed on this repository".into(),
-            });
-        }
+        let resp = found(
+            &what,
+            resp,
+            "the GitHub App is not installed on this repository",
+        )?;
         #[derive(Deserialize)]
         struct Installation {
             id: u64,
@@ -213,13 +211,7 @@ impl GitHub {
             .http
             .send(&what, |c| github_headers(c.post(&url)).bearer_auth(&jwt))
             .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(ForgeError::Status {
-                what,
-                status: 404,
-                message: "no such installation of the GitHub App".into(),
-            });
-        }
+        let resp = found(&what, resp, "no such installation of the GitHub App")?;
         #[derive(Deserialize)]
         struct Token {
             token: String,
@@ -292,13 +284,7 @@ impl GitHub {
                     .json(&body)
             })
             .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(ForgeError::Status {
-                what,
-                status: 404,
-                message: "no such repository or check run".into(),
-            });
-        }
+        let resp = found(&what, resp, "no such repository or check run")?;
         #[derive(Deserialize)]
         struct Created {
             id: u64,
@@ -368,13 +354,7 @@ impl GitHub {
                     .json(&body)
             })
             .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(ForgeError::Status {
-                what,
-                status: 404,
-                message: "no such repository or commit".into(),
-            });
-        }
+        found(&what, resp, "no such repository or commit")?;
         Ok(())
     }
 }

@@ -195,6 +195,19 @@ async fn status_error(what: &str, resp: Response) -> ForgeError {
     }
 }
 
+/// The response, or a 404 as an error saying what is missing (for calls
+/// where a missing thing is a failure, not an answer).
+pub(crate) fn found(what: &str, resp: Response, missing: &str) -> Result<Response, ForgeError> {
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(ForgeError::Status {
+            what: what.to_string(),
+            status: 404,
+            message: missing.to_string(),
+        });
+    }
+    Ok(resp)
+}
+
 /// Reads a body of at most `limit` bytes.
 pub(crate) async fn read_limited(
     what: &str,

@@ -137,6 +137,16 @@ pub async fn run(daemon: Arc<Daemon>) {
 
 type Processed = (InboxState, String, Option<RunId>, Option<String>);
 
+/// The store failed: the delivery stays pending and is tried again.
+fn retry_later(e: &solstice_core::store::StoreError) -> Processed {
+    (
+        InboxState::Pending,
+        format!("store: {}", chain(e)),
+        None,
+        None,
+    )
+}
+
 fn done(outcome: impl Into<String>) -> Processed {
     (InboxState::Done, outcome.into(), None, None)
 }
@@ -205,12 +215,7 @@ async fn scheduled(
     let schedules = match daemon.store.schedules().await {
         Ok(s) => s,
         Err(e) => {
-            return (
-                InboxState::Pending,
-                format!("store: {}", chain(&e)),
-                None,
-                None,
-            );
+            return retry_later(&e);
         }
     };
     let Some(target) = schedules
@@ -255,12 +260,7 @@ async fn rerun_of(
     let original = match original {
         Ok(found) => found,
         Err(e) => {
-            return (
-                InboxState::Pending,
-                format!("store: {}", chain(&e)),
-                None,
-                None,
-            );
+            return retry_later(&e);
         }
     };
     let Some(old) = original
@@ -310,12 +310,7 @@ async fn start(
         .set_delivery_subject(&entry.forge, &entry.id, &target.subject())
         .await
     {
-        return (
-            InboxState::Pending,
-            format!("store: {}", chain(&e)),
-            None,
-            None,
-        );
+        return retry_later(&e);
     }
     // Processed before a crash: the run is there already.
     match daemon.store.run_by_source(&source).await {
@@ -330,12 +325,7 @@ async fn start(
         }
         Ok(None) => {}
         Err(e) => {
-            return (
-                InboxState::Pending,
-                format!("store: {}", chain(&e)),
-                None,
-                None,
-            );
+            return retry_later(&e);
         }
     }
     let path = daemon.config.workflow_path.clone();

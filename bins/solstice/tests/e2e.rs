@@ -35,12 +35,8 @@ async fn a_push_runs_and_the_app_sees_queued_in_progress_and_completed() {
         .await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["status"], "accepted");
-    h.wait_for("the check run to complete", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the check run to complete", || h.completed(&sha) > 0)
+        .await;
     let checks = h.checks(&sha);
     assert_eq!(checks.len(), 1, "{checks:?}");
     let (name, history, fields) = &checks[0];
@@ -78,12 +74,8 @@ async fn a_failing_job_is_a_failure_with_the_end_of_its_log() {
     h.start().await;
     h.deliver(Forge::GitHub, "push", "d-fail", &push(&h.repo, &sha))
         .await;
-    h.wait_for("the check run to complete", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the check run to complete", || h.completed(&sha) > 0)
+        .await;
     let (_, _, fields) = &h.checks(&sha)[0];
     assert_eq!(fields["conclusion"], "failure", "{fields}");
     let text = fields["output"]["text"].as_str().expect("text");
@@ -154,12 +146,7 @@ async fn a_redelivery_starts_no_second_run() {
     assert_eq!(first["status"], "accepted");
     assert_eq!(status, 202);
     assert_eq!(second["status"], "duplicate", "{second}");
-    h.wait_for("the run", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the run", || h.completed(&sha) > 0).await;
     // Also after a restart.
     h.terminate();
     h.start().await;
@@ -229,12 +216,8 @@ async fn a_fork_pull_request_waits_for_approval_and_runs_without_secrets_once_ap
         .await
         .expect("post");
     assert_eq!(ok.status().as_u16(), 202);
-    h.wait_for("the approved run", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the approved run", || h.completed(&sha) > 0)
+        .await;
     let checks = h.checks(&sha);
     assert_eq!(checks.len(), 1, "the same check run goes on: {checks:?}");
     assert_eq!(checks[0].2["conclusion"], "success");
@@ -252,12 +235,7 @@ async fn a_trusted_author_s_fork_pull_request_runs_at_once() {
         &pull_request(&h.repo, &sha, true, "friend"),
     )
     .await;
-    h.wait_for("the run", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the run", || h.completed(&sha) > 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,12 +255,8 @@ async fn killed_right_after_acknowledging_the_run_happens_once_after_restart() {
         "nothing was processed before the kill"
     );
     h.start().await;
-    h.wait_for("the run after the restart", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the run after the restart", || h.completed(&sha) > 0)
+        .await;
     // Settle, then count: one run, one check run.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let runs = h.get_json("/api/v1/runs").await;
@@ -343,10 +317,7 @@ async fn killed_while_processing_the_delivery_starts_one_run_after_restart() {
     h.kill();
     h.start().await;
     h.wait_for("the run after the restart", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-            || h.daemon_log().contains("started run")
+        h.completed(&sha) > 0 || h.daemon_log().contains("started run")
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -403,12 +374,7 @@ async fn secrets_come_from_the_repository_s_store_and_are_masked() {
     h.start().await;
     h.deliver(Forge::GitHub, "push", "d-secret", &push(&h.repo, &sha))
         .await;
-    h.wait_for("the run", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the run", || h.completed(&sha) > 0).await;
     let (_, _, fields) = &h.checks(&sha)[0];
     assert_eq!(fields["conclusion"], "success", "{fields}");
     let page = h
@@ -449,13 +415,7 @@ async fn a_rerequested_check_run_or_suite_runs_again_as_a_new_run() {
     h.start().await;
     h.deliver(Forge::GitHub, "push", "d-orig", &push(&h.repo, &sha))
         .await;
-    let completed = |h: &Harness, n: usize| {
-        h.checks(&sha)
-            .iter()
-            .filter(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-            .count()
-            >= n
-    };
+    let completed = |h: &Harness, n: usize| h.completed(&sha) >= n;
     h.wait_for("the first run", || completed(&h, 3)).await;
     let rerequest = |external_id: Option<&str>| {
         let mut check_run = json!({ "head_sha": sha, "name": "test" });
@@ -566,12 +526,8 @@ async fn a_cron_tick_runs_the_default_branch_once_also_across_restarts() {
     // while it was down; the latest one runs, once.
     h.start_with(&[("SOLSTICE_TEST_CRON_SHIFT_MINUTES", "10")])
         .await;
-    h.wait_for("the scheduled run", || {
-        h.checks(&sha)
-            .iter()
-            .any(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
-    })
-    .await;
+    h.wait_for("the scheduled run", || h.completed(&sha) > 0)
+        .await;
     h.terminate();
     // Restarted within the same tick: no second run.
     h.start_with(&[("SOLSTICE_TEST_CRON_SHIFT_MINUTES", "10")])

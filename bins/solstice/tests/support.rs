@@ -310,6 +310,14 @@ impl Harness {
         }
     }
 
+    /// How many check runs of `sha` are completed.
+    pub fn completed(&self, sha: &str) -> usize {
+        self.checks(sha)
+            .iter()
+            .filter(|(_, history, _)| history.last().map(String::as_str) == Some("completed"))
+            .count()
+    }
+
     /// The check runs for `sha`, with their consecutive repeated states
     /// folded.
     pub fn checks(&self, sha: &str) -> Vec<(String, Vec<String>, Value)> {

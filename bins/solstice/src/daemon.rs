@@ -194,6 +194,9 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
             .await
     });
     tracing::info!(listen = %daemon.config.listen, public_url = %daemon.config.public_url, "solstice is serving");
+    if daemon.github.is_none() && daemon.forgejo.is_none() {
+        tracing::warn!("no forge is configured: webhooks are refused until one is (see docs/deploy.md)");
+    }
 
     wait_for_signal().await;
     tracing::info!("stopping: no new deliveries; waiting for running jobs");

@@ -72,14 +72,25 @@ fn mark_of(dir: &Path) -> Vec<u8> {
 /// right after starting it, under load).
 fn is_marked(pid: i32, dir: &Path) -> bool {
     let needle = mark_of(dir);
-    for _ in 0..50 {
+    // Up to 2 s while the process is between fork and exec: its
+    // environment reads empty, or is still this process's own (same
+    // executable). A loaded machine stretches that window (seen in CI
+    // with builds running beside the tests).
+    for _ in 0..200 {
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             return false;
         };
-        if !env.is_empty() {
-            return env.split(|b| *b == 0).any(|kv| kv == needle.as_slice());
+        if env.split(|b| *b == 0).any(|kv| kv == needle.as_slice()) {
+            return true;
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        let forked_not_execed = env.is_empty() || {
+            let exe = |p: &str| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+            exe(&pid.to_string()).is_some_and(|e| Some(e) == exe("self"))
+        };
+        if !forked_not_execed {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     false
 }

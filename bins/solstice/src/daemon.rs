@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use solstice_core::engine::{Engine, EngineConfig, JobMessage, Listen};
+use solstice_core::engine::{
+    CloneCredentials, Engine, EngineConfig, GitCredentials, JobMessage, Listen,
+};
 use solstice_core::secrets::SecretStore;
 use solstice_core::store::{SqlStore, StateStore};
 use solstice_forge::{Forge, ForgeAdapter, Forgejo, GitHub, StatusReporter};
@@ -62,6 +64,48 @@ impl Daemon {
             Forge::Forgejo => self.forgejo.as_ref(),
             _ => None,
         }
+    }
+}
+
+/// Clone credentials for jobs from the forge adapters: a GitHub App's
+/// installation token (short-lived) or the configured token, for clone
+/// URLs on the forge's host.
+#[derive(Debug)]
+struct ForgeClones {
+    github: Option<(String, ForgeLink)>,
+    forgejo: Option<(String, ForgeLink)>,
+}
+
+/// `scheme://host[:port]/` of a URL, to tell which forge a clone URL is on.
+fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split('/').next()?;
+    // Credentials in a URL are not part of its origin.
+    let host = host.rsplit('@').next()?;
+    Some(format!(
+        "{}://{}/",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase()
+    ))
+}
+
+#[async_trait::async_trait]
+impl CloneCredentials for ForgeClones {
+    async fn for_clone(&self, scope: &str, url: &str) -> Result<Option<GitCredentials>, BoxError> {
+        let Some(origin) = origin(url) else {
+            return Ok(None);
+        };
+        let link = [&self.forgejo, &self.github]
+            .into_iter()
+            .flatten()
+            .find(|(o, _)| *o == origin)
+            .map(|(_, link)| link);
+        let Some(link) = link else { return Ok(None) };
+        let creds = link
+            .adapter
+            .clone_credentials(&solstice_forge::Repo::new(scope))
+            .await?;
+        Ok(creds.map(|c| GitCredentials::new(c.username, c.password.expose())))
     }
 }
 
@@ -162,6 +206,25 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let mut engine_config = EngineConfig::default();
     engine_config.capacity = config.capacity;
     engine_config.secret_store = secret_store;
+    // Where each forge's repositories are cloned from: github.com for
+    // api.github.com, the API host itself for GitHub Enterprise
+    // (`https://ghe/api/v3`), Forgejo's base URL.
+    let github_origin = config.github.as_ref().and_then(|g| {
+        let api = origin(&g.api_url)?;
+        Some(if api == "https://api.github.com/" {
+            "https://github.com/".to_string()
+        } else {
+            api
+        })
+    });
+    engine_config.clone_credentials = Some(Arc::new(ForgeClones {
+        github: github_origin.zip(github.clone()),
+        forgejo: config
+            .forgejo
+            .as_ref()
+            .and_then(|f| origin(&f.url))
+            .zip(forgejo.clone()),
+    }));
     engine_config.listen = Listen::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let engine = Engine::start(engine_config, store.clone(), queue, provider)
         .await
@@ -195,7 +258,9 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     });
     tracing::info!(listen = %daemon.config.listen, public_url = %daemon.config.public_url, "solstice is serving");
     if daemon.github.is_none() && daemon.forgejo.is_none() {
-        tracing::warn!("no forge is configured: webhooks are refused until one is (see docs/deploy.md)");
+        tracing::warn!(
+            "no forge is configured: webhooks are refused until one is (see docs/deploy.md)"
+        );
     }
 
     wait_for_signal().await;

@@ -545,3 +545,55 @@ async fn a_cron_tick_runs_the_default_branch_once_also_across_restarts() {
         "{fields}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clone_uses_the_app_s_installation_token_and_the_log_never_shows_it() {
+    let mut h = Harness::new(true, "").await;
+    let sha = h.commit(PASSING);
+    h.start().await;
+    // A clone URL on the forge's own host: it needs the forge's credentials.
+    // (The fake forge serves no git: the clone fails, after sending them.)
+    let mut body = push(&h.repo, &sha);
+    body["repository"]["clone_url"] = format!("{}/octo/hello.git", h.forge.url()).into();
+    h.deliver(Forge::GitHub, "push", "d-private", &body).await;
+    h.wait_for("the job to end", || h.completed(&sha) > 0).await;
+    let token = h
+        .forge
+        .tokens_issued()
+        .pop()
+        .expect("an installation token");
+    let basic = |s: &str| {
+        // What git sends: Basic base64("x-access-token:TOKEN").
+        let out = std::process::Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(s.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("base64");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let git = h
+        .forge
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/octo/hello.git/info/refs")
+        .expect("git asked the forge for the repository");
+    assert_eq!(
+        git.authorization.as_deref(),
+        Some(format!("Basic {}", basic(&format!("x-access-token:{token}"))).as_str())
+    );
+    let (_, _, fields) = &h.checks(&sha)[0];
+    let page = h
+        .get_text(fields["details_url"].as_str().expect("url"))
+        .await;
+    assert!(page.contains("git clone"), "{page}");
+    assert!(
+        !page.contains(&token),
+        "the token must not reach the log: {page}"
+    );
+}

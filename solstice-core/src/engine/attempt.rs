@@ -110,7 +110,31 @@ impl Engine {
                     })
                     .collect(),
             };
-        let secret_values: Vec<String> = secrets.values().cloned().collect();
+        let clone_auth = match (
+            &stored.checkout,
+            &stored.secret_scope,
+            &self.inner.config.clone_credentials,
+        ) {
+            (super::Checkout::Git { url, .. }, Some(scope), Some(source))
+                if url.starts_with("https://") || url.starts_with("http://") =>
+            {
+                match source.for_clone(scope, url).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        let outcome = Outcome::Failed(format!(
+                            "cannot get credentials to clone the repository: {}",
+                            error_chain(&*e)
+                        ));
+                        return self.finish(&job, &attempt, outcome).await;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut secret_values: Vec<String> = secrets.values().cloned().collect();
+        if let Some(auth) = &clone_auth {
+            secret_values.push(auth.password.clone());
+        }
         // Masking fails closed: a job whose secrets cannot be masked does
         // not start, so nothing unmasked is ever stored or shown.
         let ingest = match LogIngest::new(&secret_values, self.inner.config.log_cap) {
@@ -135,6 +159,7 @@ impl Engine {
             key: job.key.clone(),
             stored,
             secrets,
+            clone_auth,
             result: Mutex::new(Some(result_tx)),
             ingest: tokio::sync::Mutex::new((ingest, 0)),
             failed_step: Mutex::new(None),

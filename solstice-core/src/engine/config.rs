@@ -79,6 +79,9 @@ pub struct EngineConfig {
     /// planning (a missing one fails the submission) and again when each
     /// attempt starts (values are never stored).
     pub secret_store: Option<std::sync::Arc<dyn crate::secrets::SecretStore>>,
+    /// Credentials for cloning a scoped run's repository over HTTP(S)
+    /// (a forge's short-lived token), asked for when each attempt starts.
+    pub clone_credentials: Option<std::sync::Arc<dyn CloneCredentials>>,
     /// Where the runner endpoint listens.
     pub listen: Listen,
     /// How often a VM's state is checked while its job runs.
@@ -107,6 +110,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("log_cap", &self.log_cap)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("secret_store", &self.secret_store)
+            .field("clone_credentials", &self.clone_credentials)
             .field("listen", &self.listen)
             .field("poll", &self.poll)
             .field("vcpus", &self.vcpus)
@@ -127,6 +131,7 @@ impl Default for EngineConfig {
             log_cap: DEFAULT_LOG_CAP,
             secrets: BTreeMap::new(),
             secret_store: None,
+            clone_credentials: None,
             listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
             poll: Duration::from_millis(100),
             vcpus: 2,
@@ -135,4 +140,47 @@ impl Default for EngineConfig {
             event_buffer_bytes: EVENT_BUFFER_BYTES,
         }
     }
+}
+
+/// User name and password (a token) for cloning over HTTP(S). `Debug`
+/// shows the user name only.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GitCredentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl GitCredentials {
+    /// Credentials.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> GitCredentials {
+        GitCredentials {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where clone credentials come from (the daemon: its forge adapters).
+/// Called when an attempt of a run submitted with a secret scope starts;
+/// the password is masked in the job's log like a secret.
+#[async_trait::async_trait]
+pub trait CloneCredentials: Send + Sync + std::fmt::Debug {
+    /// Credentials for cloning `url` for a job of `scope` (`owner/name`);
+    /// `None`: clone without.
+    async fn for_clone(
+        &self,
+        scope: &str,
+        url: &str,
+    ) -> Result<Option<GitCredentials>, crate::secrets::BoxError>;
 }

@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-pub use config::{EngineConfig, Listen};
+pub use config::{CloneCredentials, EngineConfig, GitCredentials, Listen};
 pub use error::EngineError;
 pub use events::{EVENT_BUFFER_BYTES, EVENT_OVERHEAD, EngineEvent, EventError, Events};
 #[cfg(feature = "testing")]
@@ -177,6 +177,8 @@ struct LiveAttempt {
     key: String,
     stored: StoredJob,
     secrets: BTreeMap<String, String>,
+    /// Credentials for the checkout, when the run's repository needs them.
+    clone_auth: Option<GitCredentials>,
     result: Mutex<Option<oneshot::Sender<RunnerResult>>>,
     ingest: tokio::sync::Mutex<(LogIngest, i64)>,
     /// Why the job failed, from its first failing step (`step `x` timed out`).

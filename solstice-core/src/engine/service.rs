@@ -359,6 +359,16 @@ fn job_spec(live: &LiveAttempt) -> pb::JobSpec {
             url: url.clone(),
             commit: commit.clone(),
             fetch_ref: fetch_ref.clone().unwrap_or_default(),
+            username: live
+                .clone_auth
+                .as_ref()
+                .map(|a| a.username.clone())
+                .unwrap_or_default(),
+            password: live
+                .clone_auth
+                .as_ref()
+                .map(|a| a.password.clone())
+                .unwrap_or_default(),
         })),
         super::Checkout::Local { path } => Some(pb::checkout::Source::Local(pb::LocalCheckout {
             path: path.clone(),

@@ -109,10 +109,12 @@ pub async fn run(daemon: Arc<Daemon>) {
         woken.as_mut().enable();
         match daemon.store.deliveries(InboxState::Pending, BATCH).await {
             Ok(batch) => {
-                let full = batch.len() == BATCH;
+                let mut full = batch.len() == BATCH;
                 for entry in batch {
                     let (forge, id) = (entry.forge.clone(), entry.id.clone());
                     let (state, outcome, run, target) = process(&daemon, entry).await;
+                    // One left pending (the store failed): not again at once.
+                    full &= state != InboxState::Pending;
                     tracing::info!(%forge, delivery = %id, %outcome, "delivery processed");
                     if let Err(e) = daemon
                         .store

@@ -35,28 +35,29 @@ pub fn tick_id(forge: &str, repository: &str, cron: &str, tick: i64) -> String {
     format!("schedule-{tick}-{hash:016x}")
 }
 
-/// The current minute (Unix minutes), shifted for tests.
-fn now_minute(shift: i64) -> i64 {
+/// The current minute (Unix minutes), as far as the schedules know: for
+/// tests only, `SOLSTICE_TEST_CRON_SHIFT_MINUTES` puts it that many
+/// minutes ahead. A schedule registered now fires for later ticks only.
+pub fn now_minute() -> i64 {
+    let shift = std::env::var("SOLSTICE_TEST_CRON_SHIFT_MINUTES")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
     solstice_core::engine::now_ms().div_euclid(60_000) + shift
 }
 
 /// Records the latest tick of every schedule, until aborted.
 pub async fn run(daemon: Arc<Daemon>) {
-    // For tests only: pretend the clock is this many minutes ahead.
-    let shift = std::env::var("SOLSTICE_TEST_CRON_SHIFT_MINUTES")
-        .ok()
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
     loop {
-        if let Err(e) = pass(&daemon, shift).await {
+        if let Err(e) = pass(&daemon).await {
             tracing::warn!(error = %e, "cannot look at the schedules");
         }
         tokio::time::sleep(EVERY).await;
     }
 }
 
-async fn pass(daemon: &Daemon, shift: i64) -> Result<(), String> {
-    let now = now_minute(shift);
+async fn pass(daemon: &Daemon) -> Result<(), String> {
+    let now = now_minute();
     for s in daemon.store.schedules().await.map_err(|e| chain(&e))? {
         let Ok(schedule) = solstice_kdl::CronSchedule::parse(&s.cron) else {
             continue;
@@ -87,15 +88,6 @@ async fn pass(daemon: &Daemon, shift: i64) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The minute a schedule registered now starts from.
-pub fn registration_minute() -> i64 {
-    let shift = std::env::var("SOLSTICE_TEST_CRON_SHIFT_MINUTES")
-        .ok()
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
-    now_minute(shift)
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl Target {
 
     /// What the delivery is about, for finding it again.
     pub fn subject(&self) -> String {
-        format!("{}@{}", self.repository, self.commit)
+        subject_of(&self.repository, &self.commit)
     }
 
     /// The repository for API calls.
@@ -85,6 +85,11 @@ impl Target {
     pub fn external_id(&self, key: &str) -> String {
         format!("{}/{}", self.delivery, key)
     }
+}
+
+/// What a delivery is about: `owner/name@commit`.
+fn subject_of(repository: &str, commit: &str) -> String {
+    format!("{repository}@{commit}")
 }
 
 /// The run source of a delivery.
@@ -246,17 +251,23 @@ async fn rerun_of(
     entry: &InboxEntry,
     rerun: &solstice_forge::Rerun,
 ) -> Processed {
-    let original = match &rerun.external_id {
+    // A check run names its delivery and job (`DELIVERY/JOB`); a suite
+    // is found by what it is about.
+    let (original, only) = match rerun.external_id.as_deref() {
         Some(external) => match external.split_once('/') {
-            Some((id, _)) => daemon.store.delivery(&entry.forge, id).await,
-            None => Ok(None),
+            Some((id, key)) => (
+                daemon.store.delivery(&entry.forge, id).await,
+                Some(key.to_string()),
+            ),
+            None => (Ok(None), None),
         },
         None => {
-            let subject = format!("{}@{}", rerun.repository, rerun.commit);
-            daemon
+            let subject = subject_of(&rerun.repository, &rerun.commit);
+            let found = daemon
                 .store
                 .latest_delivery_about(&entry.forge, &subject)
-                .await
+                .await;
+            (found, None)
         }
     };
     let original = match original {
@@ -272,11 +283,6 @@ async fn rerun_of(
     else {
         return done("no run of Solstice's to run again for this check");
     };
-    let only = rerun
-        .external_id
-        .as_deref()
-        .and_then(|e| e.split_once('/'))
-        .map(|(_, key)| key.to_string());
     let target = Target {
         delivery: entry.id.clone(),
         sender: rerun.sender.clone(),
@@ -389,7 +395,7 @@ async fn start(
                 &target.repository,
                 &stored,
                 &crons,
-                crate::cron::registration_minute(),
+                crate::cron::now_minute(),
             )
             .await
         {

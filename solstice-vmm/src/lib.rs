@@ -11,7 +11,11 @@
 //!   workspace directory. **No isolation**: a job can do anything the
 //!   orchestrator's user can. For development and hosts without
 //!   virtualisation.
-//! - QEMU/KVM (Linux) and bhyve zones on ZFS (illumos): to come.
+//! - [`QemuProvider`]: one QEMU virtual machine per job (Linux), booted
+//!   from a golden image on a qcow2 overlay, reaching nothing but the
+//!   runner endpoint.
+//! - [`ByLabel`]: routes each job to a provider chosen by its `runs_on`
+//!   label.
 //!
 //! A conformance suite (the `testing` module, behind the `testing` feature) checks
 //! every provider against the same contract.
@@ -30,6 +34,8 @@
 
 mod local;
 mod mock;
+mod qemu;
+mod router;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -40,6 +46,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalProvider;
+pub use qemu::{
+    Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_GUEST_CONNECTIONS, Machine, QemuConfig,
+    QemuImage, QemuProvider, SEED_MAGIC, host_tsc_khz, probe_accelerator,
+};
+pub use router::ByLabel;
 
 /// Locks `m`, also after a panic elsewhere poisoned it: the providers'
 /// maps are changed in one step while locked, so they are never half
@@ -99,6 +110,12 @@ pub struct VmSpec {
     pub token: String,
     /// Who owns the VM (the job attempt); the reaper destroys VMs whose owner is gone.
     pub owner: String,
+    /// A host directory the job reads at the same path (`cidev run`'s
+    /// checkout). Providers whose guests cannot see the host's files copy
+    /// it in before the runner starts: in a git work tree the files git
+    /// lists (tracked, and untracked but not ignored), elsewhere everything
+    /// but `.git`.
+    pub share: Option<PathBuf>,
 }
 
 impl fmt::Debug for VmSpec {
@@ -112,6 +129,7 @@ impl fmt::Debug for VmSpec {
             .field("endpoint", &self.endpoint)
             .field("token", &"<redacted>")
             .field("owner", &self.owner)
+            .field("share", &self.share)
             .finish()
     }
 }
@@ -135,6 +153,7 @@ impl VmSpec {
             endpoint,
             token: token.into(),
             owner: owner.into(),
+            share: None,
         }
     }
 
@@ -149,6 +168,7 @@ impl VmSpec {
             endpoint: RunnerEndpoint::Tcp("127.0.0.1:1".into()),
             token: "token".into(),
             owner: name.to_string(),
+            share: None,
         }
     }
 }
@@ -307,4 +327,13 @@ pub trait VmProvider: Send + Sync {
     /// Every VM this provider manages, including ones left behind by an
     /// earlier process, so a reaper can destroy those no live job owns.
     async fn list(&self) -> Result<Vec<VmInfo>, VmError>;
+
+    /// The end of the VM's console output (a few KiB), when the provider
+    /// keeps one: the engine puts it in the job's log when the VM stopped
+    /// before its runner reported, so a boot failure explains itself. Read
+    /// it before `destroy`, which removes it. The default has none.
+    async fn console_tail(&self, id: &VmId) -> Option<String> {
+        let _ = id;
+        None
+    }
 }

@@ -136,7 +136,7 @@ fn kill_marked(dir: &Path) -> usize {
     killed
 }
 
-fn safe_name(name: &str) -> bool {
+pub(crate) fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')

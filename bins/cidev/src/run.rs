@@ -18,7 +18,9 @@ use solstice_core::engine::{
 use solstice_core::store::{JobStatus, LogStream, RunStatus, SqlStore, StateStore, StepStatus};
 use solstice_kdl::Workflow;
 use solstice_queue::{MemoryQueue, QueueOptions};
-use solstice_vmm::{LocalProvider, MockVmProvider, VmProvider};
+use solstice_vmm::{
+    LocalProvider, MockVmProvider, QemuConfig, QemuImage, QemuProvider, VmProvider,
+};
 
 use crate::terminal::{self, Context, clean, clean_output};
 use crate::{errln, outln};
@@ -44,6 +46,15 @@ pub struct RunArgs {
     /// Where jobs run.
     #[arg(long, value_enum, default_value_t = Provider::Local)]
     pub provider: Provider,
+    /// The guest image for `--provider qemu`: a directory that
+    /// images/linux-guest/build.sh made (default: $SOLSTICE_GUEST_IMAGE,
+    /// else ~/.cache/solstice/linux-guest).
+    #[arg(long, value_name = "DIR")]
+    pub image: Option<PathBuf>,
+    /// `--provider qemu`: let the VMs reach the network (by default they
+    /// reach nothing but the runner endpoint).
+    #[arg(long)]
+    pub egress: bool,
     /// Most jobs at once (default: number of cores).
     #[arg(long)]
     pub capacity: Option<usize>,
@@ -74,6 +85,9 @@ pub enum Provider {
     Local,
     /// No processes: steps are echoed and succeed (`false` and `exit N` fail).
     Mock,
+    /// Each job in its own QEMU virtual machine booted from the guest
+    /// image (see --image), reaching nothing but the runner endpoint.
+    Qemu,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -334,6 +348,19 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
         Provider::Mock => Arc::new(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
             FakeExecutor,
         ))))),
+        Provider::Qemu => {
+            let dir = args
+                .image
+                .clone()
+                .or_else(QemuImage::default_dir)
+                .ok_or("--provider qemu: no --image given and no default (set HOME)")?;
+            let mut image = QemuImage::from_dir(&dir).map_err(|e| Context::new("--image", e))?;
+            image.egress = args.egress;
+            Arc::new(
+                QemuProvider::new(QemuConfig::new(state_dir.join("vms"), image))
+                    .map_err(|e| Context::new("--provider qemu", e))?,
+            )
+        }
     };
     let capacity = args
         .capacity

@@ -215,6 +215,9 @@ impl Engine {
         spec.vcpus = self.inner.config.vcpus;
         spec.memory_mib = self.inner.config.memory_mib;
         spec.disk_gib = self.inner.config.disk_gib;
+        if let super::Checkout::Local { path } = &live.stored.checkout {
+            spec.share = Some(path.into());
+        }
         let mut vm: Option<VmId> = None;
         let outcome = match self.inner.provider.provision(&spec).await {
             Err(e @ solstice_vmm::VmError::Boot { .. }) => Outcome::Lost(error_chain(&e)),
@@ -232,6 +235,18 @@ impl Engine {
             }
         };
         heartbeat.abort();
+        // A VM lost before its runner reported the end: its console says
+        // why (a kernel panic, a missing driver, an OOM kill). Read before
+        // destroy removes it.
+        if let (Some(id), Outcome::Lost(_)) = (&vm, &outcome)
+            && let Some(console) = self.inner.provider.console_tail(id).await
+        {
+            let mut text = format!("[solstice] the VM's console, last lines:\n{console}");
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            self.system_log(&live, &text).await;
+        }
         if let Some(id) = &vm
             && let Err(e) = self.inner.provider.destroy(id).await
         {
@@ -359,7 +374,8 @@ impl Engine {
                 }
                 _ = live.cancel.notified() => return Outcome::Cancelled,
                 _ = poll.tick() => {
-                    match self.inner.provider.state(vm).await {
+                    let state = self.inner.provider.state(vm).await;
+                    match state {
                         Ok(VmState::Stopped(_)) | Ok(VmState::Failed(_)) | Err(_) => {
                             // Give the runner's last events time to land: while
                             // its report stream is still being processed (which
@@ -376,7 +392,10 @@ impl Engine {
                                     result_pending = lock(&live.result).is_some(),
                                     "the VM stopped and no result came"
                                 );
-                                return Outcome::Lost("the VM stopped before the runner reported the end of the job".into());
+                                return Outcome::Lost(match state {
+                                    Ok(VmState::Failed(why)) => format!("the VM failed: {why}"),
+                                    _ => "the VM stopped before the runner reported the end of the job".into(),
+                                });
                             }
                         }
                         Ok(_) => {}

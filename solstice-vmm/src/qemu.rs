@@ -1,0 +1,944 @@
+//! One QEMU virtual machine per job, on a qcow2 overlay of a golden image.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+use tokio::task::AbortHandle;
+
+use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState, lock};
+
+/// The address the guest dials for the runner endpoint; QEMU forwards each
+/// connection to it to the VM's own unix socket on the host.
+pub const GUEST_ENDPOINT: &str = "http://10.0.2.100:4000";
+const GUESTFWD: &str = "tcp:10.0.2.100:4000";
+/// The first line of the seed disk, which the guest's init looks for.
+pub const SEED_MAGIC: &str = "SOLSTICE-SEED-1";
+/// The most console output kept per VM (the rest is read and dropped).
+pub const CONSOLE_CAP: u64 = 1 << 20;
+/// The most connections a guest may hold open to the runner endpoint at once.
+pub const MAX_GUEST_CONNECTIONS: usize = 16;
+/// The most of a VM's console [`VmProvider::console_tail`] returns.
+const CONSOLE_TAIL: u64 = 16 << 10;
+
+/// The machine QEMU emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Machine {
+    /// `-M microvm`: no PCI, no firmware, virtio-mmio devices; the fastest
+    /// boot. The guest kernel needs `virtio_mmio`.
+    Microvm,
+    /// `-M q35`: a PC with PCI; virtio-pci devices.
+    Q35,
+}
+
+impl std::str::FromStr for Machine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Machine, String> {
+        match s {
+            "microvm" => Ok(Machine::Microvm),
+            "q35" => Ok(Machine::Q35),
+            other => Err(format!("unknown machine {other:?} (choices: microvm, q35)")),
+        }
+    }
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Accelerator {
+    /// Probe: KVM when the host's KVM can boot ordinary guests, else TCG.
+    Auto,
+    /// Hardware virtualisation through `/dev/kvm`.
+    Kvm,
+    /// QEMU's own emulator: slower, works everywhere.
+    Tcg,
+}
+
+impl std::str::FromStr for Accelerator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Accelerator, String> {
+        match s {
+            "auto" => Ok(Accelerator::Auto),
+            "kvm" => Ok(Accelerator::Kvm),
+            "tcg" => Ok(Accelerator::Tcg),
+            other => Err(format!(
+                "unknown accelerator {other:?} (choices: auto, kvm, tcg)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accelerator::Auto => "auto",
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        })
+    }
+}
+
+/// Chooses the accelerator for [`Accelerator::Auto`]: KVM only when the host
+/// module is `kvm_intel` or `kvm_amd` and `/dev/kvm` opens. `/dev/kvm` alone
+/// is not enough: a PVM host (`kvm_pvm`) accepts `KVM_CREATE_VM` but cannot
+/// boot a stock kernel. Returns the choice and why.
+pub fn probe_accelerator() -> (Accelerator, String) {
+    let module = |m: &str| Path::new("/sys/module").join(m).exists();
+    if module("kvm_pvm") {
+        return (
+            Accelerator::Tcg,
+            "the host's KVM is PVM (kvm_pvm), which does not boot stock kernels".into(),
+        );
+    }
+    if !(module("kvm_intel") || module("kvm_amd")) {
+        return (
+            Accelerator::Tcg,
+            "no kvm_intel or kvm_amd module on this host".into(),
+        );
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => (Accelerator::Kvm, "kvm_intel or kvm_amd and /dev/kvm".into()),
+        Err(e) => (Accelerator::Tcg, format!("/dev/kvm: {e}")),
+    }
+}
+
+/// The host's TSC frequency in kHz, for the guest's `tsc_early_khz` under
+/// TCG (without it a microvm guest hangs calibrating its clock in a
+/// fifth to half of boots). From `/proc/cpuinfo`'s `cpu MHz`, which on
+/// the virtual machines CI runs on is the constant TSC rate.
+pub fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    (mhz > 0.0 && mhz < 100_000.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// A golden image: what every VM of one label boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QemuImage {
+    /// The kernel (`-kernel`): an uncompressed PVH `vmlinux` or a bzImage.
+    pub kernel: PathBuf,
+    /// The initramfs (`-initrd`), if any.
+    pub initrd: Option<PathBuf>,
+    /// The golden root disk, never written: each VM gets a qcow2 overlay on it.
+    pub disk: Option<PathBuf>,
+    /// Kernel command line the image wants; the provider adds the console
+    /// and the accelerator's settings.
+    pub cmdline: String,
+    /// The machine type.
+    pub machine: Machine,
+    /// Virtual CPUs, instead of the job's.
+    pub vcpus: Option<u32>,
+    /// Memory in MiB, instead of the job's.
+    pub memory_mib: Option<u32>,
+    /// Let the guest reach other hosts. Off by default: the guest reaches
+    /// the runner endpoint and nothing else.
+    pub egress: bool,
+}
+
+impl QemuImage {
+    /// An image of `kernel` alone (set the other fields on the result).
+    pub fn new(kernel: impl Into<PathBuf>) -> QemuImage {
+        QemuImage {
+            kernel: kernel.into(),
+            initrd: None,
+            disk: None,
+            cmdline: String::new(),
+            machine: Machine::Microvm,
+            vcpus: None,
+            memory_mib: None,
+            egress: false,
+        }
+    }
+
+    /// Where `images/linux-guest/build.sh` puts the image by default and
+    /// where `cidev` and the tests look for it: `$SOLSTICE_GUEST_IMAGE`,
+    /// else `$XDG_CACHE_HOME/solstice/linux-guest`, else
+    /// `~/.cache/solstice/linux-guest`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let var = |n: &str| {
+            std::env::var_os(n)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        var("SOLSTICE_GUEST_IMAGE").or_else(|| {
+            var("XDG_CACHE_HOME")
+                .or_else(|| var("HOME").map(|h| h.join(".cache")))
+                .map(|c| c.join("solstice").join("linux-guest"))
+        })
+    }
+
+    /// The image `images/linux-guest/build.sh` writes into `dir`:
+    /// `vmlinux`, `initrd.cpio`, `rootfs.ext4` and `cmdline`.
+    pub fn from_dir(dir: &Path) -> Result<QemuImage, VmError> {
+        let dir = std::path::absolute(dir)
+            .map_err(|e| VmError::provider_because(format!("{}", dir.display()), e))?;
+        let kernel = ["vmlinux", "vmlinuz", "bzImage"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                VmError::provider(format!(
+                    "{}: no guest image here (no vmlinux); build one with images/linux-guest/build.sh",
+                    dir.display()
+                ))
+            })?;
+        let mut image = QemuImage::new(kernel);
+        image.initrd = Some(dir.join("initrd.cpio")).filter(|p| p.is_file());
+        image.disk = Some(dir.join("rootfs.ext4")).filter(|p| p.is_file());
+        image.cmdline = std::fs::read_to_string(dir.join("cmdline"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        Ok(image)
+    }
+}
+
+/// How the QEMU provider runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct QemuConfig {
+    /// Where VMs live: `ROOT/NAME/` holds one VM's overlay, seed disk,
+    /// sockets and console. Only characters QEMU's option syntax takes
+    /// unescaped are allowed in it (letters, digits, `/._-+`).
+    pub root: PathBuf,
+    /// The golden image of each `runs_on` label.
+    pub images: BTreeMap<String, QemuImage>,
+    /// The image of labels not in `images`, if any.
+    pub default_image: Option<QemuImage>,
+    /// The accelerator.
+    pub accelerator: Accelerator,
+    /// The host TSC in kHz for TCG guests (default: [`host_tsc_khz`]).
+    pub tsc_khz: Option<u64>,
+    /// A VM whose runner has not connected by then is stopped and reported
+    /// failed, with its console.
+    pub boot_timeout: Duration,
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// `qemu-img`.
+    pub qemu_img: PathBuf,
+    /// `socat`, which QEMU runs for each guest connection to the runner.
+    pub socat: PathBuf,
+}
+
+impl QemuConfig {
+    /// VMs under `root`, every label booting `image`; the accelerator probed,
+    /// a 60 s boot timeout, the tools from `PATH`.
+    pub fn new(root: impl Into<PathBuf>, image: QemuImage) -> QemuConfig {
+        QemuConfig {
+            root: root.into(),
+            images: BTreeMap::new(),
+            default_image: Some(image),
+            accelerator: Accelerator::Auto,
+            tsc_khz: None,
+            boot_timeout: Duration::from_secs(60),
+            qemu: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            socat: "socat".into(),
+        }
+    }
+}
+
+/// What the provider keeps of a VM it started.
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    connected: Arc<AtomicBool>,
+    failed: Arc<Mutex<Option<String>>>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Each job in its own QEMU virtual machine (Linux).
+///
+/// Per VM, in `ROOT/NAME/` (mode 0700):
+///
+/// - `disk.qcow2`: a qcow2 overlay on the label's golden disk, which is
+///   never written (the Linux analogue of a ZFS clone);
+/// - `seed.img`: a small read-only disk with the runner endpoint, the VM's
+///   name and the job token (mode 0600). The token goes nowhere else: not
+///   on QEMU's command line, which every host user can read, and not in a
+///   file another VM can reach;
+/// - `runner.sock`: the guest's only way out. With `restrict=on` user
+///   networking the guest reaches nothing but `10.0.2.100:4000`, which QEMU
+///   forwards (through `socat`) to this socket; the provider proxies what
+///   arrives there to the engine's runner endpoint, and the first
+///   connection marks the VM [`VmState::Running`];
+/// - `console.log`: the serial console, at most [`CONSOLE_CAP`] bytes,
+///   shown in the job's log when the VM fails before its runner reports;
+/// - `owner`, `pid`: for [`VmProvider::list`] and a reaper in a later process.
+///
+/// QEMU runs in its own process group; destroy, the boot timeout and the
+/// reaper kill the group (QEMU and its `socat`s) and remove the directory.
+#[derive(Debug)]
+pub struct QemuProvider {
+    config: QemuConfig,
+    accelerator: Accelerator,
+    tsc_khz: Option<u64>,
+    vms: Mutex<HashMap<VmId, Running>>,
+}
+
+fn qemu_safe_path(p: &Path) -> bool {
+    p.to_str().is_some_and(|s| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+'))
+    })
+}
+
+/// `path` for a QEMU `key=value,...` option: commas doubled.
+fn opt_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+impl QemuProvider {
+    /// A provider with `config`. Resolves the accelerator (probing when
+    /// it is [`Accelerator::Auto`]) and logs which one it uses.
+    pub fn new(config: QemuConfig) -> Result<QemuProvider, VmError> {
+        let root = std::path::absolute(&config.root)
+            .map_err(|e| VmError::provider_because(config.root.display().to_string(), e))?;
+        if !qemu_safe_path(&root) {
+            return Err(VmError::provider(format!(
+                "qemu provider: the VM directory {} may only contain letters, digits and /._-+ (it appears in QEMU's options)",
+                root.display()
+            )));
+        }
+        let (accelerator, why) = match config.accelerator {
+            Accelerator::Auto => probe_accelerator(),
+            chosen => (chosen, "configured".to_string()),
+        };
+        let tsc_khz = config.tsc_khz.or_else(host_tsc_khz);
+        tracing::info!(accelerator = %accelerator, reason = %why, tsc_khz, "qemu provider");
+        Ok(QemuProvider {
+            config: QemuConfig { root, ..config },
+            accelerator,
+            tsc_khz,
+            vms: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The accelerator in use.
+    pub fn accelerator(&self) -> Accelerator {
+        self.accelerator
+    }
+
+    /// The directory of VM `id`.
+    pub fn vm_dir(&self, id: &VmId) -> PathBuf {
+        self.config.root.join(&id.0)
+    }
+
+    fn image(&self, label: &str) -> Result<&QemuImage, VmError> {
+        self.config
+            .images
+            .get(label)
+            .or(self.config.default_image.as_ref())
+            .ok_or_else(|| {
+                VmError::provider(format!("qemu provider: no image for label {label:?}"))
+            })
+    }
+
+    /// QEMU's arguments for a VM in `dir` booting `image`.
+    fn arguments(&self, spec: &VmSpec, image: &QemuImage, dir: &Path) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: String| a.push(s.into());
+        let (blk, net) = match image.machine {
+            Machine::Microvm => {
+                push("-M".into());
+                push("microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on".into());
+                ("virtio-blk-device", "virtio-net-device")
+            }
+            Machine::Q35 => {
+                push("-M".into());
+                push("q35".into());
+                ("virtio-blk-pci", "virtio-net-pci")
+            }
+        };
+        let mut cmdline = format!("console=ttyS0 panic=-1 {}", image.cmdline);
+        match self.accelerator {
+            Accelerator::Kvm => {
+                push("-accel".into());
+                push("kvm".into());
+                push("-cpu".into());
+                push("host".into());
+            }
+            _ => {
+                push("-accel".into());
+                push("tcg".into());
+                if let Some(khz) = self.tsc_khz {
+                    cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+            }
+        }
+        let vcpus = image.vcpus.unwrap_or(spec.vcpus).clamp(1, 64);
+        let memory = image
+            .memory_mib
+            .unwrap_or(spec.memory_mib)
+            .clamp(64, 1 << 20);
+        for s in [
+            "-m".to_string(),
+            memory.to_string(),
+            "-smp".into(),
+            vcpus.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-kernel".into(),
+        ] {
+            push(s);
+        }
+        a.push(image.kernel.clone().into_os_string());
+        if let Some(initrd) = &image.initrd {
+            a.push("-initrd".into());
+            a.push(initrd.clone().into_os_string());
+        }
+        let mut push = |s: String| a.push(s.into());
+        push("-append".into());
+        push(cmdline.trim().to_string());
+        push("-chardev".into());
+        push(format!(
+            "socket,id=console,path={}",
+            opt_path(&dir.join("console.sock"))
+        ));
+        push("-serial".into());
+        push("chardev:console".into());
+        if image.disk.is_some() {
+            push("-drive".into());
+            push(format!(
+                "id=root,file={},format=qcow2,if=none,cache=unsafe,discard=unmap",
+                opt_path(&dir.join("disk.qcow2"))
+            ));
+            push("-device".into());
+            push(format!("{blk},drive=root"));
+        }
+        push("-drive".into());
+        push(format!(
+            "id=seed,file={},format=raw,if=none,readonly=on",
+            opt_path(&dir.join("seed.img"))
+        ));
+        push("-device".into());
+        push(format!("{blk},drive=seed"));
+        if spec.share.is_some() {
+            push("-drive".into());
+            push(format!(
+                "id=share,file={},format=raw,if=none,readonly=on",
+                opt_path(&dir.join("share.tar"))
+            ));
+            push("-device".into());
+            push(format!("{blk},drive=share"));
+        }
+        push("-netdev".into());
+        push(format!(
+            "user,id=net0,restrict={},guestfwd={GUESTFWD}-cmd:{} STDIO UNIX-CONNECT:{}",
+            if image.egress { "off" } else { "on" },
+            self.config.socat.display(),
+            dir.join("runner.sock").display()
+        ));
+        push("-device".into());
+        push(format!("{net},netdev=net0"));
+        a
+    }
+
+    async fn create(&self, spec: &VmSpec, dir: &Path) -> Result<Running, VmError> {
+        let image = self.image(&spec.label)?.clone();
+        for (what, value) in [
+            ("name", &spec.name),
+            ("token", &spec.token),
+            ("owner", &spec.owner),
+        ] {
+            if value.is_empty() || value.len() > 1024 || value.chars().any(char::is_control) {
+                return Err(VmError::provider(format!(
+                    "qemu provider: the {what} must be 1 to 1024 characters without control characters"
+                )));
+            }
+        }
+        let io = |what: &str, e: std::io::Error| {
+            VmError::boot_because(format!("{}: {what}", dir.display()), e)
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.config.root)
+            .map_err(|e| io("root", e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("create", e))?;
+        std::fs::write(dir.join("owner"), &spec.owner).map_err(|e| io("owner", e))?;
+        // The token: in a file only this user reads, for this VM's QEMU only.
+        let share = match &spec.share {
+            Some(path) => {
+                let text = path.to_str().filter(|p| {
+                    p.starts_with('/') && p.len() <= 4096 && !p.chars().any(char::is_control)
+                });
+                let Some(text) = text else {
+                    return Err(VmError::provider(format!(
+                        "qemu provider: cannot share {} (an absolute UTF-8 path without control characters)",
+                        path.display()
+                    )));
+                };
+                pack_share(path, &dir.join("share.tar")).await?;
+                text
+            }
+            None => "",
+        };
+        let mut seed = format!(
+            "{SEED_MAGIC}\n{GUEST_ENDPOINT}\n{}\n{}\n{share}\n",
+            spec.name, spec.token
+        )
+        .into_bytes();
+        seed.resize(seed.len().div_ceil(4096) * 4096, 0);
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join("seed.img"))
+                .map_err(|e| io("seed.img", e))?;
+            f.write_all(&seed).map_err(|e| io("seed.img", e))?;
+        }
+        if let Some(golden) = &image.disk {
+            let format = if golden.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            let out = Command::new(&self.config.qemu_img)
+                .arg("create")
+                .args(["-q", "-f", "qcow2", "-F", format, "-b"])
+                .arg(golden)
+                .arg(dir.join("disk.qcow2"))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| {
+                    VmError::boot_because(
+                        format!("cannot run {}", self.config.qemu_img.display()),
+                        e,
+                    )
+                })?;
+            if !out.status.success() {
+                return Err(VmError::boot(format!(
+                    "qemu-img create failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        for (what, path) in [
+            ("kernel", Some(&image.kernel)),
+            ("initrd", image.initrd.as_ref()),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(VmError::boot(format!(
+                    "the image's {what} {} is missing",
+                    path.display()
+                )));
+            }
+        }
+
+        let connected = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(None));
+        let mut tasks = Vec::new();
+        let runner_sock = tokio::net::UnixListener::bind(dir.join("runner.sock"))
+            .map_err(|e| io("runner.sock", e))?;
+        tasks.push(
+            tokio::spawn(proxy(runner_sock, spec.endpoint.clone(), connected.clone()))
+                .abort_handle(),
+        );
+        let console_sock = tokio::net::UnixListener::bind(dir.join("console.sock"))
+            .map_err(|e| io("console.sock", e))?;
+        tasks.push(tokio::spawn(console(console_sock, dir.join("console.log"))).abort_handle());
+
+        let log = std::fs::File::create(dir.join("qemu.log")).map_err(|e| io("qemu.log", e))?;
+        let log2 = log.try_clone().map_err(|e| io("qemu.log", e))?;
+        let child = Command::new(&self.config.qemu)
+            .args(self.arguments(spec, &image, dir))
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                VmError::boot_because(format!("cannot start {}", self.config.qemu.display()), e)
+            })?;
+        if let Some(pid) = child.id() {
+            std::fs::write(dir.join("pid"), pid.to_string()).map_err(|e| io("pid", e))?;
+        }
+        // The boot timeout: no runner connection by then stops the VM.
+        {
+            let connected = connected.clone();
+            let failed = failed.clone();
+            let pid = child.id();
+            let timeout = self.config.boot_timeout;
+            tasks.push(
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    if !connected.load(Ordering::SeqCst) {
+                        *lock(&failed) = Some(format!(
+                            "the runner did not connect within {} s of the VM's start (boot timeout)",
+                            timeout.as_secs()
+                        ));
+                        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                    }
+                })
+                .abort_handle(),
+            );
+        }
+        Ok(Running {
+            child,
+            connected,
+            failed,
+            tasks,
+        })
+    }
+
+    /// The QEMU process recorded in `dir/pid`, if it still runs and is
+    /// ours (its command line names `dir`): after a reboot the number may
+    /// belong to somebody else.
+    fn recorded(dir: &Path) -> Option<i32> {
+        let pid = std::fs::read_to_string(dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 1)?;
+        kill(Pid::from_raw(pid), None).ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let needle = dir.join("seed.img");
+        let needle = needle.to_string_lossy();
+        let needle = needle.as_bytes();
+        cmdline
+            .windows(needle.len())
+            .any(|w| w == needle)
+            .then_some(pid)
+    }
+}
+
+/// Packs the directory `from` into the tar archive `to` (the share disk):
+/// in a git work tree the files `git ls-files` lists (tracked, and
+/// untracked but not ignored, so `target/` stays behind), elsewhere
+/// everything but `.git`. The guest unpacks it at the same path.
+async fn pack_share(from: &Path, to: &Path) -> Result<(), VmError> {
+    let failed = |what: String| VmError::boot(format!("sharing {}: {what}", from.display()));
+    let listed = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(from)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await;
+    let mut tar = Command::new("tar");
+    tar.arg("-cf").arg(to).arg("-C").arg(from);
+    let list = match listed {
+        Ok(out) if out.status.success() => {
+            tar.args(["--null", "--no-recursion", "-T", "-"]);
+            Some(out.stdout)
+        }
+        _ => {
+            tar.args(["--exclude=./.git", "."]);
+            None
+        }
+    };
+    let mut child = tar
+        .stdin(if list.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot run tar: {e}")))?;
+    if let (Some(list), Some(mut stdin)) = (list, child.stdin.take()) {
+        stdin
+            .write_all(&list)
+            .await
+            .map_err(|e| failed(format!("tar: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| failed(format!("tar: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "tar failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // A disk is whole sectors.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(to)
+        .map_err(|e| failed(e.to_string()))?;
+    let len = file.metadata().map_err(|e| failed(e.to_string()))?.len();
+    file.set_len(len.div_ceil(4096) * 4096)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(())
+}
+
+/// Accepts the guest's connections on its socket and joins each to the
+/// runner endpoint; the first marks the VM connected. At most
+/// [`MAX_GUEST_CONNECTIONS`] at once: a guest opening more waits.
+async fn proxy(
+    listener: tokio::net::UnixListener,
+    endpoint: RunnerEndpoint,
+    connected: Arc<AtomicBool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_GUEST_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((mut guest, _)) = listener.accept().await else {
+            return;
+        };
+        connected.store(true, Ordering::SeqCst);
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match &endpoint {
+                RunnerEndpoint::Unix(path) => match tokio::net::UnixStream::connect(path).await {
+                    Ok(mut up) => tokio::io::copy_bidirectional(&mut guest, &mut up).await,
+                    Err(e) => Err(e),
+                },
+                RunnerEndpoint::Tcp(addr) => match tokio::net::TcpStream::connect(addr).await {
+                    Ok(mut up) => tokio::io::copy_bidirectional(&mut guest, &mut up).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "guest connection to the runner endpoint ended");
+            }
+        });
+    }
+}
+
+/// Writes the serial console QEMU sends to `path`, at most [`CONSOLE_CAP`]
+/// bytes; reads on after that so the guest never blocks on its console.
+async fn console(listener: tokio::net::UnixListener, path: PathBuf) {
+    use tokio::io::AsyncReadExt;
+    let Ok((mut stream, _)) = listener.accept().await else {
+        return;
+    };
+    let Ok(mut file) = tokio::fs::File::create(&path).await else {
+        return;
+    };
+    let mut written = 0u64;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let room = CONSOLE_CAP.saturating_sub(written);
+        if room > 0 {
+            let take = (n as u64).min(room) as usize;
+            if file.write_all(&buf[..take]).await.is_err() {
+                break;
+            }
+            written += take as u64;
+            if written >= CONSOLE_CAP {
+                let _ = file
+                    .write_all(
+                        b"\n[solstice] console output cut here: the VM wrote more than the limit\n",
+                    )
+                    .await;
+            }
+        }
+    }
+    let _ = file.flush().await;
+}
+
+/// The last `max` bytes of `path`, from a line start.
+fn tail(path: &Path, max: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).ok()?;
+    if from > 0
+        && let Some(nl) = buf.iter().position(|b| *b == b'\n')
+    {
+        buf.drain(..=nl);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[async_trait]
+impl VmProvider for QemuProvider {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {
+        if !crate::local::safe_name(&spec.name) {
+            return Err(VmError::provider(format!(
+                "invalid VM name {:?}",
+                spec.name
+            )));
+        }
+        let id = VmId(spec.name.clone());
+        let dir = self.vm_dir(&id);
+        if dir.exists() {
+            return Err(VmError::provider(format!(
+                "{} already exists",
+                dir.display()
+            )));
+        }
+        match self.create(spec, &dir).await {
+            Ok(running) => {
+                lock(&self.vms).insert(id.clone(), running);
+                Ok(VmHandle::new(id, spec.owner.clone()))
+            }
+            Err(e) => {
+                // Whatever was created goes: a QEMU that started (dropping
+                // its handle kills it), the overlay, the sockets, the seed.
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn state(&self, id: &VmId) -> Result<VmState, VmError> {
+        if let Some(vm) = lock(&self.vms).get_mut(id) {
+            let failed = lock(&vm.failed).clone();
+            return Ok(match (vm.child.try_wait(), failed) {
+                (_, Some(why)) => VmState::Failed(why),
+                (Ok(Some(status)), None) => VmState::Stopped(status.code()),
+                (Err(e), None) => VmState::Failed(e.to_string()),
+                (Ok(None), None) if vm.connected.load(Ordering::SeqCst) => VmState::Running,
+                (Ok(None), None) => VmState::Booting,
+            });
+        }
+        if !crate::local::safe_name(&id.0) {
+            return Err(VmError::NotFound(id.clone()));
+        }
+        let dir = self.vm_dir(id);
+        if !dir.join("owner").exists() {
+            return Err(VmError::NotFound(id.clone()));
+        }
+        Ok(if Self::recorded(&dir).is_some() {
+            VmState::Running
+        } else {
+            VmState::Stopped(None)
+        })
+    }
+
+    async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
+        if !crate::local::safe_name(&id.0) {
+            return Ok(());
+        }
+        let dir = self.vm_dir(id);
+        let running = lock(&self.vms).remove(id);
+        if let Some(mut vm) = running {
+            for t in &vm.tasks {
+                t.abort();
+            }
+            if let Some(pid) = vm.child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = vm.child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), vm.child.wait()).await;
+        } else if let Some(pid) = Self::recorded(&dir) {
+            // Left by an earlier process: not our child, so poll for its end.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            for _ in 0..500 {
+                if kill(Pid::from_raw(pid), None).is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VmError::provider_because(dir.display().to_string(), e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>, VmError> {
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&self.config.root).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => {
+                return Err(VmError::provider_because(
+                    self.config.root.display().to_string(),
+                    e,
+                ));
+            }
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(owner) = tokio::fs::read_to_string(entry.path().join("owner")).await else {
+                continue;
+            };
+            let id = VmId(name);
+            let state = self.state(&id).await.unwrap_or(VmState::Stopped(None));
+            out.push(VmInfo::new(id, owner, state));
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn console_tail(&self, id: &VmId) -> Option<String> {
+        if !crate::local::safe_name(&id.0) {
+            return None;
+        }
+        let dir = self.vm_dir(id);
+        let mut text = tail(&dir.join("console.log"), CONSOLE_TAIL).unwrap_or_default();
+        if let Some(qemu) = tail(&dir.join("qemu.log"), 4096).filter(|s| !s.trim().is_empty()) {
+            text.push_str("\n[qemu] ");
+            text.push_str(qemu.trim());
+            text.push('\n');
+        }
+        (!text.trim().is_empty()).then_some(text)
+    }
+}

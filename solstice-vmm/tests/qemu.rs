@@ -1,0 +1,312 @@
+//! The QEMU provider, booting the project's guest image for real (under TCG
+//! on machines without usable KVM). Build the image first:
+//! `images/linux-guest/build.sh` (the README's test command does).
+//!
+//! Boots take 1–3 s here and up to 30 s on a loaded machine: every wait
+//! polls with a generous limit and ends as soon as the thing happened.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use solstice_vmm::{
+    QemuConfig, QemuImage, QemuProvider, RunnerEndpoint, VmError, VmId, VmProvider, VmSpec,
+    VmState, testing,
+};
+
+/// The guest image, where `build.sh` puts it.
+fn guest_image() -> QemuImage {
+    let dir = QemuImage::default_dir().expect("no SOLSTICE_GUEST_IMAGE, XDG_CACHE_HOME or HOME");
+    QemuImage::from_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n(the QEMU tests boot the project's guest image: run images/linux-guest/build.sh)"
+        )
+    })
+}
+
+/// A runner endpoint that accepts connections and counts them.
+struct Endpoint {
+    _dir: tempfile::TempDir,
+    endpoint: RunnerEndpoint,
+    connections: Arc<AtomicUsize>,
+    first_bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+async fn endpoint() -> Endpoint {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("runner.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let first_bytes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, f) = (connections.clone(), first_bytes.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let f = f.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let mut f = f.lock().expect("lock");
+                    if f.is_empty() {
+                        f.extend_from_slice(&buf[..n]);
+                    }
+                }
+                // Held open, unanswered, until the VM goes.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    Endpoint {
+        _dir: dir,
+        endpoint: RunnerEndpoint::Unix(path),
+        connections,
+        first_bytes,
+    }
+}
+
+fn spec(name: &str, endpoint: &Endpoint) -> VmSpec {
+    let mut spec = VmSpec::new(
+        name,
+        format!("owner-{name}"),
+        endpoint.endpoint.clone(),
+        format!("token-{name}"),
+    );
+    spec.memory_mib = 256;
+    spec
+}
+
+fn provider(root: &Path, image: QemuImage) -> QemuProvider {
+    QemuProvider::new(QemuConfig::new(root, image)).expect("provider")
+}
+
+/// Processes whose command line mentions `needle` (a VM directory).
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(&needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn wait_for_state(
+    provider: &dyn VmProvider,
+    id: &VmId,
+    done: impl Fn(&VmState) -> bool,
+) -> VmState {
+    let mut state = provider.state(id).await.expect("state");
+    for _ in 0..1200 {
+        if done(&state) {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        state = provider.state(id).await.expect("state");
+    }
+    panic!("still {state:?} after 60 s");
+}
+
+fn assert_clean(root: &Path) {
+    let left: Vec<_> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "left behind in {}: {left:?}",
+        root.display()
+    );
+    assert!(
+        processes_mentioning(root).is_empty(),
+        "QEMU processes left running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_provider_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("vms");
+    let image = guest_image();
+    let ep = endpoint().await;
+    let first = provider(&root, image.clone());
+    testing::run_all(&first, |name| spec(name, &ep)).await;
+    assert_clean(&root);
+
+    // Halfway: the overlay and the seed exist when the kernel turns out missing.
+    let mut broken = image.clone();
+    broken.kernel = dir.path().join("no-such-vmlinux");
+    let mut config = QemuConfig::new(&root, image.clone());
+    config.images.insert("broken".into(), broken);
+    let halfway = QemuProvider::new(config).expect("provider");
+    let mut bad = spec("conformance-halfway", &ep);
+    bad.label = "broken".into();
+    testing::failed_provision_leaves_nothing(&halfway, &bad).await;
+    assert_clean(&root);
+
+    let second = provider(&root, image);
+    testing::leftovers_are_found_by_a_new_instance(
+        &first,
+        &second,
+        &spec("conformance-leftover", &ep),
+    )
+    .await;
+    assert_clean(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_boots_and_its_runner_dials_the_endpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("vms");
+    let ep = endpoint().await;
+    let provider = provider(&root, guest_image());
+    let vm = provider
+        .provision(&spec("boot", &ep))
+        .await
+        .expect("provision");
+    let state = wait_for_state(&provider, &vm.id, |s| !matches!(s, VmState::Booting)).await;
+    assert_eq!(
+        state,
+        VmState::Running,
+        "{:?}",
+        provider.console_tail(&vm.id).await
+    );
+    for _ in 0..600 {
+        if !ep.first_bytes.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ep.connections.load(Ordering::SeqCst) >= 1);
+    assert!(
+        ep.first_bytes
+            .lock()
+            .expect("lock")
+            .starts_with(b"PRI * HTTP/2.0"),
+        "the runner speaks gRPC (HTTP/2) through the channel"
+    );
+    // The token is on no command line.
+    let vm_dir = provider.vm_dir(&vm.id);
+    for pid in processes_mentioning(&vm_dir) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains("token-boot"),
+            "the job token is on a command line"
+        );
+    }
+    let mode = std::fs::metadata(vm_dir.join("seed.img"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("seed");
+    assert_eq!(mode, 0o600, "only the orchestrator's user reads the token");
+    provider.destroy(&vm.id).await.expect("destroy");
+    assert_clean(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_timeout_stops_the_vm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("vms");
+    let ep = endpoint().await;
+    let image = guest_image();
+    // Too short a timeout for any runner to connect.
+    let mut config = QemuConfig::new(&root, image);
+    config.boot_timeout = Duration::from_millis(300);
+    let provider = QemuProvider::new(config).expect("provider");
+    let vm = provider
+        .provision(&spec("timeout", &ep))
+        .await
+        .expect("provision");
+    let state = wait_for_state(&provider, &vm.id, |s| matches!(s, VmState::Failed(_))).await;
+    assert!(
+        matches!(&state, VmState::Failed(why) if why.contains("boot timeout")),
+        "{state:?}"
+    );
+    assert!(
+        processes_mentioning(&provider.vm_dir(&vm.id)).is_empty(),
+        "the timeout killed QEMU"
+    );
+    provider.destroy(&vm.id).await.expect("destroy");
+    assert_clean(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_dies_early_explains_itself_in_its_console() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("vms");
+    let ep = endpoint().await;
+    let mut image = guest_image();
+    // No initramfs: the kernel finds no root and panics (panic=-1 reboots,
+    // -no-reboot stops QEMU).
+    image.initrd = None;
+    image.cmdline = String::new();
+    let provider = provider(&root, image);
+    let vm = provider
+        .provision(&spec("panics", &ep))
+        .await
+        .expect("provision");
+    let state = wait_for_state(&provider, &vm.id, |s| {
+        matches!(s, VmState::Stopped(_) | VmState::Failed(_))
+    })
+    .await;
+    assert!(matches!(state, VmState::Stopped(_)), "{state:?}");
+    let console = provider.console_tail(&vm.id).await.expect("a console");
+    assert!(console.contains("Kernel panic"), "{console}");
+    provider.destroy(&vm.id).await.expect("destroy");
+    assert_clean(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vms_at_once_get_their_own_overlays_and_the_golden_image_stays_as_it_was() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("vms");
+    let ep = endpoint().await;
+    let image = guest_image();
+    let golden = image.disk.clone().expect("the image has a root disk");
+    // sha256sum: a debug build of a hasher takes a minute for a 1 GiB disk.
+    let digest = |p: &Path| {
+        let out = std::process::Command::new("sha256sum")
+            .arg(p)
+            .output()
+            .expect("sha256sum");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .map(str::to_string)
+            .expect("a digest")
+    };
+    let before = digest(&golden);
+    let provider = provider(&root, image);
+    let (spec_a, spec_b) = (spec("para-a", &ep), spec("para-b", &ep));
+    let (a, b) = tokio::join!(provider.provision(&spec_a), provider.provision(&spec_b));
+    let (a, b) = (a.expect("a"), b.expect("b"));
+    let overlay = |id: &VmId| provider.vm_dir(id).join("disk.qcow2");
+    assert_ne!(overlay(&a.id), overlay(&b.id));
+    for vm in [&a, &b] {
+        let state = wait_for_state(&provider, &vm.id, |s| !matches!(s, VmState::Booting)).await;
+        assert_eq!(state, VmState::Running);
+        assert!(overlay(&vm.id).is_file());
+    }
+    provider.destroy(&a.id).await.expect("destroy a");
+    assert!(matches!(provider.state(&b.id).await, Ok(VmState::Running)));
+    provider.destroy(&b.id).await.expect("destroy b");
+    assert_clean(&root);
+    assert!(before == digest(&golden), "the golden image changed");
+    assert!(matches!(
+        provider.state(&a.id).await,
+        Err(VmError::NotFound(_))
+    ));
+}

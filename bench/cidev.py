@@ -3,7 +3,7 @@
 measured in the same run (the machine is shared and noisy: compare ratios).
 
     python3 bench/cidev.py            # all three, release build
-    python3 bench/cidev.py overhead   # one of: overhead, latency, throughput
+    python3 bench/cidev.py overhead   # one of: overhead, latency, throughput, vm
 
 1. overhead:   200 `true` steps through cidev run, against `sh -c true` run
                200 times from one process; ms added per step.
@@ -11,6 +11,10 @@ measured in the same run (the machine is shared and noisy: compare ratios).
                step.
 3. throughput: a step writing 200 MB to stdout, masking on, through runner ->
                engine -> store, against `cat` of the same bytes to /dev/null.
+4. vm:         a one-step job with `--provider qemu` (its own VM, booted
+               from the guest image: images/linux-guest/build.sh) against the
+               same job with the local provider; the QEMU provider's per-job
+               overhead.
 """
 import os, statistics, subprocess, sys, tempfile, time
 
@@ -116,9 +120,19 @@ def throughput(tmp, rounds=3):
           f"(ratios {base/quiet:.4f}, {base/shown:.4f}; target >= 100 MB/s)")
 
 
+def vm(tmp, rounds=5):
+    wf = os.path.join(tmp, "one.kdl")
+    write(wf, 'workflow {\n    job id="one" {\n        step run="true"\n    }\n}\n')
+    empty = empty_repo(tmp)
+    local = statistics.median(timed([CIDEV, "run", wf], cwd=empty) for _ in range(rounds))
+    qemu = statistics.median(timed([CIDEV, "run", "--provider", "qemu", wf], cwd=empty) for _ in range(rounds))
+    print(f"vm:         one-step job, cidev run start to exit (median of {rounds}): local provider {local*1000:.0f} ms, "
+          f"qemu provider {qemu*1000:.0f} ms -> {(qemu-local)*1000:.0f} ms per job for the VM (ratio {qemu/local:.1f})")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["overhead", "latency", "throughput"]
+    which = sys.argv[1:] or ["overhead", "latency", "throughput", "vm"]
     build()
     with tempfile.TemporaryDirectory() as tmp:
         for name in which:
-            {"overhead": overhead, "latency": latency, "throughput": throughput}[name](tmp)
+            {"overhead": overhead, "latency": latency, "throughput": throughput, "vm": vm}[name](tmp)

@@ -123,7 +123,7 @@ mkdir -p "$ird/bin" "$ird/lib/modules"
 cp /bin/busybox "$ird/bin/busybox"
 cp "$here/init" "$ird/init"
 : >"$ird/modules.load"
-for m in virtio_mmio virtio_blk virtio_net virtio_console; do
+for m in virtio_mmio virtio_blk virtio_net; do
     modprobe -d "$kdir/root" -S "$kver" --show-depends "$m" | sed -n 's/^insmod \([^ ]*\).*/\1/p'
 done | awk '!seen[$0]++' | while read -r ko; do
     cp "$ko" "$ird/lib/modules/"

@@ -14,6 +14,9 @@
 //! - [`QemuProvider`]: one QEMU virtual machine per job (Linux), booted
 //!   from a golden image on a qcow2 overlay, reaching nothing but the
 //!   runner endpoint.
+//! - [`BhyveProvider`]: one bhyve-branded zone per job on a ZFS clone
+//!   (illumos), every host command through a [`CommandRunner`] so that it
+//!   is tested anywhere and shown by `--dry-run`.
 //! - [`ByLabel`]: routes each job to a provider chosen by its `runs_on`
 //!   label.
 //!
@@ -32,6 +35,8 @@
 //! # });
 //! ```
 
+mod bhyve;
+mod command;
 mod local;
 mod mock;
 mod qemu;
@@ -45,6 +50,8 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use bhyve::{BhyveConfig, BhyveProvider, OWNER_ATTR, vnic_name};
+pub use command::{CommandOutput, CommandRunner, DryRun, HostCommand, OUTPUT_CAP, SystemRunner};
 pub use local::LocalProvider;
 pub use qemu::{
     Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_GUEST_CONNECTIONS, Machine, QemuConfig,

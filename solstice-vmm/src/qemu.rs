@@ -364,6 +364,49 @@ impl QemuProvider {
             })
     }
 
+    /// The commands `provision` runs for `spec` (the overlay, then QEMU),
+    /// for `--dry-run`. The seed disk and the sockets are made in-process.
+    pub fn plan(&self, spec: &VmSpec) -> Result<Vec<crate::HostCommand>, VmError> {
+        let image = self.image(&spec.label)?;
+        let dir = self.vm_dir(&VmId(spec.name.clone()));
+        let mut out = Vec::new();
+        if let Some(golden) = &image.disk {
+            out.push(self.overlay_command(golden, &dir));
+        }
+        let args: Vec<String> = self
+            .arguments(spec, image, &dir)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        out.push(crate::HostCommand::new(
+            self.config.qemu.to_string_lossy(),
+            args,
+        ));
+        Ok(out)
+    }
+
+    fn overlay_command(&self, golden: &Path, dir: &Path) -> crate::HostCommand {
+        let format = if golden.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        crate::HostCommand::new(
+            self.config.qemu_img.to_string_lossy(),
+            [
+                "create".to_string(),
+                "-q".into(),
+                "-f".into(),
+                "qcow2".into(),
+                "-F".into(),
+                format.into(),
+                "-b".into(),
+                golden.to_string_lossy().into_owned(),
+                dir.join("disk.qcow2").to_string_lossy().into_owned(),
+            ],
+        )
+    }
+
     /// QEMU's arguments for a VM in `dir` booting `image`.
     fn arguments(&self, spec: &VmSpec, image: &QemuImage, dir: &Path) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
@@ -437,7 +480,7 @@ impl QemuProvider {
                 opt_path(&dir.join("disk.qcow2"))
             ));
             push("-device".into());
-            push(format!("{blk},drive=root"));
+            push(format!("{blk},drive=root,serial=solstice-root"));
         }
         push("-drive".into());
         push(format!(
@@ -445,7 +488,7 @@ impl QemuProvider {
             opt_path(&dir.join("seed.img"))
         ));
         push("-device".into());
-        push(format!("{blk},drive=seed"));
+        push(format!("{blk},drive=seed,serial=solstice-seed"));
         if spec.share.is_some() {
             push("-drive".into());
             push(format!(
@@ -453,7 +496,7 @@ impl QemuProvider {
                 opt_path(&dir.join("share.tar"))
             ));
             push("-device".into());
-            push(format!("{blk},drive=share"));
+            push(format!("{blk},drive=share,serial=solstice-share"));
         }
         push("-netdev".into());
         push(format!(
@@ -527,16 +570,9 @@ impl QemuProvider {
             f.write_all(&seed).map_err(|e| io("seed.img", e))?;
         }
         if let Some(golden) = &image.disk {
-            let format = if golden.extension().is_some_and(|e| e == "qcow2") {
-                "qcow2"
-            } else {
-                "raw"
-            };
+            let overlay = self.overlay_command(golden, dir);
             let out = Command::new(&self.config.qemu_img)
-                .arg("create")
-                .args(["-q", "-f", "qcow2", "-F", format, "-b"])
-                .arg(golden)
-                .arg(dir.join("disk.qcow2"))
+                .args(&overlay.args)
                 .stdin(std::process::Stdio::null())
                 .output()
                 .await

@@ -31,6 +31,12 @@ async fn local_provider_conforms() {
     let (_dir, root) = temp_root("conform");
     let provider = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
     testing::run_all(&provider, VmSpec::example).await;
+    let second = LocalProvider::new(vec!["sleep".into(), "30".into()], &root);
+    testing::leftovers_are_found_by_a_new_instance(&provider, &second, &VmSpec::example("left"))
+        .await;
+    // Halfway: the directory exists when the runner turns out missing.
+    let broken = LocalProvider::new(vec!["/nonexistent/solstice-runner".into()], &root);
+    testing::failed_provision_leaves_nothing(&broken, &VmSpec::example("halfway")).await;
     assert_eq!(
         std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0),
         0,
@@ -250,5 +256,42 @@ async fn local_provider_refuses_unsafe_names_and_cleans_up_failed_starts() {
     assert!(
         !root.join("nope").exists(),
         "a failed start leaves nothing behind"
+    );
+}
+
+/// `ByLabel` sends each label to its provider, the rest to the default,
+/// lists every provider's VMs, and conforms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_label_routes_lists_and_conforms() {
+    use solstice_vmm::ByLabel;
+    let linux = Arc::new(MockVmProvider::idle());
+    let other = Arc::new(MockVmProvider::idle());
+    let router = ByLabel::new(Some(other.clone())).route("linux", linux.clone());
+    let mut a = VmSpec::example("a");
+    a.label = "linux".into();
+    let mut b = VmSpec::example("b");
+    b.label = "anything".into();
+    let va = router.provision(&a).await.expect("a");
+    let vb = router.provision(&b).await.expect("b");
+    assert_eq!((linux.provisioned(), other.provisioned()), (1, 1));
+    let listed: Vec<String> = router
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|i| i.owner)
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    router.destroy(&va.id).await.expect("destroy a");
+    router.destroy(&vb.id).await.expect("destroy b");
+    assert!(router.list().await.expect("list").is_empty());
+    testing::run_all(&router, VmSpec::example).await;
+
+    let strict = ByLabel::new(None).route("linux", linux.clone());
+    let err = strict.provision(&b).await.expect_err("no provider");
+    assert!(
+        err.to_string()
+            .contains("no provider serves label \"anything\""),
+        "{err}"
     );
 }

@@ -22,6 +22,22 @@
 //! fork-pull-requests {
 //!     trust "alice" "bob"
 //! }
+//! // Where jobs run, by `runs_on` label (default: every label on the
+//! // local provider, which does not isolate jobs).
+//! vms {
+//!     label "linux" provider="qemu" image="/var/lib/solstice/linux-guest" egress=#false
+//!     label "omnios" provider="bhyve" snapshot="rpool/solstice/images/omnios@golden"
+//!     default provider="local"
+//! }
+//! qemu {
+//!     accelerator "auto"
+//!     boot-timeout-seconds 60
+//! }
+//! bhyve {
+//!     jobs-dataset "rpool/solstice/jobs"
+//!     zone-root "/zones/solstice"
+//!     link "igb0"
+//! }
 //! ```
 
 use std::net::SocketAddr;
@@ -61,6 +77,50 @@ pub struct Config {
     pub secrets_dir: Option<PathBuf>,
     /// The Vault KV v2 secret store, instead of the directory.
     pub vault: Option<VaultConfig>,
+    /// Where the engine serves runners (default: a free loopback port,
+    /// enough for the local and QEMU providers; a bhyve guest needs an
+    /// address it can route to).
+    pub runner_listen: Option<SocketAddr>,
+    /// Where jobs run.
+    pub vms: VmsConfig,
+}
+
+/// Which provider runs each `runs_on` label, and the providers' settings.
+#[derive(Debug, Clone)]
+pub struct VmsConfig {
+    /// Label -> provider, in the file's order.
+    pub routes: Vec<(String, ProviderChoice)>,
+    /// For every other label; none: such jobs fail to start, naming the label.
+    pub default: Option<ProviderChoice>,
+    /// QEMU's accelerator.
+    pub accelerator: solstice_vmm::Accelerator,
+    /// QEMU's boot timeout.
+    pub boot_timeout: std::time::Duration,
+    /// bhyve: the dataset the VMs' clones go under.
+    pub jobs_dataset: String,
+    /// bhyve: where zone paths go.
+    pub zone_root: String,
+    /// bhyve: the link VNICs go on.
+    pub link: Option<String>,
+}
+
+/// One provider choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderChoice {
+    /// The runner as a host process (no isolation).
+    Local,
+    /// A QEMU VM booted from the image in this directory.
+    Qemu {
+        /// The image directory (images/linux-guest/build.sh).
+        image: PathBuf,
+        /// The guest may reach the network (default: only the runner).
+        egress: bool,
+    },
+    /// A bhyve zone on a clone of this snapshot.
+    Bhyve {
+        /// `pool/images/NAME@golden`.
+        snapshot: String,
+    },
 }
 
 /// GitHub settings.
@@ -136,6 +196,9 @@ pub enum ConfigError {
 struct Raw {
     values: std::collections::BTreeMap<String, String>,
     trust: Vec<String>,
+    /// `vms { label "L" provider=... }`: (label, provider, image or
+    /// snapshot, egress); the label `None` is the `default` line.
+    vms: Vec<(Option<String>, String, Option<String>, bool)>,
 }
 
 impl Config {
@@ -147,6 +210,7 @@ impl Config {
         let mut raw = Raw {
             values: Default::default(),
             trust: Vec::new(),
+            vms: Vec::new(),
         };
         let mut base = PathBuf::from(".");
         if let Some(path) = path {
@@ -238,6 +302,15 @@ const ENV: &[(&str, &str)] = &[
     ("vault.prefix", "SOLSTICE_VAULT_PREFIX"),
     ("vault.token", "SOLSTICE_VAULT_TOKEN"),
     ("vault.token-file", "SOLSTICE_VAULT_TOKEN_FILE"),
+    ("runner-listen", "SOLSTICE_RUNNER_LISTEN"),
+    ("qemu.accelerator", "SOLSTICE_QEMU_ACCELERATOR"),
+    (
+        "qemu.boot-timeout-seconds",
+        "SOLSTICE_QEMU_BOOT_TIMEOUT_SECONDS",
+    ),
+    ("bhyve.jobs-dataset", "SOLSTICE_BHYVE_JOBS_DATASET"),
+    ("bhyve.zone-root", "SOLSTICE_BHYVE_ZONE_ROOT"),
+    ("bhyve.link", "SOLSTICE_BHYVE_LINK"),
 ];
 
 /// Secrets: only the `-file` form may be in the file.
@@ -251,7 +324,15 @@ const SECRET_KEYS: &[&str] = &[
     "vault.token",
 ];
 
-const BLOCKS: &[&str] = &["github", "forgejo", "vault", "fork-pull-requests"];
+const BLOCKS: &[&str] = &[
+    "github",
+    "forgejo",
+    "vault",
+    "fork-pull-requests",
+    "vms",
+    "qemu",
+    "bhyve",
+];
 
 /// The environment-variable list, for `--help`.
 pub fn environment_help() -> String {
@@ -312,6 +393,7 @@ fn read_block(
                 Some(children) if name == "fork-pull-requests" => {
                     read_trust(children, raw, problems)
                 }
+                Some(children) if name == "vms" => read_vms(children, raw, problems),
                 Some(children) => read_block(children, name, raw, problems, secrets),
                 None => problems.push(Problem::new(
                     Code::MissingProperty,
@@ -394,6 +476,100 @@ fn read_trust(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
                     "not a login",
                 )),
             }
+        }
+    }
+}
+
+/// `label "L" provider="qemu" image="DIR"`, `label "L" provider="bhyve"
+/// snapshot="S"`, `label "L" provider="local"`, `default provider=...`.
+fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
+    for node in doc.nodes() {
+        let kind = node.name().value();
+        if kind != "label" && kind != "default" {
+            problems.push(
+                Problem::new(
+                    Code::UnknownNode,
+                    node.name().span(),
+                    format!("unknown setting `vms.{kind}`"),
+                    "not a setting",
+                )
+                .help("write `label \"NAME\" provider=\"qemu\" image=\"DIR\"` or `default provider=\"local\"`"),
+            );
+            continue;
+        }
+        let mut label = None;
+        let mut provider = None;
+        let mut source = None;
+        let mut egress = None;
+        let mut ok = true;
+        for entry in node.entries() {
+            if entry.name().map(|n| n.value()) == Some("egress") && egress.is_none() {
+                match entry.value() {
+                    KdlValue::Bool(b) => egress = Some(*b),
+                    _ => {
+                        problems.push(Problem::new(
+                            Code::WrongType,
+                            entry.span(),
+                            "`egress` is #true or #false",
+                            "not a boolean",
+                        ));
+                        ok = false;
+                    }
+                }
+                continue;
+            }
+            let value = match entry.value() {
+                KdlValue::String(s) if !s.is_empty() => s.clone(),
+                _ => {
+                    problems.push(Problem::new(
+                        Code::WrongType,
+                        entry.span(),
+                        "expected a non-empty string",
+                        "wrong type",
+                    ));
+                    ok = false;
+                    continue;
+                }
+            };
+            match entry.name().map(|n| n.value()) {
+                None if kind == "label" && label.is_none() => label = Some(value),
+                Some("provider") if provider.is_none() => provider = Some(value),
+                Some("image" | "snapshot") if source.is_none() => source = Some(value),
+                other => {
+                    problems.push(Problem::new(
+                        Code::UnexpectedArgument,
+                        entry.span(),
+                        match other {
+                            None => format!("`{kind}` takes one label"),
+                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot= or egress=, once each)"),
+                        },
+                        "not expected",
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        let Some(provider) = provider else {
+            problems.push(Problem::new(
+                Code::MissingProperty,
+                node.span(),
+                format!("`{kind}` needs provider=\"local\", \"qemu\" or \"bhyve\""),
+                "no provider",
+            ));
+            continue;
+        };
+        if kind == "label" && label.is_none() {
+            problems.push(Problem::new(
+                Code::MissingProperty,
+                node.span(),
+                "`label` needs the runs_on label it routes",
+                "no label",
+            ));
+            continue;
+        }
+        if ok {
+            raw.vms
+                .push((label, provider, source, egress.unwrap_or(false)));
         }
     }
 }
@@ -570,6 +746,92 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             "secrets-dir and vault: choose one secret store".into(),
         ));
     }
+    let runner_listen = match take("runner-listen") {
+        None => None,
+        Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+            invalid(format!(
+                "runner-listen: `{a}` is not an address like 10.0.0.1:7000"
+            ))
+        })?),
+    };
+    let mut vms = VmsConfig {
+        routes: Vec::new(),
+        default: None,
+        accelerator: match take("qemu.accelerator") {
+            None => solstice_vmm::Accelerator::Auto,
+            Some(a) => a
+                .parse()
+                .map_err(|e| invalid(format!("qemu.accelerator: {e}")))?,
+        },
+        boot_timeout: match take("qemu.boot-timeout-seconds") {
+            None => std::time::Duration::from_secs(60),
+            Some(t) => t
+                .parse::<u64>()
+                .ok()
+                .filter(|t| (1..=3600).contains(t))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "qemu.boot-timeout-seconds: `{t}` is not a number of seconds from 1 to 3600"
+                    ))
+                })?,
+        },
+        jobs_dataset: take("bhyve.jobs-dataset").unwrap_or_else(|| "rpool/solstice/jobs".into()),
+        zone_root: take("bhyve.zone-root").unwrap_or_else(|| "/zones/solstice".into()),
+        link: take("bhyve.link"),
+    };
+    let vm_lines = std::mem::take(&mut raw.vms);
+    for (label, provider, source, egress) in vm_lines {
+        let at = label
+            .as_ref()
+            .map_or_else(|| "vms.default".to_string(), |l| format!("vms.label {l:?}"));
+        let choice = match (provider.as_str(), source) {
+            (_, _) if egress && provider != "qemu" => {
+                return Err(invalid(format!(
+                    "{at}: egress= is a QEMU setting (a bhyve guest's network is its VNIC's)"
+                )));
+            }
+            ("local", None) => ProviderChoice::Local,
+            ("qemu", Some(image)) => ProviderChoice::Qemu {
+                image: relative(image),
+                egress,
+            },
+            ("bhyve", Some(snapshot)) if snapshot.contains('@') => {
+                ProviderChoice::Bhyve { snapshot }
+            }
+            ("local", Some(_)) => {
+                return Err(invalid(format!("{at}: the local provider takes no image")));
+            }
+            ("qemu", None) => {
+                return Err(invalid(format!(
+                    "{at}: provider \"qemu\" needs image=\"DIR\" (built by images/linux-guest/build.sh)"
+                )));
+            }
+            ("bhyve", _) => {
+                return Err(invalid(format!(
+                    "{at}: provider \"bhyve\" needs snapshot=\"pool/images/NAME@snap\""
+                )));
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "{at}: unknown provider `{other}` (choices: local, qemu, bhyve)"
+                )));
+            }
+        };
+        match label {
+            None if vms.default.is_some() => {
+                return Err(invalid("vms: `default` is set twice".into()));
+            }
+            None => vms.default = Some(choice),
+            Some(l) if vms.routes.iter().any(|(r, _)| *r == l) => {
+                return Err(invalid(format!("vms: label {l:?} is routed twice")));
+            }
+            Some(l) => vms.routes.push((l, choice)),
+        }
+    }
+    if vms.routes.is_empty() && vms.default.is_none() {
+        vms.default = Some(ProviderChoice::Local);
+    }
     Ok(Config {
         listen,
         public_url,
@@ -583,6 +845,8 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         trusted_authors: raw.trust,
         secrets_dir,
         vault,
+        runner_listen,
+        vms,
     })
 }
 
@@ -646,6 +910,103 @@ mod tests {
         .expect("valid");
         assert_eq!(config.capacity, 5);
         assert_eq!(config.trusted_authors, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_vms_block_routes_labels_to_providers() {
+        let c = load(
+            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.runner_listen,
+            Some("10.0.0.1:7000".parse().expect("addr"))
+        );
+        let labels: Vec<&str> = c.vms.routes.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, ["linux", "omnios", "trusted"]);
+        assert!(
+            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true } if image.ends_with("images/linux") && image.is_absolute())
+        );
+        assert_eq!(
+            c.vms.routes[1].1,
+            ProviderChoice::Bhyve {
+                snapshot: "rpool/img/omnios@golden".into()
+            }
+        );
+        assert_eq!(c.vms.routes[2].1, ProviderChoice::Local);
+        assert_eq!(c.vms.default, None, "only the routed labels run");
+        assert_eq!(c.vms.accelerator, solstice_vmm::Accelerator::Tcg);
+        assert_eq!(c.vms.boot_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.vms.link.as_deref(), Some("igb0"));
+        // Without the block: everything on the local provider.
+        let c = load("", &[]).expect("valid");
+        assert_eq!(c.vms.default, Some(ProviderChoice::Local));
+        assert!(c.vms.routes.is_empty());
+    }
+
+    #[test]
+    fn vms_mistakes_are_refused_with_what_to_write() {
+        for (text, want) in [
+            (
+                "vms {\n    label \"a\" provider=\"docker\"\n}\n",
+                "unknown provider `docker`",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\"\n}\n",
+                "needs image=",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"bhyve\" snapshot=\"pool/img\"\n}\n",
+                "needs snapshot=",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"local\"\n    label \"a\" provider=\"local\"\n}\n",
+                "routed twice",
+            ),
+            (
+                "vms {\n    default provider=\"local\"\n    default provider=\"local\"\n}\n",
+                "`default` is set twice",
+            ),
+            (
+                "vms {\n    lable \"a\" provider=\"local\"\n}\n",
+                "unknown setting `vms.lable`",
+            ),
+            (
+                "vms {\n    label provider=\"local\"\n}\n",
+                "needs the runs_on label",
+            ),
+            ("vms {\n    label \"a\"\n}\n", "needs provider="),
+            (
+                "vms {\n    label \"a\" provider=\"local\" size=3\n}\n",
+                "expected a non-empty string",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"local\" colour=\"red\"\n}\n",
+                "not a property",
+            ),
+            (
+                "qemu {\n    accelerator \"hvf\"\n}\n",
+                "unknown accelerator",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"local\" egress=#true\n}\n",
+                "egress= is a QEMU setting",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" egress=\"yes\"\n}\n",
+                "#true or #false",
+            ),
+            ("qemu {\n    boot-timeout-seconds 0\n}\n", "from 1 to 3600"),
+            ("runner-listen \"somewhere\"\n", "runner-listen"),
+        ] {
+            let err = load(text, &[]).expect_err(text);
+            let shown = match &err {
+                ConfigError::File(e) => e.render(false, 100),
+                other => other.to_string(),
+            };
+            assert!(shown.contains(want), "{text}: {shown}");
+        }
     }
 
     #[test]

@@ -13,7 +13,6 @@ use solstice_core::secrets::SecretStore;
 use solstice_core::store::{SqlStore, StateStore};
 use solstice_forge::{Forge, ForgeAdapter, Forgejo, GitHub, StatusReporter};
 use solstice_queue::{MemoryQueue, QueueOptions};
-use solstice_vmm::{LocalProvider, VmProvider};
 use tokio::sync::Notify;
 
 use crate::config::{Config, GitHubAuth};
@@ -197,11 +196,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
             config.state_dir.join("secrets"),
         ))),
     };
-    let me = std::env::current_exe().map_err(|e| format!("where is solstice's own binary: {e}"))?;
-    let provider: Arc<dyn VmProvider> = Arc::new(LocalProvider::new(
-        vec![me.into_os_string(), "runner".into()],
-        config.state_dir.join("vms"),
-    ));
+    let provider = crate::vms::providers(&config, Arc::new(solstice_vmm::SystemRunner))?;
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
     let mut engine_config = EngineConfig::default();
     engine_config.capacity = config.capacity;
@@ -225,7 +220,11 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
             .and_then(|f| origin(&f.url))
             .zip(forgejo.clone()),
     }));
-    engine_config.listen = Listen::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    engine_config.listen = Listen::Tcp(
+        config
+            .runner_listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    );
     let engine = Engine::start(engine_config, store.clone(), queue, provider)
         .await
         .map_err(|e| format!("cannot start the engine: {}", chain(&e)))?;

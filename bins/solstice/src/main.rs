@@ -15,6 +15,7 @@ mod intake;
 mod pages;
 mod report;
 mod secrets;
+mod vms;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,20 @@ enum Command {
         #[arg(long, short, env = "SOLSTICE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Start one VM of a label as the daemon would, wait until it runs,
+    /// destroy it (exit 0 when it came up, 1 when not).
+    VmCheck {
+        /// The configuration file (KDL).
+        #[arg(long, short, env = "SOLSTICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The `runs_on` label whose provider and image to try.
+        #[arg(long)]
+        label: String,
+        /// Run nothing: print the commands (bhyve: every host command of
+        /// provision and teardown; QEMU: qemu-img and QEMU's command line).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
     #[command(hide = true)]
     Runner,
@@ -71,12 +86,37 @@ fn main() -> ExitCode {
             "solstice runner",
         )),
         Command::CheckConfig { config } => match load(config) {
-            Ok(_) => {
+            Ok(config) => {
+                for warning in vms::check(&config) {
+                    eprintln!("warning: {warning}");
+                }
                 println!("the configuration is valid");
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
+        Command::VmCheck {
+            config,
+            label,
+            dry_run,
+        } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.into())
+                .and_then(|rt| rt.block_on(vms::vm_check(&config, &label, dry_run)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", daemon::chain(&*e));
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve { config } => {
             let config = match load(config) {
                 Ok(c) => c,

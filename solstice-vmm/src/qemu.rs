@@ -265,12 +265,17 @@ struct Running {
     child: Child,
     connected: Arc<AtomicBool>,
     failed: Arc<Mutex<Option<String>>>,
-    tasks: Vec<AbortHandle>,
+    tasks: Tasks,
 }
 
-impl Drop for Running {
+/// A VM's tasks (proxy, console, boot timeout): aborted when dropped, so a
+/// provision that fails halfway or a VM forgotten leaves none running.
+#[derive(Debug, Default)]
+struct Tasks(Vec<AbortHandle>);
+
+impl Drop for Tasks {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in &self.0 {
             t.abort();
         }
     }
@@ -328,6 +333,12 @@ impl QemuProvider {
             return Err(VmError::provider(format!(
                 "qemu provider: the VM directory {} may only contain letters, digits and /._-+ (it appears in QEMU's options)",
                 root.display()
+            )));
+        }
+        if !qemu_safe_path(&config.socat) {
+            return Err(VmError::provider(format!(
+                "qemu provider: the socat path {} may only contain letters, digits and /._-+ (it is part of a QEMU option)",
+                config.socat.display()
             )));
         }
         let (accelerator, why) = match config.accelerator {
@@ -606,16 +617,18 @@ impl QemuProvider {
 
         let connected = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(None));
-        let mut tasks = Vec::new();
+        let mut tasks = Tasks::default();
         let runner_sock = tokio::net::UnixListener::bind(dir.join("runner.sock"))
             .map_err(|e| io("runner.sock", e))?;
-        tasks.push(
+        tasks.0.push(
             tokio::spawn(proxy(runner_sock, spec.endpoint.clone(), connected.clone()))
                 .abort_handle(),
         );
         let console_sock = tokio::net::UnixListener::bind(dir.join("console.sock"))
             .map_err(|e| io("console.sock", e))?;
-        tasks.push(tokio::spawn(console(console_sock, dir.join("console.log"))).abort_handle());
+        tasks
+            .0
+            .push(tokio::spawn(console(console_sock, dir.join("console.log"))).abort_handle());
 
         let log = std::fs::File::create(dir.join("qemu.log")).map_err(|e| io("qemu.log", e))?;
         let log2 = log.try_clone().map_err(|e| io("qemu.log", e))?;
@@ -640,7 +653,7 @@ impl QemuProvider {
             let failed = failed.clone();
             let pid = child.id();
             let timeout = self.config.boot_timeout;
-            tasks.push(
+            tasks.0.push(
                 tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
                     if !connected.load(Ordering::SeqCst) {
@@ -706,7 +719,12 @@ async fn pack_share(from: &Path, to: &Path) -> Result<(), VmError> {
         .output()
         .await;
     let mut tar = Command::new("tar");
-    tar.arg("-cf").arg(to).arg("-C").arg(from);
+    // A file deleted between the listing and the archive is skipped, as
+    // the runner's own copy skips it.
+    tar.args(["--ignore-failed-read", "-cf"])
+        .arg(to)
+        .arg("-C")
+        .arg(from);
     let list = match listed {
         Ok(out) if out.status.success() => {
             tar.args(["--null", "--no-recursion", "-T", "-"]);
@@ -912,9 +930,7 @@ impl VmProvider for QemuProvider {
         let dir = self.vm_dir(id);
         let running = lock(&self.vms).remove(id);
         if let Some(mut vm) = running {
-            for t in &vm.tasks {
-                t.abort();
-            }
+            drop(std::mem::take(&mut vm.tasks));
             if let Some(pid) = vm.child.id().and_then(|p| i32::try_from(p).ok()) {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }

@@ -126,10 +126,33 @@ impl VmProvider for ByLabel {
         Ok(())
     }
 
+    /// Every provider's VMs (each remembered as that provider's, so a
+    /// reaper's destroy goes to it alone). A provider that cannot list is
+    /// logged and skipped, so it does not stop the others' VMs being
+    /// reaped; when none can, the first error.
     async fn list(&self) -> Result<Vec<VmInfo>, VmError> {
         let mut out = Vec::new();
-        for p in &self.all {
-            out.extend(p.list().await?);
+        let mut first_error = None;
+        let mut answered = false;
+        for (i, p) in self.all.iter().enumerate() {
+            match p.list().await {
+                Ok(vms) => {
+                    answered = true;
+                    let mut placed = lock(&self.placed);
+                    for vm in &vms {
+                        placed.entry(vm.id.clone()).or_insert(i);
+                    }
+                    drop(placed);
+                    out.extend(vms);
+                }
+                Err(e) => {
+                    tracing::warn!(provider = p.name(), error = %e, "cannot list this provider's VMs");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let (false, Some(e)) = (answered, first_error) {
+            return Err(e);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)

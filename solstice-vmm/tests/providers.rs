@@ -295,3 +295,41 @@ async fn by_label_routes_lists_and_conforms() {
         "{err}"
     );
 }
+
+/// A provider that cannot list (a bhyve provider on a host without
+/// `zoneadm`) does not hide the other providers' VMs from the reaper.
+#[tokio::test]
+async fn by_label_lists_the_providers_that_answer() {
+    use solstice_vmm::{ByLabel, VmHandle, VmInfo};
+    #[derive(Debug)]
+    struct Broken;
+    #[async_trait]
+    impl VmProvider for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        async fn provision(&self, _: &VmSpec) -> Result<VmHandle, VmError> {
+            Err(VmError::provider("broken"))
+        }
+        async fn state(&self, id: &VmId) -> Result<VmState, VmError> {
+            Err(VmError::NotFound(id.clone()))
+        }
+        async fn destroy(&self, _: &VmId) -> Result<(), VmError> {
+            Ok(())
+        }
+        async fn list(&self) -> Result<Vec<VmInfo>, VmError> {
+            Err(VmError::provider("cannot list"))
+        }
+    }
+    let mock = Arc::new(MockVmProvider::idle());
+    let router = ByLabel::new(Some(mock.clone())).route("b", Arc::new(Broken));
+    let vm = router
+        .provision(&VmSpec::example("kept"))
+        .await
+        .expect("provision");
+    let listed = router.list().await.expect("the mock answers");
+    assert_eq!(listed.len(), 1);
+    router.destroy(&vm.id).await.expect("destroy");
+    let only_broken = ByLabel::new(Some(Arc::new(Broken)));
+    assert!(only_broken.list().await.is_err(), "nobody answered");
+}

@@ -274,6 +274,9 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
     let signals = Signals::new().map_err(|e| format!("signal handlers: {e}"))?;
     tokio::pin!(signals);
     let secrets = parse_secrets(&args)?;
+    if args.provider != Provider::Qemu && (args.image.is_some() || args.egress) {
+        return Err("--image and --egress are for --provider qemu".into());
+    }
     let workflow = if args.jobs.is_empty() {
         workflow
     } else {

@@ -243,3 +243,29 @@ fn a_guest_that_cannot_boot_shows_its_console_in_the_log() {
     assert!(out.contains("the VM's console"), "{out}");
     assert!(out.contains("Kernel panic"), "{out}");
 }
+
+#[test]
+fn image_and_egress_without_the_qemu_provider_are_usage_errors() {
+    for extra in [&["--image", "/nowhere"][..], &["--egress"][..]] {
+        let mut args = vec!["run", "--provider", "mock"];
+        args.extend_from_slice(extra);
+        args.push("examples/workflows/hello.kdl");
+        let o = cidev(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("are for --provider qemu"), "{}", text(&o));
+    }
+    let o = cidev(&[
+        "run",
+        "--provider",
+        "qemu",
+        "--image",
+        "/nowhere/at/all",
+        "examples/workflows/vm.kdl",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("images/linux-guest/build.sh"),
+        "says how to build one: {}",
+        text(&o)
+    );
+}

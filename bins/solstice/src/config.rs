@@ -25,7 +25,7 @@
 //! // Where jobs run, by `runs_on` label (default: every label on the
 //! // local provider, which does not isolate jobs).
 //! vms {
-//!     label "linux" provider="qemu" image="/var/lib/solstice/linux-guest" egress=#false
+//!     label "linux" provider="qemu" image="/var/lib/solstice/linux-guest" vcpus=2 memory-mib=2048
 //!     label "omnios" provider="bhyve" snapshot="rpool/solstice/images/omnios@golden"
 //!     default provider="local"
 //! }
@@ -115,6 +115,12 @@ pub enum ProviderChoice {
         image: PathBuf,
         /// The guest may reach the network (default: only the runner).
         egress: bool,
+        /// The machine type (default: the image's, microvm).
+        machine: Option<solstice_vmm::Machine>,
+        /// vCPUs for this label's VMs (default: the engine's per job).
+        vcpus: Option<u32>,
+        /// Memory in MiB for this label's VMs (default: the engine's).
+        memory_mib: Option<u32>,
     },
     /// A bhyve zone on a clone of this snapshot.
     Bhyve {
@@ -193,12 +199,25 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// One line of the `vms` block as written.
+#[derive(Default)]
+struct VmLine {
+    /// `None`: the `default` line.
+    label: Option<String>,
+    provider: String,
+    /// image= or snapshot=.
+    source: Option<String>,
+    egress: Option<bool>,
+    machine: Option<String>,
+    vcpus: Option<i128>,
+    memory_mib: Option<i128>,
+}
+
 struct Raw {
     values: std::collections::BTreeMap<String, String>,
     trust: Vec<String>,
-    /// `vms { label "L" provider=... }`: (label, provider, image or
-    /// snapshot, egress); the label `None` is the `default` line.
-    vms: Vec<(Option<String>, String, Option<String>, bool)>,
+    /// `vms { label "L" provider=... }` lines.
+    vms: Vec<VmLine>,
 }
 
 impl Config {
@@ -497,21 +516,40 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
             );
             continue;
         }
-        let mut label = None;
+        let mut line = VmLine::default();
         let mut provider = None;
-        let mut source = None;
-        let mut egress = None;
         let mut ok = true;
         for entry in node.entries() {
-            if entry.name().map(|n| n.value()) == Some("egress") && egress.is_none() {
+            let key = entry.name().map(|n| n.value());
+            if key == Some("egress") && line.egress.is_none() {
                 match entry.value() {
-                    KdlValue::Bool(b) => egress = Some(*b),
+                    KdlValue::Bool(b) => line.egress = Some(*b),
                     _ => {
                         problems.push(Problem::new(
                             Code::WrongType,
                             entry.span(),
                             "`egress` is #true or #false",
                             "not a boolean",
+                        ));
+                        ok = false;
+                    }
+                }
+                continue;
+            }
+            if let Some(k @ ("vcpus" | "memory-mib")) = key {
+                let slot = if k == "vcpus" {
+                    &mut line.vcpus
+                } else {
+                    &mut line.memory_mib
+                };
+                match entry.value() {
+                    KdlValue::Integer(n) if slot.is_none() => *slot = Some(*n),
+                    _ => {
+                        problems.push(Problem::new(
+                            Code::WrongType,
+                            entry.span(),
+                            format!("`{k}` is a number, set once"),
+                            "not a number",
                         ));
                         ok = false;
                     }
@@ -531,17 +569,18 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
                     continue;
                 }
             };
-            match entry.name().map(|n| n.value()) {
-                None if kind == "label" && label.is_none() => label = Some(value),
+            match key {
+                None if kind == "label" && line.label.is_none() => line.label = Some(value),
                 Some("provider") if provider.is_none() => provider = Some(value),
-                Some("image" | "snapshot") if source.is_none() => source = Some(value),
+                Some("image" | "snapshot") if line.source.is_none() => line.source = Some(value),
+                Some("machine") if line.machine.is_none() => line.machine = Some(value),
                 other => {
                     problems.push(Problem::new(
                         Code::UnexpectedArgument,
                         entry.span(),
                         match other {
                             None => format!("`{kind}` takes one label"),
-                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot= or egress=, once each)"),
+                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot=, egress=, machine=, vcpus= or memory-mib=, once each)"),
                         },
                         "not expected",
                     ));
@@ -558,7 +597,7 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
             ));
             continue;
         };
-        if kind == "label" && label.is_none() {
+        if kind == "label" && line.label.is_none() {
             problems.push(Problem::new(
                 Code::MissingProperty,
                 node.span(),
@@ -568,8 +607,8 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
             continue;
         }
         if ok {
-            raw.vms
-                .push((label, provider, source, egress.unwrap_or(false)));
+            line.provider = provider;
+            raw.vms.push(line);
         }
     }
 }
@@ -781,20 +820,45 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         link: take("bhyve.link"),
     };
     let vm_lines = std::mem::take(&mut raw.vms);
-    for (label, provider, source, egress) in vm_lines {
+    for line in vm_lines {
+        let VmLine {
+            label,
+            provider,
+            source,
+            egress,
+            machine,
+            vcpus,
+            memory_mib,
+        } = line;
         let at = label
             .as_ref()
             .map_or_else(|| "vms.default".to_string(), |l| format!("vms.label {l:?}"));
+        let qemu_only =
+            egress.is_some() || machine.is_some() || vcpus.is_some() || memory_mib.is_some();
+        let bounded = |what: &str, n: Option<i128>, max: u32| -> Result<Option<u32>, ConfigError> {
+            n.map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| invalid(format!("{at}: {what} must be from 1 to {max}")))
+            })
+            .transpose()
+        };
         let choice = match (provider.as_str(), source) {
-            (_, _) if egress && provider != "qemu" => {
+            (_, _) if qemu_only && provider != "qemu" => {
                 return Err(invalid(format!(
-                    "{at}: egress= is a QEMU setting (a bhyve guest's network is its VNIC's)"
+                    "{at}: egress=, machine=, vcpus= and memory-mib= are QEMU settings"
                 )));
             }
             ("local", None) => ProviderChoice::Local,
             ("qemu", Some(image)) => ProviderChoice::Qemu {
                 image: relative(image),
-                egress,
+                egress: egress.unwrap_or(false),
+                machine: machine
+                    .map(|m| m.parse().map_err(|e| invalid(format!("{at}: {e}"))))
+                    .transpose()?,
+                vcpus: bounded("vcpus", vcpus, 64)?,
+                memory_mib: bounded("memory-mib", memory_mib, 1 << 20)?,
             },
             ("bhyve", Some(snapshot)) if snapshot.contains('@') => {
                 ProviderChoice::Bhyve { snapshot }
@@ -915,7 +979,7 @@ mod tests {
     #[test]
     fn the_vms_block_routes_labels_to_providers() {
         let c = load(
-            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
+            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true machine=\"q35\" vcpus=2 memory-mib=2048\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
             &[],
         )
         .expect("valid");
@@ -926,7 +990,7 @@ mod tests {
         let labels: Vec<&str> = c.vms.routes.iter().map(|(l, _)| l.as_str()).collect();
         assert_eq!(labels, ["linux", "omnios", "trusted"]);
         assert!(
-            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true } if image.ends_with("images/linux") && image.is_absolute())
+            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true, machine: Some(solstice_vmm::Machine::Q35), vcpus: Some(2), memory_mib: Some(2048) } if image.ends_with("images/linux") && image.is_absolute())
         );
         assert_eq!(
             c.vms.routes[1].1,
@@ -991,7 +1055,19 @@ mod tests {
             ),
             (
                 "vms {\n    label \"a\" provider=\"local\" egress=#true\n}\n",
-                "egress= is a QEMU setting",
+                "are QEMU settings",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" vcpus=0\n}\n",
+                "vcpus must be from 1 to 64",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" memory-mib=\"lots\"\n}\n",
+                "`memory-mib` is a number",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" machine=\"pc\"\n}\n",
+                "unknown machine",
             ),
             (
                 "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" egress=\"yes\"\n}\n",

@@ -47,10 +47,10 @@ pub fn providers(
     let default = vms.default.iter().map(|c| (String::new(), c));
     for (label, choice) in labelled.chain(default) {
         match choice {
-            ProviderChoice::Qemu { image, egress } => {
+            ProviderChoice::Qemu { image, .. } => {
                 let mut loaded =
                     QemuImage::from_dir(image).map_err(|e| format!("vms: label {label:?}: {e}"))?;
-                loaded.egress = *egress;
+                apply(choice, &mut loaded);
                 qemu_images.insert(label, loaded);
             }
             ProviderChoice::Bhyve { snapshot } => {
@@ -102,6 +102,25 @@ pub fn providers(
         }
     }
     Ok(Arc::new(router))
+}
+
+/// A label's QEMU settings over its image's.
+fn apply(choice: &ProviderChoice, image: &mut QemuImage) {
+    if let ProviderChoice::Qemu {
+        egress,
+        machine,
+        vcpus,
+        memory_mib,
+        ..
+    } = choice
+    {
+        image.egress = *egress;
+        if let Some(m) = machine {
+            image.machine = *m;
+        }
+        image.vcpus = vcpus.or(image.vcpus);
+        image.memory_mib = memory_mib.or(image.memory_mib);
+    }
 }
 
 /// Warnings `check-config` prints: QEMU images not built yet (the daemon
@@ -159,9 +178,9 @@ pub async fn vm_check(config: &Config, label: &str, dry_run: bool) -> Result<(),
     spec.label = label.to_string();
     if dry_run {
         match choice {
-            ProviderChoice::Qemu { image, egress } => {
+            ProviderChoice::Qemu { image, .. } => {
                 let mut image = QemuImage::from_dir(image)?;
-                image.egress = *egress;
+                apply(choice, &mut image);
                 let mut qc = QemuConfig::new(config.state_dir.join("qemu"), image);
                 qc.accelerator = config.vms.accelerator;
                 for command in QemuProvider::new(qc)?.plan(&spec)? {

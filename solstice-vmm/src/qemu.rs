@@ -25,6 +25,8 @@ const GUESTFWD: &str = "tcp:10.0.2.100:4000";
 pub const SEED_MAGIC: &str = "SOLSTICE-SEED-1";
 /// The most console output kept per VM (the rest is read and dropped).
 pub const CONSOLE_CAP: u64 = 1 << 20;
+/// The most `host:port` entries in [`QemuImage::reach`].
+pub const MAX_REACH: usize = 16;
 /// The most connections a guest may hold open to the runner endpoint at once.
 pub const MAX_GUEST_CONNECTIONS: usize = 16;
 /// The most of a VM's console [`VmProvider::console_tail`] returns.
@@ -155,6 +157,13 @@ pub struct QemuImage {
     /// Let the guest reach other hosts. Off by default: the guest reaches
     /// the runner endpoint and nothing else.
     pub egress: bool,
+    /// Hosts the guest may reach besides the runner, as `host:port`
+    /// (at most [`MAX_REACH`]; the forge a job clones from, a package
+    /// mirror). Each host gets an address of its own, `10.0.2.101` and up,
+    /// written to the guest's `/etc/hosts` under its name; QEMU forwards a
+    /// connection to that address and port (through `socat`) to the host
+    /// and port as the orchestrator resolves them. TLS stays end to end.
+    pub reach: Vec<String>,
 }
 
 impl QemuImage {
@@ -169,6 +178,7 @@ impl QemuImage {
             vcpus: None,
             memory_mib: None,
             egress: false,
+            reach: Vec::new(),
         }
     }
 
@@ -310,12 +320,68 @@ pub struct QemuProvider {
     vms: Mutex<HashMap<VmId, Running>>,
 }
 
+/// `program` as a path, or found on `PATH`, if it is an executable file.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return runnable(program).then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| runnable(p))
+}
+
 fn qemu_safe_path(p: &Path) -> bool {
     p.to_str().is_some_and(|s| {
         !s.is_empty()
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+'))
     })
+}
+
+/// `reach` as (guest address, host, port), hosts numbered from
+/// `10.0.2.101` in their first appearance's order; an error names the
+/// first entry that is not `host:port` with a plain host name or address.
+pub(crate) fn reach_plan(reach: &[String]) -> Result<Vec<(String, String, u16)>, VmError> {
+    if reach.len() > MAX_REACH {
+        return Err(VmError::provider(format!(
+            "qemu provider: at most {MAX_REACH} hosts to reach, not {}",
+            reach.len()
+        )));
+    }
+    let mut hosts: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for entry in reach {
+        let bad = || {
+            VmError::provider(format!(
+                "qemu provider: cannot reach {entry:?}: write host:port (a host name or IPv4 address, a port from 1 to 65535)"
+            ))
+        };
+        let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+        let host = host.to_ascii_lowercase();
+        if host.is_empty()
+            || host.len() > 253
+            || host.starts_with(['-', '.'])
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        {
+            return Err(bad());
+        }
+        let n = match hosts.iter().position(|h| *h == host) {
+            Some(n) => n,
+            None => {
+                hosts.push(host.clone());
+                hosts.len() - 1
+            }
+        };
+        out.push((format!("10.0.2.{}", 101 + n), host, port));
+    }
+    Ok(out)
 }
 
 /// `path` for a QEMU `key=value,...` option: commas doubled.
@@ -340,6 +406,21 @@ impl QemuProvider {
                 "qemu provider: the socat path {} may only contain letters, digits and /._-+ (it is part of a QEMU option)",
                 config.socat.display()
             )));
+        }
+        for (tool, path) in [
+            ("qemu", &config.qemu),
+            ("qemu-img", &config.qemu_img),
+            ("socat", &config.socat),
+        ] {
+            if find_program(path).is_none() {
+                return Err(VmError::provider(format!(
+                    "qemu provider: {tool} ({}) not found; images/linux-guest/build.sh installs qemu-system-x86, qemu-utils and socat",
+                    path.display()
+                )));
+            }
+        }
+        for image in config.images.values().chain(config.default_image.iter()) {
+            reach_plan(&image.reach)?;
         }
         let (accelerator, why) = match config.accelerator {
             Accelerator::Auto => probe_accelerator(),
@@ -379,6 +460,7 @@ impl QemuProvider {
     /// for `--dry-run`. The seed disk and the sockets are made in-process.
     pub fn plan(&self, spec: &VmSpec) -> Result<Vec<crate::HostCommand>, VmError> {
         let image = self.image(&spec.label)?;
+        reach_plan(&image.reach)?;
         let dir = self.vm_dir(&VmId(spec.name.clone()));
         let mut out = Vec::new();
         if let Some(golden) = &image.disk {
@@ -509,13 +591,21 @@ impl QemuProvider {
             push("-device".into());
             push(format!("{blk},drive=share,serial=solstice-share"));
         }
-        push("-netdev".into());
-        push(format!(
+        let mut netdev = format!(
             "user,id=net0,restrict={},guestfwd={GUESTFWD}-cmd:{} STDIO UNIX-CONNECT:{}",
             if image.egress { "off" } else { "on" },
             self.config.socat.display(),
             dir.join("runner.sock").display()
-        ));
+        );
+        // Checked when the VM was created (and in `plan`): names and ports only.
+        for (ip, host, port) in reach_plan(&image.reach).unwrap_or_default() {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{ip}:{port}-cmd:{} STDIO TCP:{host}:{port}",
+                self.config.socat.display()
+            ));
+        }
+        push("-netdev".into());
+        push(netdev);
         push("-device".into());
         push(format!("{net},netdev=net0"));
         a
@@ -564,9 +654,20 @@ impl QemuProvider {
             }
             None => "",
         };
+        // The names the guest resolves to the reachable hosts' addresses
+        // (an address needs no name).
+        let mut names: Vec<String> = Vec::new();
+        for (ip, host, _) in reach_plan(&image.reach)? {
+            let entry = format!("{ip}={host}");
+            if host.parse::<std::net::Ipv4Addr>().is_err() && !names.contains(&entry) {
+                names.push(entry);
+            }
+        }
         let mut seed = format!(
-            "{SEED_MAGIC}\n{GUEST_ENDPOINT}\n{}\n{}\n{share}\n",
-            spec.name, spec.token
+            "{SEED_MAGIC}\n{GUEST_ENDPOINT}\n{}\n{}\n{share}\n{}\n",
+            spec.name,
+            spec.token,
+            names.join(" ")
         )
         .into_bytes();
         seed.resize(seed.len().div_ceil(4096) * 4096, 0);

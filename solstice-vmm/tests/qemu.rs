@@ -310,3 +310,21 @@ async fn two_vms_at_once_get_their_own_overlays_and_the_golden_image_stays_as_it
         Err(VmError::NotFound(_))
     ));
 }
+
+#[test]
+fn missing_tools_are_named_with_how_to_get_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = QemuConfig::new(dir.path().join("vms"), guest_image());
+    config.socat = "/nonexistent/socat".into();
+    let err = QemuProvider::new(config).expect_err("no socat");
+    assert!(
+        err.to_string()
+            .contains("socat (/nonexistent/socat) not found"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("build.sh installs"), "{err}");
+    let mut config = QemuConfig::new(dir.path().join("vms, with a comma"), guest_image());
+    config.qemu = "qemu-system-x86_64".into();
+    let err = QemuProvider::new(config).expect_err("unsafe root");
+    assert!(err.to_string().contains("may only contain"), "{err}");
+}

@@ -50,7 +50,7 @@ enum Command {
         format: Format,
     },
     /// Run the workflow of this checkout locally, with the production engine and runner.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print a shell completion script (e.g. `cidev completions bash > /etc/bash_completion.d/cidev`).
     Completions {
         /// The shell.
@@ -115,7 +115,7 @@ fn dispatch() -> ExitCode {
                 Ok(w) => w,
                 Err(f) => return fail(f),
             };
-            run::run(args, file, workflow)
+            run::run(*args, file, workflow)
         }
         Command::Runner => runner(),
         Command::Completions { shell } => {

@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// reach nothing but the runner endpoint).
     #[arg(long)]
     pub egress: bool,
+    /// `--provider qemu`: let the VMs reach HOST:PORT too (a package
+    /// mirror, a git server); repeatable. Each host gets an address of its
+    /// own in the guest's /etc/hosts; nothing else opens.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub reach: Vec<String>,
     /// Most jobs at once (default: number of cores).
     #[arg(long)]
     pub capacity: Option<usize>,
@@ -274,8 +279,10 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
     let signals = Signals::new().map_err(|e| format!("signal handlers: {e}"))?;
     tokio::pin!(signals);
     let secrets = parse_secrets(&args)?;
-    if args.provider != Provider::Qemu && (args.image.is_some() || args.egress) {
-        return Err("--image and --egress are for --provider qemu".into());
+    if args.provider != Provider::Qemu
+        && (args.image.is_some() || args.egress || !args.reach.is_empty())
+    {
+        return Err("--image, --egress and --reach are for --provider qemu".into());
     }
     let workflow = if args.jobs.is_empty() {
         workflow
@@ -359,6 +366,7 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
                 .ok_or("--provider qemu: no --image given and no default (set HOME)")?;
             let mut image = QemuImage::from_dir(&dir).map_err(|e| Context::new("--image", e))?;
             image.egress = args.egress;
+            image.reach = args.reach.clone();
             Arc::new(
                 QemuProvider::new(QemuConfig::new(state_dir.join("vms"), image))
                     .map_err(|e| Context::new("--provider qemu", e))?,

@@ -246,7 +246,11 @@ fn a_guest_that_cannot_boot_shows_its_console_in_the_log() {
 
 #[test]
 fn image_and_egress_without_the_qemu_provider_are_usage_errors() {
-    for extra in [&["--image", "/nowhere"][..], &["--egress"][..]] {
+    for extra in [
+        &["--image", "/nowhere"][..],
+        &["--egress"][..],
+        &["--reach", "example.org:443"][..],
+    ] {
         let mut args = vec!["run", "--provider", "mock"];
         args.extend_from_slice(extra);
         args.push("examples/workflows/hello.kdl");
@@ -268,4 +272,60 @@ fn image_and_egress_without_the_qemu_provider_are_usage_errors() {
         "says how to build one: {}",
         text(&o)
     );
+}
+
+/// `--reach HOST:PORT`: the guest reaches that host and port (through its
+/// own address, named in /etc/hosts), and still nothing else.
+#[test]
+fn reach_opens_exactly_the_hosts_it_names() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"hello-from-the-allowed-host\n");
+        }
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("reach.kdl");
+    std::fs::write(
+        &file,
+        format!(
+            r#"workflow {{
+    job id="reach" {{
+        step run="grep '^10.0.2.102 forge.example$' /etc/hosts"
+        step run="nc -w 5 10.0.2.101 {port} </dev/null"
+        step run="if nc -w 3 10.0.2.2 5432 </dev/null; then exit 1; fi; echo still-isolated"
+    }}
+}}
+"#
+        ),
+    )
+    .expect("write");
+    let o = cidev(&[
+        "run",
+        "--provider",
+        "qemu",
+        "--reach",
+        &format!("127.0.0.1:{port}"),
+        "--reach",
+        "forge.example:443",
+        &file.display().to_string(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("[reach] 10.0.2.102 forge.example"), "{out}");
+    assert!(out.contains("[reach] hello-from-the-allowed-host"), "{out}");
+    assert!(out.contains("[reach] still-isolated"), "{out}");
+    // A malformed entry is refused before anything boots.
+    let o = cidev(&[
+        "run",
+        "--provider",
+        "qemu",
+        "--reach",
+        "forge.example",
+        &file.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("write host:port"), "{}", text(&o));
 }

@@ -121,6 +121,9 @@ pub enum ProviderChoice {
         vcpus: Option<u32>,
         /// Memory in MiB for this label's VMs (default: the engine's).
         memory_mib: Option<u32>,
+        /// `host:port`s the guest may reach besides the runner (the
+        /// configured forges are added when the daemon starts).
+        reach: Vec<String>,
     },
     /// A bhyve zone on a clone of this snapshot.
     Bhyve {
@@ -211,6 +214,7 @@ struct VmLine {
     machine: Option<String>,
     vcpus: Option<i128>,
     memory_mib: Option<i128>,
+    reach: Option<String>,
 }
 
 struct Raw {
@@ -574,13 +578,14 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
                 Some("provider") if provider.is_none() => provider = Some(value),
                 Some("image" | "snapshot") if line.source.is_none() => line.source = Some(value),
                 Some("machine") if line.machine.is_none() => line.machine = Some(value),
+                Some("reach") if line.reach.is_none() => line.reach = Some(value),
                 other => {
                     problems.push(Problem::new(
                         Code::UnexpectedArgument,
                         entry.span(),
                         match other {
                             None => format!("`{kind}` takes one label"),
-                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot=, egress=, machine=, vcpus= or memory-mib=, once each)"),
+                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot=, egress=, machine=, vcpus=, memory-mib= or reach=, once each)"),
                         },
                         "not expected",
                     ));
@@ -829,12 +834,16 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             machine,
             vcpus,
             memory_mib,
+            reach,
         } = line;
         let at = label
             .as_ref()
             .map_or_else(|| "vms.default".to_string(), |l| format!("vms.label {l:?}"));
-        let qemu_only =
-            egress.is_some() || machine.is_some() || vcpus.is_some() || memory_mib.is_some();
+        let qemu_only = egress.is_some()
+            || machine.is_some()
+            || vcpus.is_some()
+            || memory_mib.is_some()
+            || reach.is_some();
         let bounded = |what: &str, n: Option<i128>, max: u32| -> Result<Option<u32>, ConfigError> {
             n.map(|n| {
                 u32::try_from(n)
@@ -847,7 +856,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         let choice = match (provider.as_str(), source) {
             (_, _) if qemu_only && provider != "qemu" => {
                 return Err(invalid(format!(
-                    "{at}: egress=, machine=, vcpus= and memory-mib= are QEMU settings"
+                    "{at}: egress=, machine=, vcpus=, memory-mib= and reach= are QEMU settings"
                 )));
             }
             ("local", None) => ProviderChoice::Local,
@@ -859,6 +868,12 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
                     .transpose()?,
                 vcpus: bounded("vcpus", vcpus, 64)?,
                 memory_mib: bounded("memory-mib", memory_mib, 1 << 20)?,
+                reach: reach
+                    .iter()
+                    .flat_map(|r| r.split(','))
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect(),
             },
             ("bhyve", Some(snapshot)) if snapshot.contains('@') => {
                 ProviderChoice::Bhyve { snapshot }
@@ -979,7 +994,7 @@ mod tests {
     #[test]
     fn the_vms_block_routes_labels_to_providers() {
         let c = load(
-            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true machine=\"q35\" vcpus=2 memory-mib=2048\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
+            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true machine=\"q35\" vcpus=2 memory-mib=2048 reach=\"mirror.example:80, git.example:22\"\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
             &[],
         )
         .expect("valid");
@@ -990,7 +1005,7 @@ mod tests {
         let labels: Vec<&str> = c.vms.routes.iter().map(|(l, _)| l.as_str()).collect();
         assert_eq!(labels, ["linux", "omnios", "trusted"]);
         assert!(
-            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true, machine: Some(solstice_vmm::Machine::Q35), vcpus: Some(2), memory_mib: Some(2048) } if image.ends_with("images/linux") && image.is_absolute())
+            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true, machine: Some(solstice_vmm::Machine::Q35), vcpus: Some(2), memory_mib: Some(2048), reach } if image.ends_with("images/linux") && image.is_absolute() && reach == &["mirror.example:80", "git.example:22"])
         );
         assert_eq!(
             c.vms.routes[1].1,

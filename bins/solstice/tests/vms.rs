@@ -25,10 +25,12 @@ fn text(o: &Output) -> String {
 fn config(dir: &Path) -> std::path::PathBuf {
     let image = solstice_vmm::QemuImage::default_dir().expect("image dir");
     let path = dir.join("solstice.kdl");
+    std::fs::write(dir.join("token"), "t").expect("write");
+    std::fs::write(dir.join("hook"), "h").expect("write");
     std::fs::write(
         &path,
         format!(
-            "state-dir \"state\"\nrunner-listen \"10.0.0.1:7000\"\nvms {{\n    label \"linux\" provider=\"qemu\" image=\"{}\"\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/solstice/images/omnios@golden\"\n    default provider=\"local\"\n}}\nbhyve {{\n    link \"igb0\"\n}}\n",
+            "state-dir \"state\"\nrunner-listen \"10.0.0.1:7000\"\nforgejo {{\n    url \"https://codeberg.org\"\n    token-file \"token\"\n    webhook-secret-file \"hook\"\n}}\nvms {{\n    label \"linux\" provider=\"qemu\" image=\"{}\" reach=\"deb.debian.org:80\"\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/solstice/images/omnios@golden\"\n    default provider=\"local\"\n}}\nbhyve {{\n    link \"igb0\"\n}}\n",
             image.display()
         ),
     )
@@ -109,6 +111,15 @@ fn vm_check_dry_runs_print_the_commands_and_run_none() {
         "{out}"
     );
     assert!(out.contains("restrict=on"), "{out}");
+    // The label's own host, then the forge its jobs clone from.
+    assert!(
+        out.contains("guestfwd=tcp:10.0.2.101:80-cmd:socat STDIO TCP:deb.debian.org:80"),
+        "{out}"
+    );
+    assert!(
+        out.contains("guestfwd=tcp:10.0.2.102:443-cmd:socat STDIO TCP:codeberg.org:443"),
+        "{out}"
+    );
     assert!(
         !dir.path().join("state/qemu").exists()
             || std::fs::read_dir(dir.path().join("state/qemu"))

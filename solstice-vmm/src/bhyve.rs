@@ -319,7 +319,7 @@ impl BhyveProvider {
     }
 
     fn ours(&self, name: &str) -> bool {
-        name.starts_with(&self.config.prefix) && crate::local::safe_name(name)
+        name.starts_with(&self.config.prefix) && crate::vmdir::safe_name(name)
     }
 
     /// `zoneadm -z NAME list -p`: the zone's state, if it exists.

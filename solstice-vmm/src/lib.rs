@@ -43,6 +43,7 @@ mod qemu;
 mod router;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod vmdir;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -136,15 +136,6 @@ fn kill_marked(dir: &Path) -> usize {
     killed
 }
 
-pub(crate) fn safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 impl LocalProvider {
     /// Runs `command` (program and arguments; usually the `solstice-runner`
     /// binary) for each job, in directories under `root`.
@@ -250,20 +241,7 @@ impl VmProvider for LocalProvider {
     }
 
     async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {
-        if !safe_name(&spec.name) {
-            return Err(VmError::provider(format!(
-                "invalid VM name {:?}",
-                spec.name
-            )));
-        }
-        let id = VmId(spec.name.clone());
-        let dir = self.dir(&id);
-        if dir.exists() {
-            return Err(VmError::provider(format!(
-                "{} already exists",
-                dir.display()
-            )));
-        }
+        let (id, dir) = crate::vmdir::new_vm(&self.root, spec)?;
         if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(
                 root = %self.root.display(),
@@ -305,7 +283,7 @@ impl VmProvider for LocalProvider {
     }
 
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
-        if !safe_name(&id.0) {
+        if !crate::vmdir::safe_name(&id.0) {
             return Ok(());
         }
         let dir = self.dir(id);
@@ -332,37 +310,15 @@ impl VmProvider for LocalProvider {
         if stragglers > 0 {
             tracing::warn!(vm = %id.0, processes = stragglers, "killed processes the runner left behind");
         }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmError::provider_because(dir.display().to_string(), e)),
-        }
+        crate::vmdir::remove(&dir).await
     }
 
     async fn list(&self) -> Result<Vec<VmInfo>, VmError> {
         let mut out = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&self.root).await {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => {
-                return Err(VmError::provider_because(
-                    self.root.display().to_string(),
-                    e,
-                ));
-            }
-        };
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            let Ok(owner) = tokio::fs::read_to_string(entry.path().join("owner")).await else {
-                continue;
-            };
-            let id = VmId(name);
+        for (id, owner) in crate::vmdir::owned(&self.root).await? {
             let state = self.state(&id).await.unwrap_or(VmState::Stopped(None));
             out.push(VmInfo { id, owner, state });
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 }

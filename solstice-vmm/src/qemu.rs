@@ -971,20 +971,7 @@ impl VmProvider for QemuProvider {
     }
 
     async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {
-        if !crate::local::safe_name(&spec.name) {
-            return Err(VmError::provider(format!(
-                "invalid VM name {:?}",
-                spec.name
-            )));
-        }
-        let id = VmId(spec.name.clone());
-        let dir = self.vm_dir(&id);
-        if dir.exists() {
-            return Err(VmError::provider(format!(
-                "{} already exists",
-                dir.display()
-            )));
-        }
+        let (id, dir) = crate::vmdir::new_vm(&self.config.root, spec)?;
         match self.create(spec, &dir).await {
             Ok(running) => {
                 lock(&self.vms).insert(id.clone(), running);
@@ -1010,7 +997,7 @@ impl VmProvider for QemuProvider {
                 (Ok(None), None) => VmState::Booting,
             });
         }
-        if !crate::local::safe_name(&id.0) {
+        if !crate::vmdir::safe_name(&id.0) {
             return Err(VmError::NotFound(id.clone()));
         }
         let dir = self.vm_dir(id);
@@ -1025,7 +1012,7 @@ impl VmProvider for QemuProvider {
     }
 
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
-        if !crate::local::safe_name(&id.0) {
+        if !crate::vmdir::safe_name(&id.0) {
             return Ok(());
         }
         let dir = self.vm_dir(id);
@@ -1047,42 +1034,20 @@ impl VmProvider for QemuProvider {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmError::provider_because(dir.display().to_string(), e)),
-        }
+        crate::vmdir::remove(&dir).await
     }
 
     async fn list(&self) -> Result<Vec<VmInfo>, VmError> {
         let mut out = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&self.config.root).await {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => {
-                return Err(VmError::provider_because(
-                    self.config.root.display().to_string(),
-                    e,
-                ));
-            }
-        };
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            let Ok(owner) = tokio::fs::read_to_string(entry.path().join("owner")).await else {
-                continue;
-            };
-            let id = VmId(name);
+        for (id, owner) in crate::vmdir::owned(&self.config.root).await? {
             let state = self.state(&id).await.unwrap_or(VmState::Stopped(None));
             out.push(VmInfo::new(id, owner, state));
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
     async fn console_tail(&self, id: &VmId) -> Option<String> {
-        if !crate::local::safe_name(&id.0) {
+        if !crate::vmdir::safe_name(&id.0) {
             return None;
         }
         let dir = self.vm_dir(id);

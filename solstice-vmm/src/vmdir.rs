@@ -1,0 +1,66 @@
+//! What the providers that keep one directory per VM share: the name rule,
+//! the new directory, listing by `owner` files, removal.
+
+use std::path::{Path, PathBuf};
+
+use crate::{VmError, VmId, VmSpec};
+
+/// Whether `name` may name a VM (and its directory): letters, digits,
+/// `-_.`, not starting with a dot, at most 128 characters.
+pub(crate) fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The id and the directory under `root` of a new VM for `spec`; refused
+/// when the name is unsafe or the directory exists.
+pub(crate) fn new_vm(root: &Path, spec: &VmSpec) -> Result<(VmId, PathBuf), VmError> {
+    if !safe_name(&spec.name) {
+        return Err(VmError::provider(format!(
+            "invalid VM name {:?}",
+            spec.name
+        )));
+    }
+    let dir = root.join(&spec.name);
+    if dir.exists() {
+        return Err(VmError::provider(format!(
+            "{} already exists",
+            dir.display()
+        )));
+    }
+    Ok((VmId(spec.name.clone()), dir))
+}
+
+/// The VMs under `root`: each directory with an `owner` file, with it.
+pub(crate) async fn owned(root: &Path) -> Result<Vec<(VmId, String)>, VmError> {
+    let mut out = Vec::new();
+    let mut entries = match tokio::fs::read_dir(root).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(VmError::provider_because(root.display().to_string(), e)),
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let Ok(owner) = tokio::fs::read_to_string(entry.path().join("owner")).await else {
+            continue;
+        };
+        out.push((VmId(name), owner));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes a VM's directory; one that is gone already is fine.
+pub(crate) async fn remove(dir: &Path) -> Result<(), VmError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(VmError::provider_because(dir.display().to_string(), e)),
+    }
+}

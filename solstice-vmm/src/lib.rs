@@ -55,8 +55,8 @@ pub use bhyve::{BhyveConfig, BhyveProvider, OWNER_ATTR, vnic_name};
 pub use command::{CommandOutput, CommandRunner, DryRun, HostCommand, OUTPUT_CAP, SystemRunner};
 pub use local::LocalProvider;
 pub use qemu::{
-    Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_GUEST_CONNECTIONS, Machine, QemuConfig,
-    QemuImage, QemuProvider, SEED_MAGIC, host_tsc_khz, probe_accelerator,
+    Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_GUEST_CONNECTIONS, MAX_REACH, Machine,
+    QemuConfig, QemuImage, QemuProvider, SEED_MAGIC, host_tsc_khz, probe_accelerator,
 };
 pub use router::ByLabel;
 

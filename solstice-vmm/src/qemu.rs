@@ -1060,3 +1060,107 @@ impl VmProvider for QemuProvider {
         (!text.trim().is_empty()).then_some(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// The console keeps `CONSOLE_CAP` bytes and a note, and reads on past
+    /// the limit (the guest never blocks on it).
+    #[tokio::test]
+    async fn the_console_is_capped_and_drained() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sock = dir.path().join("console.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+        let log = dir.path().join("console.log");
+        let task = tokio::spawn(console(listener, log.clone()));
+        let mut guest = tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("connect");
+        let chunk = vec![b'x'; 64 << 10];
+        let total = CONSOLE_CAP as usize * 3;
+        let mut sent = 0;
+        while sent < total {
+            guest
+                .write_all(&chunk)
+                .await
+                .expect("the console keeps reading");
+            sent += chunk.len();
+        }
+        drop(guest);
+        task.await.expect("console task");
+        let kept = std::fs::read(&log).expect("log");
+        let note = b"\n[solstice] console output cut here: the VM wrote more than the limit\n";
+        assert_eq!(kept.len(), CONSOLE_CAP as usize + note.len());
+        assert!(kept.ends_with(note));
+        // Exactly at the limit: no note.
+        let listener = tokio::net::UnixListener::bind(dir.path().join("c2.sock")).expect("bind");
+        let log2 = dir.path().join("c2.log");
+        let task = tokio::spawn(console(listener, log2.clone()));
+        let mut guest = tokio::net::UnixStream::connect(dir.path().join("c2.sock"))
+            .await
+            .expect("connect");
+        guest
+            .write_all(&vec![b'y'; CONSOLE_CAP as usize - 1])
+            .await
+            .expect("write");
+        drop(guest);
+        task.await.expect("console task");
+        assert_eq!(
+            std::fs::metadata(&log2).expect("log").len(),
+            CONSOLE_CAP - 1
+        );
+    }
+
+    /// A guest holds at most `MAX_GUEST_CONNECTIONS` connections to the
+    /// runner endpoint; one more waits until one closes.
+    #[tokio::test]
+    async fn guest_connections_are_capped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let upstream_path = dir.path().join("engine.sock");
+        let upstream = tokio::net::UnixListener::bind(&upstream_path).expect("bind");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        // The engine's side: holds each connection until the guest's side
+        // closes (as the gRPC server does).
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let guest_path = dir.path().join("runner.sock");
+        let listener = tokio::net::UnixListener::bind(&guest_path).expect("bind");
+        let connected = Arc::new(AtomicBool::new(false));
+        let proxy_task = tokio::spawn(proxy(
+            listener,
+            RunnerEndpoint::Unix(upstream_path),
+            connected.clone(),
+        ));
+        let mut conns = Vec::new();
+        for _ in 0..MAX_GUEST_CONNECTIONS + 1 {
+            conns.push(
+                tokio::net::UnixStream::connect(&guest_path)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let settle = || async {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        settle().await;
+        assert!(connected.load(Ordering::SeqCst));
+        assert_eq!(accepted.load(Ordering::SeqCst), MAX_GUEST_CONNECTIONS);
+        // One closes: the waiting one goes through.
+        drop(conns.remove(0));
+        settle().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), MAX_GUEST_CONNECTIONS + 1);
+        proxy_task.abort();
+    }
+}

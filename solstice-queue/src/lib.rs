@@ -3,8 +3,8 @@
 //! The durable job queue between the integration layer (which publishes one
 //! message per workflow job) and the orchestrators (which consume them up
 //! to their capacity). One trait, [`JobQueue`], generic over a serde
-//! message; [`MemoryQueue`] for the embedded, single-process deployment; a
-//! RabbitMQ queue for many hosts (to come); and a conformance suite
+//! message; [`MemoryQueue`] for the embedded, single-process deployment;
+//! `RabbitQueue` (the `rabbitmq` feature) for many hosts; and a conformance suite
 //! (the `testing` module, behind the `testing` feature) that every implementation,
 //! including third parties', runs.
 //!
@@ -35,6 +35,8 @@
 //! ```
 
 mod memory;
+#[cfg(feature = "rabbitmq")]
+mod rabbit;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -43,6 +45,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use memory::MemoryQueue;
+#[cfg(feature = "rabbitmq")]
+pub use rabbit::RabbitQueue;
+
+/// `e` and its sources, one after another (for logs).
+#[cfg(feature = "rabbitmq")]
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]

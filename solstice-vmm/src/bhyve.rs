@@ -229,46 +229,47 @@ impl BhyveProvider {
     }
 
     /// What of VM `name` still exists: the zone, the VNIC, the dataset.
-    async fn remains(&self, name: &str) -> Vec<String> {
+    /// Read from the host's full listings, which succeed whenever the host
+    /// works: a listing that fails is an error (nothing can be said), never
+    /// taken for "gone".
+    async fn remains(&self, name: &str) -> Result<Vec<String>, String> {
         let mut left = Vec::new();
-        let listed = |out: &CommandOutput, what: &str| {
-            out.success()
-                && String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .any(|l| l.split(':').any(|f| f == what) || l.trim() == what)
-        };
-        if let Ok(out) = self
-            .runner
-            .run(&HostCommand::new("zoneadm", ["-z", name, "list", "-p"]))
-            .await
-            && listed(&out, name)
+        let zones = self
+            .run(HostCommand::new("zoneadm", ["list", "-cp"]))
+            .await?;
+        // zoneid:zonename:state:...
+        if String::from_utf8_lossy(&zones.stdout)
+            .lines()
+            .any(|l| l.split(':').nth(1) == Some(name))
         {
             left.push(format!("zone {name}"));
         }
         if self.config.link.is_some() {
             let vnic = vnic_name(name);
-            if let Ok(out) = self
-                .runner
-                .run(&HostCommand::new(
-                    "dladm",
-                    ["show-vnic", "-p", "-o", "link", &vnic],
-                ))
-                .await
-                && listed(&out, &vnic)
+            let vnics = self
+                .run(HostCommand::new("dladm", ["show-vnic", "-p", "-o", "link"]))
+                .await?;
+            if String::from_utf8_lossy(&vnics.stdout)
+                .lines()
+                .any(|l| l.trim() == vnic)
             {
                 left.push(format!("VNIC {vnic}"));
             }
         }
         let ds = self.dataset(name);
-        if let Ok(out) = self
-            .runner
-            .run(&HostCommand::new("zfs", ["list", "-H", "-o", "name", &ds]))
-            .await
-            && listed(&out, &ds)
+        let datasets = self
+            .run(HostCommand::new(
+                "zfs",
+                ["list", "-H", "-o", "name", "-r", &self.config.jobs_dataset],
+            ))
+            .await?;
+        if String::from_utf8_lossy(&datasets.stdout)
+            .lines()
+            .any(|l| l.trim() == ds)
         {
             left.push(format!("dataset {ds}"));
         }
-        left
+        Ok(left)
     }
 
     /// Runs every teardown step, then checks nothing remains.
@@ -279,19 +280,21 @@ impl BhyveProvider {
                 failures.push(e);
             }
         }
-        let left = self.remains(name).await;
-        if left.is_empty() {
-            return Ok(());
+        let after = if failures.is_empty() {
+            String::new()
+        } else {
+            format!(" after: {}", failures.join("; "))
+        };
+        match self.remains(name).await {
+            Ok(left) if left.is_empty() => Ok(()),
+            Ok(left) => Err(VmError::provider(format!(
+                "VM {name}: {} still exist{after}",
+                left.join(", ")
+            ))),
+            Err(e) => Err(VmError::provider(format!(
+                "VM {name}: cannot tell whether it is gone: {e}{after}"
+            ))),
         }
-        Err(VmError::provider(format!(
-            "VM {name}: {} still exist{}",
-            left.join(", "),
-            if failures.is_empty() {
-                String::new()
-            } else {
-                format!(" after: {}", failures.join("; "))
-            }
-        )))
     }
 
     /// The commands `provision` and `destroy` would run for `spec`, in

@@ -117,12 +117,18 @@ impl Host {
                 self.datasets.retain(|d| d != ds && !d.starts_with(&prefix));
                 ok("")
             }
-            ("zfs", ["list", "-H", "-o", "name", ds]) => {
-                if self.datasets.contains(*ds) {
-                    ok(&format!("{ds}\n"))
-                } else {
-                    fail(&format!("cannot open '{ds}': dataset does not exist"))
+            ("zfs", ["list", "-H", "-o", "name", "-r", ds]) => {
+                if !self.datasets.contains(*ds) {
+                    return fail(&format!("cannot open '{ds}': dataset does not exist"));
                 }
+                let prefix = format!("{ds}/");
+                let mut out = String::new();
+                for d in &self.datasets {
+                    if d == ds || d.starts_with(&prefix) {
+                        out.push_str(&format!("{d}\n"));
+                    }
+                }
+                ok(&out)
             }
             ("zfs", ["list", "-H", "-o", "name", "-d", "1", ds]) => {
                 let prefix = format!("{ds}/");
@@ -161,14 +167,12 @@ impl Host {
                 }
                 ok("")
             }
-            ("dladm", ["show-vnic", "-p", "-o", "link", vnic]) => {
-                if self.vnics.contains(*vnic) {
-                    ok(&format!("{vnic}\n"))
-                } else {
-                    fail(&format!(
-                        "dladm: invalid vnic name '{vnic}': object not found"
-                    ))
+            ("dladm", ["show-vnic", "-p", "-o", "link"]) => {
+                let mut out = String::from("igb0vnic9\n");
+                for v in &self.vnics {
+                    out.push_str(&format!("{v}\n"));
                 }
+                ok(&out)
             }
             ("zonecfg", ["-z", name, script]) if script.starts_with("create -b") => {
                 if self.zones.contains_key(*name) {
@@ -390,6 +394,27 @@ async fn a_teardown_that_leaves_something_is_an_error_naming_it() {
         p.destroy(&vm.id).await.expect("the retry cleans up");
         host.assert_empty();
     }
+}
+
+/// A host whose listings fail cannot say the VM is gone: destroy is an
+/// error naming the listing, never a silent success.
+#[tokio::test]
+async fn a_failing_listing_is_never_taken_for_gone() {
+    let host = FakeIllumos::new();
+    let p = provider(&host);
+    let vm = p
+        .provision(&spec("solstice-r1-j2-a1"))
+        .await
+        .expect("provision");
+    host.0.lock().expect("lock").fail = Some((
+        "zoneadm list -cp".into(),
+        "zoneadm: permission denied".into(),
+    ));
+    let err = p.destroy(&vm.id).await.expect_err("cannot tell");
+    let text = err.to_string();
+    assert!(text.contains("cannot tell whether it is gone"), "{text}");
+    assert!(text.contains("zoneadm: permission denied"), "{text}");
+    host.assert_empty();
 }
 
 #[tokio::test]

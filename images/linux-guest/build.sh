@@ -23,7 +23,7 @@ disk_mib=${SOLSTICE_GUEST_DISK_MIB:-1024}
 log() { printf 'linux-guest: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
-packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod lz4 e2fsprogs socat git ca-certificates)
+packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod lz4 e2fsprogs socat git ca-certificates binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -115,6 +115,9 @@ for magic, cmd in decoders:
         at = data.find(magic, at + 1)
 sys.exit("no ELF kernel found inside " + sys.argv[1])
 PY
+# Without its symbol table: QEMU reads the symbols of an ELF kernel it
+# loads, which cost about 0.1 s of every boot here. The PVH note stays.
+strip --strip-all "$work/out/vmlinux"
 
 # The initramfs: busybox, the virtio drivers (in dependency order), /init.
 mods=$kdir/root/lib/modules/$kver

@@ -144,14 +144,7 @@ impl BhyveProvider {
         let name = &spec.name;
         let ds = self.dataset(name);
         let zvol = |d: &str| format!("/dev/zvol/rdsk/{ds}/{d}");
-        let mut seed = format!(
-            "{}\n{}\n{name}\n{}\n\n",
-            crate::SEED_MAGIC,
-            spec.endpoint.uri(),
-            spec.token
-        )
-        .into_bytes();
-        seed.resize(seed.len().div_ceil(4096) * 4096, 0);
+        let seed = crate::qemu::seed_disk(&spec.endpoint.uri(), name, &spec.token, "", "");
         let mut zone = vec![
             "create -b".to_string(),
             "set brand=bhyve".into(),

@@ -213,13 +213,7 @@ impl LocalProvider {
     /// The process group recorded in `dir/pgid`, if that process still
     /// runs and is ours.
     fn recorded(dir: &Path) -> Option<i32> {
-        let pid = std::fs::read_to_string(dir.join("pgid"))
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|p| *p > 1)?;
-        (kill(Pid::from_raw(pid), None).is_ok() && is_marked(pid, dir)).then_some(pid)
+        crate::vmdir::live_pid(&dir.join("pgid")).filter(|pid| is_marked(*pid, dir))
     }
 
     /// Kills the process group recorded in `dir/pgid`, if it is still ours.

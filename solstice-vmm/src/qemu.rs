@@ -23,6 +23,25 @@ pub const GUEST_ENDPOINT: &str = "http://10.0.2.100:4000";
 const GUESTFWD: &str = "tcp:10.0.2.100:4000";
 /// The first line of the seed disk, which the guest's init looks for.
 pub const SEED_MAGIC: &str = "SOLSTICE-SEED-1";
+/// A seed disk's content, as the guest image's init reads it: one line
+/// each for [`SEED_MAGIC`], the runner endpoint, the VM's name, the job
+/// token, the shared directory's path (or nothing) and the names of the
+/// hosts the guest may reach (`10.0.2.101=name ...`, or nothing), padded
+/// with zeros to whole 4 KiB blocks. Both the QEMU and the bhyve provider
+/// write it.
+pub(crate) fn seed_disk(
+    endpoint: &str,
+    name: &str,
+    token: &str,
+    share: &str,
+    hosts: &str,
+) -> Vec<u8> {
+    let mut seed =
+        format!("{SEED_MAGIC}\n{endpoint}\n{name}\n{token}\n{share}\n{hosts}\n").into_bytes();
+    seed.resize(seed.len().div_ceil(4096) * 4096, 0);
+    seed
+}
+
 /// The most console output kept per VM (the rest is read and dropped).
 pub const CONSOLE_CAP: u64 = 1 << 20;
 /// The most `host:port` entries in [`QemuImage::reach`].
@@ -663,14 +682,13 @@ impl QemuProvider {
                 names.push(entry);
             }
         }
-        let mut seed = format!(
-            "{SEED_MAGIC}\n{GUEST_ENDPOINT}\n{}\n{}\n{share}\n{}\n",
-            spec.name,
-            spec.token,
-            names.join(" ")
-        )
-        .into_bytes();
-        seed.resize(seed.len().div_ceil(4096) * 4096, 0);
+        let seed = seed_disk(
+            GUEST_ENDPOINT,
+            &spec.name,
+            &spec.token,
+            share,
+            &names.join(" "),
+        );
         {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
@@ -782,13 +800,7 @@ impl QemuProvider {
     /// ours (its command line names `dir`): after a reboot the number may
     /// belong to somebody else.
     fn recorded(dir: &Path) -> Option<i32> {
-        let pid = std::fs::read_to_string(dir.join("pid"))
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|p| *p > 1)?;
-        kill(Pid::from_raw(pid), None).ok()?;
+        let pid = crate::vmdir::live_pid(&dir.join("pid"))?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let needle = dir.join("seed.img");
         let needle = needle.to_string_lossy();

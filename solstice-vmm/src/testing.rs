@@ -31,19 +31,7 @@ pub async fn destroy_while_booting(provider: &dyn VmProvider, spec: &VmSpec) {
         .destroy(&vm.id)
         .await
         .expect("destroy while booting");
-    assert!(matches!(
-        provider.state(&vm.id).await,
-        Err(VmError::NotFound(_))
-    ));
-    assert!(
-        !provider
-            .list()
-            .await
-            .expect("list")
-            .iter()
-            .any(|i| i.id == vm.id),
-        "destroyed while booting, still listed"
-    );
+    assert_gone(provider, &vm.id, "destroyed while booting").await;
     provider.destroy(&vm.id).await.expect("destroy again");
 }
 
@@ -78,18 +66,7 @@ pub async fn leftovers_are_found_by_a_new_instance(
         .expect("the new instance lists the leftover VM");
     assert_eq!(info.owner, spec.owner);
     second.destroy(&vm.id).await.expect("destroy the leftover");
-    assert!(
-        !second
-            .list()
-            .await
-            .expect("list")
-            .iter()
-            .any(|i| i.id == vm.id)
-    );
-    assert!(matches!(
-        second.state(&vm.id).await,
-        Err(VmError::NotFound(_))
-    ));
+    assert_gone(second, &vm.id, "the leftover destroyed").await;
     // The first instance's own handle is stale now; destroying is still Ok.
     first
         .destroy(&vm.id)
@@ -113,18 +90,24 @@ pub async fn provision_observe_destroy(provider: &dyn VmProvider, spec: &VmSpec)
     let info = listed.iter().find(|i| i.id == vm.id).expect("listed");
     assert_eq!(info.owner, spec.owner, "the reaper needs the owner");
     provider.destroy(&vm.id).await.expect("destroy");
+    assert_gone(provider, &vm.id, "destroyed").await;
+}
+
+/// `id` is neither listed nor found.
+async fn assert_gone(provider: &dyn VmProvider, id: &VmId, what: &str) {
     assert!(
         !provider
             .list()
             .await
             .expect("list")
             .iter()
-            .any(|i| i.id == vm.id)
+            .any(|i| i.id == *id),
+        "{what}, still listed"
     );
-    assert!(matches!(
-        provider.state(&vm.id).await,
-        Err(VmError::NotFound(_))
-    ));
+    assert!(
+        matches!(provider.state(id).await, Err(VmError::NotFound(_))),
+        "{what}, still found"
+    );
 }
 
 /// Destroying twice, or something that never existed, is `Ok`.

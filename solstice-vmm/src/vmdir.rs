@@ -64,3 +64,18 @@ pub(crate) async fn remove(dir: &Path) -> Result<(), VmError> {
         Err(e) => Err(VmError::provider_because(dir.display().to_string(), e)),
     }
 }
+
+/// The process recorded in `file` (a pid file a provider wrote), if one
+/// with that number runs. Whether it is still the VM's is the caller's to
+/// check: after a reboot the number may be somebody else's.
+pub(crate) fn live_pid(file: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(file)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 1)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+        .ok()
+        .map(|()| pid)
+}

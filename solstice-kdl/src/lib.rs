@@ -68,7 +68,10 @@ pub use model::{
     Axis, Duration, DurationError, Env, Job, MAX_DEFAULT_NAME, Matrix, RefFilter, Step, Triggers,
     Workflow,
 };
-pub use plan::{MAX_RUN_JOBS, MAX_RUN_NEEDS, Plan, PlanError, PlannedJob, UnknownJob};
+pub use plan::{
+    MAX_LABEL_BYTES, MAX_RUN_JOBS, MAX_RUN_NEEDS, Plan, PlanError, PlannedJob, UnknownJob,
+    valid_label,
+};
 pub use print::{ident as print_ident, quote as print_string};
 pub use schema::{MAX_MATRIX_COMBINATIONS, MAX_RETRY};
 pub use trigger::{Event, GitRef};

@@ -46,6 +46,30 @@ pub enum PlanError {
     /// Two jobs expand to the same id (two equal matrix values).
     #[error("two jobs have the id `{0}`")]
     DuplicateJob(String),
+    /// A `runs_on` label (after matrix interpolation) is not 1 to
+    /// [`MAX_LABEL_BYTES`] of `A-Z a-z 0-9 . _ -`: labels name queues on
+    /// the broker and VM images on the hosts.
+    #[error(
+        "job `{job}` runs on {label:?}: a label is 1 to {MAX_LABEL_BYTES} letters, digits, `.`, `_` or `-`"
+    )]
+    BadLabel {
+        /// The expanded job.
+        job: String,
+        /// The label as interpolated.
+        label: String,
+    },
+}
+
+/// Longest `runs_on` label.
+pub const MAX_LABEL_BYTES: usize = 64;
+
+/// Whether `label` may be a `runs_on` label (see [`PlanError::BadLabel`]).
+pub fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= MAX_LABEL_BYTES
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Most jobs one run may have after matrix expansion.
@@ -224,10 +248,19 @@ impl Workflow {
                 if !seen.insert(id.clone()) {
                     return Err(PlanError::DuplicateJob(id));
                 }
+                let expanded = interpolate_job(job, &combo);
+                if let Some(label) = &expanded.runs_on
+                    && !valid_label(label)
+                {
+                    return Err(PlanError::BadLabel {
+                        job: id,
+                        label: label.chars().take(MAX_LABEL_BYTES + 1).collect(),
+                    });
+                }
                 jobs.push(PlannedJob {
                     id,
                     base_id: job.id.clone(),
-                    job: interpolate_job(job, &combo),
+                    job: expanded,
                     matrix: combo,
                 });
             }
@@ -278,5 +311,32 @@ mod only_tests {
         );
         let err = w.only(&["zz".into()]).expect_err("unknown");
         assert_eq!(err.to_string(), "no job `zz` (the jobs are a, b, c, d)");
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::{MAX_LABEL_BYTES, PlanError};
+
+    fn plan(label: &str) -> Result<super::Plan, PlanError> {
+        let text = format!(
+            "workflow {{\n job id=\"a\" runs_on=\"${{{{ matrix.l }}}}\" {{\n  matrix {{ l \"{label}\"; }}\n  step run=\"x\"\n }}\n}}"
+        );
+        crate::parse(&text).expect("valid").plan()
+    }
+
+    #[test]
+    fn labels_are_checked_after_matrix_interpolation() {
+        assert!(plan("ubuntu-22.04_x").is_ok());
+        assert!(plan(&"a".repeat(MAX_LABEL_BYTES)).is_ok());
+        for bad in ["a b", "a/b", "é", "a*", &"a".repeat(MAX_LABEL_BYTES + 1)] {
+            match plan(bad) {
+                Err(PlanError::BadLabel { job, label }) => {
+                    assert!(job.starts_with("a"), "{job}");
+                    assert!(label.len() <= MAX_LABEL_BYTES + 2, "{label}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -34,6 +34,7 @@
 //! # });
 //! ```
 
+mod labels;
 mod memory;
 #[cfg(feature = "rabbitmq")]
 mod rabbit;
@@ -44,6 +45,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use labels::{LabelQueues, OneQueue, PerLabel};
 pub use memory::MemoryQueue;
 #[cfg(feature = "rabbitmq")]
 pub use rabbit::RabbitQueue;

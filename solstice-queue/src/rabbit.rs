@@ -212,6 +212,40 @@ impl<M> RabbitQueue<M> {
         })
     }
 
+    /// A queue per label (`runs_on`): `PREFIX.LABEL`, each with its own
+    /// dead letters, connected on first use. A label that is not 1 to 64
+    /// of `A-Z a-z 0-9 . _ -` is refused (it would name a queue).
+    pub fn per_label(
+        url: impl Into<String>,
+        prefix: impl Into<String>,
+        options: QueueOptions,
+    ) -> crate::PerLabel<M>
+    where
+        M: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let url = url.into();
+        let prefix = prefix.into();
+        crate::PerLabel::new(move |label: String| {
+            let url = url.clone();
+            let name = format!("{prefix}.{label}");
+            async move {
+                let usable = !label.is_empty()
+                    && label.len() <= 64
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !usable {
+                    return Err(QueueError::Broker(
+                        format!("{label:?} cannot name a queue").into(),
+                    ));
+                }
+                let queue: Arc<dyn JobQueue<M>> =
+                    Arc::new(RabbitQueue::<M>::connect(url, name, options).await?);
+                Ok(queue)
+            }
+        })
+    }
+
     /// Deletes the queue and its dead letters (tests, operators).
     pub async fn delete(&self) -> Result<(), QueueError> {
         let (connection, channel) = self.shared.connect().await?;

@@ -19,7 +19,13 @@ use crate::store::{Applied, Attempt, AttemptStatus, Change, Job, JobStatus};
 use crate::util::error_chain;
 
 impl Engine {
-    pub(super) async fn run_job(&self, msg: &JobMessage) -> Result<(), EngineError> {
+    /// Claims and runs the job of `msg`; acks `delivery` (taking it) once
+    /// the claim is decided.
+    pub(super) async fn run_job(
+        &self,
+        msg: &JobMessage,
+        delivery: &mut Option<solstice_queue::Delivery<JobMessage>>,
+    ) -> Result<(), EngineError> {
         if lock(&self.inner.cancelled_runs).contains(&msg.run_id) {
             self.inner
                 .store
@@ -45,6 +51,10 @@ impl Engine {
                 now: now_ms(),
             })
             .await?;
+        if let Some(d) = delivery.take() {
+            // A failed ack: the message comes again, and its claim fails.
+            let _ = d.ack().await;
+        }
         // Not queued (a stale or duplicate message), or out of attempts.
         let Applied::Claimed(Some(pair)) = claimed else {
             return Ok(());
@@ -334,7 +344,7 @@ impl Engine {
                 attempt: attempt.number,
                 reason: reason.unwrap_or_default(),
             });
-            self.publish(run, job.id).await?;
+            self.publish(run, job.id, &job.label).await?;
             return Ok(());
         }
         self.emit(EngineEvent::JobFinished {

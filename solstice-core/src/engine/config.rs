@@ -66,6 +66,12 @@ pub struct EngineConfig {
     pub holder: String,
     /// Most jobs at once.
     pub capacity: usize,
+    /// The `runs_on` labels whose jobs this engine takes. `None`: the
+    /// queue of the label `default`, which is every label's when one queue
+    /// holds them all ([`crate::engine::Engine::start`]). `Some(vec![])`:
+    /// none (an engine that plans and schedules but runs nothing, as in
+    /// the integration daemon).
+    pub labels: Option<Vec<String>>,
     /// Lease length; the heartbeat renews it every third of that.
     pub lease: Duration,
     /// Timeout of jobs without `timeout`.
@@ -105,6 +111,7 @@ impl std::fmt::Debug for EngineConfig {
         f.debug_struct("EngineConfig")
             .field("holder", &self.holder)
             .field("capacity", &self.capacity)
+            .field("labels", &self.labels)
             .field("lease", &self.lease)
             .field("default_job_timeout", &self.default_job_timeout)
             .field("log_cap", &self.log_cap)
@@ -126,6 +133,7 @@ impl Default for EngineConfig {
         EngineConfig {
             holder: format!("engine-{}-{}", std::process::id(), now_ms()),
             capacity: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            labels: None,
             lease: Duration::from_secs(30),
             default_job_timeout: Duration::from_secs(3600),
             log_cap: DEFAULT_LOG_CAP,

@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use solstice_kdl::{PlannedJob, Workflow};
-use solstice_queue::{Delivery, JobQueue};
+use solstice_queue::{Delivery, JobQueue, LabelQueues, OneQueue};
 use solstice_vmm::{RunnerEndpoint, VmProvider};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -201,7 +201,7 @@ struct LiveAttempt {
 struct Inner {
     config: EngineConfig,
     store: Arc<dyn StateStore>,
-    queue: Arc<dyn JobQueue<JobMessage>>,
+    queues: Arc<dyn LabelQueues<JobMessage>>,
     provider: Arc<dyn VmProvider>,
     endpoint: RunnerEndpoint,
     live: Mutex<HashMap<AttemptId, Arc<LiveAttempt>>>,
@@ -250,11 +250,24 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Starts serving the runner endpoint, recovers what an earlier life (or
-    /// a dead peer) left, and starts consuming the queue.
+    /// a dead peer) left, and starts consuming the queue: one queue for
+    /// every label ([`Engine::start_with_queues`] for a queue per label).
     pub async fn start(
         config: EngineConfig,
         store: Arc<dyn StateStore>,
         queue: Arc<dyn JobQueue<JobMessage>>,
+        provider: Arc<dyn VmProvider>,
+    ) -> Result<Engine, EngineError> {
+        Engine::start_with_queues(config, store, Arc::new(OneQueue::new(queue)), provider).await
+    }
+
+    /// [`Engine::start`] with the queue of each `runs_on` label from
+    /// `queues`: the engine publishes every job to its label's queue and
+    /// consumes the queues of [`EngineConfig::labels`] only.
+    pub async fn start_with_queues(
+        config: EngineConfig,
+        store: Arc<dyn StateStore>,
+        queues: Arc<dyn LabelQueues<JobMessage>>,
         provider: Arc<dyn VmProvider>,
     ) -> Result<Engine, EngineError> {
         let (listener, endpoint) = config.listen.bind().await.map_err(EngineError::Listen)?;
@@ -264,7 +277,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 config,
                 store,
-                queue,
+                queues,
                 provider,
                 endpoint,
                 live: Mutex::new(HashMap::new()),
@@ -568,10 +581,12 @@ impl Engine {
         self.inner.services.wait().await;
     }
 
-    /// Puts a job on the queue.
-    async fn publish(&self, run: RunId, job: JobId) -> Result<(), EngineError> {
+    /// Puts a job on its label's queue.
+    async fn publish(&self, run: RunId, job: JobId, label: &str) -> Result<(), EngineError> {
         self.inner
-            .queue
+            .queues
+            .queue(label)
+            .await?
             .publish(&JobMessage {
                 run_id: run,
                 job_id: job,
@@ -580,11 +595,58 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether this engine takes jobs of `label`.
+    pub(crate) fn serves(&self, label: &str) -> bool {
+        match &self.inner.config.labels {
+            None => true,
+            Some(labels) => labels.iter().any(|l| l == label),
+        }
+    }
+
+    /// One consumer of the queues this engine serves: the queue itself
+    /// when they are one, else a consumer per queue feeding one channel.
+    async fn consumer(
+        &self,
+        prefetch: usize,
+    ) -> Result<Option<Box<dyn solstice_queue::Consumer<JobMessage>>>, EngineError> {
+        let labels = match &self.inner.config.labels {
+            None => vec!["default".to_string()],
+            Some(labels) => labels.clone(),
+        };
+        let mut queues: Vec<Arc<dyn JobQueue<JobMessage>>> = Vec::new();
+        for label in &labels {
+            let q = self.inner.queues.queue(label).await?;
+            if !queues.iter().any(|known| Arc::ptr_eq(known, &q)) {
+                queues.push(q);
+            }
+        }
+        if queues.len() <= 1 {
+            return Ok(match queues.pop() {
+                Some(q) => Some(q.consume(prefetch).await?),
+                None => None,
+            });
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        for q in queues {
+            let mut consumer = q.consume(prefetch).await?;
+            let tx = tx.clone();
+            self.spawn(async move {
+                while let Ok(delivery) = consumer.next().await {
+                    if tx.send(delivery).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(Some(Box::new(Merged(rx))))
+    }
+
     async fn consume(&self) {
         let capacity = self.inner.config.capacity.max(1);
         let slots = Arc::new(Semaphore::new(capacity));
-        let mut consumer = match self.inner.queue.consume(capacity).await {
-            Ok(c) => c,
+        let mut consumer = match self.consumer(capacity).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %crate::util::error_chain(&e), "cannot consume the job queue");
                 return;
@@ -626,15 +688,37 @@ impl Engine {
 
     async fn handle(&self, delivery: Delivery<JobMessage>) {
         let msg = delivery.message().clone();
-        match self.run_job(&msg).await {
-            Ok(()) => {
-                let _ = delivery.ack().await;
+        // The delivery is acked once the claim has committed (`run_job`):
+        // from then on the store's lease holds the job's place, not the
+        // broker, whose delivery timeout would cut a long job short.
+        let mut delivery = Some(delivery);
+        let result = self.run_job(&msg, &mut delivery).await;
+        match (result, delivery) {
+            (Ok(()), Some(d)) => {
+                let _ = d.ack().await;
             }
-            Err(e) => {
+            (Err(e), Some(d)) => {
                 tracing::error!(error = %crate::util::error_chain(&e), "job handling failed; the message goes back to the queue");
-                let _ = delivery.nack(true).await;
+                let _ = d.nack(true).await;
             }
+            (Err(e), None) => {
+                tracing::error!(error = %crate::util::error_chain(&e), "job handling failed after its claim; the lease recovers the job");
+            }
+            (Ok(()), None) => {}
         }
         self.schedule_soon(msg.run_id);
+    }
+}
+
+/// Deliveries of several queues through one channel.
+struct Merged(tokio::sync::mpsc::Receiver<Delivery<JobMessage>>);
+
+#[async_trait::async_trait]
+impl solstice_queue::Consumer<JobMessage> for Merged {
+    async fn next(&mut self) -> Result<Delivery<JobMessage>, solstice_queue::QueueError> {
+        self.0
+            .recv()
+            .await
+            .ok_or(solstice_queue::QueueError::Closed)
     }
 }

@@ -48,7 +48,7 @@ impl Engine {
                 attempt: attempt.number,
                 reason,
             });
-            self.publish(job.run_id, job.id).await?;
+            self.publish(job.run_id, job.id, &job.label).await?;
         }
         // List the VMs first, then read who is running: a VM exists only
         // after its attempt was claimed, so a VM in the list has its owner in
@@ -94,7 +94,9 @@ impl Engine {
                 .idle_since_reconcile
                 .swap(true, std::sync::atomic::Ordering::SeqCst);
         let mut now = HashSet::with_capacity(queued.len());
-        for job in queued {
+        // Only the labels this engine serves: another label's queue is
+        // another fleet's to drain.
+        for job in queued.into_iter().filter(|j| self.serves(&j.label)) {
             now.insert(job.id);
             let stranded = match seen {
                 None => true,
@@ -104,7 +106,7 @@ impl Engine {
                 if seen.is_some() {
                     tracing::warn!(job = %job.key, "a queued job had no message; publishing it again");
                 }
-                self.publish(job.run_id, job.id).await?;
+                self.publish(job.run_id, job.id, &job.label).await?;
             }
         }
         Ok(now)

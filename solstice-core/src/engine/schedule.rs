@@ -95,7 +95,7 @@ impl Engine {
             }
             candidates.sort_unstable();
             candidates.dedup();
-            let mut to_queue: Vec<(JobId, String)> = Vec::new();
+            let mut to_queue: Vec<(JobId, String, String)> = Vec::new();
             for id in std::mem::take(&mut candidates) {
                 let Some(job) = index.pending.get(&id) else {
                     continue;
@@ -122,10 +122,10 @@ impl Engine {
                         });
                     }
                 } else if job.needs.iter().all(|n| index.succeeded(n)) {
-                    to_queue.push((id, job.key.clone()));
+                    to_queue.push((id, job.key.clone(), job.label.clone()));
                 }
             }
-            let ids: Vec<JobId> = to_queue.iter().map(|(id, _)| *id).collect();
+            let ids: Vec<JobId> = to_queue.iter().map(|(id, _, _)| *id).collect();
             // Not pending any more either way: queued now, or moved by
             // someone else (another engine's scheduler, a cancel).
             index.forget(&ids);
@@ -134,8 +134,11 @@ impl Engine {
                 .await?
                 .into_iter()
                 .collect();
-            for (id, key) in to_queue.into_iter().filter(|(id, _)| queued.contains(id)) {
-                self.publish(run, id).await?;
+            for (id, key, label) in to_queue
+                .into_iter()
+                .filter(|(id, _, _)| queued.contains(id))
+            {
+                self.publish(run, id, &label).await?;
                 self.emit(EngineEvent::JobQueued { run, key });
             }
         }
@@ -200,6 +203,7 @@ pub(super) struct RunIndex {
 
 struct PendingJob {
     key: String,
+    label: String,
     needs: Vec<String>,
 }
 
@@ -234,6 +238,7 @@ impl RunIndex {
                     job.id,
                     PendingJob {
                         key: job.key.clone(),
+                        label: job.label.clone(),
                         needs: job.needs.clone(),
                     },
                 );

@@ -351,6 +351,16 @@ impl Engine {
         &self.inner.endpoint
     }
 
+    /// Attempts this engine is running now.
+    pub fn running(&self) -> usize {
+        lock(&self.inner.live).len()
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn StateStore> {
         &self.inner.store

@@ -85,6 +85,45 @@ pub struct ScheduleEntry {
     pub since: i64,
 }
 
+/// One daemon of the fleet as its last heartbeat left it
+/// ([`IntegrationStore::heartbeat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostEntry {
+    /// The host's unique name (its engine's lease holder).
+    pub name: String,
+    /// `orchestrator`, `integration` or `all-in-one`.
+    pub role: String,
+    /// The `runs_on` labels it takes.
+    pub labels: Vec<String>,
+    /// Most jobs at once.
+    pub capacity: u32,
+    /// Jobs running at the heartbeat.
+    pub running: u32,
+    /// The daemon's version.
+    pub version: String,
+    /// When it started (Unix ms).
+    pub started_at: i64,
+    /// Its last heartbeat (Unix ms).
+    pub seen_at: i64,
+}
+
+impl HostEntry {
+    /// A heartbeat of `name`, seen now.
+    pub fn new(name: impl Into<String>, role: impl Into<String>) -> HostEntry {
+        HostEntry {
+            name: name.into(),
+            role: role.into(),
+            labels: Vec::new(),
+            capacity: 0,
+            running: 0,
+            version: String::new(),
+            started_at: 0,
+            seen_at: 0,
+        }
+    }
+}
+
 /// A delivery to record ([`IntegrationStore::record_deliveries`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -193,4 +232,10 @@ pub trait IntegrationStore: Send + Sync {
 
     /// Up to `limit` runs, newest first, older than `before` when given.
     async fn recent_runs(&self, limit: usize, before: Option<RunId>) -> Result<Vec<Run>>;
+
+    /// Records a host's heartbeat (inserts or replaces its row).
+    async fn heartbeat(&self, host: &HostEntry) -> Result<()>;
+
+    /// Every host that sent a heartbeat since `since` (Unix ms), by name.
+    async fn hosts(&self, since: i64) -> Result<Vec<HostEntry>>;
 }

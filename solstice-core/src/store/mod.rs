@@ -26,7 +26,9 @@ mod sql;
 mod state_store;
 
 pub use error::{BoxError, StoreError};
-pub use integration::{InboxEntry, InboxState, IntegrationStore, NewDelivery, ScheduleEntry};
+pub use integration::{
+    HostEntry, InboxEntry, InboxState, IntegrationStore, NewDelivery, ScheduleEntry,
+};
 pub use model::{
     Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, LogStream, NewJob, Run,
     RunId, RunStatus, StepRecord, StepStatus,

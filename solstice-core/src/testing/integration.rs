@@ -11,6 +11,7 @@ pub async fn run_all<S: StateStore + IntegrationStore>(store: &S) {
     runs_are_found_by_source_and_listed_newest_first(store).await;
     batches_of_deliveries_are_recorded_once(store).await;
     schedules_follow_the_workflow(store).await;
+    hosts_are_upserted_by_heartbeat(store).await;
 }
 
 /// A delivery id is recorded once per forge; the same id from another
@@ -291,4 +292,26 @@ pub async fn schedules_follow_the_workflow<S: StateStore + IntegrationStore>(sto
         .await
         .expect("clear");
     assert_eq!(store.schedules().await.expect("list").len(), 1);
+}
+
+/// A heartbeat replaces the host's row; `hosts` lists those seen since a
+/// time, by name.
+pub async fn hosts_are_upserted_by_heartbeat<S: StateStore + IntegrationStore>(store: &S) {
+    use crate::store::HostEntry;
+    let mut a = HostEntry::new("host-a", "orchestrator");
+    a.labels = vec!["linux".into(), "omnios".into()];
+    a.capacity = 4;
+    a.running = 1;
+    a.version = "1.2.3".into();
+    a.started_at = 1_000;
+    a.seen_at = 2_000;
+    store.heartbeat(&a).await.expect("heartbeat");
+    let mut b = HostEntry::new("host-b", "integration");
+    b.seen_at = 500;
+    store.heartbeat(&b).await.expect("heartbeat");
+    assert_eq!(store.hosts(0).await.expect("hosts"), vec![a.clone(), b.clone()]);
+    a.running = 3;
+    a.seen_at = 3_000;
+    store.heartbeat(&a).await.expect("heartbeat again");
+    assert_eq!(store.hosts(1_000).await.expect("hosts"), vec![a]);
 }

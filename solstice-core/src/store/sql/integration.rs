@@ -7,7 +7,7 @@ use super::rows::{SqlResult, col, run_from};
 use super::text::placeholders;
 use super::{Result, SqlStore};
 use crate::store::{
-    InboxEntry, InboxState, IntegrationStore, NewDelivery, Run, RunId, ScheduleEntry,
+    HostEntry, InboxEntry, InboxState, IntegrationStore, NewDelivery, Run, RunId, ScheduleEntry,
 };
 
 const COLUMNS: &str = "forge, id, event, body, received_at, state, outcome, run_id, target";
@@ -277,5 +277,60 @@ impl IntegrationStore for SqlStore {
         .await
         .db()?;
         rows.iter().map(run_from).collect()
+    }
+
+    async fn heartbeat(&self, host: &HostEntry) -> Result<()> {
+        sqlx::query(&self.dialect.sql(
+            "INSERT INTO hosts (name, role, labels, capacity, running, version, started_at, seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (name) DO UPDATE SET role = excluded.role, labels = excluded.labels, \
+             capacity = excluded.capacity, running = excluded.running, version = excluded.version, \
+             started_at = excluded.started_at, seen_at = excluded.seen_at",
+        ))
+        .bind(&host.name)
+        .bind(&host.role)
+        .bind(host.labels.join(","))
+        .bind(i64::from(host.capacity))
+        .bind(i64::from(host.running))
+        .bind(&host.version)
+        .bind(host.started_at)
+        .bind(host.seen_at)
+        .execute(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    async fn hosts(&self, since: i64) -> Result<Vec<HostEntry>> {
+        let rows = sqlx::query(&self.dialect.sql(
+            "SELECT name, role, labels, capacity, running, version, started_at, seen_at \
+             FROM hosts WHERE seen_at >= $1 ORDER BY name",
+        ))
+        .bind(since)
+        .fetch_all(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        rows.iter()
+            .map(|r| {
+                let labels: String = col(r, "labels")?;
+                let count = |name: &str| -> Result<u32> {
+                    Ok(u32::try_from(col::<i64>(r, name)?.max(0)).unwrap_or(u32::MAX))
+                };
+                Ok(HostEntry {
+                    name: col(r, "name")?,
+                    role: col(r, "role")?,
+                    labels: labels
+                        .split(',')
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    capacity: count("capacity")?,
+                    running: count("running")?,
+                    version: col(r, "version")?,
+                    started_at: col(r, "started_at")?,
+                    seen_at: col(r, "seen_at")?,
+                })
+            })
+            .collect()
     }
 }

@@ -83,6 +83,37 @@ pub struct Config {
     pub runner_listen: Option<SocketAddr>,
     /// Where jobs run.
     pub vms: VmsConfig,
+    /// The state store's URL (`postgres://...`); none: SQLite in the
+    /// state directory (one host only).
+    pub database: Option<Secret>,
+    /// The job queue's URL (`amqp://...`, RabbitMQ); none: the in-process
+    /// queue (one process only).
+    pub queue: Option<Secret>,
+    /// The queues are named `PREFIX.LABEL`.
+    pub queue_prefix: String,
+    /// This host's unique name in the fleet (default: the machine's host
+    /// name and the process id).
+    pub host_name: String,
+    /// The `runs_on` labels this host takes; none: every label the `vms`
+    /// block routes, and `default`.
+    pub labels: Option<Vec<String>>,
+    /// How long a job's claim lasts without its host renewing it: a host
+    /// that dies loses its jobs to others after this.
+    pub lease: std::time::Duration,
+}
+
+impl Config {
+    /// The labels this host takes when it consumes per-label queues.
+    pub fn served_labels(&self) -> Vec<String> {
+        if let Some(labels) = &self.labels {
+            return labels.clone();
+        }
+        let mut labels: Vec<String> = self.vms.routes.iter().map(|(l, _)| l.clone()).collect();
+        if !labels.iter().any(|l| l == "default") {
+            labels.push("default".into());
+        }
+        labels
+    }
 }
 
 /// Which provider runs each `runs_on` label, and the providers' settings.
@@ -326,6 +357,12 @@ const ENV: &[(&str, &str)] = &[
     ("vault.token", "SOLSTICE_VAULT_TOKEN"),
     ("vault.token-file", "SOLSTICE_VAULT_TOKEN_FILE"),
     ("runner-listen", "SOLSTICE_RUNNER_LISTEN"),
+    ("database", "SOLSTICE_DATABASE"),
+    ("queue", "SOLSTICE_QUEUE"),
+    ("queue-prefix", "SOLSTICE_QUEUE_PREFIX"),
+    ("host-name", "SOLSTICE_HOST_NAME"),
+    ("labels", "SOLSTICE_LABELS"),
+    ("lease-seconds", "SOLSTICE_LEASE_SECONDS"),
     ("qemu.accelerator", "SOLSTICE_QEMU_ACCELERATOR"),
     (
         "qemu.boot-timeout-seconds",
@@ -911,6 +948,74 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
     if vms.routes.is_empty() && vms.default.is_none() {
         vms.default = Some(ProviderChoice::Local);
     }
+    let database = take("database");
+    if let Some(d) = &database
+        && !(d.starts_with("postgres://") || d.starts_with("postgresql://"))
+    {
+        return Err(invalid(
+            "database: a postgres:// URL (without one, SQLite in the state directory)".into(),
+        ));
+    }
+    let queue = take("queue");
+    if let Some(q) = &queue
+        && !(q.starts_with("amqp://") || q.starts_with("amqps://"))
+    {
+        return Err(invalid(
+            "queue: an amqp:// URL of RabbitMQ (without one, the in-process queue)".into(),
+        ));
+    }
+    let queue_prefix = take("queue-prefix").unwrap_or_else(|| "solstice.jobs".into());
+    if !solstice_kdl::valid_label(&queue_prefix) {
+        return Err(invalid(format!(
+            "queue-prefix: `{queue_prefix}` is not 1 to 64 letters, digits, `.`, `_` or `-`"
+        )));
+    }
+    let host_name = match take("host-name") {
+        Some(h) => h,
+        None => {
+            let machine = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "host".into());
+            format!("{machine}-{}", std::process::id())
+        }
+    };
+    if host_name.is_empty() || host_name.len() > 128 || host_name.chars().any(char::is_control) {
+        return Err(invalid(
+            "host-name: 1 to 128 characters, none a control character".into(),
+        ));
+    }
+    let labels = match take("labels") {
+        None => None,
+        Some(l) => {
+            let labels: Vec<String> = l
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if let Some(bad) = labels.iter().find(|l| !solstice_kdl::valid_label(l)) {
+                return Err(invalid(format!(
+                    "labels: {bad:?} is not a label (1 to 64 letters, digits, `.`, `_` or `-`)"
+                )));
+            }
+            Some(labels)
+        }
+    };
+    let lease = match take("lease-seconds") {
+        None => std::time::Duration::from_secs(30),
+        Some(l) => l
+            .parse::<u64>()
+            .ok()
+            .filter(|l| (3..=3600).contains(l))
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "lease-seconds: `{l}` is not a number of seconds from 3 to 3600"
+                ))
+            })?,
+    };
     Ok(Config {
         listen,
         public_url,
@@ -926,6 +1031,12 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         vault,
         runner_listen,
         vms,
+        database: database.map(Secret::new),
+        queue: queue.map(Secret::new),
+        queue_prefix,
+        host_name,
+        labels,
+        lease,
     })
 }
 

@@ -10,9 +10,9 @@ use solstice_core::engine::{
     CloneCredentials, Engine, EngineConfig, GitCredentials, JobMessage, Listen,
 };
 use solstice_core::secrets::SecretStore;
-use solstice_core::store::{SqlStore, StateStore};
+use solstice_core::store::{IntegrationStore, SqlStore, StateStore};
 use solstice_forge::{Forge, ForgeAdapter, Forgejo, GitHub, StatusReporter};
-use solstice_queue::{MemoryQueue, QueueOptions};
+use solstice_queue::{LabelQueues, MemoryQueue, OneQueue, QueueOptions, RabbitQueue};
 use tokio::sync::Notify;
 
 use crate::config::{Config, GitHubAuth};
@@ -28,6 +28,45 @@ pub struct ForgeLink {
     pub adapter: Arc<dyn ForgeAdapter>,
     /// Statuses out.
     pub reporter: Arc<dyn StatusReporter>,
+}
+
+/// Which parts of Solstice a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything in one process (`solstice serve`).
+    AllInOne,
+    /// Webhooks, planning, statuses, the API and job pages; runs no job
+    /// (`solstice integration`).
+    Integration,
+    /// Runs the jobs of the labels it serves, up to its capacity
+    /// (`solstice orchestrator`).
+    Orchestrator,
+}
+
+impl Role {
+    /// The name in the fleet listing.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::AllInOne => "all-in-one",
+            Role::Integration => "integration",
+            Role::Orchestrator => "orchestrator",
+        }
+    }
+}
+
+/// Why a role cannot run on this configuration (checked before anything
+/// starts: exit 2).
+pub fn check_role(config: &Config, role: Role) -> Result<(), String> {
+    if role == Role::AllInOne {
+        return Ok(());
+    }
+    if config.database.is_none() || config.queue.is_none() {
+        return Err(format!(
+            "`solstice {}` shares its work with other processes: set `database` (PostgreSQL) and `queue` (RabbitMQ) in the configuration or SOLSTICE_DATABASE and SOLSTICE_QUEUE",
+            role.name()
+        ));
+    }
+    Ok(())
 }
 
 /// What every part of the daemon shares.
@@ -173,17 +212,78 @@ fn links(config: &Config) -> Result<(Option<ForgeLink>, Option<ForgeLink>), BoxE
     Ok((github, forgejo))
 }
 
+/// The state store the configuration names: PostgreSQL, or SQLite in the
+/// state directory. A database that is not up yet is waited for (up to
+/// two minutes), so that hosts may start in any order.
+async fn open_store(config: &Config) -> Result<Arc<SqlStore>, BoxError> {
+    let Some(url) = &config.database else {
+        let db = config.state_dir.join("solstice.db");
+        return Ok(Arc::new(SqlStore::open_sqlite(&db).await.map_err(|e| {
+            format!("state store {}: {}", db.display(), chain(&e))
+        })?));
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match SqlStore::connect(url.expose()).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %chain(&e), "the database is not reachable yet; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(format!("the database: {}", chain(&e)).into()),
+        }
+    }
+}
+
+/// The job queues: RabbitMQ, a queue per label, or the in-process queue.
+fn open_queues(config: &Config) -> Arc<dyn LabelQueues<JobMessage>> {
+    match &config.queue {
+        Some(url) => Arc::new(RabbitQueue::per_label(
+            url.expose(),
+            config.queue_prefix.clone(),
+            QueueOptions::default(),
+        )),
+        None => Arc::new(OneQueue::new(Arc::new(MemoryQueue::<JobMessage>::new(
+            QueueOptions::default(),
+        )))),
+    }
+}
+
+/// Every few seconds, this host's row in the fleet listing.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+async fn heartbeats(daemon: Arc<Daemon>, role: Role) {
+    let started_at = solstice_core::engine::now_ms();
+    loop {
+        let engine = &daemon.engine;
+        let mut host = solstice_core::store::HostEntry::new(&daemon.config.host_name, role.name());
+        host.labels = engine.config().labels.clone().unwrap_or_else(|| {
+            let mut all = daemon.config.served_labels();
+            all.push("*".into());
+            all
+        });
+        host.capacity = if role == Role::Integration {
+            0
+        } else {
+            u32::try_from(engine.config().capacity).unwrap_or(u32::MAX)
+        };
+        host.running = u32::try_from(engine.running()).unwrap_or(u32::MAX);
+        host.version = env!("CARGO_PKG_VERSION").to_string();
+        host.started_at = started_at;
+        host.seen_at = solstice_core::engine::now_ms();
+        if let Err(e) = daemon.store.heartbeat(&host).await {
+            tracing::warn!(error = %chain(&e), "cannot record this host's heartbeat");
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
-pub async fn serve(config: Config) -> Result<(), BoxError> {
+pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| format!("state directory {}: {e}", config.state_dir.display()))?;
     let (github, forgejo) = links(&config)?;
-    let db = config.state_dir.join("solstice.db");
-    let store = Arc::new(
-        SqlStore::open_sqlite(&db)
-            .await
-            .map_err(|e| format!("state store {}: {}", db.display(), chain(&e)))?,
-    );
+    let store = open_store(&config).await?;
     let secret_store: Option<Arc<dyn SecretStore>> = match (&config.vault, &config.secrets_dir) {
         (Some(v), _) => Some(Arc::new(VaultSecretStore::new(
             &v.addr,
@@ -197,9 +297,18 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         ))),
     };
     let provider = crate::vms::providers(&config, Arc::new(solstice_vmm::SystemRunner))?;
-    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let queues = open_queues(&config);
     let mut engine_config = EngineConfig::default();
+    engine_config.holder = config.host_name.clone();
     engine_config.capacity = config.capacity;
+    engine_config.lease = config.lease;
+    engine_config.labels = match role {
+        Role::Integration => Some(Vec::new()),
+        Role::Orchestrator => Some(config.served_labels()),
+        // One process with the in-process queue serves every label.
+        Role::AllInOne if config.queue.is_none() => None,
+        Role::AllInOne => Some(config.served_labels()),
+    };
     engine_config.secret_store = secret_store;
     // Where each forge's repositories are cloned from: github.com for
     // api.github.com, the API host itself for GitHub Enterprise
@@ -225,12 +334,19 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
             .runner_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
     );
-    let engine = Engine::start(engine_config, store.clone(), queue, provider)
+    let engine = Engine::start_with_queues(engine_config, store.clone(), queues, provider)
         .await
         .map_err(|e| format!("cannot start the engine: {}", chain(&e)))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    // An orchestrator serves runners only (no webhooks, API or pages).
+    let listener = if role == Role::Orchestrator {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?,
+        )
+    };
     let daemon = Arc::new(Daemon {
         config,
         store: store.clone(),
@@ -243,20 +359,31 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         intake: crate::intake::Intake::start(store.clone()),
         body_budget: crate::http::body_budget(),
     });
-    // The reporter listens before anything can start a job.
-    let reporter = tokio::spawn(crate::report::run(daemon.clone()));
-    let processor = tokio::spawn(crate::inbox::run(daemon.clone()));
-    let schedules = tokio::spawn(crate::cron::run(daemon.clone()));
-    let router = crate::http::router(daemon.clone());
+    let heartbeat = tokio::spawn(heartbeats(daemon.clone(), role));
+    let integrates = role != Role::Orchestrator;
     let stop = Arc::new(Notify::new());
-    let stopped = stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stopped.notified().await })
-            .await
-    });
-    tracing::info!(listen = %daemon.config.listen, public_url = %daemon.config.public_url, "solstice is serving");
-    if daemon.github.is_none() && daemon.forgejo.is_none() {
+    let mut tasks = Vec::new();
+    let mut reporter = None;
+    let mut server = None;
+    if let Some(listener) = listener {
+        // The reporter listens before anything can start a job.
+        reporter = Some(tokio::spawn(crate::report::run(daemon.clone())));
+        if daemon.config.queue.is_some() {
+            // Jobs that other hosts run reach the forge through the store.
+            tasks.push(tokio::spawn(crate::report::watch_store(daemon.clone())));
+        }
+        tasks.push(tokio::spawn(crate::inbox::run(daemon.clone())));
+        tasks.push(tokio::spawn(crate::cron::run(daemon.clone())));
+        let router = crate::http::router(daemon.clone());
+        let stopped = stop.clone();
+        server = Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stopped.notified().await })
+                .await
+        }));
+    }
+    tracing::info!(role = role.name(), host = %daemon.config.host_name, listen = %daemon.config.listen, public_url = %daemon.config.public_url, "solstice is serving");
+    if integrates && daemon.github.is_none() && daemon.forgejo.is_none() {
         tracing::warn!(
             "no forge is configured: webhooks are refused until one is (see docs/deploy.md)"
         );
@@ -266,17 +393,26 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     tracing::info!("stopping: no new deliveries; waiting for running jobs");
     daemon.accepting.store(false, Ordering::SeqCst);
     stop.notify_one();
-    processor.abort();
-    schedules.abort();
+    for task in &tasks {
+        task.abort();
+    }
     // Running jobs get a while to end; what is still running is then
-    // cancelled (and reported so), and the engine waits for its VMs.
+    // cancelled (and reported so), and the engine waits for its VMs. One
+    // process alone waits for every run; a host of a fleet for its own
+    // jobs (the others' are theirs).
     let drain = daemon.config.drain;
+    let alone = daemon.config.queue.is_none();
     let drained = tokio::time::timeout(drain, async {
         loop {
-            match daemon.store.running_runs().await {
-                Ok(runs) if runs.is_empty() => break,
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            let idle = if alone {
+                matches!(daemon.store.running_runs().await, Ok(runs) if runs.is_empty())
+            } else {
+                daemon.engine.running() == 0
+            };
+            if idle {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await;
@@ -286,8 +422,13 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     engine.shutdown().await;
     // The last reports (the cancellations) go out, within a bound.
     let _ = tokio::time::timeout(Duration::from_secs(5), daemon.reports.idle()).await;
-    reporter.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+    heartbeat.abort();
+    if let Some(server) = server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,6 +28,21 @@ type Shared = State<Arc<Daemon>>;
 
 /// The router.
 pub fn router(daemon: Arc<Daemon>) -> Router {
+    // Every API call needs the admin token.
+    let api = Router::new()
+        .route("/api/v1/runs", get(api_runs))
+        .route("/api/v1/runs/{id}", get(api_run))
+        .route("/api/v1/runs/{id}/cancel", post(crate::api::cancel))
+        .route("/api/v1/jobs/{id}", get(api_job))
+        .route("/api/v1/jobs/{id}/log", get(api_log))
+        .route("/api/v1/jobs/{id}/why", get(crate::api::why))
+        .route("/api/v1/hosts", get(crate::api::hosts))
+        .route("/api/v1/deliveries", get(api_deliveries))
+        .route("/api/v1/deliveries/{forge}/{id}/approve", post(api_approve))
+        .route_layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            crate::api::guard,
+        ));
     Router::new()
         .route("/hooks/github", post(github_hook))
         .route("/hooks/forgejo", post(forgejo_hook))
@@ -35,12 +50,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/", get(crate::pages::index))
         .route("/runs/{id}", get(crate::pages::run_page))
         .route("/jobs/{id}", get(crate::pages::job_page))
-        .route("/api/v1/runs", get(api_runs))
-        .route("/api/v1/runs/{id}", get(api_run))
-        .route("/api/v1/jobs/{id}", get(api_job))
-        .route("/api/v1/jobs/{id}/log", get(api_log))
-        .route("/api/v1/deliveries", get(api_deliveries))
-        .route("/api/v1/deliveries/{forge}/{id}/approve", post(api_approve))
+        .merge(api)
         // The body limit is checked again by the adapter; this one stops
         // the server reading past it.
         .layer(DefaultBodyLimit::max(MAX_PAYLOAD))
@@ -52,7 +62,7 @@ pub fn answer(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+pub fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     answer(status, json!({ "error": why.into() }))
 }
 
@@ -188,7 +198,7 @@ struct Page {
     before: Option<i64>,
 }
 
-fn store_error(e: &dyn std::error::Error) -> Response {
+pub fn store_error(e: &dyn std::error::Error) -> Response {
     tracing::warn!(error = %e, "store error in the API");
     refuse(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -315,7 +325,7 @@ async fn api_log(
 
 /// Writes and the delivery list need the admin token: the refusal, or
 /// `None` when the token is right.
-fn admin(daemon: &Daemon, headers: &HeaderMap) -> Option<Response> {
+pub fn admin(daemon: &Daemon, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &daemon.config.admin_token else {
         return Some(refuse(
             StatusCode::UNAUTHORIZED,

@@ -6,6 +6,7 @@
 //! Exit codes: 0 stopped cleanly; 1 a runtime failure; 2 bad usage or a
 //! broken configuration (nothing was started).
 
+mod api;
 mod config;
 mod cron;
 mod daemon;
@@ -40,6 +41,23 @@ enum Command {
     Serve {
         /// The configuration file (KDL). Without one, the defaults and the
         /// environment: 127.0.0.1:8080, state in ./solstice-state.
+        #[arg(long, short, env = "SOLSTICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The integration daemon of a fleet: webhooks, planning, statuses, the
+    /// API and job pages; runs no job. Needs `database` and `queue`.
+    #[command(after_help = config::environment_help())]
+    Integration {
+        /// The configuration file (KDL).
+        #[arg(long, short, env = "SOLSTICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// An orchestrator of a fleet: runs the jobs of the labels it serves
+    /// (`labels`), up to `capacity`, in VMs of its providers. Needs
+    /// `database` and `queue`.
+    #[command(after_help = config::environment_help())]
+    Orchestrator {
+        /// The configuration file (KDL).
         #[arg(long, short, env = "SOLSTICE_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -117,28 +135,36 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { config } => {
-            let config = match load(config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match runtime.block_on(daemon::serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {}", daemon::chain(&*e));
-                    ExitCode::from(1)
-                }
-            }
+        Command::Serve { config } => run_daemon(config, daemon::Role::AllInOne),
+        Command::Integration { config } => run_daemon(config, daemon::Role::Integration),
+        Command::Orchestrator { config } => run_daemon(config, daemon::Role::Orchestrator),
+    }
+}
+
+fn run_daemon(config: Option<PathBuf>, role: daemon::Role) -> ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(why) = daemon::check_role(&config, role) {
+        eprintln!("error: {why}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(daemon::serve(config, role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", daemon::chain(&*e));
+            ExitCode::from(1)
         }
     }
 }

@@ -120,6 +120,57 @@ pub async fn run(daemon: Arc<Daemon>) {
     }
 }
 
+/// How often the store is read for the changes of jobs other hosts run.
+const STORE_POLL: Duration = Duration::from_millis(500);
+
+/// Jobs that other hosts run: their changes read from the store and
+/// reported like this engine's own events. Each job's status and attempt
+/// count is compared with what was last reported, so a change is reported
+/// once; changes between two reads collapse into the latest (the forge
+/// sees the job's state move forward, never back). A run is watched from
+/// its first read as running until a read after it ended.
+pub async fn watch_store(daemon: Arc<Daemon>) {
+    let mut seen: HashMap<RunId, HashMap<String, (JobStatus, u32)>> = HashMap::new();
+    loop {
+        tokio::time::sleep(STORE_POLL).await;
+        let running: Vec<RunId> = match daemon.store.running_runs().await {
+            Ok(runs) => runs.into_iter().map(|r| r.id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot list the running runs");
+                continue;
+            }
+        };
+        let mut runs: Vec<RunId> = seen.keys().copied().collect();
+        runs.extend(running.iter().copied().filter(|r| !seen.contains_key(r)));
+        for run in runs {
+            let Ok(jobs) = daemon.store.jobs(run).await else {
+                continue;
+            };
+            let _gate = daemon.reports.gate.lock().await;
+            let known = seen.entry(run).or_default();
+            for job in jobs {
+                let now = (job.status, job.attempts);
+                if known.get(&job.key) == Some(&now) {
+                    continue;
+                }
+                known.insert(job.key.clone(), now);
+                let change = match job.status {
+                    JobStatus::Pending => continue,
+                    JobStatus::Queued => Change::Queued,
+                    JobStatus::Running => Change::Started,
+                    status => Change::Finished(status, job.reason.clone()),
+                };
+                enqueue(&daemon, run, job.key, change).await;
+            }
+            if !running.contains(&run) {
+                // Read once more after it ended: its last changes are in.
+                seen.remove(&run);
+                lock(&daemon.reports.targets).remove(&run);
+            }
+        }
+    }
+}
+
 /// Reports every job of every running run as it is now.
 async fn resync(daemon: &Arc<Daemon>) {
     let runs = match daemon.store.running_runs().await {

@@ -164,9 +164,36 @@ async fn every_bad_request_is_refused_without_side_effects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_refuses_bad_ids_and_unauthenticated_writes() {
+async fn the_api_refuses_bad_ids_and_unauthenticated_calls() {
     let mut h = Harness::new(true, "").await;
     h.start().await;
+    // Every API call needs the token: reads, writes, the operator's calls.
+    for (method, path) in [
+        ("GET", "/api/v1/runs"),
+        ("GET", "/api/v1/runs/1"),
+        ("GET", "/api/v1/jobs/1"),
+        ("GET", "/api/v1/jobs/1/log"),
+        ("GET", "/api/v1/jobs/1/why"),
+        ("GET", "/api/v1/hosts"),
+        ("GET", "/api/v1/deliveries"),
+        ("POST", "/api/v1/runs/1/cancel"),
+        ("POST", "/api/v1/deliveries/github/x/approve"),
+    ] {
+        for token in [
+            None,
+            Some("wrong"),
+            Some("admin-token-for-tests-but-longer"),
+        ] {
+            let mut req = h
+                .http
+                .request(method.parse().expect("method"), format!("{}{path}", h.url));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let s = req.send().await.expect("answer").status();
+            assert_eq!(s.as_u16(), 401, "{method} {path} with {token:?}");
+        }
+    }
     for path in [
         "/api/v1/runs/999",
         "/api/v1/jobs/999",
@@ -177,6 +204,7 @@ async fn the_api_refuses_bad_ids_and_unauthenticated_writes() {
         let s = h
             .http
             .get(format!("{}{path}", h.url))
+            .bearer_auth(support::ADMIN_TOKEN)
             .send()
             .await
             .expect("get")
@@ -187,6 +215,7 @@ async fn the_api_refuses_bad_ids_and_unauthenticated_writes() {
         let s = h
             .http
             .get(format!("{}{path}", h.url))
+            .bearer_auth(support::ADMIN_TOKEN)
             .send()
             .await
             .expect("get")

@@ -153,13 +153,19 @@ impl Harness {
 
     /// [`Harness::start`] with extra environment.
     pub async fn start_with(&mut self, env: &[(&str, &str)]) {
+        self.start_as("serve", env).await;
+    }
+
+    /// Starts `solstice COMMAND` (`serve`, `integration`) and waits until
+    /// it answers.
+    pub async fn start_as(&mut self, command: &str, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_solstice"))
-            .args(["serve", "--config"])
+            .args([command, "--config"])
             .arg(&self.config)
             .env("SOLSTICE_LOG", "info,solstice=debug")
             .env("NO_COLOR", "1")
@@ -273,10 +279,11 @@ impl Harness {
         (status, value)
     }
 
-    /// GET a path of the daemon as JSON.
+    /// GET a path of the daemon as JSON (with the admin token).
     pub async fn get_json(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("get")

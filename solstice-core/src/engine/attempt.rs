@@ -197,9 +197,19 @@ impl Engine {
                     }
                     let until = now_ms() + lease.as_millis() as i64;
                     match store.renew_lease(live.attempt.id, &holder, until).await {
-                        Ok(true) => live
-                            .lease_until
-                            .store(until, std::sync::atomic::Ordering::SeqCst),
+                        Ok(true) => {
+                            live.lease_until
+                                .store(until, std::sync::atomic::Ordering::SeqCst);
+                            // Cancelled through another engine (the
+                            // integration daemon's API).
+                            if let Ok(Some(job)) = store.job(live.attempt.job_id).await
+                                && job.status == JobStatus::Cancelled
+                            {
+                                tracing::info!("the job was cancelled; stopping the attempt");
+                                live.cancel.notify_one();
+                                return;
+                            }
+                        }
                         Ok(false) => {
                             tracing::warn!("lost the lease; stopping the attempt");
                             live.lease_until

@@ -528,6 +528,22 @@ impl Engine {
             .filter(|l| l.run == run)
             .cloned()
             .collect();
+        // Jobs another engine runs are marked cancelled in the store; that
+        // engine reads it when it next renews the lease, and stops them.
+        for job in self.inner.store.jobs(run).await? {
+            if job.status == JobStatus::Running && !live.iter().any(|l| l.attempt.job_id == job.id)
+            {
+                self.inner
+                    .store
+                    .transition_job(
+                        job.id,
+                        &[JobStatus::Running],
+                        JobStatus::Cancelled,
+                        Some("cancelled"),
+                    )
+                    .await?;
+            }
+        }
         for l in live {
             l.cancel.notify_one();
         }

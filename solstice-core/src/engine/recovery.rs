@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::{Engine, EngineError, EngineEvent, lock, now_ms};
-use crate::store::{Applied, AttemptStatus, Change, JobId, JobStatus};
+use crate::store::{Applied, AttemptStatus, Change, JobId, JobStatus, LogChunk, LogStream};
 
 impl Engine {
     /// Marks attempts with expired leases as lost and queues their jobs
@@ -37,6 +37,22 @@ impl Engine {
                 .await?;
             if ended != Applied::Finished(true) {
                 continue;
+            }
+            // The attempt's log ends with why, as a live attempt's does.
+            let seq = match store.logs(attempt.id).await {
+                Ok(chunks) => chunks.iter().map(|c| c.seq + 1).max().unwrap_or(0),
+                Err(_) => 0,
+            };
+            let line = LogChunk {
+                attempt_id: attempt.id,
+                seq,
+                step: None,
+                stream: LogStream::System,
+                data: format!("[solstice] attempt {}: {reason}\n", attempt.number).into_bytes(),
+                at: now_ms(),
+            };
+            if let Err(e) = store.append_logs(&[line]).await {
+                tracing::warn!(error = %crate::util::error_chain(&e), "cannot add the reason to a lost attempt's log");
             }
             let Some(job) = store.job(attempt.job_id).await? else {
                 continue;

@@ -309,7 +309,10 @@ pub async fn hosts_are_upserted_by_heartbeat<S: StateStore + IntegrationStore>(s
     let mut b = HostEntry::new("host-b", "integration");
     b.seen_at = 500;
     store.heartbeat(&b).await.expect("heartbeat");
-    assert_eq!(store.hosts(0).await.expect("hosts"), vec![a.clone(), b.clone()]);
+    assert_eq!(
+        store.hosts(0).await.expect("hosts"),
+        vec![a.clone(), b.clone()]
+    );
     a.running = 3;
     a.seen_at = 3_000;
     store.heartbeat(&a).await.expect("heartbeat again");

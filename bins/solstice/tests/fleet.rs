@@ -1,0 +1,404 @@
+//! A fleet as real processes on the machine's PostgreSQL and RabbitMQ:
+//! one `solstice integration` (webhooks in, statuses out, the API) and
+//! three `solstice orchestrator`s (local provider). Each test has its own
+//! database and queues, removed at the end (also when it fails).
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use solstice_core::store::{
+    AttemptStatus, IntegrationStore, JobStatus, RunStatus, SqlStore, StateStore,
+};
+use solstice_forge::Forge;
+use support::{Harness, push};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn amqp() -> String {
+    std::env::var("SOLSTICE_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The integration daemon (in the harness), the orchestrators, and the
+/// database and queues they share.
+struct Fleet {
+    h: Harness,
+    name: String,
+    orchestrators: BTreeMap<String, Child>,
+}
+
+impl Fleet {
+    async fn new(test: &str, lease_seconds: u32) -> Fleet {
+        let name = format!("solstice_test_{}_{test}", std::process::id());
+        psql(&format!("DROP DATABASE IF EXISTS {name}"));
+        psql(&format!("CREATE DATABASE {name}"));
+        let extra = format!(
+            "database \"{PG}/{name}\"\nqueue \"{}\"\nqueue-prefix \"{}\"\nlease-seconds {lease_seconds}\n",
+            amqp(),
+            name.replace('_', "-")
+        );
+        let mut h = Harness::new(true, &extra).await;
+        h.start_as("integration", &[("SOLSTICE_HOST_NAME", "integration")])
+            .await;
+        Fleet {
+            h,
+            name,
+            orchestrators: BTreeMap::new(),
+        }
+    }
+
+    fn start_orchestrator(&mut self, host: &str, capacity: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.h.dir.path().join(format!("{host}.log")))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_solstice"))
+            .args(["orchestrator", "--config"])
+            .arg(&self.h.config)
+            .env("SOLSTICE_HOST_NAME", host)
+            .env("SOLSTICE_CAPACITY", capacity.to_string())
+            .env("SOLSTICE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start an orchestrator");
+        self.orchestrators.insert(host.to_string(), child);
+    }
+
+    fn kill(&mut self, host: &str) {
+        if let Some(mut child) = self.orchestrators.remove(host) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = self.h.daemon_log();
+        for host in self.orchestrators.keys() {
+            out.push_str(&format!("\n--- {host}:\n"));
+            out.push_str(
+                &std::fs::read_to_string(self.h.dir.path().join(format!("{host}.log")))
+                    .unwrap_or_default(),
+            );
+        }
+        out
+    }
+
+    async fn store(&self) -> SqlStore {
+        SqlStore::connect(&format!("{PG}/{}", self.name))
+            .await
+            .expect("the fleet's database")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let hosts: Vec<String> = self.orchestrators.keys().cloned().collect();
+        for host in hosts {
+            self.kill(&host);
+        }
+        self.h.kill();
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-q",
+                "-c",
+            ])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+        let prefix = format!("{}.", self.name.replace('_', "-"));
+        if let Ok(out) = Command::new("rabbitmqctl")
+            .args(["list_queues", "-q", "--no-table-headers", "name"])
+            .output()
+        {
+            for queue in String::from_utf8_lossy(&out.stdout).lines() {
+                if queue.trim().starts_with(&prefix) {
+                    let _ = Command::new("rabbitmqctl")
+                        .args(["delete_queue", queue.trim()])
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+/// Waits up to `limit` for `done`, panicking with every log.
+async fn wait_until(
+    fleet: &Fleet,
+    what: &str,
+    limit: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; logs:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A workflow of `jobs` one-step jobs (matrices of at most 250).
+fn many(jobs: usize, step: &str) -> String {
+    let mut out = String::from("workflow {\n");
+    let mut left = jobs;
+    let mut n = 0;
+    while left > 0 {
+        let here = left.min(250);
+        let values: Vec<String> = (0..here).map(|i| format!("\"{i}\"")).collect();
+        out.push_str(&format!(
+            "  job id=\"j{n}\" {{\n    matrix {{ n {}; }}\n    step run=\"{step}\"\n  }}\n",
+            values.join(" ")
+        ));
+        left -= here;
+        n += 1;
+    }
+    out.push('}');
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_orchestrators_run_a_thousand_jobs_once_each_within_their_capacity() {
+    let mut fleet = Fleet::new("thousand", 30).await;
+    let capacity = 4;
+    for host in ["orch-1", "orch-2", "orch-3"] {
+        fleet.start_orchestrator(host, capacity);
+    }
+    let store = fleet.store().await;
+    wait_until(
+        &fleet,
+        "four hosts in the fleet",
+        Duration::from_secs(60),
+        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 4,
+    )
+    .await;
+    let jobs = 1_000;
+    let sha = fleet.h.commit(&many(jobs, "true"));
+    let (status, _) = fleet
+        .h
+        .deliver(
+            Forge::GitHub,
+            "push",
+            "d-thousand",
+            &push(&fleet.h.repo, &sha),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_until(
+        &fleet,
+        "the run ends",
+        Duration::from_secs(600),
+        async || {
+            let runs = store.recent_runs(1, None).await.expect("runs");
+            runs.first().is_some_and(|r| r.status != RunStatus::Running)
+        },
+    )
+    .await;
+    let run = store.recent_runs(1, None).await.expect("runs").remove(0);
+    assert_eq!(run.status, RunStatus::Succeeded, "{}", fleet.logs());
+    let all = store.jobs(run.id).await.expect("jobs");
+    assert_eq!(all.len(), jobs);
+    // Every job: one attempt, and it succeeded (none lost, none twice).
+    let mut spans: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    for job in &all {
+        assert_eq!(job.status, JobStatus::Succeeded, "{}", job.key);
+        let attempts = store.attempts(job.id).await.expect("attempts");
+        assert_eq!(attempts.len(), 1, "{}: {attempts:?}", job.key);
+        let a = &attempts[0];
+        assert_eq!(a.status, AttemptStatus::Succeeded);
+        spans
+            .entry(a.holder.clone())
+            .or_default()
+            .push((a.started_at, a.finished_at.expect("finished")));
+    }
+    // Every orchestrator worked, and none ran more than its capacity at
+    // once (by the store's attempt times).
+    assert_eq!(spans.len(), 3, "{:?}", spans.keys().collect::<Vec<_>>());
+    for (host, spans) in &spans {
+        assert!(host.starts_with("orch-"), "{host}");
+        let mut edges: Vec<(i64, i32)> =
+            spans.iter().flat_map(|&(s, f)| [(s, 1), (f, -1)]).collect();
+        // An end before a start at the same millisecond.
+        edges.sort();
+        let (mut now, mut most) = (0, 0);
+        for (_, d) in edges {
+            now += d;
+            most = most.max(now);
+        }
+        assert!(most <= capacity as i32, "{host} ran {most} jobs at once");
+    }
+    // The forge heard about every job, whichever host ran it, once
+    // completed, after its other states.
+    wait_until(
+        &fleet,
+        "every job's final status",
+        Duration::from_secs(120),
+        async || fleet.h.completed(&sha) == jobs,
+    )
+    .await;
+    for (name, history, _) in fleet.h.checks(&sha) {
+        assert_eq!(
+            history.last().map(String::as_str),
+            Some("completed"),
+            "{name}: {history:?}"
+        );
+        assert_eq!(
+            history.iter().filter(|s| *s == "completed").count(),
+            1,
+            "{name}: {history:?}"
+        );
+    }
+    // The fleet as the API shows it.
+    let hosts = fleet.h.get_json("/api/v1/hosts").await;
+    assert_eq!(hosts["hosts"].as_array().map(Vec::len), Some(4), "{hosts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
+    let lease = 6;
+    let mut fleet = Fleet::new("killed", lease).await;
+    fleet.start_orchestrator("orch-1", 1);
+    fleet.start_orchestrator("orch-2", 1);
+    let store = fleet.store().await;
+    wait_until(
+        &fleet,
+        "three hosts in the fleet",
+        Duration::from_secs(60),
+        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 3,
+    )
+    .await;
+    let sha = fleet
+        .h
+        .commit("workflow {\n  job id=\"slow\" {\n    step run=\"echo started; sleep 4\"\n  }\n}");
+    let (status, _) = fleet
+        .h
+        .deliver(
+            Forge::GitHub,
+            "push",
+            "d-killed",
+            &push(&fleet.h.repo, &sha),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // Attempt 1 starts on one of them; that one dies.
+    let mut first = None;
+    wait_until(
+        &fleet,
+        "attempt 1 runs",
+        Duration::from_secs(60),
+        async || {
+            let Ok(runs) = store.recent_runs(1, None).await else {
+                return false;
+            };
+            let Some(run) = runs.first() else {
+                return false;
+            };
+            let Ok(jobs) = store.jobs(run.id).await else {
+                return false;
+            };
+            let Some(job) = jobs.first() else {
+                return false;
+            };
+            let attempts = store.attempts(job.id).await.unwrap_or_default();
+            first = attempts.into_iter().next().map(|a| (job.id, a));
+            first.is_some()
+        },
+    )
+    .await;
+    let (job, attempt1) = first.expect("attempt 1");
+    let victim = attempt1.holder.clone();
+    fleet.kill(&victim);
+    let killed_at = solstice_core::engine::now_ms();
+    wait_until(
+        &fleet,
+        "attempt 2 starts elsewhere",
+        Duration::from_secs(120),
+        async || {
+            store
+                .attempts(job)
+                .await
+                .map(|a| a.len() >= 2)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let attempts = store.attempts(job).await.expect("attempts");
+    let attempt2 = &attempts[1];
+    assert_eq!(attempt2.number, 2);
+    assert_ne!(attempt2.holder, victim);
+    // Within the lease plus one reaper pass (half a lease), and a second
+    // for the heartbeat's slack.
+    let waited = attempt2.started_at - killed_at;
+    let bound = i64::from(lease) * 1000 * 3 / 2 + 1000;
+    assert!(
+        waited <= bound,
+        "attempt 2 started {waited} ms after the kill (bound {bound})"
+    );
+    wait_until(
+        &fleet,
+        "the run ends",
+        Duration::from_secs(60),
+        async || {
+            store
+                .recent_runs(1, None)
+                .await
+                .ok()
+                .and_then(|r| r.first().map(|r| r.status != RunStatus::Running))
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let attempts = store.attempts(job).await.expect("attempts");
+    assert_eq!(attempts[0].status, AttemptStatus::Lost);
+    assert_eq!(attempts[1].status, AttemptStatus::Succeeded);
+    // Attempt 1's log is kept, and ends with why it ended.
+    let log = store.logs(attempts[0].id).await.expect("log");
+    let text: String = log
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect();
+    assert!(text.contains("started"), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with(&format!("engine `{victim}` stopped renewing it")),
+        "{text}"
+    );
+}

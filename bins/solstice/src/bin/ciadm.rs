@@ -1,0 +1,421 @@
+//! `ciadm`: the operator's CLI on a Solstice daemon's JSON API.
+//!
+//! Exit codes: 0 done; 1 the daemon refused or failed (the message says
+//! why: 401 a wrong token, 404 no such thing, 409 not now); 2 bad usage;
+//! 3 the daemon cannot be reached.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ciadm",
+    version,
+    about = "Solstice CI: the operator's CLI (runs, logs, cancel, the fleet, why a job waits)"
+)]
+struct Cli {
+    /// The daemon's URL (the integration or all-in-one daemon).
+    #[arg(long, env = "SOLSTICE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token (better: SOLSTICE_TOKEN or --token-file, which no
+    /// process listing shows).
+    #[arg(long, env = "SOLSTICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, env = "SOLSTICE_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// Output: `text` for people, `json` for programs (listings and shows).
+    #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The newest runs.
+    Runs {
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// A run and its jobs.
+    Show {
+        /// The run's id.
+        run: i64,
+    },
+    /// A job's log (its latest attempt, or --attempt N).
+    Logs {
+        /// The job's id.
+        job: i64,
+        /// Which attempt (default: the latest).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing as the log grows, until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancels a run: waiting jobs at once, running ones within a third
+    /// of the lease.
+    Cancel {
+        /// The run's id.
+        run: i64,
+    },
+    /// The fleet: every host's labels, capacity and load.
+    Hosts,
+    /// Why a job is not running: what it needs, no host for its label,
+    /// every host full (with the queue depth), or how it ended.
+    Why {
+        /// The job's id.
+        job: i64,
+    },
+}
+
+/// Why `ciadm` stopped.
+enum Failure {
+    /// The daemon answered with an error.
+    Refused(String),
+    /// The daemon cannot be reached.
+    Unreachable(String),
+    /// Standard output went away (a closed pipe): stop quietly.
+    Closed,
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(_: std::io::Error) -> Failure {
+        Failure::Closed
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("{}: {}", self.url, chain(&e))))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let why = body["error"].as_str().unwrap_or("").to_string();
+        Err(Failure::Refused(format!("{status}: {why}")))
+    }
+
+    async fn json(&self, path: &str) -> Result<Value, Failure> {
+        self.call(reqwest::Method::GET, path)
+            .await?
+            .json()
+            .await
+            .map_err(|e| Failure::Refused(format!("the answer is not JSON: {e}")))
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// Text from the daemon (names, reasons, logs: what workflows and steps
+/// wrote) made safe for a terminal: control characters other than
+/// newline and tab are shown as `^X`, so no escape sequence reaches it.
+fn safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if (c as u32) < 0x20 => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn field(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::Null => "-".into(),
+        Value::String(s) => safe(s),
+        other => safe(&other.to_string()),
+    }
+}
+
+fn when(ms: &Value) -> String {
+    match ms.as_i64() {
+        Some(ms) => {
+            let secs = ms / 1000;
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            // Civil date from days since 1970-01-01 (proleptic Gregorian).
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            format!(
+                "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            )
+        }
+        None => "-".into(),
+    }
+}
+
+async fn run(cli: Cli, client: Client) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    let json = cli.format == Format::Json;
+    match cli.command {
+        Command::Runs { limit } => {
+            let v = client
+                .json(&format!("/api/v1/runs?limit={}", limit.clamp(1, 500)))
+                .await?;
+            if json {
+                writeln!(out, "{}", v["runs"])?;
+            } else {
+                writeln!(out, "{:<8} {:<10} {:<22} NAME", "RUN", "STATUS", "CREATED")?;
+                for r in v["runs"].as_array().into_iter().flatten() {
+                    writeln!(
+                        out,
+                        "{:<8} {:<10} {:<22} {}",
+                        field(r, "id"),
+                        field(r, "status"),
+                        when(&r["created_at"]),
+                        field(r, "name")
+                    )?;
+                }
+            }
+        }
+        Command::Show { run } => {
+            let v = client.json(&format!("/api/v1/runs/{run}")).await?;
+            if json {
+                writeln!(out, "{v}")?;
+            } else {
+                let r = &v["run"];
+                writeln!(
+                    out,
+                    "run {} {} ({})",
+                    field(r, "id"),
+                    field(r, "name"),
+                    field(r, "status")
+                )?;
+                writeln!(
+                    out,
+                    "{:<8} {:<10} {:<9} {:<16} KEY",
+                    "JOB", "STATUS", "ATTEMPTS", "LABEL"
+                )?;
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    let reason = match &j["reason"] {
+                        Value::String(r) => format!("  ({})", safe(r)),
+                        _ => String::new(),
+                    };
+                    writeln!(
+                        out,
+                        "{:<8} {:<10} {:<9} {:<16} {}{reason}",
+                        field(j, "id"),
+                        field(j, "status"),
+                        format!("{}/{}", field(j, "attempts"), field(j, "max_attempts")),
+                        field(j, "label"),
+                        field(j, "key"),
+                    )?;
+                }
+            }
+        }
+        Command::Logs {
+            job,
+            attempt,
+            follow,
+        } => {
+            let path = match attempt {
+                Some(n) => format!("/api/v1/jobs/{job}/log?attempt={n}"),
+                None => format!("/api/v1/jobs/{job}/log"),
+            };
+            let mut shown = 0usize;
+            loop {
+                // Whether it had ended before the log was read: then the
+                // log read is complete.
+                let ended = if follow {
+                    let j = client.json(&format!("/api/v1/jobs/{job}")).await?;
+                    !matches!(
+                        j["job"]["status"].as_str(),
+                        Some("pending" | "queued" | "running")
+                    )
+                } else {
+                    true
+                };
+                let log = match client.call(reqwest::Method::GET, &path).await {
+                    Ok(r) => r
+                        .bytes()
+                        .await
+                        .map_err(|e| Failure::Unreachable(chain(&e)))?
+                        .to_vec(),
+                    // No attempt yet: nothing to show until it starts.
+                    Err(Failure::Refused(why)) if follow && why.starts_with("404") && !ended => {
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e),
+                };
+                if log.len() > shown {
+                    let text = String::from_utf8_lossy(&log[shown..]).into_owned();
+                    out.write_all(safe(&text).as_bytes())?;
+                    out.flush()?;
+                    shown = log.len();
+                } else if log.len() < shown {
+                    // A new attempt began: its log from the start.
+                    writeln!(out, "--- a new attempt ---")?;
+                    shown = 0;
+                    continue;
+                }
+                if ended {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Command::Cancel { run } => {
+            client
+                .call(reqwest::Method::POST, &format!("/api/v1/runs/{run}/cancel"))
+                .await?;
+            writeln!(out, "run {run}: cancelling")?;
+        }
+        Command::Hosts => {
+            let v = client.json("/api/v1/hosts").await?;
+            if json {
+                writeln!(out, "{}", v["hosts"])?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<24} {:<13} {:<6} {:<9} {:<9} LABELS",
+                    "HOST", "ROLE", "ALIVE", "RUNNING", "VERSION"
+                )?;
+                for h in v["hosts"].as_array().into_iter().flatten() {
+                    let labels: Vec<String> = h["labels"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(safe)
+                        .collect();
+                    writeln!(
+                        out,
+                        "{:<24} {:<13} {:<6} {:<9} {:<9} {}",
+                        field(h, "name"),
+                        field(h, "role"),
+                        if h["alive"] == Value::Bool(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        format!("{}/{}", field(h, "running"), field(h, "capacity")),
+                        field(h, "version"),
+                        labels.join(",")
+                    )?;
+                }
+            }
+        }
+        Command::Why { job } => {
+            let v = client.json(&format!("/api/v1/jobs/{job}/why")).await?;
+            if json {
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "job {job}: {}", field(&v, "text"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let token = match (&cli.token, &cli.token_file) {
+        (_, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => {
+                eprintln!("error: the token file {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+        (Some(t), None) => t.clone(),
+        (None, None) => {
+            eprintln!(
+                "error: the API needs the admin token: SOLSTICE_TOKEN, --token-file or --token"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let http = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    let client = Client {
+        http,
+        url: cli.url.trim_end_matches('/').to_string(),
+        token,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli, client)) {
+        Ok(()) | Err(Failure::Closed) => ExitCode::SUCCESS,
+        Err(Failure::Refused(why)) => {
+            eprintln!("error: {}", safe(&why));
+            ExitCode::from(1)
+        }
+        Err(Failure::Unreachable(why)) => {
+            eprintln!("error: cannot reach the daemon: {}", safe(&why));
+            ExitCode::from(3)
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `ciadm` end to end against a running all-in-one daemon: runs, show,
+//! logs --follow, why, cancel, hosts, and the token.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::Value;
+use solstice_forge::Forge;
+use support::{ADMIN_TOKEN, Harness, push};
+
+fn ciadm(h: &Harness, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ciadm"));
+    cmd.args(["--url", &h.url])
+        .args(args)
+        .env_remove("SOLSTICE_TOKEN")
+        .env_remove("SOLSTICE_TOKEN_FILE");
+    if let Some(t) = token {
+        cmd.env("SOLSTICE_TOKEN", t);
+    }
+    cmd.output().expect("ciadm runs")
+}
+
+async fn ciadm_ok(h: &Harness, args: &[&str]) -> String {
+    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (url, log) = (h.url.clone(), h.daemon_log());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ciadm"));
+        cmd.args(["--url", &url])
+            .args(&owned)
+            .env("SOLSTICE_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("ciadm runs")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "ciadm {args:?}: {}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn latest_run(h: &Harness) -> Value {
+    let runs: Value = serde_json::from_str(&ciadm_ok(h, &["runs", "--format", "json"]).await)
+        .expect("runs as JSON");
+    runs[0].clone()
+}
+
+async fn job_id(h: &Harness, run: i64, key: &str) -> i64 {
+    let show: Value =
+        serde_json::from_str(&ciadm_ok(h, &["show", &run.to_string(), "--format", "json"]).await)
+            .expect("show as JSON");
+    show["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["key"] == key)
+        .and_then(|j| j["id"].as_i64())
+        .expect("the job")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
+    let mut h = Harness::new(true, "").await;
+    h.start().await;
+    // Without a token: usage (2); a wrong one: the daemon's 401 (1).
+    assert_eq!(ciadm(&h, None, &["runs"]).status.code(), Some(2));
+    let wrong = ciadm(&h, Some("wrong"), &["runs"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+
+    let sha = h.commit(
+        "workflow {\n  job id=\"a\" {\n    step run=\"echo first; printf '\\\\033[31mred\\\\n'; sleep 2; echo second\"\n  }\n  job id=\"b\" {\n    needs \"a\"\n    step run=\"echo b\"\n  }\n}",
+    );
+    let (status, _) = h
+        .deliver(Forge::GitHub, "push", "d-ciadm", &push(&h.repo, &sha))
+        .await;
+    assert_eq!(status, 202);
+    let mut run = Value::Null;
+    for _ in 0..100 {
+        run = latest_run(&h).await;
+        if run.is_object() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let run_id = run["id"].as_i64().expect("a run");
+    let a = job_id(&h, run_id, "a").await;
+    let b = job_id(&h, run_id, "b").await;
+    // b waits for a.
+    let why = ciadm_ok(&h, &["why", &b.to_string()]).await;
+    assert!(
+        why.contains("waiting for what it needs") && why.contains('a'),
+        "{why}"
+    );
+    let why: Value =
+        serde_json::from_str(&ciadm_ok(&h, &["why", &b.to_string(), "--format", "json"]).await)
+            .expect("why as JSON");
+    assert_eq!(why["reason"], "needs", "{why}");
+    // Following a's log prints it as it grows and ends with the job; the
+    // step's escape sequence reaches the terminal as text.
+    let log = ciadm_ok(&h, &["logs", &a.to_string(), "--follow"]).await;
+    assert!(log.contains("first") && log.contains("second"), "{log}");
+    assert!(
+        !log.contains('\u{1b}') && log.contains("^[[31mred"),
+        "{log:?}"
+    );
+    let show = ciadm_ok(&h, &["show", &run_id.to_string()]).await;
+    assert!(show.contains("succeeded"), "{show}");
+    // The fleet: this one daemon.
+    let hosts: Value =
+        serde_json::from_str(&ciadm_ok(&h, &["hosts", "--format", "json"]).await).expect("hosts");
+    assert_eq!(hosts.as_array().map(Vec::len), Some(1), "{hosts}");
+    assert_eq!(hosts[0]["role"], "all-in-one");
+    let text = ciadm_ok(&h, &["hosts"]).await;
+    assert!(text.contains("all-in-one"), "{text}");
+
+    // A long run, cancelled.
+    let sha =
+        h.commit("workflow {\n  job id=\"long\" {\n    step run=\"echo going; sleep 60\"\n  }\n}");
+    let (status, _) = h
+        .deliver(Forge::GitHub, "push", "d-ciadm-long", &push(&h.repo, &sha))
+        .await;
+    assert_eq!(status, 202);
+    let mut long_run = run_id;
+    for _ in 0..100 {
+        long_run = latest_run(&h).await["id"].as_i64().unwrap_or(run_id);
+        if long_run != run_id {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_ne!(long_run, run_id, "the second run");
+    let long = job_id(&h, long_run, "long").await;
+    for _ in 0..300 {
+        let j = h.get_json(&format!("/api/v1/jobs/{long}")).await;
+        if j["job"]["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = ciadm_ok(&h, &["cancel", &long_run.to_string()]).await;
+    assert!(out.contains("cancelling"), "{out}");
+    for _ in 0..300 {
+        let show: Value = serde_json::from_str(
+            &ciadm_ok(&h, &["show", &long_run.to_string(), "--format", "json"]).await,
+        )
+        .expect("show");
+        if show["run"]["status"] == "cancelled" {
+            let why = ciadm_ok(&h, &["why", &long.to_string()]).await;
+            assert!(why.contains("ended: cancelled"), "{why}");
+            // Cancelling an ended run is refused (409).
+            let again = ciadm(&h, Some(ADMIN_TOKEN), &["cancel", &long_run.to_string()]);
+            assert_eq!(again.status.code(), Some(1));
+            assert!(String::from_utf8_lossy(&again.stderr).contains("409"));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the run was not cancelled: {}", h.daemon_log());
+}

@@ -17,6 +17,9 @@ use support::{Harness, push};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
 
+/// One fleet at a time: one test restarts the broker and the database.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn amqp() -> String {
     std::env::var("SOLSTICE_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -197,6 +200,7 @@ fn many(jobs: usize, step: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_orchestrators_run_a_thousand_jobs_once_each_within_their_capacity() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut fleet = Fleet::new("thousand", 30).await;
     let capacity = 4;
     for host in ["orch-1", "orch-2", "orch-3"] {
@@ -294,6 +298,7 @@ async fn three_orchestrators_run_a_thousand_jobs_once_each_within_their_capacity
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
     let lease = 6;
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut fleet = Fleet::new("killed", lease).await;
     fleet.start_orchestrator("orch-1", 1);
     fleet.start_orchestrator("orch-2", 1);
@@ -401,4 +406,150 @@ async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
             .ends_with(&format!("engine `{victim}` stopped renewing it")),
         "{text}"
     );
+}
+
+/// Starts the broker's application and the database again when dropped,
+/// also when the test fails.
+struct Services;
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+        let _ = Command::new("sh")
+            .args(["-c", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main start"])
+            .output();
+    }
+}
+
+fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_rides_out_a_broker_restart_and_a_database_restart() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _services = Services;
+    let mut fleet = Fleet::new("restarts", 30).await;
+    fleet.start_orchestrator("orch-1", 3);
+    fleet.start_orchestrator("orch-2", 3);
+    let store = fleet.store().await;
+    wait_until(
+        &fleet,
+        "three hosts in the fleet",
+        Duration::from_secs(60),
+        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 3,
+    )
+    .await;
+    let jobs = 150;
+    let sha = fleet.h.commit(&many(jobs, "sleep 0.2"));
+    let (status, _) = fleet
+        .h
+        .deliver(
+            Forge::GitHub,
+            "push",
+            "d-restarts",
+            &push(&fleet.h.repo, &sha),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let done = async |store: &SqlStore| -> usize {
+        let Ok(runs) = store.recent_runs(1, None).await else {
+            return 0;
+        };
+        let Some(run) = runs.first() else { return 0 };
+        store
+            .jobs(run.id)
+            .await
+            .map(|j| {
+                j.iter()
+                    .filter(|j| j.status == JobStatus::Succeeded)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_until(
+        &fleet,
+        "some jobs done",
+        Duration::from_secs(120),
+        async || done(&store).await >= 10,
+    )
+    .await;
+    // The broker goes away for a few seconds.
+    tokio::task::spawn_blocking(|| run_ok("rabbitmqctl", &["stop_app"]))
+        .await
+        .expect("join");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::spawn_blocking(|| run_ok("rabbitmqctl", &["start_app"]))
+        .await
+        .expect("join");
+    let before = done(&store).await;
+    wait_until(
+        &fleet,
+        "jobs done after the broker came back",
+        Duration::from_secs(120),
+        async || done(&store).await >= before + 10,
+    )
+    .await;
+    // The database restarts.
+    tokio::task::spawn_blocking(|| {
+        run_ok(
+            "sh",
+            &["-c", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main restart"],
+        )
+    })
+    .await
+    .expect("join");
+    wait_until(
+        &fleet,
+        "the run ends",
+        Duration::from_secs(300),
+        async || {
+            store
+                .recent_runs(1, None)
+                .await
+                .ok()
+                .and_then(|r| r.first().map(|r| r.status != RunStatus::Running))
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let run = store.recent_runs(1, None).await.expect("runs").remove(0);
+    let all = store.jobs(run.id).await.expect("jobs");
+    let unhappy: Vec<_> = all
+        .iter()
+        .filter(|j| j.status != JobStatus::Succeeded)
+        .map(|j| (j.key.clone(), j.status, j.reason.clone()))
+        .collect();
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{unhappy:?}\n{}",
+        fleet.logs()
+    );
+    assert_eq!(all.len(), jobs);
+    let mut successes = 0;
+    for job in &all {
+        let attempts = store.attempts(job.id).await.expect("attempts");
+        let won = attempts
+            .iter()
+            .filter(|a| a.status == AttemptStatus::Succeeded)
+            .count();
+        assert_eq!(won, 1, "{}: {attempts:?}", job.key);
+        successes += won;
+    }
+    assert_eq!(successes, jobs);
+    // Every daemon is still there and reconnected: all three beat again.
+    let after = solstice_core::engine::now_ms();
+    wait_until(
+        &fleet,
+        "fresh heartbeats from every host",
+        Duration::from_secs(30),
+        async || store.hosts(after).await.map(|h| h.len()).unwrap_or(0) == 3,
+    )
+    .await;
 }

@@ -20,6 +20,8 @@ use crate::store::{Applied, Change, StateStore, StoreError};
 const MAX_BATCH: usize = 1024;
 /// Most log bytes in one batch.
 const MAX_BATCH_LOG_BYTES: usize = 8 << 20;
+/// How long a batch is tried again while the store is unreachable.
+const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 /// Writes that may wait in the queue; a full queue makes writers wait (the
 /// back-pressure that keeps a runner's log stream from outrunning the store).
 const QUEUE: usize = 1024;
@@ -88,7 +90,21 @@ async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
         let (writes, replies): (Vec<Change>, Vec<Option<Reply>>) =
             batch.into_iter().map(|e| (e.write, e.reply)).unzip();
         let started = std::time::Instant::now();
-        let result = store.apply(&writes).await;
+        let mut result = store.apply(&writes).await;
+        // The database away (a restart, a lost connection): a batch that
+        // is one transaction was not applied at all, so it is tried again,
+        // with backoff, for up to STORE_PATIENCE; the writers wait.
+        let mut backoff = std::time::Duration::from_millis(100);
+        while let Err(e) = &result
+            && e.is_transient()
+            && store.atomic_apply()
+            && started.elapsed() < STORE_PATIENCE
+        {
+            tracing::warn!(error = %crate::util::error_chain(e), writes = writes.len(), "the store is unreachable; trying the writes again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            result = store.apply(&writes).await;
+        }
         tracing::trace!(
             writes = writes.len(),
             micros = started.elapsed().as_micros() as u64,

@@ -12,6 +12,10 @@ pub enum StoreError {
     /// source says how.
     #[error("the state store's backend failed")]
     Backend(#[source] BoxError),
+    /// The database cannot be reached now (a lost connection, a restart):
+    /// nothing was changed, and the same operation may succeed later.
+    #[error("the state store cannot be reached now")]
+    Unavailable(#[source] BoxError),
     /// Setting up the store (connecting, migrating) failed.
     #[error("could not set up the state store")]
     Setup(#[source] BoxError),
@@ -39,5 +43,15 @@ impl StoreError {
     /// Wraps a backend's error.
     pub fn backend(error: impl Into<BoxError>) -> StoreError {
         StoreError::Backend(error.into())
+    }
+
+    /// Whether trying the same operation again later may succeed: the
+    /// store was unreachable (also as the cause of a failed batch).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Batch(cause) => cause.is_transient(),
+            _ => false,
+        }
     }
 }

@@ -17,7 +17,29 @@ pub(super) trait SqlResult<T> {
 
 impl<T> SqlResult<T> for std::result::Result<T, sqlx::Error> {
     fn db(self) -> Result<T> {
-        self.map_err(StoreError::backend)
+        self.map_err(|e| {
+            if unreachable(&e) {
+                StoreError::Unavailable(e.into())
+            } else {
+                StoreError::backend(e)
+            }
+        })
+    }
+}
+
+/// The database could not be reached, or dropped the connection (it
+/// restarted): PostgreSQL's connection exceptions (`08...`) and
+/// shutdowns (`57P01`-`57P03`), I/O errors, an exhausted or closed pool.
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 

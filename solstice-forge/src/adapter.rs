@@ -45,7 +45,7 @@ impl Repo {
     /// `owner/name` as URL path segments, refused unless both parts are
     /// plain names (a repository name comes from a delivery: it must not
     /// steer a request to another path).
-    pub(crate) fn path(&self) -> Result<String, ForgeError> {
+    pub fn path(&self) -> Result<String, ForgeError> {
         let invalid = |why: &str| ForgeError::Invalid {
             what: "repository name".into(),
             why: format!("`{}`: {why}", crate::text::head_chars(&self.full_name, 100)),
@@ -239,6 +239,56 @@ pub trait ForgeAdapter: Send + Sync + fmt::Debug {
     /// Credentials for cloning `repo`, short-lived where the forge allows
     /// (a GitHub App installation token); `None` when clones need none.
     async fn clone_credentials(&self, repo: &Repo) -> Result<Option<CloneCredentials>, ForgeError>;
+
+    /// The commit a branch, tag or commit (`main`, `refs/heads/main`,
+    /// `v1.2`, a sha) of `repo` names now; `None` when it names none. For
+    /// runs started by hand. The default: this adapter cannot tell.
+    async fn resolve_commit(
+        &self,
+        repo: &Repo,
+        reference: &str,
+    ) -> Result<Option<String>, ForgeError> {
+        let _ = (repo, reference);
+        Err(ForgeError::Invalid {
+            what: "reference".into(),
+            why: "this forge adapter cannot resolve references; give a commit".into(),
+        })
+    }
+}
+
+/// A reference as the forges' APIs take it in a path: a branch or tag
+/// name (`refs/heads/` and `refs/tags/` dropped) or a commit; only
+/// letters, digits and `._-/` (no `..`, no empty segment), at most 255
+/// bytes, so that it cannot reach another endpoint.
+pub(crate) fn reference_path(reference: &str) -> Result<String, ForgeError> {
+    let plain = reference
+        .strip_prefix("refs/heads/")
+        .or_else(|| reference.strip_prefix("refs/tags/"))
+        .unwrap_or(reference);
+    let fine = !plain.is_empty()
+        && reference.len() <= 255
+        && plain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        && plain
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..");
+    if fine {
+        Ok(plain.to_string())
+    } else {
+        Err(ForgeError::Invalid {
+            what: "reference".into(),
+            why: format!(
+                "`{}` is not a branch, tag or commit name",
+                crate::text::head_chars(reference, 100)
+            ),
+        })
+    }
+}
+
+/// Whether `text` looks like a full commit id (40 or 64 hex digits).
+pub(crate) fn is_commit_id(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A verified webhook request.

@@ -81,6 +81,38 @@ impl ForgeAdapter for Forgejo {
         read_limited(&what, resp, MAX_WORKFLOW_FILE).await.map(Some)
     }
 
+    async fn resolve_commit(
+        &self,
+        repo: &Repo,
+        reference: &str,
+    ) -> Result<Option<String>, ForgeError> {
+        let repo_path = repo.path()?;
+        let name = crate::adapter::reference_path(reference)?;
+        let what = format!("GET /api/v1/repos/{repo_path}/git/commits/{name}");
+        let url = format!("{}/api/v1/repos/{repo_path}/git/commits/{name}", self.base);
+        let resp = self.http.send(&what, |c| self.auth(c.get(&url))).await;
+        // 404, or 422 (GitHub): no commit by that name.
+        let resp = match resp {
+            Err(e) if matches!(e.status(), Some(404 | 422)) => return Ok(None),
+            other => other?,
+        };
+        if matches!(resp.status().as_u16(), 404 | 422) {
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        struct Commit {
+            sha: String,
+        }
+        let commit: Commit = crate::http::read_json(&what, resp).await?;
+        if !crate::adapter::is_commit_id(&commit.sha) {
+            return Err(ForgeError::Invalid {
+                what,
+                why: "the answer is not a commit id".into(),
+            });
+        }
+        Ok(Some(commit.sha.to_ascii_lowercase()))
+    }
+
     async fn clone_credentials(
         &self,
         _repo: &Repo,

@@ -505,6 +505,44 @@ impl ForgeAdapter for GitHub {
         read_limited(&what, resp, MAX_WORKFLOW_FILE).await.map(Some)
     }
 
+    async fn resolve_commit(
+        &self,
+        repo: &Repo,
+        reference: &str,
+    ) -> Result<Option<String>, ForgeError> {
+        let repo_path = repo.path()?;
+        let name = adapter::reference_path(reference)?;
+        let token = self.token_for(repo).await?;
+        let what = format!("GET /repos/{repo_path}/commits/{name}");
+        let url = format!("{}/repos/{repo_path}/commits/{name}", self.api);
+        let resp = self
+            .http
+            .send(&what, |c| {
+                c.get(&url)
+                    .header("accept", "application/vnd.github.sha")
+                    .header("x-github-api-version", "2022-11-28")
+                    .bearer_auth(token.expose())
+            })
+            .await;
+        // 404, or 422 (GitHub): no commit by that name.
+        let resp = match resp {
+            Err(e) if matches!(e.status(), Some(404 | 422)) => return Ok(None),
+            other => other?,
+        };
+        if matches!(resp.status().as_u16(), 404 | 422) {
+            return Ok(None);
+        }
+        let body = read_limited(&what, resp, 1024).await?;
+        let sha = String::from_utf8_lossy(&body).trim().to_string();
+        if !adapter::is_commit_id(&sha) {
+            return Err(ForgeError::Invalid {
+                what: what.clone(),
+                why: "the answer is not a commit id".into(),
+            });
+        }
+        Ok(Some(sha.to_ascii_lowercase()))
+    }
+
     async fn clone_credentials(&self, repo: &Repo) -> Result<Option<CloneCredentials>, ForgeError> {
         let (password, expires_at) = match &self.auth {
             Auth::Token(token) => (token.clone(), None),

@@ -416,6 +416,55 @@ async fn an_unreachable_forge_is_a_connect_error_after_the_retries() {
 }
 
 #[tokio::test]
+async fn references_resolve_to_their_commit() {
+    let forge = FakeForge::start(TOKEN).await.expect("fake forge");
+    forge.put_ref("octo/hello", "main", SHA);
+    forge.put_ref("octo/hello", "release/v1", SHA);
+    for adapter in [
+        Box::new(app(&forge)) as Box<dyn ForgeAdapter>,
+        Box::new(token(&forge)),
+        Box::new(forgejo(&forge)),
+    ] {
+        for name in ["main", "refs/heads/main", "release/v1", SHA] {
+            let got = adapter
+                .resolve_commit(&repo(), name)
+                .await
+                .expect("resolve");
+            assert_eq!(got.as_deref(), Some(SHA), "{adapter:?} {name}");
+        }
+        let missing = adapter
+            .resolve_commit(&repo(), "nope")
+            .await
+            .expect("resolve");
+        assert_eq!(missing, None, "{adapter:?}");
+        for bad in [
+            "../x",
+            "a//b",
+            "refs/heads/",
+            "main?x=1",
+            "a b",
+            "main/../../admin",
+            "",
+        ] {
+            let err = adapter
+                .resolve_commit(&repo(), bad)
+                .await
+                .expect_err("refused");
+            assert!(matches!(err, ForgeError::Invalid { .. }), "{bad}: {err}");
+        }
+    }
+    let paths: Vec<String> = forge.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(
+        paths.contains(&"/repos/octo/hello/commits/main".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/api/v1/repos/octo/hello/git/commits/release/v1".to_string()),
+        "{paths:?}"
+    );
+}
+
+#[tokio::test]
 async fn workflow_files_are_fetched_at_the_commit() {
     let forge = FakeForge::start(TOKEN).await.expect("fake forge");
     forge.put_file("octo/hello", SHA, ".solstice/workflow.kdl", "job \"a\" {}");

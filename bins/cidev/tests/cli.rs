@@ -212,8 +212,11 @@ fn names_from_the_file_never_reach_the_terminal_raw() {
     std::fs::write(&bad, ESCAPES).expect("write");
     let good = dir.path().join("good.kdl");
     let parsed = ESCAPES.replace(r#" "nm\u{1b}[31mae"="y""#, "");
-    std::fs::write(&good, parsed.replace(r#"runs_on="l\u{9b}2J""#, r#"runs_on="linux""#))
-        .expect("write");
+    std::fs::write(
+        &good,
+        parsed.replace(r#"runs_on="l\u{9b}2J""#, r#"runs_on="linux""#),
+    )
+    .expect("write");
     // The label parses, and planning refuses it (labels name queues).
     let label = dir.path().join("label.kdl");
     std::fs::write(&label, &parsed).expect("write");

@@ -278,6 +278,23 @@ async fn heartbeats(daemon: Arc<Daemon>, role: Role) {
     }
 }
 
+/// Where a configured forge's repositories are cloned from
+/// (`scheme://host/`): github.com for api.github.com, the API host itself
+/// for GitHub Enterprise (`https://ghe/api/v3`), Forgejo's base URL.
+pub fn clone_origin(config: &Config, forge: Forge) -> Option<String> {
+    match forge {
+        Forge::GitHub => config.github.as_ref().and_then(|g| {
+            let api = origin(&g.api_url)?;
+            Some(if api == "https://api.github.com/" {
+                "https://github.com/".to_string()
+            } else {
+                api
+            })
+        }),
+        _ => config.forgejo.as_ref().and_then(|f| origin(&f.url)),
+    }
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
     std::fs::create_dir_all(&config.state_dir)
@@ -313,21 +330,9 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
     // Where each forge's repositories are cloned from: github.com for
     // api.github.com, the API host itself for GitHub Enterprise
     // (`https://ghe/api/v3`), Forgejo's base URL.
-    let github_origin = config.github.as_ref().and_then(|g| {
-        let api = origin(&g.api_url)?;
-        Some(if api == "https://api.github.com/" {
-            "https://github.com/".to_string()
-        } else {
-            api
-        })
-    });
     engine_config.clone_credentials = Some(Arc::new(ForgeClones {
-        github: github_origin.zip(github.clone()),
-        forgejo: config
-            .forgejo
-            .as_ref()
-            .and_then(|f| origin(&f.url))
-            .zip(forgejo.clone()),
+        github: clone_origin(&config, Forge::GitHub).zip(github.clone()),
+        forgejo: clone_origin(&config, Forge::Forgejo).zip(forgejo.clone()),
     }));
     engine_config.listen = Listen::Tcp(
         config

@@ -168,6 +168,9 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
     if entry.event == "schedule" {
         return scheduled(daemon, &entry, forge).await;
     }
+    if entry.event == MANUAL {
+        return manual(daemon, &entry, forge).await;
+    }
     let delivery = match solstice_forge::parse(forge, &entry.event, &entry.id, &entry.body) {
         Ok(d) => d,
         Err(e) => return done(format!("unreadable: {}", chain(&e))),
@@ -202,6 +205,50 @@ async fn process(daemon: &Arc<Daemon>, entry: InboxEntry) -> Processed {
         _ => return done("an event kind this daemon does not run"),
     };
     start(daemon, &entry, forge, target, Some(trigger), None).await
+}
+
+/// The event name of a run started through the API (`ciadm trigger`).
+pub const MANUAL: &str = "manual";
+
+/// What a manual run is about (the body of its recorded delivery).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ManualRun {
+    /// `owner/name`.
+    pub repository: String,
+    /// The commit.
+    pub commit: String,
+    /// The reference it was asked by, if any.
+    pub git_ref: String,
+    /// Where the code is cloned from.
+    pub clone_url: String,
+    /// Who asked.
+    pub sender: String,
+}
+
+/// A run started by an operator: the workflow at the commit runs (its
+/// `on` is not consulted), with the repository's secrets.
+async fn manual(
+    daemon: &Arc<Daemon>,
+    entry: &InboxEntry,
+    forge: solstice_forge::Forge,
+) -> Processed {
+    let Ok(asked) = serde_json::from_slice::<ManualRun>(&entry.body) else {
+        return done("an unreadable manual run");
+    };
+    let target = Target {
+        forge: entry.forge.clone(),
+        delivery: entry.id.clone(),
+        repository: asked.repository,
+        installation: None,
+        commit: asked.commit,
+        git_ref: asked.git_ref,
+        sender: asked.sender,
+        approved: true,
+        clone_url: asked.clone_url,
+        from_fork: false,
+        default_branch: None,
+    };
+    start(daemon, entry, forge, target, None, None).await
 }
 
 /// A schedule's tick (recorded by `cron.rs`): the workflow at the commit

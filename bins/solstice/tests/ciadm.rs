@@ -109,6 +109,21 @@ async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
     );
     let show = ciadm_ok(&h, &["show", &run_id.to_string()]).await;
     assert!(show.contains("succeeded"), "{show}");
+    // A retry: attempt 2 runs, attempt 1 is kept.
+    let out = ciadm_ok(&h, &["retry", &a.to_string()]).await;
+    assert!(out.contains("queued as attempt 2"), "{out}");
+    let mut attempts = Value::Null;
+    for _ in 0..300 {
+        let j = h.get_json(&format!("/api/v1/jobs/{a}")).await;
+        if j["job"]["status"] == "succeeded" && j["attempts"].as_array().map(Vec::len) == Some(2) {
+            attempts = j["attempts"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(attempts[1]["number"], 2, "{attempts}");
+    let first = ciadm_ok(&h, &["logs", &a.to_string(), "--attempt", "1"]).await;
+    assert!(first.contains("second"), "{first}");
     // The fleet: this one daemon.
     let hosts: Value =
         serde_json::from_str(&ciadm_ok(&h, &["hosts", "--format", "json"]).await).expect("hosts");
@@ -117,6 +132,55 @@ async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
     let text = ciadm_ok(&h, &["hosts"]).await;
     assert!(text.contains("all-in-one"), "{text}");
 
+    // A manual run of a branch, resolved by the forge.
+    let sha = h.commit("workflow {\n  job id=\"by-hand\" {\n    step run=\"echo manual\"\n  }\n}");
+    h.forge.put_ref(support::REPO, "main", &sha);
+    let clone_url = format!("file://{}", h.repo.display());
+    let out = ciadm_ok(
+        &h,
+        &[
+            "trigger",
+            support::REPO,
+            "--ref",
+            "main",
+            "--clone-url",
+            &clone_url,
+        ],
+    )
+    .await;
+    assert!(out.starts_with("run ") && out.contains(&sha), "{out}");
+    let manual: i64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a run id");
+    for _ in 0..300 {
+        let show: Value = serde_json::from_str(
+            &ciadm_ok(&h, &["show", &manual.to_string(), "--format", "json"]).await,
+        )
+        .expect("show");
+        if show["run"]["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let show = ciadm_ok(&h, &["show", &manual.to_string()]).await;
+    assert!(
+        show.contains("by-hand") && show.contains("succeeded"),
+        "{show}"
+    );
+    for (args, status) in [
+        (vec!["trigger", support::REPO, "--ref", "nope"], "404"),
+        (vec!["trigger", support::REPO, "--ref", "../x"], "400"),
+        (vec!["trigger", "octo/../x", "--commit", &sha], "400"),
+        (vec!["trigger", support::REPO, "--commit", "abc"], "400"),
+    ] {
+        let o = ciadm(&h, Some(ADMIN_TOKEN), &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(status), "{args:?}: {err}");
+    }
+
     // A long run, cancelled.
     let sha =
         h.commit("workflow {\n  job id=\"long\" {\n    step run=\"echo going; sleep 60\"\n  }\n}");
@@ -124,15 +188,15 @@ async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
         .deliver(Forge::GitHub, "push", "d-ciadm-long", &push(&h.repo, &sha))
         .await;
     assert_eq!(status, 202);
-    let mut long_run = run_id;
+    let mut long_run = manual;
     for _ in 0..100 {
-        long_run = latest_run(&h).await["id"].as_i64().unwrap_or(run_id);
-        if long_run != run_id {
+        long_run = latest_run(&h).await["id"].as_i64().unwrap_or(manual);
+        if long_run > manual {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_ne!(long_run, run_id, "the second run");
+    assert!(long_run > manual, "the long run");
     let long = job_id(&h, long_run, "long").await;
     for _ in 0..300 {
         let j = h.get_json(&format!("/api/v1/jobs/{long}")).await;
@@ -141,6 +205,10 @@ async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Retrying a job that has not ended is refused (409).
+    let early = ciadm(&h, Some(ADMIN_TOKEN), &["retry", &long.to_string()]);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("409"));
     let out = ciadm_ok(&h, &["cancel", &long_run.to_string()]).await;
     assert!(out.contains("cancelling"), "{out}");
     for _ in 0..300 {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use solstice_core::store::{
     AttemptStatus, IntegrationStore, JobStatus, RunStatus, SqlStore, StateStore,
 };
@@ -552,4 +553,96 @@ async fn the_fleet_rides_out_a_broker_restart_and_a_database_restart() {
         async || store.hosts(after).await.map(|h| h.len()).unwrap_or(0) == 3,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_says_no_host_serves_a_label_and_every_host_is_full() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::new("why", 30).await;
+    fleet.start_orchestrator("orch-1", 1);
+    fleet.start_orchestrator("orch-2", 1);
+    let store = fleet.store().await;
+    wait_until(
+        &fleet,
+        "three hosts in the fleet",
+        Duration::from_secs(60),
+        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 3,
+    )
+    .await;
+    let sha = fleet.h.commit(
+        "workflow {\n  job id=\"busy\" {\n    matrix { n \"1\" \"2\" \"3\" \"4\"; }\n    step run=\"sleep 8\"\n  }\n  job id=\"lonely\" runs_on=\"nobody\" {\n    step run=\"true\"\n  }\n}",
+    );
+    let (status, _) = fleet
+        .h
+        .deliver(Forge::GitHub, "push", "d-why", &push(&fleet.h.repo, &sha))
+        .await;
+    assert_eq!(status, 202);
+    let mut run = None;
+    wait_until(&fleet, "the run", Duration::from_secs(60), async || {
+        run = store
+            .recent_runs(1, None)
+            .await
+            .ok()
+            .and_then(|r| r.first().map(|r| r.id));
+        run.is_some()
+    })
+    .await;
+    let run = run.expect("run");
+    let jobs = store.jobs(run).await.expect("jobs");
+    let lonely = jobs.iter().find(|j| j.key == "lonely").expect("lonely").id;
+    let why = fleet
+        .h
+        .get_json(&format!("/api/v1/jobs/{lonely}/why"))
+        .await;
+    assert_eq!(why["reason"], "no-host", "{why}");
+    assert!(
+        why["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no live host serves the label `nobody`"),
+        "{why}"
+    );
+    // Two hosts of capacity 1, four jobs: once both are busy (as their
+    // heartbeats say), a queued one waits because every host is full.
+    let mut seen = Value::Null;
+    wait_until(
+        &fleet,
+        "a job waiting for a full fleet",
+        Duration::from_secs(60),
+        async || {
+            let Ok(jobs) = store.jobs(run).await else {
+                return false;
+            };
+            for job in jobs
+                .iter()
+                .filter(|j| j.status == JobStatus::Queued && j.label == "default")
+            {
+                let why = fleet
+                    .h
+                    .get_json(&format!("/api/v1/jobs/{}/why", job.id))
+                    .await;
+                if why["reason"] == "full" {
+                    seen = why;
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let text = seen["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("every host serving `default` is full"),
+        "{seen}"
+    );
+    assert!(
+        text.contains("orch-1 1/1") && text.contains("orch-2 1/1"),
+        "{seen}"
+    );
+    assert!(
+        seen["details"]["queue_depth"]
+            .as_u64()
+            .is_some_and(|d| d >= 1),
+        "{seen}"
+    );
 }

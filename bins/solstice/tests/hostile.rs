@@ -177,6 +177,9 @@ async fn the_api_refuses_bad_ids_and_unauthenticated_calls() {
         ("GET", "/api/v1/hosts"),
         ("GET", "/api/v1/deliveries"),
         ("POST", "/api/v1/runs/1/cancel"),
+        ("POST", "/api/v1/jobs/1/retry"),
+        ("POST", "/api/v1/trigger"),
+        ("GET", "/api/v1/deliveries/github/x"),
         ("POST", "/api/v1/deliveries/github/x/approve"),
     ] {
         for token in [

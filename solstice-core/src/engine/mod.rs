@@ -550,6 +550,19 @@ impl Engine {
         self.schedule(run).await
     }
 
+    /// Puts a job the store holds as queued on its label's queue: after
+    /// [`crate::store::IntegrationStore::retry_job`] (a retry from the
+    /// API), say. A job already on the queue is not run twice: claiming is
+    /// a compare-and-set.
+    pub async fn publish_queued(&self, job: &crate::store::Job) -> Result<(), EngineError> {
+        self.publish(job.run_id, job.id, &job.label).await?;
+        self.emit(EngineEvent::JobQueued {
+            run: job.run_id,
+            key: job.key.clone(),
+        });
+        Ok(())
+    }
+
     /// Waits until the run is final.
     pub async fn wait(&self, run: RunId) -> Result<RunStatus, EngineError> {
         loop {

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{Run, RunId, StoreError};
+use super::{JobId, Run, RunId, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -238,4 +238,10 @@ pub trait IntegrationStore: Send + Sync {
 
     /// Every host that sent a heartbeat since `since` (Unix ms), by name.
     async fn hosts(&self, since: i64) -> Result<Vec<HostEntry>>;
+
+    /// Queues an ended job (`failed`, `cancelled` or `succeeded`) again for
+    /// one more attempt, its earlier attempts kept, and reopens its run.
+    /// `false` when the job is not in one of those states (nothing
+    /// changed). The caller publishes it.
+    async fn retry_job(&self, job: JobId) -> Result<bool>;
 }

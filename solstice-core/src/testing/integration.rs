@@ -12,6 +12,7 @@ pub async fn run_all<S: StateStore + IntegrationStore>(store: &S) {
     batches_of_deliveries_are_recorded_once(store).await;
     schedules_follow_the_workflow(store).await;
     hosts_are_upserted_by_heartbeat(store).await;
+    ended_jobs_are_retried_with_one_more_attempt(store).await;
 }
 
 /// A delivery id is recorded once per forge; the same id from another
@@ -317,4 +318,57 @@ pub async fn hosts_are_upserted_by_heartbeat<S: StateStore + IntegrationStore>(s
     a.seen_at = 3_000;
     store.heartbeat(&a).await.expect("heartbeat again");
     assert_eq!(store.hosts(1_000).await.expect("hosts"), vec![a]);
+}
+
+/// `retry_job` queues an ended job again with one more attempt allowed and
+/// reopens its run; a job that has not ended is left alone.
+pub async fn ended_jobs_are_retried_with_one_more_attempt<S: StateStore + IntegrationStore>(
+    store: &S,
+) {
+    use crate::store::{JobStatus, RunStatus};
+    let run = store
+        .create_run(
+            "retry",
+            "retry-source",
+            &["a", "b"].map(|key| NewJob {
+                key: key.into(),
+                label: "default".into(),
+                spec: "{}".into(),
+                needs: Vec::new(),
+                max_attempts: 1,
+            }),
+            1,
+        )
+        .await
+        .expect("run");
+    let jobs = store.jobs(run).await.expect("jobs");
+    let (a, b) = (jobs[0].id, jobs[1].id);
+    assert!(
+        !store.retry_job(a).await.expect("retry"),
+        "a pending job is not retried"
+    );
+    store
+        .transition_job(a, &[JobStatus::Pending], JobStatus::Failed, Some("exit 1"))
+        .await
+        .expect("fail a");
+    store
+        .finish_run(run, RunStatus::Failed, 2)
+        .await
+        .expect("finish");
+    assert!(store.retry_job(a).await.expect("retry"));
+    let a_now = store.job(a).await.expect("job").expect("there");
+    assert_eq!(a_now.status, JobStatus::Queued);
+    assert_eq!(a_now.reason, None);
+    assert_eq!(a_now.max_attempts, a_now.attempts + 1);
+    let r = store.run(run).await.expect("run").expect("there");
+    assert_eq!(r.status, RunStatus::Running);
+    assert_eq!(r.finished_at, None);
+    assert_eq!(
+        store.job(b).await.expect("job").expect("there").status,
+        JobStatus::Pending
+    );
+    assert!(
+        !store.retry_job(a).await.expect("retry"),
+        "queued now: not again"
+    );
 }

@@ -67,6 +67,8 @@ pub struct CommitStatus {
 struct Inner {
     requests: Vec<Recorded>,
     files: HashMap<(String, String, String), Vec<u8>>,
+    /// Branches and tags: (repository, name) -> commit.
+    refs: HashMap<(String, String), String>,
     check_runs: Vec<CheckRun>,
     statuses: Vec<CommitStatus>,
     /// Installation tokens handed out, with their expiry.
@@ -137,6 +139,13 @@ impl FakeForge {
         lock(&self.inner)
             .files
             .insert((repo.into(), commit.into(), path.into()), bytes.into());
+    }
+
+    /// Points the branch or tag `name` (`main`, `v1`) of `repo` at `commit`.
+    pub fn put_ref(&self, repo: &str, name: &str, commit: &str) {
+        lock(&self.inner)
+            .refs
+            .insert((repo.into(), name.into()), commit.into());
     }
 
     /// Makes `repo` unknown: every call about it answers 404.
@@ -365,6 +374,33 @@ async fn serve(
             match st.files.get(&key) {
                 Some(bytes) => (StatusCode::OK, bytes.clone()).into_response(),
                 None => not_found(),
+            }
+        }
+        // A reference to its commit: GitHub's `commits/{ref}` (as
+        // `application/vnd.github.sha`), Forgejo's `git/commits/{ref}`.
+        (Method::GET, ["commits", name @ ..]) | (Method::GET, ["git", "commits", name @ ..])
+            if name.last() != Some(&"check-runs") =>
+        {
+            let name = name.join("/");
+            let known = st
+                .refs
+                .get(&(repo.clone(), name.clone()))
+                .cloned()
+                .or_else(|| {
+                    st.refs
+                        .values()
+                        .chain(st.files.keys().map(|(_, c, _)| c))
+                        .find(|c| **c == name)
+                        .cloned()
+                });
+            match known {
+                Some(sha) if forgejo => json_response(StatusCode::OK, json!({ "sha": sha })),
+                Some(sha) => (StatusCode::OK, sha).into_response(),
+                None if forgejo => not_found(),
+                None => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"message": "No commit found for SHA"}),
+                ),
             }
         }
         (Method::POST, ["statuses", sha]) => {

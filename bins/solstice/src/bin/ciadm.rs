@@ -43,6 +43,24 @@ enum Format {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a repository's workflow at a ref or commit, as a manual run
+    /// (its `on` is not consulted), and prints the run once it started.
+    Trigger {
+        /// `owner/name`.
+        repository: String,
+        /// A branch or tag (`main`, `refs/tags/v1`), resolved by the forge.
+        #[arg(long = "ref", value_name = "REF", required_unless_present = "commit")]
+        git_ref: Option<String>,
+        /// A commit (40 or 64 hex digits).
+        #[arg(long)]
+        commit: Option<String>,
+        /// `github` or `forgejo` (default: the one the daemon has).
+        #[arg(long)]
+        forge: Option<String>,
+        /// Clone from here instead of the forge's URL for the repository.
+        #[arg(long)]
+        clone_url: Option<String>,
+    },
     /// The newest runs.
     Runs {
         /// How many (1 to 500).
@@ -70,6 +88,11 @@ enum Command {
     Cancel {
         /// The run's id.
         run: i64,
+    },
+    /// One more attempt of an ended job (earlier attempts are kept).
+    Retry {
+        /// The job's id.
+        job: i64,
     },
     /// The fleet: every host's labels, capacity and load.
     Hosts,
@@ -109,10 +132,23 @@ impl Client {
         method: reqwest::Method,
         path: &str,
     ) -> Result<reqwest::Response, Failure> {
-        let response = self
+        self.send(method, path, None).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response, Failure> {
+        let mut request = self
             .http
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| Failure::Unreachable(format!("{}: {}", self.url, chain(&e))))?;
@@ -205,6 +241,66 @@ async fn run(cli: Cli, client: Client) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let json = cli.format == Format::Json;
     match cli.command {
+        Command::Trigger {
+            repository,
+            git_ref,
+            commit,
+            forge,
+            clone_url,
+        } => {
+            let mut body = serde_json::Map::new();
+            body.insert("repository".into(), Value::String(repository));
+            for (key, value) in [
+                ("ref", git_ref),
+                ("commit", commit),
+                ("forge", forge),
+                ("clone_url", clone_url),
+            ] {
+                if let Some(v) = value {
+                    body.insert(key.into(), Value::String(v));
+                }
+            }
+            let accepted: Value = client
+                .send(
+                    reqwest::Method::POST,
+                    "/api/v1/trigger",
+                    Some(Value::Object(body)),
+                )
+                .await?
+                .json()
+                .await
+                .map_err(|e| Failure::Refused(format!("the answer is not JSON: {e}")))?;
+            let path = format!(
+                "/api/v1/deliveries/{}/{}",
+                accepted["forge"].as_str().unwrap_or_default(),
+                accepted["delivery"].as_str().unwrap_or_default()
+            );
+            // The delivery is processed by the daemon's inbox: wait for its run.
+            let mut last = Value::Null;
+            for _ in 0..120 {
+                last = client.json(&path).await?;
+                if last["state"] == "done" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if json {
+                writeln!(out, "{last}")?;
+            } else if last["run_id"].is_i64() {
+                writeln!(
+                    out,
+                    "run {} ({} at {})",
+                    field(&last, "run_id"),
+                    field(&last, "outcome"),
+                    field(&accepted, "commit")
+                )?;
+            } else {
+                return Err(Failure::Refused(format!(
+                    "no run started: {}",
+                    field(&last, "outcome")
+                )));
+            }
+        }
         Command::Runs { limit } => {
             let v = client
                 .json(&format!("/api/v1/runs?limit={}", limit.clamp(1, 500)))
@@ -316,6 +412,15 @@ async fn run(cli: Cli, client: Client) -> Result<(), Failure> {
                 .call(reqwest::Method::POST, &format!("/api/v1/runs/{run}/cancel"))
                 .await?;
             writeln!(out, "run {run}: cancelling")?;
+        }
+        Command::Retry { job } => {
+            let v: Value = client
+                .call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/retry"))
+                .await?
+                .json()
+                .await
+                .map_err(|e| Failure::Refused(format!("the answer is not JSON: {e}")))?;
+            writeln!(out, "job {job}: queued as attempt {}", field(&v, "attempt"))?;
         }
         Command::Hosts => {
             let v = client.json("/api/v1/hosts").await?;

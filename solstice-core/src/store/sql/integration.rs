@@ -7,7 +7,8 @@ use super::rows::{SqlResult, col, run_from};
 use super::text::placeholders;
 use super::{Result, SqlStore};
 use crate::store::{
-    HostEntry, InboxEntry, InboxState, IntegrationStore, NewDelivery, Run, RunId, ScheduleEntry,
+    HostEntry, InboxEntry, InboxState, IntegrationStore, JobId, JobStatus, NewDelivery, Run, RunId,
+    RunStatus, ScheduleEntry,
 };
 
 const COLUMNS: &str = "forge, id, event, body, received_at, state, outcome, run_id, target";
@@ -299,6 +300,39 @@ impl IntegrationStore for SqlStore {
         .await
         .db()?;
         Ok(())
+    }
+
+    async fn retry_job(&self, job: JobId) -> Result<bool> {
+        use sqlx::Connection;
+        let mut conn = self.conn().await.db()?;
+        let mut tx = conn.begin().await.db()?;
+        let done = sqlx::query(&self.dialect.sql(
+            "UPDATE jobs SET status = $1, reason = NULL, max_attempts = attempts + 1 \
+             WHERE id = $2 AND status IN ($3, $4, $5)",
+        ))
+        .bind(JobStatus::Queued.as_str())
+        .bind(job.get())
+        .bind(JobStatus::Failed.as_str())
+        .bind(JobStatus::Cancelled.as_str())
+        .bind(JobStatus::Succeeded.as_str())
+        .execute(&mut *tx)
+        .await
+        .db()?
+        .rows_affected()
+            == 1;
+        if done {
+            sqlx::query(&self.dialect.sql(
+                "UPDATE runs SET status = $1, finished_at = NULL \
+                 WHERE id = (SELECT run_id FROM jobs WHERE id = $2)",
+            ))
+            .bind(RunStatus::Running.as_str())
+            .bind(job.get())
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        }
+        tx.commit().await.db()?;
+        Ok(done)
     }
 
     async fn hosts(&self, since: i64) -> Result<Vec<HostEntry>> {

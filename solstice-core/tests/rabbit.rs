@@ -350,3 +350,55 @@ async fn a_job_longer_than_the_delivery_timeout_is_delivered_and_run_once() {
     assert_eq!(delivered.load(Ordering::SeqCst), 1, "delivered once");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_the_host_keeps_going() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = Queues::new("poison");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store(&dir).await;
+    let queues: Arc<dyn LabelQueues<JobMessage>> = Arc::new(RabbitQueue::per_label(
+        url(),
+        prefix.0.clone(),
+        QueueOptions::default(),
+    ));
+    let engine = Engine::start_with_queues(
+        host("poisoned", &["default"], 2),
+        store.clone(),
+        queues.clone(),
+        provider(),
+    )
+    .await
+    .expect("engine");
+    // Garbage first, on the queue the host consumes, then real work.
+    let queue = queues.queue("default").await.expect("queue");
+    queue
+        .publish_bytes(b"\xff not a job message".to_vec())
+        .await
+        .expect("publish garbage");
+    queue
+        .publish_bytes(br#"{"run_id": "x"}"#.to_vec())
+        .await
+        .expect("publish a wrong shape");
+    let wf = solstice_kdl::parse(
+        r#"workflow { job id="after" { matrix { n "1" "2" "3"; }; step run="true"; } }"#,
+    )
+    .expect("workflow");
+    let run = engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    let status = tokio::time::timeout(Duration::from_secs(60), engine.wait(run))
+        .await
+        .expect("the run ends")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Succeeded);
+    let dead = queue.dead_letters().await.expect("dead letters");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].body, b"\xff not a job message");
+    assert!(
+        !dead[0].reason.is_empty() && !dead[1].reason.is_empty(),
+        "{dead:?}"
+    );
+    engine.shutdown().await;
+}

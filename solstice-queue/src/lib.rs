@@ -135,6 +135,17 @@ where
     /// publisher going away. Not idempotent: publishing twice queues twice.
     async fn publish(&self, message: &M) -> Result<(), QueueError>;
 
+    /// Appends several messages, in order; when this returns `Ok`, every
+    /// one survives the publisher going away. On an error, some may have
+    /// been appended (publishing again may queue those twice). The
+    /// default publishes one after another; a broker can pipeline them.
+    async fn publish_many(&self, messages: &[M]) -> Result<(), QueueError> {
+        for m in messages {
+            self.publish(m).await?;
+        }
+        Ok(())
+    }
+
     /// Appends a raw body without checking it decodes. For tools and tests
     /// (the conformance suite uses it to check dead-lettering).
     async fn publish_bytes(&self, body: Vec<u8>) -> Result<(), QueueError>;

@@ -139,6 +139,67 @@ impl Shared {
         Ok((connection, channel))
     }
 
+    /// Publishes every body to `queue`, all before waiting for the
+    /// broker's confirms (pipelined); on a failure the whole batch is
+    /// published again (at least once), reconnecting as `publish_to` does.
+    async fn publish_all(&self, queue: &str, bodies: &[Vec<u8>]) -> Result<(), QueueError> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let mut link = self.link.lock().await;
+                let usable = link
+                    .as_ref()
+                    .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+                if !usable {
+                    *link = Some(self.connect().await?);
+                }
+                let (_, channel) = link.as_ref().ok_or(QueueError::Closed)?;
+                let mut confirms = Vec::with_capacity(bodies.len());
+                for body in bodies {
+                    let properties = BasicProperties::default().with_delivery_mode(2);
+                    confirms.push(
+                        channel
+                            .basic_publish(
+                                "",
+                                queue,
+                                BasicPublishOptions::default(),
+                                body,
+                                properties,
+                            )
+                            .await
+                            .map_err(broker)?,
+                    );
+                }
+                drop(link);
+                for confirm in confirms {
+                    match confirm.await.map_err(broker)? {
+                        Confirmation::Ack(_) => {}
+                        other => {
+                            return Err(QueueError::Broker(
+                                format!("the broker did not take a message: {other:?}").into(),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(queue, error = %crate::chain(&e), "publishing a batch failed; reconnecting");
+                    *self.link.lock().await = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Publishes `body` to `queue` (through the default exchange) and
     /// waits for the broker's confirm, reconnecting while the broker is
     /// away (up to [`PUBLISH_PATIENCE`]).
@@ -315,6 +376,14 @@ where
         self.shared
             .publish_to(&self.shared.queue, &body, None)
             .await
+    }
+
+    async fn publish_many(&self, messages: &[M]) -> Result<(), QueueError> {
+        let bodies = messages
+            .iter()
+            .map(|m| serde_json::to_vec(m).map_err(|e| QueueError::Encode(Box::new(e))))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.shared.publish_all(&self.shared.queue, &bodies).await
     }
 
     async fn publish_bytes(&self, body: Vec<u8>) -> Result<(), QueueError> {

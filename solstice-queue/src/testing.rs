@@ -66,6 +66,7 @@ where
 {
     let options = QueueOptions::default();
     delivers_in_order_and_ack_removes(&make(options).await).await;
+    publish_many_appends_each_in_order(&make(options).await).await;
     nack_with_requeue_redelivers_and_counts(&make(options).await).await;
     nack_without_requeue_dead_letters(&make(options).await).await;
     dropped_delivery_is_redelivered(&make(options).await).await;
@@ -92,6 +93,20 @@ pub async fn delivers_in_order_and_ack_removes(q: &dyn JobQueue<TestMessage>) {
     let mut c = q.consume(10).await.expect("consume");
     nothing_arrives(&mut c).await;
     assert!(q.dead_letters().await.expect("dead letters").is_empty());
+}
+
+/// `publish_many` appends every message once, in order.
+pub async fn publish_many_appends_each_in_order(q: &dyn JobQueue<TestMessage>) {
+    let batch: Vec<TestMessage> = (0..300).map(msg).collect();
+    q.publish_many(&batch).await.expect("publish many");
+    q.publish_many(&[]).await.expect("publish none");
+    let mut c = q.consume(50).await.expect("consume");
+    for i in 0..300 {
+        let (id, d) = next_id(&mut c).await;
+        assert_eq!(id, i, "FIFO order");
+        d.ack().await.expect("ack");
+    }
+    nothing_arrives(&mut c).await;
 }
 
 /// `nack(requeue)` hands the message out again, counting the delivery.

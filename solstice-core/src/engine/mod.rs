@@ -634,6 +634,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Puts jobs on their labels' queues, a batch per label (a broker
+    /// pipelines a batch's confirms).
+    async fn publish_all(&self, jobs: &[(RunId, JobId, &str)]) -> Result<(), EngineError> {
+        let mut by_label: BTreeMap<&str, Vec<JobMessage>> = BTreeMap::new();
+        for &(run, job, label) in jobs {
+            by_label.entry(label).or_default().push(JobMessage {
+                run_id: run,
+                job_id: job,
+            });
+        }
+        for (label, messages) in by_label {
+            self.inner
+                .queues
+                .queue(label)
+                .await?
+                .publish_many(&messages)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Whether this engine takes jobs of `label`.
     pub(crate) fn serves(&self, label: &str) -> bool {
         match &self.inner.config.labels {

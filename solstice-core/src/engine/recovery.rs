@@ -110,6 +110,7 @@ impl Engine {
                 .idle_since_reconcile
                 .swap(true, std::sync::atomic::Ordering::SeqCst);
         let mut now = HashSet::with_capacity(queued.len());
+        let mut stranded_jobs = Vec::new();
         // Only the labels this engine serves: another label's queue is
         // another fleet's to drain.
         for job in queued.into_iter().filter(|j| self.serves(&j.label)) {
@@ -122,9 +123,14 @@ impl Engine {
                 if seen.is_some() {
                     tracing::warn!(job = %job.key, "a queued job had no message; publishing it again");
                 }
-                self.publish(job.run_id, job.id, &job.label).await?;
+                stranded_jobs.push(job);
             }
         }
+        let batch: Vec<_> = stranded_jobs
+            .iter()
+            .map(|j| (j.run_id, j.id, j.label.as_str()))
+            .collect();
+        self.publish_all(&batch).await?;
         Ok(now)
     }
 }

@@ -134,11 +134,16 @@ impl Engine {
                 .await?
                 .into_iter()
                 .collect();
-            for (id, key, label) in to_queue
+            let to_queue: Vec<_> = to_queue
                 .into_iter()
                 .filter(|(id, _, _)| queued.contains(id))
-            {
-                self.publish(run, id, &label).await?;
+                .collect();
+            let batch: Vec<(RunId, JobId, &str)> = to_queue
+                .iter()
+                .map(|(id, _, label)| (run, *id, label.as_str()))
+                .collect();
+            self.publish_all(&batch).await?;
+            for (_, key, _) in to_queue {
                 self.emit(EngineEvent::JobQueued { run, key });
             }
         }

@@ -316,11 +316,23 @@ impl Engine {
         engine.spawn(async move { consumer.consume().await });
         let keeper = engine.clone();
         engine.spawn(async move {
-            let every = keeper.inner.config.lease / 2;
+            // Expired leases are looked for every sixth of the lease (a
+            // dead host's jobs start again at most that long after its
+            // lease ran out); the rest (VMs to reap, messages to publish
+            // again, indexes) every half lease.
+            let every = keeper.inner.config.lease / 6;
+            let mut tick = 0u32;
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = keeper.recover().await {
+                tick = tick.wrapping_add(1);
+                if let Err(e) = keeper.recover_leases().await {
                     tracing::warn!(error = %crate::util::error_chain(&e), "recovery pass failed");
+                }
+                if tick % 3 != 0 {
+                    continue;
+                }
+                if let Err(e) = keeper.reap().await {
+                    tracing::warn!(error = %crate::util::error_chain(&e), "reaping pass failed");
                 }
                 match keeper.reconcile_queue(Some(&stale)).await {
                     Ok(now) => stale = now,

@@ -11,6 +11,13 @@ impl Engine {
     /// Marks attempts with expired leases as lost and queues their jobs
     /// again; then destroys VMs that no running attempt owns.
     pub(super) async fn recover(&self) -> Result<(), EngineError> {
+        self.recover_leases().await?;
+        self.reap().await
+    }
+
+    /// Marks attempts with expired leases as lost and queues their jobs
+    /// again.
+    pub(super) async fn recover_leases(&self) -> Result<(), EngineError> {
         let store = &self.inner.store;
         for attempt in store.expired_attempts(now_ms()).await? {
             let reason = format!(
@@ -66,6 +73,12 @@ impl Engine {
             });
             self.publish(job.run_id, job.id, &job.label).await?;
         }
+        Ok(())
+    }
+
+    /// Destroys VMs that no running attempt owns.
+    pub(super) async fn reap(&self) -> Result<(), EngineError> {
+        let store = &self.inner.store;
         // List the VMs first, then read who is running: a VM exists only
         // after its attempt was claimed, so a VM in the list has its owner in
         // the later read unless that attempt really ended. (The other order

@@ -29,12 +29,21 @@ for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+    # QEMU's packages come as one version: a qemu-utils of another origin
+    # (a backport) is removed when qemu-system-x86 comes in, so both are
+    # asked for together, and apt picks a matching pair.
+    case " ${missing[*]} " in
+        *" qemu-system-x86 "*) case " ${missing[*]} " in *" qemu-utils "*) ;; *) missing+=(qemu-utils) ;; esac ;;
+    esac
     log "installing ${missing[*]}"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+for tool in qemu-img qemu-system-x86_64 socat busybox cpio mke2fs git objcopy; do
+    command -v "$tool" >/dev/null || { log "$tool is missing after installing the packages"; exit 1; }
+done
 
 # --- the kernel: Debian's cloud kernel, downloaded (not installed) ---------
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1)

@@ -288,9 +288,10 @@ async fn a_job_longer_than_the_delivery_timeout_is_delivered_and_run_once() {
     let _one = ONE_AT_A_TIME.lock().await;
     let prefix = Queues::new("timeout");
     let _timeout = DeliveryTimeout::set(2_000);
-    // The control: a delivery held unacked past the timeout comes again
-    // (the broker closed the channel and requeued it), so the setting is
-    // in force.
+    // The control: a plain subscription holding a delivery unacked past
+    // the timeout loses its channel, and the message goes back to the
+    // queue; so the setting is in force. (RabbitQueue's consumers never
+    // hold a subscribed delivery: see docs/engine.md.)
     let probe = RabbitQueue::<JobMessage>::connect(
         url(),
         format!("{}.probe", prefix.0),
@@ -299,17 +300,49 @@ async fn a_job_longer_than_the_delivery_timeout_is_delivered_and_run_once() {
     .await
     .expect("probe queue");
     let msg: JobMessage = serde_json::from_str(r#"{"run_id":1,"job_id":1}"#).expect("message");
-    probe.publish(&msg).await.expect("publish");
+    {
+        use futures_util::StreamExt;
+        let connection = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .basic_qos(1, lapin::options::BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut subscription = channel
+            .basic_consume(
+                &format!("{}.probe", prefix.0),
+                "control",
+                lapin::options::BasicConsumeOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("subscribe");
+        probe.publish(&msg).await.expect("publish");
+        let held = subscription.next().await.expect("a delivery").expect("ok");
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(_)) = subscription.next().await {}
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the broker did not close the channel within 30 s"
+        );
+        drop(held);
+        let _ = connection.close(200, "control done").await;
+    }
     let mut consumer = probe.consume(1).await.expect("consume");
-    let held = consumer.next().await.expect("first delivery");
-    assert_eq!(held.deliveries(), 1);
-    let again = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+    let again = tokio::time::timeout(Duration::from_secs(10), consumer.next())
         .await
-        .expect("the broker took the held delivery back within 30 s")
-        .expect("second delivery");
-    assert_eq!(again.deliveries(), 2, "redelivered by the broker's timeout");
+        .expect("the message went back to the queue")
+        .expect("delivery");
+    assert_eq!(
+        again.deliveries(),
+        2,
+        "returned once by the broker's timeout"
+    );
     again.ack().await.expect("ack");
-    drop(held);
     drop(consumer);
 
     // The job sleeps three timeouts; its delivery was acked at the claim.
@@ -401,4 +434,74 @@ async fn a_poison_message_is_dead_lettered_and_the_host_keeps_going() {
         "{dead:?}"
     );
     engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_holds_no_message_another_host_could_run() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = Queues::new("full");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store(&dir).await;
+    let queues = || -> Arc<dyn LabelQueues<JobMessage>> {
+        Arc::new(RabbitQueue::per_label(
+            url(),
+            prefix.0.clone(),
+            QueueOptions::default(),
+        ))
+    };
+    let a = Engine::start_with_queues(
+        host("host-a", &["default"], 1),
+        store.clone(),
+        queues(),
+        provider(),
+    )
+    .await
+    .expect("host a");
+    let long = solstice_kdl::parse(r#"workflow { job id="long" { step run="sleep 8"; } }"#)
+        .expect("workflow");
+    let first = a.submit(&long, "{}", Checkout::None).await.expect("submit");
+    wait_for("host a runs the long job", async || {
+        store
+            .jobs(first)
+            .await
+            .expect("jobs")
+            .iter()
+            .all(|j| j.status == JobStatus::Running)
+    })
+    .await;
+    // Host a is full. A second job is queued while it is the only host: a
+    // consumer that took messages ahead would now hold it.
+    let short = solstice_kdl::parse(r#"workflow { job id="short" { step run="true"; } }"#)
+        .expect("workflow");
+    let second = a
+        .submit(&short, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = Engine::start_with_queues(
+        host("host-b", &["default"], 1),
+        store.clone(),
+        queues(),
+        provider(),
+    )
+    .await
+    .expect("host b");
+    let status = tokio::time::timeout(Duration::from_secs(5), b.wait(second))
+        .await
+        .expect("host b ran the second job while host a was still busy")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Succeeded);
+    let job = store.jobs(second).await.expect("jobs").remove(0);
+    let attempts = store.attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].holder, "host-b");
+    assert_eq!(
+        store.jobs(first).await.expect("jobs")[0].status,
+        JobStatus::Running,
+        "the long job is still running on host a"
+    );
+    let _ = a.wait(first).await;
+    for engine in [a, b] {
+        engine.shutdown().await;
+    }
 }

@@ -168,6 +168,22 @@ where
     /// Waits for the next message. Waits while `prefetch` deliveries are
     /// unacked. Returns `Err(QueueError::Closed)` once the queue is closed.
     async fn next(&mut self) -> Result<Delivery<M>, QueueError>;
+
+    /// The owner will not ask for a while (it is full, or it took a
+    /// message from another consumer): a consumer that waits on a broker
+    /// subscription cancels it, so that no message comes that nobody
+    /// asked for. What came anyway is handed out by the next `next`. The
+    /// default does nothing.
+    async fn pause(&mut self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// How many messages the owner could take now (its free slots): a
+    /// consumer that subscribes asks the broker for no more than that
+    /// ahead. A hint; the default ignores it.
+    fn set_room(&mut self, room: usize) {
+        let _ = room;
+    }
 }
 
 /// How a delivery is settled; implemented by each queue.

@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -393,14 +393,17 @@ where
     }
 
     async fn consume(&self, prefetch: usize) -> Result<Box<dyn Consumer<M>>, QueueError> {
-        let mut consumer = RabbitConsumer {
+        let mut link = Link::default();
+        link.connect(&self.shared).await?;
+        Ok(Box::new(RabbitConsumer {
             shared: self.shared.clone(),
-            prefetch: u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX),
-            link: None,
-            _message: PhantomData,
-        };
-        consumer.subscribe().await?;
-        Ok(Box::new(consumer))
+            prefetch: prefetch.max(1),
+            room: Arc::new(std::sync::atomic::AtomicUsize::new(prefetch.max(1))),
+            held: Arc::new(Held::default()),
+            link: Arc::new(tokio::sync::Mutex::new(link)),
+            pause: Arc::new(tokio::sync::Notify::new()),
+            fetching: None,
+        }))
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
@@ -421,42 +424,231 @@ where
     }
 }
 
-struct RabbitConsumer<M> {
-    shared: Arc<Shared>,
-    prefetch: u16,
-    link: Option<(Connection, lapin::Consumer)>,
-    _message: PhantomData<fn() -> M>,
+/// Deliveries a consumer holds unsettled, and a wake-up when one is settled.
+#[derive(Default)]
+struct Held {
+    count: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
 }
 
-impl<M> RabbitConsumer<M> {
-    async fn subscribe(&mut self) -> Result<(), QueueError> {
-        let (connection, channel) = self.shared.connect().await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(broker)?;
-        let stream = channel
-            .basic_consume(
-                &self.shared.queue,
-                "",
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker)?;
-        self.link = Some((connection, stream));
+impl Held {
+    fn release(&self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.settled.notify_waiters();
+    }
+}
+
+/// A consumer that subscribes only while its owner has room, asking the
+/// broker for no more messages ahead than that room
+/// ([`Consumer::set_room`], at most `prefetch`), and cancels the
+/// subscription when the owner is full ([`Consumer::pause`]). So a full
+/// host is pushed nothing more; what reached it between its last free
+/// slot and the cancel (a few at most: deliveries acked by the owner
+/// open the window again) waits in its hands for its next free slot,
+/// out of reach of the broker's delivery timeout, which covers only the
+/// deliveries of a live subscription. `prefetch` bounds what it holds
+/// unsettled.
+///
+/// The fetching runs in a task of its own, so that a `next` that is
+/// dropped half-way (a `select!`) loses nothing: the message it was
+/// getting is handed out by the next call.
+struct RabbitConsumer<M> {
+    shared: Arc<Shared>,
+    prefetch: usize,
+    room: Arc<std::sync::atomic::AtomicUsize>,
+    held: Arc<Held>,
+    link: Arc<tokio::sync::Mutex<Link>>,
+    pause: Arc<tokio::sync::Notify>,
+    fetching: Option<tokio::task::JoinHandle<Option<Fetched<M>>>>,
+}
+
+/// A decoded message and how to settle it.
+struct Fetched<M> {
+    message: M,
+    deliveries: u32,
+    acker: lapin::acker::Acker,
+}
+
+/// A consumer's connection and what waits on it.
+#[derive(Default)]
+struct Link {
+    connection: Option<(Connection, Channel)>,
+    /// The subscription, while the owner has room.
+    subscription: Option<lapin::Consumer>,
+    /// Messages that came before the subscription was cancelled, handed
+    /// out first.
+    arrived: std::collections::VecDeque<lapin::message::Delivery>,
+}
+
+impl Link {
+    async fn connect(&mut self, shared: &Shared) -> Result<(), QueueError> {
+        let (connection, channel) = shared.connect().await?;
+        self.connection = Some((connection, channel));
         Ok(())
+    }
+
+    /// Drops the connection (the broker returns what it held).
+    async fn disconnect(&mut self) {
+        self.subscription = None;
+        self.arrived.clear();
+        if let Some((connection, _)) = self.connection.take() {
+            let _ = connection.close(200, "reconnecting").await;
+        }
+    }
+
+    /// Ends the subscription; what it brought meanwhile is kept.
+    async fn unsubscribe(&mut self) -> Result<(), QueueError> {
+        if let (Some(mut subscription), Some((_, channel))) =
+            (self.subscription.take(), self.connection.as_ref())
+        {
+            channel
+                .basic_cancel(subscription.tag().as_str(), BasicCancelOptions::default())
+                .await
+                .map_err(broker)?;
+            while let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_millis(50), subscription.next()).await
+            {
+                self.arrived.push_back(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next raw delivery: one that came already, or the next the
+    /// subscription (made with `room` as its prefetch) brings; `None`
+    /// when paused first.
+    async fn fetch(
+        &mut self,
+        shared: &Shared,
+        room: u16,
+        pause: &tokio::sync::Notify,
+    ) -> Result<Option<lapin::message::Delivery>, QueueError> {
+        if let Some(d) = self.arrived.pop_front() {
+            return Ok(Some(d));
+        }
+        if self.connection.is_none() {
+            self.connect(shared).await?;
+        }
+        if self.subscription.is_none() {
+            let Some((_, channel)) = &self.connection else {
+                return Err(QueueError::Closed);
+            };
+            channel
+                .basic_qos(room.max(1), BasicQosOptions::default())
+                .await
+                .map_err(broker)?;
+            self.subscription = Some(
+                channel
+                    .basic_consume(
+                        &shared.queue,
+                        "",
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(broker)?,
+            );
+        }
+        let Some(subscription) = self.subscription.as_mut() else {
+            return Err(QueueError::Closed);
+        };
+        tokio::select! {
+            item = subscription.next() => match item {
+                Some(Ok(d)) => Ok(Some(d)),
+                Some(Err(e)) => Err(broker(e)),
+                None => Err(QueueError::Closed),
+            },
+            () = pause.notified() => {
+                self.unsubscribe().await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Fetches until a message decodes (dead-lettering those that do not) or
+/// the consumer is paused, reconnecting while the broker is away.
+async fn fetch_one<M: DeserializeOwned>(
+    shared: Arc<Shared>,
+    link: Arc<tokio::sync::Mutex<Link>>,
+    room: u16,
+    pause: Arc<tokio::sync::Notify>,
+) -> Option<Fetched<M>> {
+    let mut link = link.lock().await;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let delivery = match link.fetch(&shared, room, &pause).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return None,
+            Err(e) => {
+                // The connection or the channel went away: a new one,
+                // after a pause that grows while the broker is away.
+                tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "consumer lost its channel; reconnecting");
+                link.disconnect().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if let Err(e) = link.connect(&shared).await {
+                    tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot subscribe yet");
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let deliveries = delivery_count(&delivery.properties);
+        match serde_json::from_slice::<M>(&delivery.data) {
+            Ok(message) => {
+                return Some(Fetched {
+                    message,
+                    deliveries,
+                    acker: delivery.acker,
+                });
+            }
+            Err(e) => {
+                // Dead-lettered, then taken off the queue; a failure on the
+                // way leaves it on the queue (unacked, it comes back with
+                // the new connection) and the consumer goes on.
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    ShortString::from(REASON),
+                    AMQPValue::LongString(format!("cannot decode: {e}").into()),
+                );
+                let moved = match shared
+                    .publish_to(&shared.dead(), &delivery.data, Some(headers))
+                    .await
+                {
+                    Ok(()) => delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(broker),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = moved {
+                    tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot dead-letter an undecodable message yet; reconnecting");
+                    link.disconnect().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 }
 
 impl<M> Drop for RabbitConsumer<M> {
     fn drop(&mut self) {
+        if let Some(task) = self.fetching.take() {
+            task.abort();
+        }
         // Closing the connection returns the unacked deliveries.
-        if let Some((connection, _)) = self.link.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
+        let link = self.link.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = connection.close(200, "consumer dropped").await;
+                let mut link = link.lock().await;
+                link.subscription = None;
+                link.arrived.clear();
+                if let Some((connection, _)) = link.connection.take() {
+                    let _ = connection.close(200, "consumer dropped").await;
+                }
             });
         }
     }
@@ -468,70 +660,102 @@ where
     M: DeserializeOwned + Send + 'static,
 {
     async fn next(&mut self) -> Result<Delivery<M>, QueueError> {
-        let mut backoff = Duration::from_millis(100);
         loop {
-            let item = match self.link.as_mut() {
-                Some((_, stream)) => stream.next().await,
-                None => None,
-            };
-            let delivery = match item {
-                Some(Ok(d)) => d,
-                other => {
-                    // The connection or the channel went away: a new one,
-                    // after a pause that grows while the broker is away.
-                    if let Some(Err(e)) = other {
-                        tracing::warn!(queue = %self.shared.queue, error = %e, "consumer lost its channel; reconnecting");
-                    }
-                    if let Some((connection, _)) = self.link.take() {
-                        let _ = connection.close(200, "reconnecting").await;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    if let Err(e) = self.subscribe().await {
-                        tracing::warn!(queue = %self.shared.queue, error = %crate::chain(&e), "cannot subscribe yet");
-                    }
-                    continue;
+            // At most `prefetch` unsettled.
+            loop {
+                let settled = self.held.settled.notified();
+                if self.held.count.load(std::sync::atomic::Ordering::SeqCst) < self.prefetch {
+                    break;
                 }
-            };
-            backoff = Duration::from_millis(100);
-            let count = delivery_count(&delivery.properties);
-            match serde_json::from_slice::<M>(&delivery.data) {
-                Ok(message) => {
+                settled.await;
+            }
+            let room = self
+                .room
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .clamp(1, self.prefetch);
+            let room = u16::try_from(room).unwrap_or(u16::MAX);
+            let task = self.fetching.get_or_insert_with(|| {
+                tokio::spawn(fetch_one::<M>(
+                    self.shared.clone(),
+                    self.link.clone(),
+                    room,
+                    self.pause.clone(),
+                ))
+            });
+            let fetched = task.await;
+            self.fetching = None;
+            match fetched {
+                Ok(Some(f)) => {
+                    self.held
+                        .count
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     return Ok(Delivery::new(
-                        message,
-                        count,
+                        f.message,
+                        f.deliveries,
                         Box::new(RabbitSettle {
-                            acker: Some(delivery.acker),
+                            acker: Some(f.acker),
+                            held: Some(self.held.clone()),
                         }),
                     ));
                 }
-                Err(e) => {
-                    let mut headers = FieldTable::default();
-                    headers.insert(
-                        ShortString::from(REASON),
-                        AMQPValue::LongString(format!("cannot decode: {e}").into()),
-                    );
-                    self.shared
-                        .publish_to(&self.shared.dead(), &delivery.data, Some(headers))
-                        .await?;
-                    delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(broker)?;
-                }
+                // Paused before anything came, or the task died: ask again.
+                Ok(None) | Err(_) => continue,
             }
         }
+    }
+
+    async fn pause(&mut self) -> Result<(), QueueError> {
+        // A fetch waiting on the subscription stops (a message it got
+        // already is handed out by the next `next`); then the subscription
+        // ends, so that the broker pushes nothing more, and what it pushed
+        // that nobody asked for goes back to the queue, for another host:
+        // published again, then acked (not nacked: it was never handed
+        // out, so it must not count as a delivery toward the limit).
+        if self.fetching.as_ref().is_some_and(|t| !t.is_finished()) {
+            self.pause.notify_one();
+        }
+        let mut link = self.link.lock().await;
+        link.unsubscribe().await?;
+        while let Some(d) = link.arrived.pop_front() {
+            let returned = match self
+                .shared
+                .publish_to(&self.shared.queue, &d.data, None)
+                .await
+            {
+                Ok(()) => d
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(broker),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = returned {
+                // It stays unacked on this connection, which gives it
+                // back when it closes; meanwhile the next `next` takes it.
+                tracing::warn!(queue = %self.shared.queue, error = %crate::chain(&e), "cannot hand a message back yet");
+                link.arrived.push_front(d);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_room(&mut self, room: usize) {
+        self.room.store(room, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 struct RabbitSettle {
     acker: Option<lapin::acker::Acker>,
+    held: Option<Arc<Held>>,
 }
 
 #[async_trait]
 impl Settle for RabbitSettle {
     async fn ack(mut self: Box<Self>) -> Result<(), QueueError> {
+        if let Some(held) = self.held.take() {
+            held.release();
+        }
         match self.acker.take() {
             Some(a) => a.ack(BasicAckOptions::default()).await.map_err(broker),
             None => Ok(()),
@@ -539,6 +763,9 @@ impl Settle for RabbitSettle {
     }
 
     async fn nack(mut self: Box<Self>, requeue: bool) -> Result<(), QueueError> {
+        if let Some(held) = self.held.take() {
+            held.release();
+        }
         match self.acker.take() {
             Some(a) => a
                 .nack(BasicNackOptions {
@@ -554,6 +781,9 @@ impl Settle for RabbitSettle {
 
 impl Drop for RabbitSettle {
     fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            held.release();
+        }
         // Unsettled: back to the queue.
         if let Some(acker) = self.acker.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()

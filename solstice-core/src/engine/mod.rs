@@ -138,6 +138,9 @@ impl Submission {
     }
 }
 
+/// How long an engine may be full before its queue consumer is paused.
+const PAUSE_WHEN_FULL: Duration = Duration::from_millis(250);
+
 /// Longest `shutdown` waits for running jobs to end after cancelling them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -698,19 +701,14 @@ impl Engine {
                 None => None,
             });
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut consumers = Vec::with_capacity(queues.len());
         for q in queues {
-            let mut consumer = q.consume(prefetch).await?;
-            let tx = tx.clone();
-            self.spawn(async move {
-                while let Ok(delivery) = consumer.next().await {
-                    if tx.send(delivery).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            consumers.push(q.consume(prefetch).await?);
         }
-        Ok(Some(Box::new(Merged(rx))))
+        Ok(Some(Box::new(Merged {
+            consumers,
+            first: 0,
+        })))
     }
 
     async fn consume(&self) {
@@ -725,9 +723,26 @@ impl Engine {
             }
         };
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
+            // Full for a while (not just between one job's end and the
+            // next's start): the queue stops pushing messages this engine
+            // could not start, so that another host can take them.
+            let slot = match tokio::time::timeout(PAUSE_WHEN_FULL, slots.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    if let Err(e) = consumer.pause().await {
+                        tracing::warn!(error = %crate::util::error_chain(&e), "cannot pause the job queue's consumer");
+                    }
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    slot
+                }
             };
+            // Ask the queue for no more ahead than there are free slots.
+            consumer.set_room(slots.available_permits() + 1);
             let delivery = match consumer.next().await {
                 Ok(d) => d,
                 Err(e) => {
@@ -782,15 +797,53 @@ impl Engine {
     }
 }
 
-/// Deliveries of several queues through one channel.
-struct Merged(tokio::sync::mpsc::Receiver<Delivery<JobMessage>>);
+/// One consumer of several queues (one per label). Asked for a message,
+/// it waits on all of them and takes the first that comes; the others are
+/// paused, so that none takes a message nobody asked for. Which queue is
+/// looked at first turns, so a busy label does not starve another.
+struct Merged {
+    consumers: Vec<Box<dyn solstice_queue::Consumer<JobMessage>>>,
+    first: usize,
+}
 
 #[async_trait::async_trait]
 impl solstice_queue::Consumer<JobMessage> for Merged {
     async fn next(&mut self) -> Result<Delivery<JobMessage>, solstice_queue::QueueError> {
-        self.0
-            .recv()
+        use std::task::Poll;
+        let n = self.consumers.len();
+        let first = self.first;
+        self.first = (first + 1) % n.max(1);
+        let (won, result) = {
+            let mut waits: Vec<_> = self.consumers.iter_mut().map(|c| c.next()).collect();
+            std::future::poll_fn(|cx| {
+                for k in 0..n {
+                    let i = (first + k) % n;
+                    if let Poll::Ready(r) = waits[i].as_mut().poll(cx) {
+                        return Poll::Ready((i, r));
+                    }
+                }
+                Poll::Pending
+            })
             .await
-            .ok_or(solstice_queue::QueueError::Closed)
+        };
+        for (i, c) in self.consumers.iter_mut().enumerate() {
+            if i != won {
+                let _ = c.pause().await;
+            }
+        }
+        result
+    }
+
+    async fn pause(&mut self) -> Result<(), solstice_queue::QueueError> {
+        for c in &mut self.consumers {
+            c.pause().await?;
+        }
+        Ok(())
+    }
+
+    fn set_room(&mut self, room: usize) {
+        for c in &mut self.consumers {
+            c.set_room(room);
+        }
     }
 }

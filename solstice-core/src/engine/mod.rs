@@ -331,7 +331,7 @@ impl Engine {
                 if let Err(e) = keeper.recover_leases().await {
                     tracing::warn!(error = %crate::util::error_chain(&e), "recovery pass failed");
                 }
-                if tick % 3 != 0 {
+                if !tick.is_multiple_of(3) {
                     continue;
                 }
                 if let Err(e) = keeper.reap().await {

@@ -4,9 +4,11 @@
 //! message per workflow job) and the orchestrators (which consume them up
 //! to their capacity). One trait, [`JobQueue`], generic over a serde
 //! message; [`MemoryQueue`] for the embedded, single-process deployment;
-//! `RabbitQueue` (the `rabbitmq` feature) for many hosts; and a conformance suite
-//! (the `testing` module, behind the `testing` feature) that every implementation,
-//! including third parties', runs.
+//! `RabbitQueue` (the `rabbitmq` feature) for many hosts; [`LabelQueues`]
+//! for routing by `runs_on` label (a host consumes only the queues of the
+//! labels it serves); and a conformance suite (the `testing` module, behind
+//! the `testing` feature) that every implementation, including third
+//! parties', runs.
 //!
 //! ## Contract
 //!
@@ -20,6 +22,9 @@
 //! - **Undecodable messages never reach a consumer**: they are dead-lettered
 //!   with the decode error as the reason.
 //! - **Prefetch** bounds how many unacked deliveries one consumer holds.
+//! - **Asked, not pushed.** A consumer's owner says how much room it has
+//!   ([`Consumer::set_room`]) and when it is full ([`Consumer::pause`]);
+//!   a broker-backed consumer then takes no message its host cannot start.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

@@ -139,10 +139,17 @@ impl Shared {
         Ok((connection, channel))
     }
 
-    /// Publishes every body to `queue`, all before waiting for the
-    /// broker's confirms (pipelined); on a failure the whole batch is
-    /// published again (at least once), reconnecting as `publish_to` does.
-    async fn publish_all(&self, queue: &str, bodies: &[Vec<u8>]) -> Result<(), QueueError> {
+    /// Publishes every body to `queue` (through the default exchange), all
+    /// before waiting for the broker's confirms (pipelined), and returns
+    /// once every one is confirmed. While the broker is away it reconnects
+    /// and publishes the whole batch again (at least once), for up to
+    /// [`PUBLISH_PATIENCE`].
+    async fn publish_all(
+        &self,
+        queue: &str,
+        bodies: &[&[u8]],
+        headers: Option<&FieldTable>,
+    ) -> Result<(), QueueError> {
         if bodies.is_empty() {
             return Ok(());
         }
@@ -160,7 +167,10 @@ impl Shared {
                 let (_, channel) = link.as_ref().ok_or(QueueError::Closed)?;
                 let mut confirms = Vec::with_capacity(bodies.len());
                 for body in bodies {
-                    let properties = BasicProperties::default().with_delivery_mode(2);
+                    let mut properties = BasicProperties::default().with_delivery_mode(2);
+                    if let Some(h) = headers {
+                        properties = properties.with_headers(h.clone());
+                    }
                     confirms.push(
                         channel
                             .basic_publish(
@@ -174,6 +184,7 @@ impl Shared {
                             .map_err(broker)?,
                     );
                 }
+                // Others may publish while these are confirmed.
                 drop(link);
                 for confirm in confirms {
                     match confirm.await.map_err(broker)? {
@@ -190,7 +201,7 @@ impl Shared {
             match attempt.await {
                 Ok(()) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() + backoff < deadline => {
-                    tracing::warn!(queue, error = %crate::chain(&e), "publishing a batch failed; reconnecting");
+                    tracing::warn!(queue, error = %crate::chain(&e), "publishing failed; reconnecting");
                     *self.link.lock().await = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -200,54 +211,14 @@ impl Shared {
         }
     }
 
-    /// Publishes `body` to `queue` (through the default exchange) and
-    /// waits for the broker's confirm, reconnecting while the broker is
-    /// away (up to [`PUBLISH_PATIENCE`]).
+    /// Publishes one body (see [`Shared::publish_all`]).
     async fn publish_to(
         &self,
         queue: &str,
         body: &[u8],
         headers: Option<FieldTable>,
     ) -> Result<(), QueueError> {
-        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let attempt = async {
-                let mut link = self.link.lock().await;
-                let usable = link
-                    .as_ref()
-                    .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
-                if !usable {
-                    *link = Some(self.connect().await?);
-                }
-                let (_, channel) = link.as_ref().ok_or(QueueError::Closed)?;
-                let mut properties = BasicProperties::default().with_delivery_mode(2);
-                if let Some(h) = headers.clone() {
-                    properties = properties.with_headers(h);
-                }
-                let confirm = channel
-                    .basic_publish("", queue, BasicPublishOptions::default(), body, properties)
-                    .await
-                    .map_err(broker)?;
-                drop(link);
-                match confirm.await.map_err(broker)? {
-                    Confirmation::Ack(_) => Ok(()),
-                    other => Err(QueueError::Broker(
-                        format!("the broker did not take the message: {other:?}").into(),
-                    )),
-                }
-            };
-            match attempt.await {
-                Ok(()) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() + backoff < deadline => {
-                    tracing::warn!(queue, error = %crate::chain(&e), "publishing failed; reconnecting");
-                    *self.link.lock().await = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.publish_all(queue, &[body], headers.as_ref()).await
     }
 }
 
@@ -383,7 +354,10 @@ where
             .iter()
             .map(|m| serde_json::to_vec(m).map_err(|e| QueueError::Encode(Box::new(e))))
             .collect::<Result<Vec<_>, _>>()?;
-        self.shared.publish_all(&self.shared.queue, &bodies).await
+        let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        self.shared
+            .publish_all(&self.shared.queue, &bodies, None)
+            .await
     }
 
     async fn publish_bytes(&self, body: Vec<u8>) -> Result<(), QueueError> {

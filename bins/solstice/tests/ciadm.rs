@@ -109,6 +109,11 @@ async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
     );
     let show = ciadm_ok(&h, &["show", &run_id.to_string()]).await;
     assert!(show.contains("succeeded"), "{show}");
+    let runs = ciadm_ok(&h, &["runs"]).await;
+    assert!(
+        runs.starts_with("RUN") && runs.contains("succeeded") && runs.contains("s ago"),
+        "{runs}"
+    );
     // A retry: attempt 2 runs, attempt 1 is kept.
     let out = ciadm_ok(&h, &["retry", &a.to_string()]).await;
     assert!(out.contains("queued as attempt 2"), "{out}");

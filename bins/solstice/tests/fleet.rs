@@ -646,3 +646,29 @@ async fn why_says_no_host_serves_a_label_and_every_host_is_full() {
         "{seen}"
     );
 }
+
+#[test]
+fn a_fleet_daemon_without_a_database_and_a_queue_does_not_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("solstice.kdl");
+    std::fs::write(&config, "listen \"127.0.0.1:0\"\nstate-dir \"state\"\n").expect("write");
+    for role in ["integration", "orchestrator"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_solstice"))
+            .args([role, "--config"])
+            .arg(&config)
+            .env_remove("SOLSTICE_DATABASE")
+            .env_remove("SOLSTICE_QUEUE")
+            .output()
+            .expect("solstice runs");
+        assert_eq!(out.status.code(), Some(2), "{role}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("set `database` (PostgreSQL) and `queue` (RabbitMQ)"),
+            "{role}: {err}"
+        );
+        assert!(
+            !dir.path().join("state").exists(),
+            "{role} started something"
+        );
+    }
+}

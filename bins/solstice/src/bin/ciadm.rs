@@ -211,29 +211,21 @@ fn field(v: &Value, key: &str) -> String {
     }
 }
 
-fn when(ms: &Value) -> String {
-    match ms.as_i64() {
-        Some(ms) => {
-            let secs = ms / 1000;
-            let (days, rem) = (secs / 86_400, secs % 86_400);
-            // Civil date from days since 1970-01-01 (proleptic Gregorian).
-            let z = days + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z - era * 146_097;
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let d = doy - (153 * mp + 2) / 5 + 1;
-            let m = if mp < 10 { mp + 3 } else { mp - 9 };
-            let y = yoe + era * 400 + i64::from(m <= 2);
-            format!(
-                "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-                rem / 3600,
-                rem % 3600 / 60,
-                rem % 60
-            )
-        }
-        None => "-".into(),
+/// How long ago a Unix-ms time was, as `docker ps` says it (`5s ago`,
+/// `3h ago`); `-` for none.
+fn ago(ms: &Value) -> String {
+    let Some(then) = ms.as_i64() else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let secs = (now - then).max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86_400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
     }
 }
 
@@ -308,14 +300,14 @@ async fn run(cli: Cli, client: Client) -> Result<(), Failure> {
             if json {
                 writeln!(out, "{}", v["runs"])?;
             } else {
-                writeln!(out, "{:<8} {:<10} {:<22} NAME", "RUN", "STATUS", "CREATED")?;
+                writeln!(out, "{:<8} {:<10} {:<10} NAME", "RUN", "STATUS", "CREATED")?;
                 for r in v["runs"].as_array().into_iter().flatten() {
                     writeln!(
                         out,
-                        "{:<8} {:<10} {:<22} {}",
+                        "{:<8} {:<10} {:<10} {}",
                         field(r, "id"),
                         field(r, "status"),
-                        when(&r["created_at"]),
+                        ago(&r["created_at"]),
                         field(r, "name")
                     )?;
                 }

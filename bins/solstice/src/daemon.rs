@@ -327,9 +327,6 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
         Role::AllInOne => Some(config.served_labels()),
     };
     engine_config.secret_store = secret_store;
-    // Where each forge's repositories are cloned from: github.com for
-    // api.github.com, the API host itself for GitHub Enterprise
-    // (`https://ghe/api/v3`), Forgejo's base URL.
     engine_config.clone_credentials = Some(Arc::new(ForgeClones {
         github: clone_origin(&config, Forge::GitHub).zip(github.clone()),
         forgejo: clone_origin(&config, Forge::Forgejo).zip(forgejo.clone()),

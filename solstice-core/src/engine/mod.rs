@@ -678,8 +678,8 @@ impl Engine {
         }
     }
 
-    /// One consumer of the queues this engine serves: the queue itself
-    /// when they are one, else a consumer per queue feeding one channel.
+    /// One consumer of the queues this engine serves: the queue's own when
+    /// they are one, else [`Merged`] over a consumer per queue.
     async fn consumer(
         &self,
         prefetch: usize,
@@ -714,12 +714,18 @@ impl Engine {
     async fn consume(&self) {
         let capacity = self.inner.config.capacity.max(1);
         let slots = Arc::new(Semaphore::new(capacity));
-        let mut consumer = match self.consumer(capacity).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(error = %crate::util::error_chain(&e), "cannot consume the job queue");
-                return;
+        // A broker that is away now is waited for (the consumers reconnect
+        // by themselves once they exist).
+        let mut backoff = Duration::from_millis(100);
+        let mut consumer = loop {
+            match self.consumer(capacity).await {
+                Ok(Some(c)) => break c,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %crate::util::error_chain(&e), "cannot consume the job queue yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         };
         loop {

@@ -111,7 +111,7 @@ async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
     assert!(show.contains("succeeded"), "{show}");
     let runs = ciadm_ok(&h, &["runs"]).await;
     assert!(
-        runs.starts_with("RUN") && runs.contains("succeeded") && runs.contains("s ago"),
+        runs.starts_with("RUN") && runs.contains(&format!("\n{run_id} ")) && runs.contains("s ago"),
         "{runs}"
     );
     // A retry: attempt 2 runs, attempt 1 is kept.
@@ -185,6 +185,61 @@ async fn ciadm_follows_logs_explains_waits_cancels_and_lists_the_fleet() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(status), "{args:?}: {err}");
     }
+
+    // A fork's pull request waits for approval: listed, then approved.
+    let fork_sha = h.commit_pull_request(
+        "workflow {\n  job id=\"from-fork\" {\n    step run=\"echo fork\"\n  }\n}",
+    );
+    let (status, _) = h
+        .deliver(
+            Forge::GitHub,
+            "pull_request",
+            "d-ciadm-fork",
+            &support::pull_request(&h.repo, &fork_sha, true, "mallory"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let mut held = Value::Null;
+    for _ in 0..100 {
+        let list: Value =
+            serde_json::from_str(&ciadm_ok(&h, &["deliveries", "--format", "json"]).await)
+                .expect("deliveries");
+        if let Some(d) = list.as_array().and_then(|l| {
+            l.iter()
+                .find(|d| d["id"] == "d-ciadm-fork" && d["state"] == "approval")
+        }) {
+            held = d.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(held["forge"], "github", "{held}");
+    let text = ciadm_ok(&h, &["deliveries"]).await;
+    assert!(
+        text.contains("d-ciadm-fork") && text.contains("approval"),
+        "{text}"
+    );
+    let out = ciadm_ok(&h, &["approve", "github", "d-ciadm-fork"]).await;
+    assert!(out.contains("approved"), "{out}");
+    let mut approved_run = None;
+    for _ in 0..100 {
+        let d = h.get_json("/api/v1/deliveries/github/d-ciadm-fork").await;
+        if let Some(run) = d["run_id"].as_i64() {
+            approved_run = Some(run);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let approved_run = approved_run.expect("the approved delivery started a run");
+    // Approving again: it is not waiting any more (409).
+    let again = ciadm(
+        &h,
+        Some(ADMIN_TOKEN),
+        &["approve", "github", "d-ciadm-fork"],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("409"));
+    let manual = manual.max(approved_run);
 
     // A long run, cancelled.
     let sha =

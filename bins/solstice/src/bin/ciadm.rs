@@ -94,6 +94,16 @@ enum Command {
         /// The job's id.
         job: i64,
     },
+    /// Deliveries not processed yet, and those waiting for approval (a
+    /// pull request from a fork runs only once an operator approves it).
+    Deliveries,
+    /// Runs a delivery that waits for approval (without secrets).
+    Approve {
+        /// `github` or `forgejo`.
+        forge: String,
+        /// The delivery's id (from `ciadm deliveries`).
+        delivery: String,
+    },
     /// The fleet: every host's labels, capacity and load.
     Hosts,
     /// Why a job is not running: what it needs, no host for its label,
@@ -209,6 +219,20 @@ fn field(v: &Value, key: &str) -> String {
         Value::String(s) => safe(s),
         other => safe(&other.to_string()),
     }
+}
+
+/// A path segment: letters, digits and `-._~` as they are, every other
+/// byte percent-encoded (a delivery id cannot reach another endpoint).
+fn utf8_percent(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// How long ago a Unix-ms time was, as `docker ps` says it (`5s ago`,
@@ -413,6 +437,45 @@ async fn run(cli: Cli, client: Client) -> Result<(), Failure> {
                 .await
                 .map_err(|e| Failure::Refused(format!("the answer is not JSON: {e}")))?;
             writeln!(out, "job {job}: queued as attempt {}", field(&v, "attempt"))?;
+        }
+        Command::Deliveries => {
+            let v = client.json("/api/v1/deliveries").await?;
+            if json {
+                writeln!(out, "{}", v["deliveries"])?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<8} {:<40} {:<14} {:<10} {:<10} OUTCOME",
+                    "FORGE", "DELIVERY", "EVENT", "STATE", "RECEIVED"
+                )?;
+                for d in v["deliveries"].as_array().into_iter().flatten() {
+                    let state = match d["state"].as_str() {
+                        Some("approval") => "approval".to_string(),
+                        _ => field(d, "state"),
+                    };
+                    writeln!(
+                        out,
+                        "{:<8} {:<40} {:<14} {:<10} {:<10} {}",
+                        field(d, "forge"),
+                        field(d, "id"),
+                        field(d, "event"),
+                        state,
+                        ago(&d["received_at"]),
+                        field(d, "outcome")
+                    )?;
+                }
+            }
+        }
+        Command::Approve { forge, delivery } => {
+            let forge = utf8_percent(&forge);
+            let id = utf8_percent(&delivery);
+            client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/deliveries/{forge}/{id}/approve"),
+                )
+                .await?;
+            writeln!(out, "{}: approved; it runs now", safe(&delivery))?;
         }
         Command::Hosts => {
             let v = client.json("/api/v1/hosts").await?;

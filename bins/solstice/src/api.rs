@@ -324,12 +324,10 @@ pub async fn why(State(daemon): Shared, Path(id): Path<i64>) -> Response {
             let waiting: Vec<_> = jobs
                 .iter()
                 .filter(|j| {
-                    job.needs.iter().any(|n| {
-                        j.key == *n
-                            || j.key
-                                .strip_prefix(n.as_str())
-                                .is_some_and(|r| r.starts_with(" ("))
-                    }) && j.status != JobStatus::Succeeded
+                    job.needs
+                        .iter()
+                        .any(|n| solstice_kdl::matrix::base_of(&j.key) == n)
+                        && j.status != JobStatus::Succeeded
                 })
                 .map(|j| json!({ "key": j.key, "status": j.status }))
                 .collect();

@@ -505,3 +505,51 @@ async fn a_full_host_holds_no_message_another_host_could_run() {
         engine.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_serving_two_labels_takes_from_both() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = Queues::new("two");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store(&dir).await;
+    let queues: Arc<dyn LabelQueues<JobMessage>> = Arc::new(RabbitQueue::per_label(
+        url(),
+        prefix.0.clone(),
+        QueueOptions::default(),
+    ));
+    let engine = Engine::start_with_queues(
+        host("host-ab", &["a", "b"], 3),
+        store.clone(),
+        queues,
+        provider(),
+    )
+    .await
+    .expect("engine");
+    let values: Vec<String> = (0..60).map(|i| format!("\"{i}\"")).collect();
+    let wf = solstice_kdl::parse(&format!(
+        r#"workflow {{
+            job id="a" runs_on="a" {{ matrix {{ n {v}; }}; step run="true"; }}
+            job id="b" runs_on="b" {{ matrix {{ n {v}; }}; step run="sleep 0.05"; }}
+        }}"#,
+        v = values.join(" ")
+    ))
+    .expect("workflow");
+    let run = engine
+        .submit(&wf, "{}", Checkout::None)
+        .await
+        .expect("submit");
+    let status = tokio::time::timeout(Duration::from_secs(120), engine.wait(run))
+        .await
+        .expect("the run ends")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Succeeded);
+    for job in store.jobs(run).await.expect("jobs") {
+        assert_eq!(
+            store.attempts(job.id).await.expect("attempts").len(),
+            1,
+            "{}",
+            job.key
+        );
+    }
+    engine.shutdown().await;
+}

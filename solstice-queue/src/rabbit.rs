@@ -441,6 +441,8 @@ struct Fetched<M> {
     message: M,
     deliveries: u32,
     acker: lapin::acker::Acker,
+    /// The body as it came, to hand it back unasked ([`Consumer::pause`]).
+    body: Vec<u8>,
 }
 
 /// A consumer's connection and what waits on it.
@@ -575,6 +577,7 @@ async fn fetch_one<M: DeserializeOwned>(
                     message,
                     deliveries,
                     acker: delivery.acker,
+                    body: delivery.data,
                 });
             }
             Err(e) => {
@@ -679,17 +682,38 @@ where
     }
 
     async fn pause(&mut self) -> Result<(), QueueError> {
-        // A fetch waiting on the subscription stops (a message it got
-        // already is handed out by the next `next`); then the subscription
-        // ends, so that the broker pushes nothing more, and what it pushed
-        // that nobody asked for goes back to the queue, for another host:
-        // published again, then acked (not nacked: it was never handed
-        // out, so it must not count as a delivery toward the limit).
+        // A fetch waiting on the subscription stops; then the subscription
+        // ends, so that the broker pushes nothing more, and what came that
+        // nobody took (a fetch that finished after its `next` was dropped,
+        // what the subscription pushed ahead) goes back to the queue, for
+        // another host: published again, then acked (not nacked: it was
+        // never handed out, so it must not count toward the limit).
         if self.fetching.as_ref().is_some_and(|t| !t.is_finished()) {
             self.pause.notify_one();
         }
         let mut link = self.link.lock().await;
         link.unsubscribe().await?;
+        if self.fetching.as_ref().is_some_and(|t| t.is_finished())
+            && let Some(task) = self.fetching.take()
+            && let Ok(Some(fetched)) = task.await
+        {
+            let returned = match self
+                .shared
+                .publish_to(&self.shared.queue, &fetched.body, None)
+                .await
+            {
+                Ok(()) => fetched
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(broker),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = returned {
+                // Unacked, it goes back when the connection closes.
+                tracing::warn!(queue = %self.shared.queue, error = %crate::chain(&e), "cannot hand a message back yet");
+            }
+        }
         while let Some(d) = link.arrived.pop_front() {
             let returned = match self
                 .shared

@@ -804,9 +804,10 @@ impl Engine {
 }
 
 /// One consumer of several queues (one per label). Asked for a message,
-/// it waits on all of them and takes the first that comes; the others are
-/// paused, so that none takes a message nobody asked for. Which queue is
-/// looked at first turns, so a busy label does not starve another.
+/// it waits on all of them and takes the first that comes; a message
+/// another one got meanwhile is taken by a later call, or handed back to
+/// its queue when the engine pauses (full). Which queue is looked at first
+/// turns, so a busy label does not starve another.
 struct Merged {
     consumers: Vec<Box<dyn solstice_queue::Consumer<JobMessage>>>,
     first: usize,
@@ -819,25 +820,19 @@ impl solstice_queue::Consumer<JobMessage> for Merged {
         let n = self.consumers.len();
         let first = self.first;
         self.first = (first + 1) % n.max(1);
-        let (won, result) = {
-            let mut waits: Vec<_> = self.consumers.iter_mut().map(|c| c.next()).collect();
-            std::future::poll_fn(|cx| {
-                for k in 0..n {
-                    let i = (first + k) % n;
-                    if let Poll::Ready(r) = waits[i].as_mut().poll(cx) {
-                        return Poll::Ready((i, r));
-                    }
+        // Dropping the waits that lost is safe: a consumer keeps what it
+        // was getting for its next call (`Consumer::next`'s contract in
+        // the conformance suite: a `select!` loses nothing).
+        let mut waits: Vec<_> = self.consumers.iter_mut().map(|c| c.next()).collect();
+        std::future::poll_fn(|cx| {
+            for k in 0..n {
+                if let Poll::Ready(r) = waits[(first + k) % n].as_mut().poll(cx) {
+                    return Poll::Ready(r);
                 }
-                Poll::Pending
-            })
-            .await
-        };
-        for (i, c) in self.consumers.iter_mut().enumerate() {
-            if i != won {
-                let _ = c.pause().await;
             }
-        }
-        result
+            Poll::Pending
+        })
+        .await
     }
 
     async fn pause(&mut self) -> Result<(), solstice_queue::QueueError> {

@@ -1,6 +1,6 @@
-//! The operator's API (`ciadm`): the fleet, cancelling a run, and why a
-//! job waits. Every `/api/v1` call needs the admin token (the router's
-//! guard).
+//! The operator's API (`ciadm`): the fleet, cancelling a run, retrying a
+//! job, manual runs, a delivery's fate, and why a job waits. Every `/api/v1`
+//! call needs the admin token (the router's guard).
 
 use std::sync::Arc;
 

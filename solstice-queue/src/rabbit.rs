@@ -34,11 +34,16 @@ fn broker(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
 /// - `publish` sends a persistent message and returns once the broker
 ///   confirmed it (publisher confirms); while the broker is away it
 ///   reconnects and tries again, for up to two minutes.
-/// - Consumers ack manually, with `prefetch` as the channel's QoS. A
-///   consumer whose connection drops reconnects by itself and subscribes
-///   again; what it held unacked goes back to the queue (the broker
-///   requeues a closed channel's deliveries), so nothing is lost and a
-///   message may come twice: at least once, as the contract says.
+/// - Consumers ack manually and hold at most `prefetch` unsettled. They
+///   subscribe only while their owner has room, with that room
+///   ([`Consumer::set_room`]) as the subscription's prefetch, and cancel
+///   the subscription when it is full ([`Consumer::pause`]), handing back
+///   what the broker pushed that nobody asked for. A consumer whose
+///   connection drops reconnects by itself; what it held unacked goes back
+///   to the queue (the broker requeues a closed channel's deliveries), so
+///   nothing is lost and a message may come twice: at least once, as the
+///   contract says.
+/// - `publish_many` sends every message before awaiting the confirms.
 /// - The delivery count is the quorum queue's `x-delivery-count` + 1;
 ///   `x-delivery-limit` is [`QueueOptions::max_deliveries`] - 1, so a
 ///   message returned after its last allowed delivery is dead-lettered by
@@ -418,10 +423,8 @@ impl Held {
 /// subscription when the owner is full ([`Consumer::pause`]). So a full
 /// host is pushed nothing more; what reached it between its last free
 /// slot and the cancel (a few at most: deliveries acked by the owner
-/// open the window again) waits in its hands for its next free slot,
-/// out of reach of the broker's delivery timeout, which covers only the
-/// deliveries of a live subscription. `prefetch` bounds what it holds
-/// unsettled.
+/// open the window again) is handed back to the queue at the pause, for
+/// another host. `prefetch` bounds what it holds unsettled.
 ///
 /// The fetching runs in a task of its own, so that a `next` that is
 /// dropped half-way (a `select!`) loses nothing: the message it was

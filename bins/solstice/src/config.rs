@@ -1059,6 +1059,54 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_settings_are_read_and_checked() {
+        let c = load(
+            "database \"postgres://db.example/solstice\"\nqueue \"amqp://mq.example/%2f\"\nlabels \"linux, omnios\"\nhost-name \"orch-1\"\nlease-seconds 12\nvms {\n    label \"trusted\" provider=\"local\"\n}\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.database
+                .as_ref()
+                .map(|d| d.expose().to_string())
+                .as_deref(),
+            Some("postgres://db.example/solstice")
+        );
+        assert_eq!(c.queue_prefix, "solstice.jobs");
+        assert_eq!(c.host_name, "orch-1");
+        assert_eq!(c.lease, std::time::Duration::from_secs(12));
+        assert_eq!(c.served_labels(), ["linux", "omnios"]);
+        // Without `labels`: the routed labels and `default`.
+        let c = load("vms {\n    label \"trusted\" provider=\"local\"\n}\n", &[]).expect("valid");
+        assert_eq!(c.served_labels(), ["trusted", "default"]);
+        assert!(c.database.is_none() && c.queue.is_none());
+        // The environment wins, and the URL's password stays out of Debug.
+        let c = load(
+            "",
+            &[
+                ("SOLSTICE_DATABASE", "postgres://u:hunter2@db/x"),
+                ("SOLSTICE_LABELS", "a"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.served_labels(), ["a"]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        for (text, key) in [
+            ("database \"mysql://x\"\n", "database"),
+            ("queue \"http://x\"\n", "queue"),
+            ("labels \"a b\"\n", "labels"),
+            ("queue-prefix \"a/b\"\n", "queue-prefix"),
+            ("lease-seconds 2\n", "lease-seconds"),
+            ("lease-seconds 3601\n", "lease-seconds"),
+        ] {
+            match load(text, &[]) {
+                Err(ConfigError::Invalid(m)) => assert!(m.starts_with(key), "{text}: {m}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_full_file_reads_and_secrets_stay_hidden() {
         let config = load(
             r#"

@@ -313,7 +313,7 @@ async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
     .await;
     let sha = fleet
         .h
-        .commit("workflow {\n  job id=\"slow\" {\n    step run=\"echo started; sleep 4\"\n  }\n}");
+        .commit("workflow {\n  job id=\"slow\" {\n    step run=\"echo started; sleep 8\"\n  }\n}");
     let (status, _) = fleet
         .h
         .deliver(
@@ -350,6 +350,23 @@ async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
     )
     .await;
     let (job, attempt1) = first.expect("attempt 1");
+    // Mid-job: its step has started and its first output is stored.
+    wait_until(
+        &fleet,
+        "attempt 1's first output",
+        Duration::from_secs(60),
+        async || {
+            store
+                .logs(attempt1.id)
+                .await
+                .map(|l| {
+                    l.iter()
+                        .any(|c| String::from_utf8_lossy(&c.data).contains("started"))
+                })
+                .unwrap_or(false)
+        },
+    )
+    .await;
     let victim = attempt1.holder.clone();
     fleet.kill(&victim);
     let killed_at = solstice_core::engine::now_ms();

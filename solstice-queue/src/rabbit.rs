@@ -216,6 +216,20 @@ impl Shared {
         }
     }
 
+    /// Moves a delivered message: publishes `body` to `queue` (confirmed),
+    /// then acks the delivery. A failure leaves the delivery unacked, so
+    /// the message is never lost (it may be published twice).
+    async fn move_to(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: Option<FieldTable>,
+        acker: &lapin::acker::Acker,
+    ) -> Result<(), QueueError> {
+        self.publish_to(queue, body, headers).await?;
+        acker.ack(BasicAckOptions::default()).await.map_err(broker)
+    }
+
     /// Publishes one body (see [`Shared::publish_all`]).
     async fn publish_to(
         &self,
@@ -592,17 +606,14 @@ async fn fetch_one<M: DeserializeOwned>(
                     ShortString::from(REASON),
                     AMQPValue::LongString(format!("cannot decode: {e}").into()),
                 );
-                let moved = match shared
-                    .publish_to(&shared.dead(), &delivery.data, Some(headers))
-                    .await
-                {
-                    Ok(()) => delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(broker),
-                    Err(e) => Err(e),
-                };
+                let moved = shared
+                    .move_to(
+                        &shared.dead(),
+                        &delivery.data,
+                        Some(headers),
+                        &delivery.acker,
+                    )
+                    .await;
                 if let Err(e) = moved {
                     tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot dead-letter an undecodable message yet; reconnecting");
                     link.disconnect().await;
@@ -700,36 +711,20 @@ where
             && let Some(task) = self.fetching.take()
             && let Ok(Some(fetched)) = task.await
         {
-            let returned = match self
+            let returned = self
                 .shared
-                .publish_to(&self.shared.queue, &fetched.body, None)
-                .await
-            {
-                Ok(()) => fetched
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(broker),
-                Err(e) => Err(e),
-            };
+                .move_to(&self.shared.queue, &fetched.body, None, &fetched.acker)
+                .await;
             if let Err(e) = returned {
                 // Unacked, it goes back when the connection closes.
                 tracing::warn!(queue = %self.shared.queue, error = %crate::chain(&e), "cannot hand a message back yet");
             }
         }
         while let Some(d) = link.arrived.pop_front() {
-            let returned = match self
+            let returned = self
                 .shared
-                .publish_to(&self.shared.queue, &d.data, None)
-                .await
-            {
-                Ok(()) => d
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(broker),
-                Err(e) => Err(e),
-            };
+                .move_to(&self.shared.queue, &d.data, None, &d.acker)
+                .await;
             if let Err(e) = returned {
                 // It stays unacked on this connection, which gives it
                 // back when it closes; meanwhile the next `next` takes it.

@@ -116,6 +116,39 @@ impl Fleet {
         out
     }
 
+    /// Waits until `n` hosts (this daemon and the orchestrators) beat.
+    async fn wait_for_hosts(&self, store: &SqlStore, n: usize) {
+        wait_until(
+            self,
+            &format!("{n} hosts in the fleet"),
+            Duration::from_secs(60),
+            async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == n,
+        )
+        .await;
+    }
+
+    /// Delivers a signed push of `sha` as delivery `id`; it is accepted.
+    async fn push(&self, sha: &str, id: &str) {
+        let (status, _) = self
+            .h
+            .deliver(Forge::GitHub, "push", id, &push(&self.h.repo, sha))
+            .await;
+        assert_eq!(status, 202);
+    }
+
+    /// Waits up to `limit` until the newest run has ended.
+    async fn wait_for_the_run_to_end(&self, store: &SqlStore, limit: Duration) {
+        wait_until(self, "the run ends", limit, async || {
+            store
+                .recent_runs(1, None)
+                .await
+                .ok()
+                .and_then(|r| r.first().map(|r| r.status != RunStatus::Running))
+                .unwrap_or(false)
+        })
+        .await;
+    }
+
     async fn store(&self) -> SqlStore {
         SqlStore::connect(&format!("{PG}/{}", self.name))
             .await
@@ -208,35 +241,13 @@ async fn three_orchestrators_run_a_thousand_jobs_once_each_within_their_capacity
         fleet.start_orchestrator(host, capacity);
     }
     let store = fleet.store().await;
-    wait_until(
-        &fleet,
-        "four hosts in the fleet",
-        Duration::from_secs(60),
-        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 4,
-    )
-    .await;
+    fleet.wait_for_hosts(&store, 4).await;
     let jobs = 1_000;
     let sha = fleet.h.commit(&many(jobs, "true"));
-    let (status, _) = fleet
-        .h
-        .deliver(
-            Forge::GitHub,
-            "push",
-            "d-thousand",
-            &push(&fleet.h.repo, &sha),
-        )
+    fleet.push(&sha, "d-thousand").await;
+    fleet
+        .wait_for_the_run_to_end(&store, Duration::from_secs(600))
         .await;
-    assert_eq!(status, 202);
-    wait_until(
-        &fleet,
-        "the run ends",
-        Duration::from_secs(600),
-        async || {
-            let runs = store.recent_runs(1, None).await.expect("runs");
-            runs.first().is_some_and(|r| r.status != RunStatus::Running)
-        },
-    )
-    .await;
     let run = store.recent_runs(1, None).await.expect("runs").remove(0);
     assert_eq!(run.status, RunStatus::Succeeded, "{}", fleet.logs());
     let all = store.jobs(run.id).await.expect("jobs");
@@ -304,26 +315,11 @@ async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
     fleet.start_orchestrator("orch-1", 1);
     fleet.start_orchestrator("orch-2", 1);
     let store = fleet.store().await;
-    wait_until(
-        &fleet,
-        "three hosts in the fleet",
-        Duration::from_secs(60),
-        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 3,
-    )
-    .await;
+    fleet.wait_for_hosts(&store, 3).await;
     let sha = fleet
         .h
         .commit("workflow {\n  job id=\"slow\" {\n    step run=\"echo started; sleep 8\"\n  }\n}");
-    let (status, _) = fleet
-        .h
-        .deliver(
-            Forge::GitHub,
-            "push",
-            "d-killed",
-            &push(&fleet.h.repo, &sha),
-        )
-        .await;
-    assert_eq!(status, 202);
+    fleet.push(&sha, "d-killed").await;
     // Attempt 1 starts on one of them; that one dies.
     let mut first = None;
     wait_until(
@@ -395,20 +391,9 @@ async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
         waited <= bound,
         "attempt 2 started {waited} ms after the kill (bound {bound})"
     );
-    wait_until(
-        &fleet,
-        "the run ends",
-        Duration::from_secs(60),
-        async || {
-            store
-                .recent_runs(1, None)
-                .await
-                .ok()
-                .and_then(|r| r.first().map(|r| r.status != RunStatus::Running))
-                .unwrap_or(false)
-        },
-    )
-    .await;
+    fleet
+        .wait_for_the_run_to_end(&store, Duration::from_secs(60))
+        .await;
     let attempts = store.attempts(job).await.expect("attempts");
     assert_eq!(attempts[0].status, AttemptStatus::Lost);
     assert_eq!(attempts[1].status, AttemptStatus::Succeeded);
@@ -456,25 +441,10 @@ async fn the_fleet_rides_out_a_broker_restart_and_a_database_restart() {
     fleet.start_orchestrator("orch-1", 3);
     fleet.start_orchestrator("orch-2", 3);
     let store = fleet.store().await;
-    wait_until(
-        &fleet,
-        "three hosts in the fleet",
-        Duration::from_secs(60),
-        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 3,
-    )
-    .await;
+    fleet.wait_for_hosts(&store, 3).await;
     let jobs = 150;
     let sha = fleet.h.commit(&many(jobs, "sleep 0.2"));
-    let (status, _) = fleet
-        .h
-        .deliver(
-            Forge::GitHub,
-            "push",
-            "d-restarts",
-            &push(&fleet.h.repo, &sha),
-        )
-        .await;
-    assert_eq!(status, 202);
+    fleet.push(&sha, "d-restarts").await;
     let done = async |store: &SqlStore| -> usize {
         let Ok(runs) = store.recent_runs(1, None).await else {
             return 0;
@@ -522,20 +492,9 @@ async fn the_fleet_rides_out_a_broker_restart_and_a_database_restart() {
     })
     .await
     .expect("join");
-    wait_until(
-        &fleet,
-        "the run ends",
-        Duration::from_secs(300),
-        async || {
-            store
-                .recent_runs(1, None)
-                .await
-                .ok()
-                .and_then(|r| r.first().map(|r| r.status != RunStatus::Running))
-                .unwrap_or(false)
-        },
-    )
-    .await;
+    fleet
+        .wait_for_the_run_to_end(&store, Duration::from_secs(300))
+        .await;
     let run = store.recent_runs(1, None).await.expect("runs").remove(0);
     let all = store.jobs(run.id).await.expect("jobs");
     let unhappy: Vec<_> = all
@@ -579,21 +538,11 @@ async fn why_says_no_host_serves_a_label_and_every_host_is_full() {
     fleet.start_orchestrator("orch-1", 1);
     fleet.start_orchestrator("orch-2", 1);
     let store = fleet.store().await;
-    wait_until(
-        &fleet,
-        "three hosts in the fleet",
-        Duration::from_secs(60),
-        async || store.hosts(0).await.map(|h| h.len()).unwrap_or(0) == 3,
-    )
-    .await;
+    fleet.wait_for_hosts(&store, 3).await;
     let sha = fleet.h.commit(
         "workflow {\n  job id=\"busy\" {\n    matrix { n \"1\" \"2\" \"3\" \"4\"; }\n    step run=\"sleep 8\"\n  }\n  job id=\"lonely\" runs_on=\"nobody\" {\n    step run=\"true\"\n  }\n}",
     );
-    let (status, _) = fleet
-        .h
-        .deliver(Forge::GitHub, "push", "d-why", &push(&fleet.h.repo, &sha))
-        .await;
-    assert_eq!(status, 202);
+    fleet.push(&sha, "d-why").await;
     let mut run = None;
     wait_until(&fleet, "the run", Duration::from_secs(60), async || {
         run = store

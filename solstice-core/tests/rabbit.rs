@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use solstice_core::engine::{
     Checkout, Engine, EngineConfig, FakeExecutor, JobMessage, RunnerGuest,
 };
-use solstice_core::store::{JobStatus, RunStatus, SqlStore, StateStore};
+use solstice_core::store::{JobStatus, RunId, RunStatus, SqlStore, StateStore};
 use solstice_queue::{
     Consumer, DeadLetter, Delivery, JobQueue, LabelQueues, QueueError, QueueOptions, RabbitQueue,
 };
@@ -47,6 +47,24 @@ impl Queues {
     fn new(test: &str) -> Queues {
         Queues(format!("solstice-test-{}-{test}", std::process::id()))
     }
+
+    /// A queue per label under this prefix (each call its own connections,
+    /// as each host has).
+    fn per_label(&self) -> Arc<dyn LabelQueues<JobMessage>> {
+        Arc::new(RabbitQueue::per_label(
+            url(),
+            self.0.clone(),
+            QueueOptions::default(),
+        ))
+    }
+}
+
+/// Waits up to `secs` for `run` to end, and says how it ended.
+async fn run_ends(engine: &Engine, run: RunId, secs: u64) -> RunStatus {
+    tokio::time::timeout(Duration::from_secs(secs), engine.wait(run))
+        .await
+        .expect("the run ends")
+        .expect("wait")
 }
 
 impl Drop for Queues {
@@ -110,13 +128,7 @@ async fn a_host_takes_only_the_labels_it_serves() {
     let prefix = Queues::new("labels");
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&dir).await;
-    let queues = || -> Arc<dyn LabelQueues<JobMessage>> {
-        Arc::new(RabbitQueue::per_label(
-            url(),
-            prefix.0.clone(),
-            QueueOptions::default(),
-        ))
-    };
+    let queues = || prefix.per_label();
     // The planner runs nothing; `a` and `b` each serve one label; nobody
     // serves `c` yet.
     let planner =
@@ -183,10 +195,7 @@ async fn a_host_takes_only_the_labels_it_serves() {
     )
     .await
     .expect("host c");
-    let status = tokio::time::timeout(Duration::from_secs(60), planner.wait(run))
-        .await
-        .expect("the run ends")
-        .expect("wait");
+    let status = run_ends(&planner, run, 60).await;
     assert_eq!(status, RunStatus::Succeeded);
     for engine in [planner, a, b, c] {
         engine.shutdown().await;
@@ -350,11 +359,7 @@ async fn a_job_longer_than_the_delivery_timeout_is_delivered_and_run_once() {
     let store = store(&dir).await;
     let delivered = Arc::new(AtomicUsize::new(0));
     let queues = Arc::new(Counting {
-        inner: Arc::new(RabbitQueue::per_label(
-            url(),
-            prefix.0.clone(),
-            QueueOptions::default(),
-        )),
+        inner: prefix.per_label(),
         delivered: delivered.clone(),
     });
     let engine = Engine::start_with_queues(
@@ -371,10 +376,7 @@ async fn a_job_longer_than_the_delivery_timeout_is_delivered_and_run_once() {
         .submit(&wf, "{}", Checkout::None)
         .await
         .expect("submit");
-    let status = tokio::time::timeout(Duration::from_secs(60), engine.wait(run))
-        .await
-        .expect("the run ends")
-        .expect("wait");
+    let status = run_ends(&engine, run, 60).await;
     assert_eq!(status, RunStatus::Succeeded);
     let job = store.jobs(run).await.expect("jobs").remove(0);
     assert_eq!(store.attempts(job.id).await.expect("attempts").len(), 1);
@@ -390,11 +392,7 @@ async fn a_poison_message_is_dead_lettered_and_the_host_keeps_going() {
     let prefix = Queues::new("poison");
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&dir).await;
-    let queues: Arc<dyn LabelQueues<JobMessage>> = Arc::new(RabbitQueue::per_label(
-        url(),
-        prefix.0.clone(),
-        QueueOptions::default(),
-    ));
+    let queues = prefix.per_label();
     let engine = Engine::start_with_queues(
         host("poisoned", &["default"], 2),
         store.clone(),
@@ -421,10 +419,7 @@ async fn a_poison_message_is_dead_lettered_and_the_host_keeps_going() {
         .submit(&wf, "{}", Checkout::None)
         .await
         .expect("submit");
-    let status = tokio::time::timeout(Duration::from_secs(60), engine.wait(run))
-        .await
-        .expect("the run ends")
-        .expect("wait");
+    let status = run_ends(&engine, run, 60).await;
     assert_eq!(status, RunStatus::Succeeded);
     let dead = queue.dead_letters().await.expect("dead letters");
     assert_eq!(dead.len(), 2, "{dead:?}");
@@ -442,13 +437,7 @@ async fn a_full_host_holds_no_message_another_host_could_run() {
     let prefix = Queues::new("full");
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&dir).await;
-    let queues = || -> Arc<dyn LabelQueues<JobMessage>> {
-        Arc::new(RabbitQueue::per_label(
-            url(),
-            prefix.0.clone(),
-            QueueOptions::default(),
-        ))
-    };
+    let queues = || prefix.per_label();
     let a = Engine::start_with_queues(
         host("host-a", &["default"], 1),
         store.clone(),
@@ -512,11 +501,7 @@ async fn a_host_serving_two_labels_takes_from_both() {
     let prefix = Queues::new("two");
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&dir).await;
-    let queues: Arc<dyn LabelQueues<JobMessage>> = Arc::new(RabbitQueue::per_label(
-        url(),
-        prefix.0.clone(),
-        QueueOptions::default(),
-    ));
+    let queues = prefix.per_label();
     let engine = Engine::start_with_queues(
         host("host-ab", &["a", "b"], 3),
         store.clone(),
@@ -538,10 +523,7 @@ async fn a_host_serving_two_labels_takes_from_both() {
         .submit(&wf, "{}", Checkout::None)
         .await
         .expect("submit");
-    let status = tokio::time::timeout(Duration::from_secs(120), engine.wait(run))
-        .await
-        .expect("the run ends")
-        .expect("wait");
+    let status = run_ends(&engine, run, 120).await;
     assert_eq!(status, RunStatus::Succeeded);
     for job in store.jobs(run).await.expect("jobs") {
         assert_eq!(

@@ -23,27 +23,7 @@ disk_mib=${SOLSTICE_GUEST_DISK_MIB:-1024}
 log() { printf 'linux-guest: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
-packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod lz4 e2fsprogs socat git ca-certificates binutils)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    # QEMU's packages come as one version: a qemu-utils of another origin
-    # (a backport) is removed when qemu-system-x86 comes in, so both are
-    # asked for together, and apt picks a matching pair.
-    case " ${missing[*]} " in
-        *" qemu-system-x86 "*) case " ${missing[*]} " in *" qemu-utils "*) ;; *) missing+=(qemu-utils) ;; esac ;;
-    esac
-    log "installing ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-for tool in qemu-img qemu-system-x86_64 socat busybox cpio mke2fs git objcopy; do
-    command -v "$tool" >/dev/null || { log "$tool is missing after installing the packages"; exit 1; }
-done
+"$here/install-packages.sh"
 
 # --- the kernel: Debian's cloud kernel, downloaded (not installed) ---------
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1)
@@ -94,7 +74,7 @@ fi
 key=$(
     {
         echo "$kver $disk_mib"
-        sha256sum "$here/build.sh" "$here/init" "$here/solstice-init" "$runner" /bin/busybox /usr/bin/git
+        sha256sum "$here/build.sh" "$here/init" "$here/solstice-init" "$runner" /bin/busybox /usr/bin/git /usr/bin/curl
     } | sha256sum | cut -c1-16
 )
 if [ -f "$out/image-key" ] && [ "$(cat "$out/image-key")" = "$key" ]; then
@@ -143,7 +123,9 @@ done | awk '!seen[$0]++' | while read -r ko; do
 done
 (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$work/out/initrd.cpio"
 
-# The root disk: busybox, git (with the libraries it links), the runner.
+# The root disk: busybox, git and curl (with the libraries they link), the
+# runner. curl, because busybox's static wget crashes resolving names (a
+# static glibc cannot load NSS modules) and steps expect curl anyway.
 r=$work/root
 mkdir -p "$r"/{bin,sbin,etc,root,tmp,run,proc,sys,dev,work,usr/bin,usr/sbin,usr/lib/git-core,usr/share,etc/ssl/certs}
 cp /bin/busybox "$r/bin/busybox"
@@ -165,7 +147,8 @@ copy_with_libs() {
     done
 }
 rm -f "$r/bin/git"
-copy_with_libs /usr/bin/git /usr/lib/git-core/git-remote-http
+rm -f "$r/bin/wget"
+copy_with_libs /usr/bin/git /usr/lib/git-core/git-remote-http /usr/bin/curl
 ln -sf git-remote-http "$r/usr/lib/git-core/git-remote-https"
 ln -sf ../../bin/git "$r/usr/lib/git-core/git"
 cp -r /usr/share/git-core "$r/usr/share/" 2>/dev/null || true

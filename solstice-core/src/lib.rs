@@ -56,6 +56,8 @@
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod log;
+#[cfg(feature = "engine")]
+pub mod net;
 // The wire protocol is the engine's and the runner's business: public only
 // to tests that speak it directly (the `testing` feature), never a stable API.
 #[cfg(all(feature = "protocol", feature = "testing"))]

@@ -778,18 +778,23 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
 /// The environment that gives git the clone's credentials: an
 /// `Authorization` header from git's environment configuration, so the
 /// token is on no command line and in no `.git/config` the steps can read.
+/// git sends that header with every request, so it follows no redirect
+/// while it carries one: a redirect could send the token to another host
+/// (a renamed repository's clone then fails with the forge's 301).
 fn clone_auth_env(username: &str, password: &str) -> Vec<(String, String)> {
     if password.is_empty() {
         return Vec::new();
     }
     let basic = base64(format!("{username}:{password}").as_bytes());
     vec![
-        ("GIT_CONFIG_COUNT".into(), "1".into()),
+        ("GIT_CONFIG_COUNT".into(), "2".into()),
         ("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into()),
         (
             "GIT_CONFIG_VALUE_0".into(),
             format!("Authorization: Basic {basic}"),
         ),
+        ("GIT_CONFIG_KEY_1".into(), "http.followRedirects".into()),
+        ("GIT_CONFIG_VALUE_1".into(), "false".into()),
         ("GIT_TERMINAL_PROMPT".into(), "0".into()),
     ]
 }
@@ -1038,5 +1043,126 @@ mod tests {
         ] {
             assert!(check_fetch_ref(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Counts the requests that carried an `Authorization` header.
+    type Seen = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+    /// A tiny HTTP server: `answer(path)` gives the response for a
+    /// request's path; requests carrying `Authorization` are counted.
+    async fn serve(answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> (String, Seen) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen: Seen = Default::default();
+        let counted = seen.clone();
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let counted = counted.clone();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if head.to_ascii_lowercase().contains("\r\nauthorization:") {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let _ = s.write_all(&answer(&path)).await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn git_in(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_clone_with_credentials_follows_no_redirect() {
+        // Elsewhere serves a real repository over git's plain ("dumb")
+        // HTTP protocol; the forge redirects every request there. git would
+        // go on fetching from elsewhere directly, header and all.
+        let repos = tempfile::tempdir().expect("dir");
+        let work = repos.path().join("work");
+        std::fs::create_dir_all(&work).expect("mkdir");
+        git_in(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("README"), "hi\n").expect("write");
+        git_in(&work, &["add", "README"]);
+        git_in(&work, &["commit", "-q", "-m", "one"]);
+        let commit = git_in(&work, &["rev-parse", "HEAD"]);
+        let bare = repos.path().join("repo.git");
+        git_in(repos.path(), &["clone", "-q", "--bare", "work", "repo.git"]);
+        git_in(&bare, &["update-server-info"]);
+        let root = bare.clone();
+        let (elsewhere, elsewhere_saw_token) = serve(move |path| {
+            let rel = path
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("/owner/repo.git/");
+            match std::fs::read(root.join(rel))
+                .ok()
+                .filter(|_| !rel.contains(".."))
+            {
+                Some(body) => {
+                    let mut out = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    out.extend(body);
+                    out
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            }
+        })
+        .await;
+        let (forge, forge_saw_token) = serve(move |path| {
+            format!("HTTP/1.1 301 Moved\r\nLocation: {elsewhere}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
+        })
+        .await;
+        let dest = tempfile::tempdir().expect("dir");
+        let checkout = pb::Checkout {
+            source: Some(pb::checkout::Source::Git(pb::GitCheckout {
+                url: format!("{forge}/owner/repo.git"),
+                commit,
+                fetch_ref: String::new(),
+                username: "x-access-token".into(),
+                password: "ghs_secret_token".into(),
+            })),
+        };
+        let result = check_out(Some(&checkout), dest.path()).await;
+        assert!(
+            forge_saw_token.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "the forge itself gets the token (the test reaches it)"
+        );
+        assert_eq!(
+            elsewhere_saw_token.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "git followed the redirect and sent the token elsewhere"
+        );
+        assert!(result.is_err(), "a redirected clone with credentials fails");
     }
 }

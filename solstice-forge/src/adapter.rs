@@ -334,12 +334,14 @@ pub(crate) fn receive(
     if body.len() > crate::MAX_PAYLOAD {
         return Err(PayloadError::TooLarge { len: body.len() }.into());
     }
-    crate::verify(
-        forge,
-        secret.expose().as_bytes(),
-        headers.first(&signature),
-        body,
-    )?;
+    let given = headers.first(&signature);
+    // A GitHub webhook whose delivery carries only the SHA-1 signature
+    // (`X-Hub-Signature`): signed, but not in a way Solstice accepts.
+    if given.is_none() && forge == Forge::GitHub && headers.first(&["x-hub-signature"; 2]).is_some()
+    {
+        return Err(SignatureError::Sha1Only.into());
+    }
+    crate::verify(forge, secret.expose().as_bytes(), given, body)?;
     let short_text = |value: Option<&[u8]>, name| {
         value
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -376,5 +378,40 @@ mod tests {
         ] {
             assert!(Repo::new(bad).path().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_sha1_only_github_delivery_is_told_what_is_required() {
+        let secret = Secret::new("s");
+        let body = br#"{"zen":"hi"}"#;
+        let mut headers = Headers::new();
+        headers.insert("x-github-event", b"ping");
+        headers.insert("x-github-delivery", b"d1");
+        headers.insert(
+            "x-hub-signature",
+            b"sha1=0123456789abcdef0123456789abcdef01234567",
+        );
+        let err = receive(Forge::GitHub, &secret, &headers, body).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, WebhookError::Signature(SignatureError::Sha1Only)),
+            "{text}"
+        );
+        assert!(text.contains("X-Hub-Signature-256"), "{text}");
+        // Not signed at all is still that.
+        let mut bare = Headers::new();
+        bare.insert("x-github-event", b"ping");
+        bare.insert("x-github-delivery", b"d2");
+        let err = receive(Forge::GitHub, &secret, &bare, body).expect_err("refused");
+        assert!(matches!(
+            err,
+            WebhookError::Signature(SignatureError::Missing)
+        ));
+        // With both headers, the SHA-256 one decides.
+        headers.insert(
+            "x-hub-signature-256",
+            crate::sign(Forge::GitHub, b"s", body).as_bytes(),
+        );
+        assert!(receive(Forge::GitHub, &secret, &headers, body).is_ok());
     }
 }

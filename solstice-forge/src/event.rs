@@ -37,8 +37,17 @@ pub struct ForgeEvent {
     pub git_ref: String,
     /// What happened.
     pub kind: EventKind,
-    /// Who did it (the forge's login).
+    /// Who did it (the forge's login): for a pull request, whoever caused
+    /// this delivery (opened it, pushed to it, pressed "Update branch",
+    /// reopened it), which may be a maintainer acting on a stranger's code.
     pub sender: String,
+    /// Whose code it is: a pull request's author (`pull_request.user`),
+    /// the sender of a push. Trust in a fork's pull request is decided by
+    /// this, never by the sender.
+    pub author: String,
+    /// The repository is private (or the payload does not say it is
+    /// public): its runs' pages are for the operator only.
+    pub private: bool,
     /// Paths the push changed, when the payload says so completely; `None`
     /// when it does not (path filters then let the run happen).
     pub changed_paths: Option<Vec<String>>,
@@ -194,7 +203,12 @@ pub fn parse(
             "repository.default_branch",
         )
         .ok();
-    let base = |commit: String, git_ref: String, kind, changed_paths| ForgeEvent {
+    // Public only when the payload says so.
+    let private = p
+        .at(&["repository", "private"])
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let base = |commit: String, git_ref: String, kind, changed_paths, author: String| ForgeEvent {
         forge,
         delivery: delivery.to_string(),
         repository: repository.clone(),
@@ -203,6 +217,8 @@ pub fn parse(
         git_ref,
         kind,
         sender: sender.clone(),
+        author,
+        private,
         changed_paths,
         installation,
         default_branch: default_branch.clone(),
@@ -237,6 +253,7 @@ pub fn parse(
             git_ref,
             EventKind::Push,
             changed,
+            sender.clone(),
         )));
     }
     // pull_request
@@ -265,6 +282,17 @@ pub fn parse(
         "pull_request.head.sha",
     )?;
     let base_branch = p.text(&["pull_request", "base", "ref"], "pull_request.base.ref")?;
+    let author = p
+        .text(
+            &["pull_request", "user", "login"],
+            "pull_request.user.login",
+        )
+        .or_else(|_| {
+            p.text(
+                &["pull_request", "user", "username"],
+                "pull_request.user.login",
+            )
+        })?;
     let from_fork = is_fork(&p);
     let kind = EventKind::PullRequest {
         number,
@@ -277,6 +305,7 @@ pub fn parse(
         format!("refs/pull/{number}/head"),
         kind,
         None,
+        author,
     )))
 }
 

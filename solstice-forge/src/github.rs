@@ -28,6 +28,25 @@ use crate::{Forge, ForgeError, Secret};
 /// GitHub's public API.
 pub const GITHUB_API: &str = "https://api.github.com";
 
+/// What an installation token is for: each gets its own, scoped to one
+/// repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Purpose {
+    /// The daemon's own calls: check runs, workflow files, commits.
+    Api,
+    /// A job's clone: read the repository's contents, nothing else.
+    Clone,
+}
+
+impl Purpose {
+    fn permissions(self) -> serde_json::Value {
+        match self {
+            Purpose::Api => json!({ "checks": "write", "contents": "read" }),
+            Purpose::Clone => json!({ "contents": "read" }),
+        }
+    }
+}
+
 /// How early an installation token is traded again before it expires.
 pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
@@ -61,7 +80,8 @@ struct App {
     id: u64,
     key: jsonwebtoken::EncodingKey,
     refresh_margin: Duration,
-    tokens: tokio::sync::Mutex<HashMap<u64, (Secret, SystemTime)>>,
+    /// By installation, repository and purpose.
+    tokens: tokio::sync::Mutex<HashMap<(u64, String, Purpose), (Secret, SystemTime)>>,
     installations: Mutex<HashMap<String, u64>>,
 }
 
@@ -185,15 +205,23 @@ impl GitHub {
         Ok(found.id)
     }
 
-    /// An installation token, from the cache while it has more than the
-    /// margin left.
+    /// An installation token for one repository and one purpose, from the
+    /// cache while it has more than the margin left.
     async fn installation_token(
         &self,
         app: &App,
         installation: u64,
+        repo: &Repo,
+        purpose: Purpose,
     ) -> Result<(Secret, SystemTime), ForgeError> {
+        let path = repo.path()?;
+        let name = path
+            .split_once('/')
+            .map_or(path.as_str(), |(_, n)| n)
+            .to_string();
+        let key = (installation, path.clone(), purpose);
         let mut tokens = app.tokens.lock().await;
-        if let Some((token, expires)) = tokens.get(&installation)
+        if let Some((token, expires)) = tokens.get(&key)
             && expires
                 .duration_since(SystemTime::now())
                 .unwrap_or_default()
@@ -207,9 +235,14 @@ impl GitHub {
             "{}/app/installations/{installation}/access_tokens",
             self.api
         );
+        // The one repository, with what this purpose needs and no more
+        // (an installation may cover many repositories and permissions).
+        let body = json!({ "repositories": [name], "permissions": purpose.permissions() });
         let resp = self
             .http
-            .send(&what, |c| github_headers(c.post(&url)).bearer_auth(&jwt))
+            .send(&what, |c| {
+                github_headers(c.post(&url)).bearer_auth(&jwt).json(&body)
+            })
             .await?;
         let resp = found(&what, resp, "no such installation of the GitHub App")?;
         #[derive(Deserialize)]
@@ -233,17 +266,21 @@ impl GitHub {
                 SystemTime::now() + UNSTATED_TOKEN_LIFE
             });
         let token = Secret::new(got.token);
-        tokens.insert(installation, (token.clone(), expires));
+        tokens.insert(key, (token.clone(), expires));
         Ok((token, expires))
     }
 
-    /// The token API calls about `repo` are made with.
+    /// The token API calls about `repo` are made with (checks and reading
+    /// files and commits).
     async fn token_for(&self, repo: &Repo) -> Result<Secret, ForgeError> {
         match &self.auth {
             Auth::Token(token) => Ok(token.clone()),
             Auth::App(app) => {
                 let installation = self.installation(app, repo).await?;
-                Ok(self.installation_token(app, installation).await?.0)
+                Ok(self
+                    .installation_token(app, installation, repo, Purpose::Api)
+                    .await?
+                    .0)
             }
         }
     }
@@ -548,7 +585,11 @@ impl ForgeAdapter for GitHub {
             Auth::Token(token) => (token.clone(), None),
             Auth::App(app) => {
                 let installation = self.installation(app, repo).await?;
-                let (token, expires) = self.installation_token(app, installation).await?;
+                // A job's clone gets a token that can read this one
+                // repository and do nothing else: it enters the job's VM.
+                let (token, expires) = self
+                    .installation_token(app, installation, repo, Purpose::Clone)
+                    .await?;
                 (token, Some(expires))
             }
         };

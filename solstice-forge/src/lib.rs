@@ -31,6 +31,7 @@ mod event;
 mod forgejo;
 mod github;
 mod http;
+mod origin;
 mod secret;
 mod signature;
 mod status;
@@ -51,6 +52,7 @@ pub use event::{
 pub use forgejo::Forgejo;
 pub use github::{GITHUB_API, GitHub, TOKEN_REFRESH_MARGIN};
 pub use http::RetryPolicy;
+pub use origin::{ForgeOrigin, credentials_may_go_to};
 pub use secret::Secret;
 pub use signature::{Forge, SignatureError, sign, verify};
 pub use status::{

@@ -33,6 +33,12 @@ pub enum SignatureError {
     /// The signature does not match the body and the secret.
     #[error("the signature does not match")]
     Mismatch,
+    /// Signed with SHA-1 only (GitHub's `X-Hub-Signature`), which is not
+    /// accepted.
+    #[error(
+        "the delivery is signed with SHA-1 only (X-Hub-Signature); Solstice requires X-Hub-Signature-256 (HMAC-SHA256)"
+    )]
+    Sha1Only,
 }
 
 /// Checks `header` (the signature header's value, if any) against `body`

@@ -505,3 +505,72 @@ fn hostile_bodies_get_a_clear_error() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A maintainer's action on a stranger's pull request (reopening it,
+/// pressing "Update branch") is sent with the maintainer as `sender`: the
+/// event keeps whose code it is (`author`, from `pull_request.user`), and
+/// whether the repository is private.
+#[test]
+fn a_pull_requests_author_is_not_its_sender() {
+    for (forge, event_name, path, author, private) in [
+        (
+            Forge::GitHub,
+            "pull_request",
+            "github/lstn/github_event_pull_request_from_fork.json",
+            "leodido",
+            false,
+        ),
+        (
+            Forge::GitHub,
+            "pull_request",
+            "github/go-scm/pr_sync.json",
+            "bradrydzewski",
+            true,
+        ),
+        (
+            Forge::Forgejo,
+            "pull_request",
+            "forgejo/woodpecker-forgejo/HookPullRequestReopened.json",
+            "6543",
+            false,
+        ),
+    ] {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&fixture(path)).expect("fixture is JSON");
+        body["sender"]["login"] = "maintainer".into();
+        body["sender"]["username"] = "maintainer".into();
+        let bytes = serde_json::to_vec(&body).expect("json");
+        let Delivery::Event(got) = parse(forge, event_name, "d", &bytes).expect("readable") else {
+            panic!("{path}: not an event");
+        };
+        assert_eq!(got.sender, "maintainer", "{path}");
+        assert_eq!(got.author, author, "{path}");
+        assert_eq!(got.private, private, "{path}");
+    }
+    // A push's author is its sender; a repository whose payload does not
+    // say it is public counts as private.
+    let mut push: serde_json::Value =
+        serde_json::from_slice(&fixture("github/go-scm/push.json")).expect("fixture is JSON");
+    push["repository"]
+        .as_object_mut()
+        .expect("repository")
+        .remove("private");
+    let bytes = serde_json::to_vec(&push).expect("json");
+    let Delivery::Event(got) = parse(Forge::GitHub, "push", "d", &bytes).expect("readable") else {
+        panic!("push: not an event");
+    };
+    assert_eq!(got.author, got.sender);
+    assert!(got.private);
+    // A pull request without an author is refused, not trusted by default.
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&fixture("github/go-scm/pr_opened.json")).expect("fixture is JSON");
+    body["pull_request"]
+        .as_object_mut()
+        .expect("pull_request")
+        .remove("user");
+    let bytes = serde_json::to_vec(&body).expect("json");
+    assert!(matches!(
+        parse(Forge::GitHub, "pull_request", "d", &bytes),
+        Err(PayloadError::Field("pull_request.user.login"))
+    ));
+}

@@ -544,6 +544,34 @@ async fn clone_credentials_are_short_lived_where_the_forge_allows() {
     assert_eq!(creds.username, "x-access-token");
     assert_eq!(creds.password.expose(), forge.tokens_issued()[0]);
     assert!(creds.expires_at.is_some());
+    // The clone's token reads this one repository, nothing more: it goes
+    // into the job's VM.
+    assert_eq!(
+        forge.token_scope(creds.password.expose()),
+        serde_json::json!({"repositories": ["hello"], "permissions": {"contents": "read"}})
+    );
+    // The daemon's own calls use another token, with checks.
+    let github = app(&forge);
+    github
+        .report(&JobReport::new(repo(), SHA, "b", "1/b", JobState::Queued))
+        .await
+        .expect("report");
+    let issued = forge.tokens_issued();
+    assert_eq!(issued.len(), 2);
+    assert_eq!(
+        forge.token_scope(&issued[1]),
+        serde_json::json!({"repositories": ["hello"], "permissions": {"checks": "write", "contents": "read"}})
+    );
+    // The clone token cannot write a check run (the fake enforces scopes
+    // as GitHub does).
+    let refused = reqwest::Client::new()
+        .post(format!("{}/repos/octo/hello/check-runs", forge.url()))
+        .bearer_auth(creds.password.expose())
+        .json(&serde_json::json!({"name": "x", "head_sha": SHA}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status().as_u16(), 403);
     assert!(
         !format!("{creds:?}").contains(creds.password.expose()),
         "the token must not show in Debug"

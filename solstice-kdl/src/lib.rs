@@ -52,6 +52,7 @@ mod plan;
 mod print;
 mod schema;
 mod strict;
+pub mod text;
 mod trigger;
 
 use std::sync::Arc;

@@ -108,6 +108,35 @@ impl CommandOutput {
     }
 }
 
+/// The variables of this process's environment that a child it starts
+/// (a runner, QEMU, `qemu-img`, `socat`, `git`, `zfs`, ...) inherits: the
+/// names below and `LC_*`, nothing else. A daemon's environment holds its
+/// secrets (webhook secrets, tokens, database passwords); a child that
+/// inherited them would hand them to whatever can read its
+/// `/proc/PID/environ`, a job's step among others.
+pub const CHILD_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+
+/// The one place that builds the environment of a process the providers
+/// start: [`CHILD_ENV`] and `LC_*` from this process's environment.
+/// Use it with `env_clear()`.
+pub fn child_environment() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| CHILD_ENV.contains(&k) || k.starts_with("LC_"))
+        })
+        .collect()
+}
+
+/// A `tokio` command for `program` with only [`child_environment`].
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command.env_clear().envs(child_environment());
+    command
+}
+
 /// Runs host commands. The bhyve provider sends every command through one
 /// of these: [`SystemRunner`] in production, [`DryRun`] for operators,
 /// a recording or failing double in tests.
@@ -128,7 +157,7 @@ pub const OUTPUT_CAP: usize = 1 << 20;
 impl CommandRunner for SystemRunner {
     async fn run(&self, command: &HostCommand) -> std::io::Result<CommandOutput> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut child = tokio::process::Command::new(&command.program)
+        let mut child = clean_command(&command.program)
             .args(&command.args)
             .stdin(if command.stdin.is_some() {
                 std::process::Stdio::piped()

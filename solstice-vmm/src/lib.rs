@@ -52,8 +52,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use bhyve::{BhyveConfig, BhyveProvider, OWNER_ATTR, vnic_name};
-pub use command::{CommandOutput, CommandRunner, DryRun, HostCommand, OUTPUT_CAP, SystemRunner};
-pub use local::LocalProvider;
+pub use command::{
+    CHILD_ENV, CommandOutput, CommandRunner, DryRun, HostCommand, OUTPUT_CAP, SystemRunner,
+    child_environment, clean_command,
+};
+pub use local::{JobUser, LocalProvider};
 pub use qemu::{
     Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_GUEST_CONNECTIONS, MAX_REACH, Machine,
     QemuConfig, QemuImage, QemuProvider, SEED_MAGIC, host_tsc_khz, probe_accelerator,

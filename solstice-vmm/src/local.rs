@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::{VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState, lock};
 
@@ -49,6 +49,48 @@ pub struct LocalProvider {
     root: PathBuf,
     children: Mutex<HashMap<VmId, Child>>,
     warned: std::sync::atomic::AtomicBool,
+    user: Option<JobUser>,
+}
+
+/// The user a local job's runner (and so its steps) runs as, when it is not
+/// the orchestrator's own ([`LocalProvider::with_user`]). Starting a process
+/// as another user needs the orchestrator to run as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobUser {
+    /// The login.
+    pub name: String,
+    /// Its user id.
+    pub uid: u32,
+    /// Its primary group id.
+    pub gid: u32,
+    /// Its home directory (the job's `HOME`).
+    pub home: PathBuf,
+}
+
+impl JobUser {
+    /// Looks `name` up in the system's user database.
+    pub fn lookup(name: &str) -> Result<JobUser, VmError> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(JobUser {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+            }),
+            Ok(None) => Err(VmError::provider(format!("no user `{name}` on this host"))),
+            Err(e) => Err(VmError::provider_because(
+                format!("cannot look up user `{name}`"),
+                std::io::Error::from(e),
+            )),
+        }
+    }
+
+    /// Whether this process may start processes as another user (it runs
+    /// as root).
+    pub fn can_switch() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
 }
 
 /// The environment variable that marks every process of a local VM.
@@ -145,7 +187,17 @@ impl LocalProvider {
             root: root.into(),
             children: Mutex::new(HashMap::new()),
             warned: std::sync::atomic::AtomicBool::new(false),
+            user: None,
         }
+    }
+
+    /// Runs every runner as `user` instead of this process's own user: its
+    /// directory is traversable (0711), its workspace and `TMPDIR` belong
+    /// to the user (0700), and its `HOME`, `USER` and `LOGNAME` are the
+    /// user's. Provisioning fails unless this process runs as root.
+    pub fn with_user(mut self, user: JobUser) -> Self {
+        self.user = Some(user);
+        self
     }
 
     fn dir(&self, id: &VmId) -> PathBuf {
@@ -158,15 +210,31 @@ impl LocalProvider {
     }
 
     async fn create(&self, spec: &VmSpec, dir: &Path) -> Result<Child, VmError> {
+        use std::os::unix::fs::PermissionsExt;
         let io = |e: std::io::Error| VmError::boot_because(dir.display().to_string(), e);
-        tokio::fs::create_dir_all(dir.join("work"))
-            .await
-            .map_err(io)?;
         // The job's temporary files (the runner's step scripts, the steps'
         // own) stay in its directory and go with it.
-        tokio::fs::create_dir_all(dir.join("tmp"))
-            .await
-            .map_err(io)?;
+        for sub in ["work", "tmp"] {
+            tokio::fs::create_dir_all(dir.join(sub)).await.map_err(io)?;
+        }
+        // Private to the job: another job's steps cannot read this one's
+        // workspace; with a job user, the directory is traversable and
+        // the workspace and TMPDIR are the user's alone.
+        let private = std::fs::Permissions::from_mode(0o700);
+        let traversable = std::fs::Permissions::from_mode(0o711);
+        let dir_mode = if self.user.is_some() {
+            traversable
+        } else {
+            private.clone()
+        };
+        std::fs::set_permissions(dir, dir_mode).map_err(io)?;
+        for sub in ["work", "tmp"] {
+            let path = dir.join(sub);
+            std::fs::set_permissions(&path, private.clone()).map_err(io)?;
+            if let Some(user) = &self.user {
+                std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).map_err(io)?;
+            }
+        }
         tokio::fs::write(dir.join("owner"), &spec.owner)
             .await
             .map_err(io)?;
@@ -177,14 +245,31 @@ impl LocalProvider {
             .split_first()
             .ok_or_else(|| VmError::provider("local provider: empty command"))?;
         let endpoint = spec.endpoint.uri();
-        let mut child = Command::new(program)
+        // An explicit environment: the allow-listed part of this process's
+        // (never its secrets), the user's identity, the runner's settings.
+        let mut command = crate::command::clean_command(program);
+        command
             .args(args)
             .current_dir(dir.join("work"))
             .env("SOLSTICE_ENDPOINT", endpoint)
-            .env_remove("SOLSTICE_JOB_TOKEN")
             .env("SOLSTICE_VM_NAME", &spec.name)
             .env("TMPDIR", dir.join("tmp"))
-            .env(MARK, dir)
+            .env(MARK, dir);
+        if let Some(user) = &self.user {
+            if !JobUser::can_switch() {
+                return Err(VmError::boot(format!(
+                    "cannot run the job as `{}`: starting a process as another user needs the orchestrator to run as root",
+                    user.name
+                )));
+            }
+            command
+                .uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)

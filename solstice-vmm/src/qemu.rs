@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::task::AbortHandle;
 
 use crate::{RunnerEndpoint, VmError, VmHandle, VmId, VmInfo, VmProvider, VmSpec, VmState, lock};
@@ -701,7 +701,7 @@ impl QemuProvider {
         }
         if let Some(golden) = &image.disk {
             let overlay = self.overlay_command(golden, dir);
-            let out = Command::new(&self.config.qemu_img)
+            let out = crate::command::clean_command(&self.config.qemu_img)
                 .args(&overlay.args)
                 .stdin(std::process::Stdio::null())
                 .output()
@@ -751,7 +751,7 @@ impl QemuProvider {
 
         let log = std::fs::File::create(dir.join("qemu.log")).map_err(|e| io("qemu.log", e))?;
         let log2 = log.try_clone().map_err(|e| io("qemu.log", e))?;
-        let child = Command::new(&self.config.qemu)
+        let child = crate::command::clean_command(&self.config.qemu)
             .args(self.arguments(spec, &image, dir))
             .current_dir(dir)
             .stdin(std::process::Stdio::null())
@@ -818,7 +818,7 @@ impl QemuProvider {
 /// everything but `.git`. The guest unpacks it at the same path.
 async fn pack_share(from: &Path, to: &Path) -> Result<(), VmError> {
     let failed = |what: String| VmError::boot(format!("sharing {}: {what}", from.display()));
-    let listed = Command::new("git")
+    let listed = crate::command::clean_command("git")
         .args([
             "ls-files",
             "-z",
@@ -831,7 +831,7 @@ async fn pack_share(from: &Path, to: &Path) -> Result<(), VmError> {
         .stderr(std::process::Stdio::null())
         .output()
         .await;
-    let mut tar = Command::new("tar");
+    let mut tar = crate::command::clean_command("tar");
     // A file deleted between the listing and the archive is skipped, as
     // the runner's own copy skips it.
     tar.args(["--ignore-failed-read", "-cf"])

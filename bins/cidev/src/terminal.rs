@@ -12,12 +12,12 @@ use std::io::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// True for characters that are not shown as themselves: C0 and C1
-/// controls, DEL, and the bidirectional overrides and isolates, which
-/// reorder what is displayed ("Trojan Source").
+/// True for characters that are not shown as themselves
+/// ([`solstice_kdl::text::is_hidden`]: controls, DEL, the bidirectional
+/// controls that reorder what is displayed ("Trojan Source"), invisible
+/// format characters) and line breaks.
 fn hidden(c: char) -> bool {
-    (c.is_control() && c != '\t')
-        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    c == '\n' || solstice_kdl::text::is_hidden(c)
 }
 
 fn escape(c: char, into: &mut String) {

@@ -195,7 +195,7 @@ pub async fn trigger(
     let clone_url = match asked.clone_url {
         Some(u) => u,
         None => match crate::daemon::clone_origin(&daemon.config, forge) {
-            Some(origin) => format!("{origin}{}.git", asked.repository),
+            Some(origin) => format!("{}{}.git", origin.prefix(), asked.repository),
             None => {
                 return refuse(
                     StatusCode::BAD_REQUEST,

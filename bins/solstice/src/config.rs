@@ -50,6 +50,13 @@ use solstice_kdl::{Code, ParseError, ParseOptions, Problem};
 /// Largest configuration file read.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
+/// A request's headers must arrive within this; a keep-alive connection
+/// idle this long is closed.
+pub const HEADER_READ: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request is answered within this (503 with `Retry-After` otherwise).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The daemon's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -100,9 +107,107 @@ pub struct Config {
     /// How long a job's claim lasts without its host renewing it: a host
     /// that dies loses its jobs to others after this.
     pub lease: std::time::Duration,
+    /// HTTP connections held at once (default: from the descriptor limit).
+    pub max_connections: Option<usize>,
+    /// HTTP connections held at once from one client address (default: an
+    /// eighth of `max_connections`, at least 8). Behind a reverse proxy,
+    /// every connection comes from the proxy's address.
+    pub max_connections_per_address: Option<usize>,
+    /// Local jobs' runners (and so their steps) run as this user: the
+    /// daemon must run as root to start them so.
+    pub run_as: Option<String>,
+    /// Jobs from a forge may run on the local provider without `run_as`,
+    /// with the daemon's own user (no isolation at all).
+    pub allow_unisolated_jobs: bool,
+    /// Where local jobs' workspaces go: outside the state directory.
+    pub jobs_dir: PathBuf,
 }
 
 impl Config {
+    /// The HTTP server's limits for a process allowed `descriptors` open
+    /// descriptors: half of them (less a reserve) for HTTP connections,
+    /// unless the configuration says otherwise.
+    pub fn http_limits(&self, descriptors: u64) -> crate::listener::HttpLimits {
+        let mut connections =
+            solstice_core::net::ConnectionLimits::within_descriptors(descriptors, 2, 8192);
+        if let Some(max) = self.max_connections {
+            let per = connections.per_address;
+            connections = solstice_core::net::ConnectionLimits::new(max, (max / 8).max(8))
+                .with_per_address(per.min(max));
+        }
+        if let Some(per) = self.max_connections_per_address {
+            connections = connections.with_per_address(per);
+        }
+        crate::listener::HttpLimits {
+            connections,
+            header_read: HEADER_READ,
+            request: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Every secret this configuration holds (tokens, webhook secrets, the
+    /// App's key, the database's and broker's URLs and their passwords):
+    /// masked in every job's log, whatever the job.
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |s: &Secret| out.push(s.expose().to_string());
+        if let Some(t) = &self.admin_token {
+            add(t);
+        }
+        if let Some(g) = &self.github {
+            add(&g.webhook_secret);
+            match &g.auth {
+                GitHubAuth::App { key, .. } => add(key),
+                GitHubAuth::Token(t) => add(t),
+            }
+        }
+        if let Some(f) = &self.forgejo {
+            add(&f.token);
+            add(&f.webhook_secret);
+        }
+        if let Some(v) = &self.vault {
+            add(&v.token);
+        }
+        for url in [&self.database, &self.queue].into_iter().flatten() {
+            out.push(url.expose().to_string());
+            // The password alone too, as written and decoded.
+            if let Ok(parsed) = reqwest::Url::parse(url.expose())
+                && let Some(password) = parsed.password()
+            {
+                out.push(password.to_string());
+                if let Ok(decoded) = percent_decode(password) {
+                    out.push(decoded);
+                }
+            }
+        }
+        out.retain(|v| !v.is_empty());
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether jobs of `label` run on the local provider (no VM).
+    pub fn runs_locally(&self, label: &str) -> bool {
+        let route = self
+            .vms
+            .routes
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, c)| c)
+            .or(self.vms.default.as_ref());
+        route == Some(&ProviderChoice::Local)
+    }
+
+    /// Whether some label runs on the local provider.
+    pub fn any_local(&self) -> bool {
+        self.vms
+            .routes
+            .iter()
+            .map(|(_, c)| c)
+            .chain(self.vms.default.iter())
+            .any(|c| *c == ProviderChoice::Local)
+    }
+
     /// The labels this host takes when it consumes per-label queues.
     pub fn served_labels(&self) -> Vec<String> {
         if let Some(labels) = &self.labels {
@@ -363,6 +468,14 @@ const ENV: &[(&str, &str)] = &[
     ("host-name", "SOLSTICE_HOST_NAME"),
     ("labels", "SOLSTICE_LABELS"),
     ("lease-seconds", "SOLSTICE_LEASE_SECONDS"),
+    ("max-connections", "SOLSTICE_MAX_CONNECTIONS"),
+    (
+        "max-connections-per-address",
+        "SOLSTICE_MAX_CONNECTIONS_PER_ADDRESS",
+    ),
+    ("run-as", "SOLSTICE_RUN_AS"),
+    ("allow-unisolated-jobs", "SOLSTICE_ALLOW_UNISOLATED_JOBS"),
+    ("jobs-dir", "SOLSTICE_JOBS_DIR"),
     ("qemu.accelerator", "SOLSTICE_QEMU_ACCELERATOR"),
     (
         "qemu.boot-timeout-seconds",
@@ -404,6 +517,29 @@ pub fn environment_help() -> String {
         "  SOLSTICE_TRUSTED_AUTHORS               fork-pull-requests.trust (comma-separated)\n",
     );
     out
+}
+
+/// `%XX` sequences decoded (a URL's password as the server sees it).
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
 }
 
 fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -1016,6 +1152,61 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
                 ))
             })?,
     };
+    let count = |key: &str, v: Option<String>| -> Result<Option<usize>, ConfigError> {
+        v.map(|n| {
+            n.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| invalid(format!("{key}: `{n}` is not a number from 1 to 1000000")))
+        })
+        .transpose()
+    };
+    let max_connections = count("max-connections", take("max-connections"))?;
+    let max_connections_per_address = count(
+        "max-connections-per-address",
+        take("max-connections-per-address"),
+    )?;
+    let run_as = take("run-as");
+    if let Some(user) = &run_as
+        && (user.is_empty()
+            || user.len() > 32
+            || !user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+    {
+        return Err(invalid(format!(
+            "run-as: `{user}` is not a user name (letters, digits, `.`, `_`, `-`)"
+        )));
+    }
+    let allow_unisolated_jobs = match take("allow-unisolated-jobs").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "allow-unisolated-jobs: `{other}` is not #true or #false"
+            )));
+        }
+    };
+    let jobs_dir = take("jobs-dir").map_or_else(
+        || {
+            // Beside the state directory, never in it: a local job's
+            // `../..` must not be the daemon's state.
+            let mut name = state_dir
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "solstice".into());
+            name.push("-jobs");
+            state_dir.with_file_name(name)
+        },
+        relative,
+    );
+    if jobs_dir.starts_with(&state_dir) {
+        return Err(invalid(format!(
+            "jobs-dir: {} is inside the state directory {}; jobs must not reach the daemon's state",
+            jobs_dir.display(),
+            state_dir.display()
+        )));
+    }
     Ok(Config {
         listen,
         public_url,
@@ -1037,6 +1228,11 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         host_name,
         labels,
         lease,
+        max_connections,
+        max_connections_per_address,
+        run_as,
+        allow_unisolated_jobs,
+        jobs_dir,
     })
 }
 

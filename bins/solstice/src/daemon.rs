@@ -11,7 +11,7 @@ use solstice_core::engine::{
 };
 use solstice_core::secrets::SecretStore;
 use solstice_core::store::{IntegrationStore, SqlStore, StateStore};
-use solstice_forge::{Forge, ForgeAdapter, Forgejo, GitHub, StatusReporter};
+use solstice_forge::{Forge, ForgeAdapter, ForgeOrigin, Forgejo, GitHub, StatusReporter};
 use solstice_queue::{LabelQueues, MemoryQueue, OneQueue, QueueOptions, RabbitQueue};
 use tokio::sync::Notify;
 
@@ -69,6 +69,35 @@ pub fn check_role(config: &Config, role: Role) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether jobs may run where this configuration puts them: `Err` (exit
+/// 2, nothing started) when jobs from a forge would run on the local
+/// provider as the daemon's own user without the operator saying so;
+/// otherwise the warning to give at start, if any.
+pub fn check_isolation(config: &Config, role: Role) -> Result<Option<String>, String> {
+    if role == Role::Integration || !config.any_local() {
+        return Ok(None);
+    }
+    if let Some(user) = &config.run_as {
+        if !solstice_vmm::JobUser::can_switch() {
+            return Err(format!(
+                "run-as `{user}`: starting jobs as another user needs the daemon to run as root (or route the labels to VMs; see docs/security.md)"
+            ));
+        }
+        solstice_vmm::JobUser::lookup(user).map_err(|e| format!("run-as: {}", chain(&e)))?;
+        return Ok(Some(format!(
+            "the local provider runs jobs as user `{user}` on this host, without a VM: they share its network and whatever `{user}` may read"
+        )));
+    }
+    let from_strangers =
+        config.github.is_some() || config.forgejo.is_some() || config.queue.is_some();
+    if from_strangers && !config.allow_unisolated_jobs {
+        return Err("jobs from a forge would run on the local provider as the daemon's own user, able to read its state, its secrets and every other job: set `run-as` (a user for jobs; the daemon then runs as root), route the labels to VMs (`vms`), or set `allow-unisolated-jobs #true` to accept that (docs/security.md)".into());
+    }
+    Ok(Some(
+        "the local provider runs jobs as this daemon's own user with NO isolation: a job can read the daemon's state and secrets (set `run-as` or use VMs; docs/security.md)".into(),
+    ))
+}
+
 /// What every part of the daemon shares.
 #[derive(Debug)]
 pub struct Daemon {
@@ -90,8 +119,8 @@ pub struct Daemon {
     pub reports: crate::report::Reports,
     /// Records accepted deliveries.
     pub intake: crate::intake::Intake,
-    /// Webhook body bytes that may be in memory at once (KiB).
-    pub body_budget: tokio::sync::Semaphore,
+    /// Webhook body bytes that may be in memory at once.
+    pub body_budget: crate::body::BodyBudget,
 }
 
 impl Daemon {
@@ -106,37 +135,22 @@ impl Daemon {
 }
 
 /// Clone credentials for jobs from the forge adapters: a GitHub App's
-/// installation token (short-lived) or the configured token, for clone
-/// URLs on the forge's host.
+/// installation token (short-lived) or the configured token, only for
+/// clone URLs on the forge's own scheme, host and port, read as git reads
+/// them ([`solstice_forge::credentials_may_go_to`]).
 #[derive(Debug)]
 struct ForgeClones {
-    github: Option<(String, ForgeLink)>,
-    forgejo: Option<(String, ForgeLink)>,
-}
-
-/// `scheme://host[:port]/` of a URL, to tell which forge a clone URL is on.
-fn origin(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let host = rest.split('/').next()?;
-    // Credentials in a URL are not part of its origin.
-    let host = host.rsplit('@').next()?;
-    Some(format!(
-        "{}://{}/",
-        scheme.to_ascii_lowercase(),
-        host.to_ascii_lowercase()
-    ))
+    github: Option<(ForgeOrigin, ForgeLink)>,
+    forgejo: Option<(ForgeOrigin, ForgeLink)>,
 }
 
 #[async_trait::async_trait]
 impl CloneCredentials for ForgeClones {
     async fn for_clone(&self, scope: &str, url: &str) -> Result<Option<GitCredentials>, BoxError> {
-        let Some(origin) = origin(url) else {
-            return Ok(None);
-        };
         let link = [&self.forgejo, &self.github]
             .into_iter()
             .flatten()
-            .find(|(o, _)| *o == origin)
+            .find(|(origin, _)| solstice_forge::credentials_may_go_to(url, origin))
             .map(|(_, link)| link);
         let Some(link) = link else { return Ok(None) };
         let creds = link
@@ -212,12 +226,41 @@ fn links(config: &Config) -> Result<(Option<ForgeLink>, Option<ForgeLink>), BoxE
     Ok((github, forgejo))
 }
 
+/// Creates `dir` (and its parents) and sets its mode, also when it was
+/// there before with a looser one.
+fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// The SQLite database file, created 0600 (and made so if it was not),
+/// with its journal files: SQLite gives those the database's mode.
+fn private_database(db: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut path = db.as_os_str().to_os_string();
+        path.push(suffix);
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The state store the configuration names: PostgreSQL, or SQLite in the
 /// state directory. A database that is not up yet is waited for (up to
 /// two minutes), so that hosts may start in any order.
 async fn open_store(config: &Config) -> Result<Arc<SqlStore>, BoxError> {
     let Some(url) = &config.database else {
         let db = config.state_dir.join("solstice.db");
+        private_database(&db).map_err(|e| format!("state store {}: {e}", db.display()))?;
         return Ok(Arc::new(SqlStore::open_sqlite(&db).await.map_err(|e| {
             format!("state store {}: {}", db.display(), chain(&e))
         })?));
@@ -278,27 +321,38 @@ async fn heartbeats(daemon: Arc<Daemon>, role: Role) {
     }
 }
 
-/// Where a configured forge's repositories are cloned from
-/// (`scheme://host/`): github.com for api.github.com, the API host itself
-/// for GitHub Enterprise (`https://ghe/api/v3`), Forgejo's base URL.
-pub fn clone_origin(config: &Config, forge: Forge) -> Option<String> {
+/// Where a configured forge's repositories are cloned from: github.com
+/// for api.github.com, the API host itself for GitHub Enterprise
+/// (`https://ghe/api/v3`), Forgejo's base URL.
+pub fn clone_origin(config: &Config, forge: Forge) -> Option<ForgeOrigin> {
     match forge {
         Forge::GitHub => config.github.as_ref().and_then(|g| {
-            let api = origin(&g.api_url)?;
-            Some(if api == "https://api.github.com/" {
-                "https://github.com/".to_string()
+            let api = ForgeOrigin::parse(&g.api_url)?;
+            Some(if api.host() == "api.github.com" {
+                api.with_host("github.com")
             } else {
                 api
             })
         }),
-        _ => config.forgejo.as_ref().and_then(|f| origin(&f.url)),
+        _ => config
+            .forgejo
+            .as_ref()
+            .and_then(|f| ForgeOrigin::parse(&f.url)),
     }
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
-    std::fs::create_dir_all(&config.state_dir)
+    // Connections are capped below the descriptor limit, raised first to
+    // what the system allows.
+    let descriptors = solstice_core::net::raise_descriptor_limit();
+    private_dir(&config.state_dir, 0o700)
         .map_err(|e| format!("state directory {}: {e}", config.state_dir.display()))?;
+    if role != Role::Integration && config.any_local() {
+        // Traversable, not listable: a job user reaches its own directory.
+        private_dir(&config.jobs_dir, 0o711)
+            .map_err(|e| format!("jobs directory {}: {e}", config.jobs_dir.display()))?;
+    }
     let (github, forgejo) = links(&config)?;
     let store = open_store(&config).await?;
     let secret_store: Option<Arc<dyn SecretStore>> = match (&config.vault, &config.secrets_dir) {
@@ -327,10 +381,12 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
         Role::AllInOne => Some(config.served_labels()),
     };
     engine_config.secret_store = secret_store;
+    engine_config.always_masked = config.secret_values();
     engine_config.clone_credentials = Some(Arc::new(ForgeClones {
         github: clone_origin(&config, Forge::GitHub).zip(github.clone()),
         forgejo: clone_origin(&config, Forge::Forgejo).zip(forgejo.clone()),
     }));
+    engine_config.runner_connections = solstice_core::engine::runner_connection_limits(descriptors);
     engine_config.listen = Listen::Tcp(
         config
             .runner_listen
@@ -359,7 +415,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
         accepting: AtomicBool::new(true),
         reports: crate::report::Reports::default(),
         intake: crate::intake::Intake::start(store.clone()),
-        body_budget: crate::http::body_budget(),
+        body_budget: crate::body::BodyBudget::default(),
     });
     let heartbeat = tokio::spawn(heartbeats(daemon.clone(), role));
     let integrates = role != Role::Orchestrator;
@@ -378,11 +434,19 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
         tasks.push(tokio::spawn(crate::cron::run(daemon.clone())));
         let router = crate::http::router(daemon.clone());
         let stopped = stop.clone();
-        server = Some(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stopped.notified().await })
-                .await
-        }));
+        let limits = daemon.config.http_limits(descriptors);
+        tracing::info!(
+            max_connections = limits.connections.max_connections,
+            per_address = limits.connections.per_address,
+            descriptors,
+            "HTTP connection limits"
+        );
+        server = Some(tokio::spawn(crate::listener::serve(
+            listener,
+            limits,
+            router,
+            async move { stopped.notified().await },
+        )));
     }
     tracing::info!(role = role.name(), host = %daemon.config.host_name, listen = %daemon.config.listen, public_url = %daemon.config.public_url, "solstice is serving");
     if integrates && daemon.github.is_none() && daemon.forgejo.is_none() {

@@ -7,12 +7,13 @@
 //! 415 content type, 400 body or headers). A store failure is 503: the
 //! forge delivers again later.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use solstice_core::store::{InboxState, IntegrationStore, JobId, RunId, StateStore};
 use solstice_forge::{Delivery, Forge, Headers, MAX_PAYLOAD, PayloadError, WebhookError};
-use tokio::sync::Semaphore;
 
+use crate::body::BodyError;
 use crate::daemon::{Daemon, chain, forge_name, forge_of};
 
 type Shared = State<Arc<Daemon>>;
@@ -53,6 +54,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/", get(crate::pages::index))
         .route("/runs/{id}", get(crate::pages::run_page))
         .route("/jobs/{id}", get(crate::pages::job_page))
+        .route("/deliveries/{forge}/{id}", get(crate::pages::delivery_page))
+        .route(
+            "/deliveries/{forge}/{id}/approve",
+            post(crate::pages::approve_from_page),
+        )
         .merge(api)
         // The body limit is checked again by the adapter; this one stops
         // the server reading past it.
@@ -69,27 +75,46 @@ pub fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     answer(status, json!({ "error": why.into() }))
 }
 
-async fn github_hook(daemon: Shared, headers: HeaderMap, body: Body) -> Response {
-    hook(daemon, Forge::GitHub, headers, body).await
+async fn github_hook(daemon: Shared, peer: Peer, headers: HeaderMap, body: Body) -> Response {
+    hook(daemon, Forge::GitHub, peer, headers, body).await
 }
 
-async fn forgejo_hook(daemon: Shared, headers: HeaderMap, body: Body) -> Response {
-    hook(daemon, Forge::Forgejo, headers, body).await
+async fn forgejo_hook(daemon: Shared, peer: Peer, headers: HeaderMap, body: Body) -> Response {
+    hook(daemon, Forge::Forgejo, peer, headers, body).await
 }
 
-/// Most webhook body bytes held in memory at once, across requests: a
-/// stranger without the secret can still send 25 MB bodies, and many at
-/// once must not exhaust memory. A request waits for its share (its
-/// `Content-Length`, or the whole limit when it does not say) before its
-/// body is read.
-pub const BODY_BUDGET: usize = 64 << 20;
+/// The client's address, when the connection has one (`listener.rs`
+/// puts it in the request's extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
 
-/// The budget is counted in KiB (semaphore permits).
-pub fn body_budget() -> Semaphore {
-    Semaphore::new(BODY_BUDGET >> 10)
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip()),
+        ))
+    }
 }
 
-async fn hook(State(daemon): Shared, forge: Forge, headers: HeaderMap, body: Body) -> Response {
+/// How long a webhook body may take to arrive (a forge gives up on a
+/// delivery after 10 s).
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn hook(
+    State(daemon): Shared,
+    forge: Forge,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if !daemon.accepting.load(Ordering::SeqCst) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
     }
@@ -123,24 +148,26 @@ async fn hook(State(daemon): Shared, forge: Forge, headers: HeaderMap, body: Bod
             "the content type must be application/json (set the webhook's content type to JSON)",
         );
     }
-    let share = declared
-        .map_or(MAX_PAYLOAD, |n| n as usize)
-        .div_ceil(1024)
-        .max(1);
-    let Ok(_permit) = daemon.body_budget.acquire_many(share as u32).await else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
-    };
-    let body = match axum::body::to_bytes(body, MAX_PAYLOAD).await {
-        Ok(b) => b,
+    // Memory is taken as the bytes arrive, not for the declared length:
+    // a body that trickles holds only what it sent, until the deadline.
+    let address = peer.0;
+    let (body, _hold) = match daemon
+        .body_budget
+        .read(body, address, MAX_PAYLOAD, BODY_DEADLINE)
+        .await
+    {
+        Ok(read) => read,
+        Err(BodyError::TooLarge(_)) => return too_large(),
+        Err(e @ BodyError::TooSlow(_)) => {
+            return refuse(StatusCode::REQUEST_TIMEOUT, e.to_string());
+        }
+        Err(e @ BodyError::Busy) => {
+            return crate::listener::busy(&e.to_string(), std::time::Duration::from_secs(5));
+        }
         Err(e) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over {
-                return too_large();
-            }
             return refuse(
                 StatusCode::BAD_REQUEST,
-                format!("the body cannot be read: {e}"),
+                format!("the body cannot be read: {}", chain(&e)),
             );
         }
     };
@@ -335,14 +362,7 @@ pub fn admin(daemon: &Daemon, headers: &HeaderMap) -> Option<Response> {
             "no admin token is configured on this daemon",
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let (a, b) = (given.as_bytes(), token.expose().as_bytes());
-    // Constant time in the token's content.
-    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    let same = crate::auth::is_admin(Some(token), headers);
     (!same).then(|| {
         refuse(
             StatusCode::UNAUTHORIZED,
@@ -383,31 +403,56 @@ async fn api_approve(
     if let Some(r) = admin(&daemon, &headers) {
         return r;
     }
-    if forge_of(&forge).is_none() {
-        return refuse(StatusCode::NOT_FOUND, "no such forge");
+    match approve_delivery(&daemon, &forge, &id).await {
+        Ok(()) => answer(StatusCode::ACCEPTED, json!({ "status": "approved" })),
+        Err((status, why)) => refuse(status, why),
     }
-    let entry = match daemon.store.delivery(&forge, &id).await {
+}
+
+/// Approves a held delivery: its commit may run (without secrets); the
+/// inbox processes it again. The API's and the page's approval.
+pub async fn approve_delivery(
+    daemon: &Daemon,
+    forge: &str,
+    id: &str,
+) -> Result<(), (StatusCode, String)> {
+    let unavailable = |e: &dyn std::error::Error| {
+        tracing::warn!(error = %e, "store error approving a delivery");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the state store cannot be read now".to_string(),
+        )
+    };
+    if forge_of(forge).is_none() {
+        return Err((StatusCode::NOT_FOUND, "no such forge".into()));
+    }
+    let entry = match daemon.store.delivery(forge, id).await {
         Ok(Some(e)) => e,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, "no such delivery"),
-        Err(e) => return store_error(&e),
+        Ok(None) => return Err((StatusCode::NOT_FOUND, "no such delivery".into())),
+        Err(e) => return Err(unavailable(&e)),
     };
     if entry.state != InboxState::AwaitingApproval {
-        return refuse(
+        return Err((
             StatusCode::CONFLICT,
-            "this delivery is not waiting for approval",
-        );
+            "this delivery is not waiting for approval".into(),
+        ));
     }
     let mut target: crate::inbox::Target = match entry.target.as_deref().map(serde_json::from_str) {
         Some(Ok(t)) => t,
-        _ => return refuse(StatusCode::CONFLICT, "this delivery's record is incomplete"),
+        _ => {
+            return Err((
+                StatusCode::CONFLICT,
+                "this delivery's record is incomplete".into(),
+            ));
+        }
     };
     target.approved = true;
     let target = serde_json::to_string(&target).ok();
     match daemon
         .store
         .set_delivery(
-            &forge,
-            &id,
+            forge,
+            id,
             InboxState::Pending,
             "approved",
             None,
@@ -417,8 +462,8 @@ async fn api_approve(
     {
         Ok(()) => {
             daemon.inbox.notify_one();
-            answer(StatusCode::ACCEPTED, json!({ "status": "approved" }))
+            Ok(())
         }
-        Err(e) => store_error(&e),
+        Err(e) => Err(unavailable(&e)),
     }
 }

@@ -34,7 +34,12 @@ pub struct Target {
     pub git_ref: String,
     /// Who sent it.
     pub sender: String,
-    /// An operator approved it (a fork's pull request).
+    /// Whose code it is (a pull request's author; a push's sender): what
+    /// trust in a fork's pull request is decided by.
+    #[serde(default)]
+    pub author: String,
+    /// An operator approved this commit (a fork's pull request), or the
+    /// run is not gated at all (an operator's manual run, a schedule).
     #[serde(default)]
     pub approved: bool,
     /// Where the code is cloned from.
@@ -46,6 +51,14 @@ pub struct Target {
     /// The repository's default branch, when the delivery named it.
     #[serde(default)]
     pub default_branch: Option<String>,
+    /// The repository is private (or not known to be public): its runs'
+    /// pages need the admin token.
+    #[serde(default = "private_by_default")]
+    pub private: bool,
+}
+
+fn private_by_default() -> bool {
+    true
 }
 
 impl Target {
@@ -58,6 +71,7 @@ impl Target {
             commit: event.commit.clone(),
             git_ref: event.git_ref.clone(),
             sender: event.sender.clone(),
+            author: event.author.clone(),
             approved: false,
             clone_url: event.clone_url.clone(),
             from_fork: matches!(
@@ -68,6 +82,7 @@ impl Target {
                 }
             ),
             default_branch: event.default_branch.clone(),
+            private: event.private,
         }
     }
 
@@ -242,11 +257,13 @@ async fn manual(
         installation: None,
         commit: asked.commit,
         git_ref: asked.git_ref,
+        author: asked.sender.clone(),
         sender: asked.sender,
         approved: true,
         clone_url: asked.clone_url,
         from_fork: false,
         default_branch: None,
+        private: true,
     };
     start(daemon, entry, forge, target, None, None).await
 }
@@ -330,18 +347,39 @@ async fn rerun_of(
     else {
         return done("no run of Solstice's to run again for this check");
     };
+    // Whoever asked, the code is the original's: a fork's pull request
+    // runs again only under the original's approval (or its author's
+    // trust), which `start` checks.
     let target = Target {
         delivery: entry.id.clone(),
         sender: rerun.sender.clone(),
         installation: rerun.installation.or(old.installation),
-        // Someone with write access asked (GitHub allows no one else).
-        approved: true,
         ..old
     };
     let Some(forge) = forge_of(&entry.forge) else {
         return done("unknown forge");
     };
     start(daemon, entry, forge, target, None, only).await
+}
+
+/// Whether an operator approved `target`'s commit of its repository for an
+/// earlier delivery that ran (the same pull request reopened, or sent
+/// again by another event about the same head).
+async fn approved_before(
+    daemon: &Daemon,
+    forge: &str,
+    target: &Target,
+) -> Result<bool, solstice_core::store::StoreError> {
+    let earlier = daemon
+        .store
+        .latest_delivery_about(forge, &target.subject())
+        .await?;
+    Ok(earlier
+        .and_then(|e| e.target)
+        .and_then(|t| serde_json::from_str::<Target>(&t).ok())
+        .is_some_and(|t| {
+            t.approved && t.repository == target.repository && t.commit == target.commit
+        }))
 }
 
 /// Fetches and checks the workflow, applies the fork policy and submits
@@ -470,11 +508,24 @@ async fn start(
             }
         }
     }
-    if target.from_fork
-        && !target.approved
-        && !daemon.config.trusted_authors.contains(&target.sender)
-    {
-        // Held: each job shows as queued, waiting for an operator.
+    let commit_approved = target.approved
+        || match approved_before(daemon, &entry.forge, &target).await {
+            Ok(approved) => approved,
+            Err(e) => return retry_later(&e),
+        };
+    let gate = crate::policy::fork_gate(
+        target.from_fork,
+        &target.author,
+        &daemon.config.trusted_authors,
+        commit_approved,
+    );
+    if gate == crate::policy::ForkGate::Hold {
+        // Held: each job shows as queued, waiting for an operator, and
+        // links to the page where one approves it.
+        let page = format!(
+            "{}/deliveries/{}/{}",
+            daemon.config.public_url, entry.forge, entry.id
+        );
         if let Ok(plan) = workflow.plan() {
             for job in plan.jobs {
                 let report = JobReport::new(
@@ -484,15 +535,16 @@ async fn start(
                     target.external_id(&job.id),
                     JobState::Queued,
                 )
-                .with_description("waiting for an operator's approval (pull request from a fork)");
+                .with_description("waiting for an operator's approval (pull request from a fork)")
+                .with_details_url(page.clone());
                 crate::report::send(daemon, forge, &report).await;
             }
         }
         return (
             InboxState::AwaitingApproval,
             format!(
-                "a pull request from a fork by `{}`: waiting for approval",
-                target.sender
+                "a pull request from a fork by `{}`: waiting for approval of {}",
+                target.author, target.commit
             ),
             None,
             target_json,

@@ -7,13 +7,17 @@
 //! broken configuration (nothing was started).
 
 mod api;
+mod auth;
+mod body;
 mod config;
 mod cron;
 mod daemon;
 mod http;
 mod inbox;
 mod intake;
+mod listener;
 mod pages;
+mod policy;
 mod report;
 mod secrets;
 mod vms;
@@ -108,6 +112,15 @@ fn main() -> ExitCode {
                 for warning in vms::check(&config) {
                     eprintln!("warning: {warning}");
                 }
+                // As `serve` (or an orchestrator) would start with it.
+                match daemon::check_isolation(&config, daemon::Role::AllInOne) {
+                    Ok(Some(warning)) => eprintln!("warning: {warning}"),
+                    Ok(None) => {}
+                    Err(why) => {
+                        eprintln!("error: {why}");
+                        return ExitCode::from(2);
+                    }
+                }
                 println!("the configuration is valid");
                 ExitCode::SUCCESS
             }
@@ -149,6 +162,14 @@ fn run_daemon(config: Option<PathBuf>, role: daemon::Role) -> ExitCode {
     if let Err(why) = daemon::check_role(&config, role) {
         eprintln!("error: {why}");
         return ExitCode::from(2);
+    }
+    match daemon::check_isolation(&config, role) {
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Ok(None) => {}
+        Err(why) => {
+            eprintln!("error: {why}");
+            return ExitCode::from(2);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

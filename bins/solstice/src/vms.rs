@@ -32,10 +32,17 @@ pub fn providers(
     {
         let me =
             std::env::current_exe().map_err(|e| format!("where is solstice's own binary: {e}"))?;
-        Some(Arc::new(LocalProvider::new(
+        // Outside the state directory: a job's `../..` is not the state.
+        let mut local = LocalProvider::new(
             vec![me.into_os_string(), "runner".into()],
-            config.state_dir.join("vms"),
-        )))
+            config.jobs_dir.clone(),
+        );
+        if let Some(user) = &config.run_as {
+            local = local.with_user(
+                solstice_vmm::JobUser::lookup(user).map_err(|e| format!("run-as: {e}"))?,
+            );
+        }
+        Some(Arc::new(local))
     } else {
         None
     };

@@ -99,7 +99,7 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "listen \"127.0.0.1:{port}\"\nstate-dir \"state\"\ncapacity 2\nadmin-token-file \"admin\"\n{forge_block}{extra}"
+                "listen \"127.0.0.1:{port}\"\nstate-dir \"state\"\ncapacity 2\nadmin-token-file \"admin\"\nallow-unisolated-jobs #true\n{forge_block}{extra}"
             ),
         )
         .expect("write config");
@@ -159,12 +159,25 @@ impl Harness {
     /// Starts `solstice COMMAND` (`serve`, `integration`) and waits until
     /// it answers.
     pub async fn start_as(&mut self, command: &str, env: &[(&str, &str)]) {
+        self.start_under(&[], command, env).await;
+    }
+
+    /// [`Harness::start_as`] under a wrapper command (`prlimit ... --`).
+    pub async fn start_under(&mut self, wrapper: &[&str], command: &str, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_solstice"))
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_solstice"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_solstice")),
+        };
+        let child = cmd
             .args([command, "--config"])
             .arg(&self.config)
             .env("SOLSTICE_LOG", "info,solstice=debug")
@@ -351,7 +364,7 @@ impl Drop for Harness {
     }
 }
 
-/// A GitHub push of `sha` to `main` of the test repository.
+/// A GitHub push of `sha` to `main` of the test repository (public).
 pub fn push(repo: &Path, sha: &str) -> Value {
     json!({
         "ref": "refs/heads/main",
@@ -363,6 +376,7 @@ pub fn push(repo: &Path, sha: &str) -> Value {
         "repository": {
             "id": 1,
             "full_name": REPO,
+            "private": false,
             "clone_url": format!("file://{}", repo.display()),
             "default_branch": "main",
         },
@@ -372,23 +386,40 @@ pub fn push(repo: &Path, sha: &str) -> Value {
     })
 }
 
-/// A GitHub pull request `opened` whose head is `sha`; from a fork when
-/// `fork`.
+/// A GitHub pull request `opened` by `author` whose head is `sha`; from a
+/// fork when `fork`.
 pub fn pull_request(repo: &Path, sha: &str, fork: bool, author: &str) -> Value {
+    pull_request_event(repo, sha, fork, author, author, "opened")
+}
+
+/// A GitHub `pull_request` delivery: `action` (`opened`, `synchronize`,
+/// `reopened`, ...) on pull request 7 by `author`, caused by `sender`
+/// (a maintainer pressing "Update branch" is the sender of a stranger's
+/// pull request). The repository is public.
+pub fn pull_request_event(
+    repo: &Path,
+    sha: &str,
+    fork: bool,
+    author: &str,
+    sender: &str,
+    action: &str,
+) -> Value {
     json!({
-        "action": "opened",
+        "action": action,
         "number": 7,
         "pull_request": {
             "number": 7,
+            "user": { "login": author },
             "head": { "sha": sha, "ref": "feature", "repo": { "id": if fork { 2 } else { 1 }, "full_name": if fork { "mallory/hello" } else { REPO } } },
             "base": { "ref": "main", "repo": { "id": 1, "full_name": REPO } },
         },
         "repository": {
             "id": 1,
             "full_name": REPO,
+            "private": false,
             "clone_url": format!("file://{}", repo.display()),
         },
-        "sender": { "login": author },
+        "sender": { "login": sender },
         "installation": { "id": 42 },
     })
 }

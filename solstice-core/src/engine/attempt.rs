@@ -145,6 +145,14 @@ impl Engine {
         if let Some(auth) = &clone_auth {
             secret_values.push(auth.password.clone());
         }
+        secret_values.extend(
+            self.inner
+                .config
+                .always_masked
+                .iter()
+                .filter(|v| v.len() >= crate::log::MIN_SECRET_LEN)
+                .cloned(),
+        );
         // Masking fails closed: a job whose secrets cannot be masked does
         // not start, so nothing unmasked is ever stored or shown.
         let ingest = match LogIngest::new(&secret_values, self.inner.config.log_cap) {

@@ -103,6 +103,28 @@ pub struct EngineConfig {
     /// [`EVENT_BUFFER_BYTES`]. A subscriber further behind misses events
     /// and is told how many ([`crate::engine::EventError::Lagged`]).
     pub event_buffer_bytes: usize,
+    /// What the runner endpoint admits: by default a quarter of 1,024
+    /// descriptors (less a reserve), with no share per address (runners of
+    /// QEMU and local VMs all connect from loopback), a first byte within
+    /// 10 s and no more than 10 minutes without a byte (the endpoint pings
+    /// every 30 s, so only a dead or stalled peer idles that long).
+    pub runner_connections: crate::net::ConnectionLimits,
+    /// Values masked in every job's log whatever the job declares: the
+    /// embedding process's own secrets (its webhook secrets, tokens,
+    /// database password), a last line of defence should a step find
+    /// them. Values shorter than [`crate::log::MIN_SECRET_LEN`] are not
+    /// masked.
+    pub always_masked: Vec<String>,
+}
+
+/// The runner endpoint's default limits for a process allowed
+/// `descriptors` open descriptors.
+pub fn runner_connection_limits(descriptors: u64) -> crate::net::ConnectionLimits {
+    let limits = crate::net::ConnectionLimits::within_descriptors(descriptors, 4, 4096);
+    limits
+        .with_per_address(limits.max_connections)
+        .with_first_byte(Duration::from_secs(10))
+        .with_idle(Duration::from_secs(600))
 }
 
 /// Secret values are not shown, only their names.
@@ -124,6 +146,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("memory_mib", &self.memory_mib)
             .field("disk_gib", &self.disk_gib)
             .field("event_buffer_bytes", &self.event_buffer_bytes)
+            .field("runner_connections", &self.runner_connections)
+            .field("always_masked", &self.always_masked.len())
             .finish()
     }
 }
@@ -146,6 +170,8 @@ impl Default for EngineConfig {
             memory_mib: 2048,
             disk_gib: 20,
             event_buffer_bytes: EVENT_BUFFER_BYTES,
+            runner_connections: runner_connection_limits(1024),
+            always_masked: Vec::new(),
         }
     }
 }

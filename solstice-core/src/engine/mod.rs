@@ -49,7 +49,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
-pub use config::{CloneCredentials, EngineConfig, GitCredentials, Listen};
+pub use config::{
+    CloneCredentials, EngineConfig, GitCredentials, Listen, runner_connection_limits,
+};
 pub use error::EngineError;
 pub use events::{EVENT_BUFFER_BYTES, EVENT_OVERHEAD, EngineEvent, EventError, Events};
 #[cfg(feature = "testing")]

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::token::{hash_token, new_token};
 use super::{Engine, LiveAttempt, RunnerResult, lock, now_ms};
+use crate::net::{Admission, GuardedListener};
 use crate::protocol::pb::{self, runner_event::Event};
 use crate::protocol::{self, token_of};
 use crate::store::{Change, StepRecord, StepStatus};
@@ -15,27 +15,42 @@ use crate::store::{Change, StepRecord, StepStatus};
 /// Largest message a runner may send (log chunks are 64 KiB).
 const MAX_MESSAGE: usize = 4 << 20;
 
+/// How often the runner endpoint pings a quiet connection, and how long
+/// it waits for the answer.
+const RUNNER_PING: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(super) async fn serve(engine: Engine, listener: super::config::Listener) {
+    let limits = engine.inner.config.runner_connections;
     let service = pb::runner_server::RunnerServer::new(RunnerService { engine })
         .max_decoding_message_size(MAX_MESSAGE);
     // Runners stream logs to us: HTTP/2's default 64 KiB receive window
     // would stall them after every chunk waiting for a window update.
+    // Keep-alive pings: a runner silent through a long step still moves
+    // bytes (so the idle limit never closes a live runner), and a peer that
+    // stopped answering is found within a minute.
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        .http2_keepalive_interval(Some(RUNNER_PING))
+        .http2_keepalive_timeout(Some(RUNNER_PING))
         .add_service(service);
+    // Connections are admitted under the engine's limits (a cap, a share
+    // per address, a first-byte and an idle limit): a runner is a guest,
+    // and so may be hostile.
+    let admission = Admission::new(limits);
     let result = match listener {
-        // No Nagle: a response (a job spec, an ack) goes out at once
-        // instead of waiting for the runner's ACK of the previous packet.
+        // No Nagle (set by the listener): a response (a job spec, an ack)
+        // goes out at once instead of waiting for the runner's ACK of the
+        // previous packet.
         super::config::Listener::Tcp(l) => {
             router
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
-                )
+                .serve_with_incoming(GuardedListener::new(l, admission))
                 .await
         }
         super::config::Listener::Unix(l) => {
-            router.serve_with_incoming(UnixListenerStream::new(l)).await
+            router
+                .serve_with_incoming(GuardedListener::new(l, admission))
+                .await
         }
     };
     if let Err(e) = result {

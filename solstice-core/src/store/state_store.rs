@@ -171,6 +171,20 @@ pub trait StateStore: Send + Sync {
     async fn steps(&self, attempt: AttemptId) -> Result<Vec<StepRecord>>;
     /// An attempt's log in order.
     async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>>;
+    /// The end of an attempt's log, in order: the fewest last chunks that
+    /// hold at least `bytes` bytes (all of them when the log is shorter),
+    /// for pages that show a log's tail. The default reads the whole log;
+    /// a store should read only what it returns.
+    async fn log_tail(&self, attempt: AttemptId, bytes: usize) -> Result<Vec<LogChunk>> {
+        let mut all = self.logs(attempt).await?;
+        let mut held = 0usize;
+        let mut first = all.len();
+        while first > 0 && held < bytes {
+            first -= 1;
+            held += all[first].data.len();
+        }
+        Ok(all.split_off(first))
+    }
 
     /// Applies many changes, in order, with one result per change: the
     /// engine's group commit, and the only write path of the hot writes.
@@ -339,6 +353,9 @@ impl<S: StateStore + ?Sized> StateStore for Arc<S> {
     }
     async fn logs(&self, attempt: AttemptId) -> Result<Vec<LogChunk>> {
         (**self).logs(attempt).await
+    }
+    async fn log_tail(&self, attempt: AttemptId, bytes: usize) -> Result<Vec<LogChunk>> {
+        (**self).log_tail(attempt, bytes).await
     }
     async fn apply(&self, changes: &[Change]) -> Result<Vec<Applied>> {
         (**self).apply(changes).await

@@ -472,6 +472,14 @@ pub async fn steps_and_binary_logs_round_trip(s: &dyn StateStore) {
     s.append_logs(&chunks[1..]).await.expect("append");
     s.append_logs(&chunks[..1]).await.expect("append");
     assert_eq!(s.logs(a.id).await.expect("logs"), chunks);
+    // The tail: the fewest last chunks holding at least that many bytes.
+    let tail = |n| async move { s.log_tail(a.id, n).await.expect("tail") };
+    assert_eq!(tail(0).await, Vec::<LogChunk>::new());
+    assert_eq!(tail(1).await, chunks[2..]);
+    assert_eq!(tail(4).await, chunks[2..]);
+    assert_eq!(tail(5).await, chunks[1..]);
+    assert_eq!(tail(12).await, chunks);
+    assert_eq!(tail(usize::MAX).await, chunks);
 }
 
 /// [`StateStore::apply`]: a batch does what its writes would do one by one,

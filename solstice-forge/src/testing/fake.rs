@@ -73,6 +73,9 @@ struct Inner {
     statuses: Vec<CommitStatus>,
     /// Installation tokens handed out, with their expiry.
     issued: Vec<(String, SystemTime)>,
+    /// What each installation token was asked for (the request's body:
+    /// `repositories`, `permissions`), enforced on every call with it.
+    scopes: HashMap<String, Value>,
     token_ttl: Option<Duration>,
     /// Tokens accepted besides the issued ones (a plain GitHub token,
     /// a Forgejo token).
@@ -195,6 +198,17 @@ impl FakeForge {
             .iter()
             .map(|(t, _)| t.clone())
             .collect()
+    }
+
+    /// What an installation token was asked for (`repositories`,
+    /// `permissions`), as GitHub's token exchange takes it; `Null` for an
+    /// installation-wide token with every permission.
+    pub fn token_scope(&self, token: &str) -> Value {
+        lock(&self.inner)
+            .scopes
+            .get(token)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 
     /// What a reader of the commit sees: per job name, the latest state
@@ -334,6 +348,9 @@ async fn serve(
         let token = format!("ghs_fake{}_{}", st.counter, id);
         let expires = now + ttl;
         st.issued.push((token.clone(), expires));
+        if !parsed.is_null() {
+            st.scopes.insert(token.clone(), parsed.clone());
+        }
         return json_response(
             StatusCode::CREATED,
             json!({"token": token, "expires_at": crate::time::rfc3339(expires)}),
@@ -367,6 +384,36 @@ async fn serve(
     }
     if st.missing.contains(&repo) {
         return not_found();
+    }
+    // A scoped installation token reaches its repositories only, with its
+    // permissions only (GitHub's answer otherwise).
+    if let Some(scope) = given.as_deref().and_then(|t| st.scopes.get(t)) {
+        let name = repo.split_once('/').map_or(repo.as_str(), |(_, n)| n);
+        let repo_ok = scope["repositories"]
+            .as_array()
+            .is_none_or(|list| list.iter().any(|r| r.as_str() == Some(name)));
+        let needs = match p.get(3).copied() {
+            Some("check-runs") => Some(("checks", method != Method::GET)),
+            Some("contents" | "raw" | "git") => Some(("contents", false)),
+            Some("commits") if p.last() == Some(&"check-runs") => Some(("checks", false)),
+            Some("commits") => Some(("contents", false)),
+            Some("statuses") => Some(("statuses", method != Method::GET)),
+            _ => None,
+        };
+        let permission_ok = match (scope.get("permissions"), needs) {
+            (Some(perms), Some((what, write))) => match perms[what].as_str() {
+                Some("write") => true,
+                Some("read") => !write,
+                _ => false,
+            },
+            _ => true,
+        };
+        if !repo_ok || !permission_ok {
+            return json_response(
+                StatusCode::FORBIDDEN,
+                json!({"message": "Resource not accessible by integration"}),
+            );
+        }
     }
     match (method.clone(), &p[3..]) {
         (Method::GET, ["contents", file @ ..]) | (Method::GET, ["raw", file @ ..]) => {

@@ -193,7 +193,10 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Text from the daemon (names, reasons, logs: what workflows and steps
 /// wrote) made safe for a terminal: control characters other than
-/// newline and tab are shown as `^X`, so no escape sequence reaches it.
+/// newline and tab are shown as `^X`, and the other characters that are not
+/// shown as themselves (C1 controls, bidirectional and format characters:
+/// [`solstice_kdl::text::is_hidden`]) as `\u{..}`, so no escape sequence
+/// reaches it and nothing reorders what it shows.
 fn safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -204,7 +207,7 @@ fn safe(text: &str) -> String {
                 out.push(char::from(b'@' + c as u8));
             }
             '\u{7f}' => out.push_str("^?"),
-            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+            c if solstice_kdl::text::is_hidden(c) => {
                 out.push_str(&format!("\\u{{{:x}}}", c as u32))
             }
             c => out.push(c),

@@ -602,4 +602,30 @@ impl StateStore for SqlStore {
                    WHERE attempt_id = $1 ORDER BY seq";
         self.all_by_id(sql.into(), attempt.get(), chunk_from).await
     }
+
+    async fn log_tail(&self, attempt: AttemptId, bytes: usize) -> Result<Vec<LogChunk>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        // The bytes of each chunk and of those after it, from the lengths
+        // alone: only the chunks returned are read (a 64 MiB log's page
+        // reads its last 2 MiB).
+        let sql = self.dialect.dialect_sql(
+            "SELECT attempt_id, seq, step, stream, data, at FROM log_chunks \
+             WHERE attempt_id = $1 AND seq >= COALESCE((\
+                 SELECT MIN(seq) FROM (\
+                     SELECT seq, SUM(LENGTH(data)) OVER (ORDER BY seq DESC) - LENGTH(data) AS after \
+                     FROM log_chunks WHERE attempt_id = $1) t \
+                 WHERE after < $2), -1) \
+             ORDER BY seq"
+                .into(),
+        );
+        let rows = sqlx::query(&sql)
+            .bind(attempt.get())
+            .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+            .fetch_all(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        rows.iter().map(chunk_from).collect()
+    }
 }

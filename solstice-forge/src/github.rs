@@ -28,6 +28,9 @@ use crate::{Forge, ForgeError, Secret};
 /// GitHub's public API.
 pub const GITHUB_API: &str = "https://api.github.com";
 
+/// An installation token's cache key: installation, `owner/name`, purpose.
+type TokenKey = (u64, String, Purpose);
+
 /// What an installation token is for: each gets its own, scoped to one
 /// repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,7 +84,7 @@ struct App {
     key: jsonwebtoken::EncodingKey,
     refresh_margin: Duration,
     /// By installation, repository and purpose.
-    tokens: tokio::sync::Mutex<HashMap<(u64, String, Purpose), (Secret, SystemTime)>>,
+    tokens: tokio::sync::Mutex<HashMap<TokenKey, (Secret, SystemTime)>>,
     installations: Mutex<HashMap<String, u64>>,
 }
 

@@ -275,7 +275,8 @@ fn image_and_egress_without_the_qemu_provider_are_usage_errors() {
 }
 
 /// `--reach HOST:PORT`: the guest reaches that host and port (through its
-/// own address, named in /etc/hosts), and still nothing else.
+/// own address, named in /etc/hosts), and still nothing else. curl works
+/// in the guest (busybox's static wget crashed resolving names).
 #[test]
 fn reach_opens_exactly_the_hosts_it_names() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -283,7 +284,9 @@ fn reach_opens_exactly_the_hosts_it_names() {
     std::thread::spawn(move || {
         use std::io::Write;
         for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(b"hello-from-the-allowed-host\n");
+            let _ = s.write_all(
+                b"HTTP/1.0 200 OK\r\nContent-Length: 28\r\n\r\nhello-from-the-allowed-host\n",
+            );
         }
     });
     let dir = tempfile::tempdir().expect("dir");
@@ -296,6 +299,8 @@ fn reach_opens_exactly_the_hosts_it_names() {
         step run="grep '^10.0.2.102 forge.example$' /etc/hosts"
         step run="nc -w 5 10.0.2.101 {port} </dev/null"
         step run="if nc -w 3 10.0.2.2 5432 </dev/null; then exit 1; fi; echo still-isolated"
+        step run="echo curl: $(curl -sS --max-time 10 http://10.0.2.101:{port}/)"
+        step run="code=0; curl -sS --max-time 5 http://localhost:1/ || code=$?; echo curl-by-name-exit-$code; test $code -eq 7"
     }}
 }}
 "#
@@ -317,6 +322,12 @@ fn reach_opens_exactly_the_hosts_it_names() {
     assert!(out.contains("[reach] 10.0.2.102 forge.example"), "{out}");
     assert!(out.contains("[reach] hello-from-the-allowed-host"), "{out}");
     assert!(out.contains("[reach] still-isolated"), "{out}");
+    assert!(
+        out.contains("[reach] curl: hello-from-the-allowed-host"),
+        "{out}"
+    );
+    // A name resolves (exit 7: could not connect, not 6: could not resolve).
+    assert!(out.contains("[reach] curl-by-name-exit-7"), "{out}");
     // A malformed entry is refused before anything boots.
     let o = cidev(&[
         "run",

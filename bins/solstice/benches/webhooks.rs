@@ -8,7 +8,14 @@
 //!    against doing the job's own work by hand (`git clone` of the same
 //!    repository and one `sh -c echo`) in the same run.
 //!
-//! `cargo bench -p solstice --bench webhooks` (or `-- ack`, `-- first-log`).
+//! 3. acknowledge latency under floods, with the daemon held to 1,024
+//!    descriptors (systemd's default): 100 signed pings one after another,
+//!    each on a new connection, with no flood (the baseline, same run),
+//!    during 30 slow bodies that declare 25 MB and send a byte, and during
+//!    1,100 idle connections from 22 other addresses.
+//!
+//! `cargo bench -p solstice --bench webhooks` (or `-- ack`, `-- first-log`,
+//! `-- flood`).
 
 #[path = "../tests/support.rs"]
 mod support;
@@ -161,6 +168,88 @@ async fn first_log(h: &Harness, sha: &str) {
     );
 }
 
+/// 100 signed pings, one after another, each on a new connection.
+async fn pings(h: &Harness, tag: &str) -> Vec<Duration> {
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let body = serde_json::to_vec(&serde_json::json!({"zen": "hi"})).expect("json");
+    let signature = solstice_forge::sign(Forge::GitHub, support::HOOK_SECRET.as_bytes(), &body);
+    let mut out = Vec::with_capacity(100);
+    for i in 0..100 {
+        let t = Instant::now();
+        let resp = fresh
+            .post(format!("{}/hooks/github", h.url))
+            .header("X-GitHub-Event", "ping")
+            .header("X-GitHub-Delivery", format!("{tag}-{i}"))
+            .header("X-Hub-Signature-256", &signature)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status().as_u16(), 200);
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+async fn connect_from(n: u8, to: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, n], 0)))?;
+    socket.connect(to).await
+}
+
+async fn flood() {
+    use tokio::io::AsyncWriteExt;
+    let mut h = Harness::new(true, "").await;
+    h.start_under(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        "serve",
+        &[("SOLSTICE_LOG", "warn")],
+    )
+    .await;
+    let to: std::net::SocketAddr = h.url.trim_start_matches("http://").parse().expect("addr");
+    let report = |what: &str, d: &[Duration], base: &[Duration]| {
+        println!(
+            "  {what:<34} p50 {:.2} ms  p99 {:.2} ms  (p99 {:.1}x the baseline)",
+            ms(percentile(d, 0.5)),
+            ms(percentile(d, 0.99)),
+            ms(percentile(d, 0.99)) / ms(percentile(base, 0.99)).max(0.001)
+        );
+    };
+    println!(
+        "acknowledge latency under floods, 100 signed pings on new connections, daemon at 1,024 descriptors:"
+    );
+    let base = pings(&h, "base").await;
+    report("no flood (baseline):", &base, &base);
+    let mut slow = Vec::new();
+    for i in 0..30u8 {
+        let mut s = connect_from(2 + i % 6, to).await.expect("connect");
+        let head = format!(
+            "POST /hooks/github HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: slow-{i}\r\nContent-Length: {}\r\n\r\n{{",
+            solstice_forge::MAX_PAYLOAD
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        slow.push(s);
+    }
+    let during = pings(&h, "slow").await;
+    report("during 30 slow 25 MB bodies:", &during, &base);
+    drop(slow);
+    let mut idle = Vec::new();
+    for n in 0..1100u32 {
+        if let Ok(s) = connect_from(10 + (n % 22) as u8, to).await {
+            idle.push(s);
+        }
+    }
+    let during = pings(&h, "idle").await;
+    report("during 1,100 idle connections:", &during, &base);
+    drop(idle);
+    h.terminate();
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -172,6 +261,12 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        if wants("flood") {
+            flood().await;
+        }
+        if !wants("ack") && !wants("first-log") {
+            return;
+        }
         let mut h = Harness::new(true, "").await;
         let sha = h.commit(
             "workflow {\n    job id=\"build\" {\n        step run=\"echo first-line\"\n    }\n}\n",

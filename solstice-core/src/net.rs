@@ -240,8 +240,9 @@ impl Admission {
 
     /// A place for a connection from `address` (`None`: a unix socket), or
     /// `None` when it must be closed at once. At the cap, the oldest
-    /// connection of the address holding the most is evicted, if that
-    /// address holds at least two more than `address` does.
+    /// connection of the address holding the most (of those, the one with
+    /// the oldest connection) is evicted, if that address holds at least two
+    /// more than `address` does.
     pub fn admit(&self, address: Option<IpAddr>) -> Option<Ticket> {
         let mut held = lock(&self.state);
         let share = if address.is_some() {
@@ -255,10 +256,18 @@ impl Admission {
             return None;
         }
         if held.total >= self.limits.max_connections {
+            // The heaviest address; among equally heavy ones, the one with
+            // the oldest connection (deterministic, and the oldest is the
+            // likeliest to be idle).
             let heaviest = held
                 .by_address
                 .iter()
-                .max_by_key(|(_, list)| list.len())
+                .max_by_key(|(_, list)| {
+                    (
+                        list.len(),
+                        std::cmp::Reverse(list.first().map_or(u64::MAX, |s| s.id)),
+                    )
+                })
                 .map(|(a, list)| (*a, list.len()));
             match heaviest {
                 Some((victim, count)) if count >= mine + 2 => {

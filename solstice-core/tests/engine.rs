@@ -255,39 +255,65 @@ async fn matrix_fans_out_and_env_has_precedence() {
     assert!(!log.contains("s3cr3t-value"));
 }
 
+/// A VM that does not boot is the system's failure: the job runs again
+/// without spending its attempts, up to `LOST_ATTEMPTS` (plus `retry`)
+/// losses, and then fails saying how often it was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn boot_failure_without_and_with_retry() {
+async fn boot_failures_are_retried_without_spending_the_jobs_attempts() {
     let s = setup(&[]).await;
     s.provider.script_next(MockScript::failing_boot());
     let (run1, status) = run(&s, r#"workflow { job id="a" { step run="echo"; } }"#).await;
-    assert_eq!(status, RunStatus::Failed);
-    let (st, reason) = job_status(&s, run1, "a").await;
-    assert_eq!(st, JobStatus::Failed);
-    assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("VM failed to boot") && r.contains("no attempts left")),
-        "{reason:?}"
-    );
-
-    s.provider.script_next(MockScript::failing_boot());
-    let (run2, status) = run(
-        &s,
-        r#"workflow { job id="a" retry=1 { step run="echo second"; } }"#,
-    )
-    .await;
     assert_eq!(status, RunStatus::Succeeded);
-    let job = s.store.jobs(run2).await.expect("jobs").remove(0);
+    let job = s.store.jobs(run1).await.expect("jobs").remove(0);
     let attempts = s.store.attempts(job.id).await.expect("attempts");
     assert_eq!(
         attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
         vec![AttemptStatus::Lost, AttemptStatus::Succeeded]
     );
     assert!(
-        log_text(&s, run2, "a", 0)
+        log_text(&s, run1, "a", 0)
             .await
             .contains("VM failed to boot"),
         "attempt 1's log says why"
+    );
+
+    // A VM that never boots: lost LOST_ATTEMPTS times, then the job fails.
+    let lost = solstice_core::engine::LOST_ATTEMPTS;
+    for _ in 0..lost {
+        s.provider.script_next(MockScript::failing_boot());
+    }
+    let (run2, status) = run(&s, r#"workflow { job id="a" { step run="echo"; } }"#).await;
+    assert_eq!(status, RunStatus::Failed);
+    let (st, reason) = job_status(&s, run2, "a").await;
+    assert_eq!(st, JobStatus::Failed);
+    assert!(
+        reason.as_deref().is_some_and(
+            |r| r.contains("VM failed to boot") && r.contains(&format!("lost {lost} times"))
+        ),
+        "{reason:?}"
+    );
+    let job = s.store.jobs(run2).await.expect("jobs").remove(0);
+    assert_eq!(
+        s.store.attempts(job.id).await.expect("attempts").len(),
+        lost as usize
+    );
+
+    // `retry` allows that many more losses.
+    for _ in 0..lost {
+        s.provider.script_next(MockScript::failing_boot());
+    }
+    let (run3, status) = run(
+        &s,
+        r#"workflow { job id="a" retry=1 { step run="echo second"; } }"#,
+    )
+    .await;
+    assert_eq!(status, RunStatus::Succeeded);
+    let job = s.store.jobs(run3).await.expect("jobs").remove(0);
+    let attempts = s.store.attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), lost as usize + 1);
+    assert_eq!(
+        attempts.last().map(|a| a.status),
+        Some(AttemptStatus::Succeeded)
     );
 }
 
@@ -295,9 +321,10 @@ async fn boot_failure_without_and_with_retry() {
 async fn runner_crash_mid_job_is_retried() {
     let s = setup(&[]).await;
     s.provider.script_next(MockScript::crash_after(1));
+    // No `retry`: a lost runner is the system's failure.
     let (run, status) = run(
         &s,
-        r#"workflow { job id="a" retry=1 { step run="echo one"; step run="echo two"; } }"#,
+        r#"workflow { job id="a" { step run="echo one"; step run="echo two"; } }"#,
     )
     .await;
     assert_eq!(status, RunStatus::Succeeded);
@@ -569,6 +596,113 @@ async fn recovery_never_reaps_vms_of_starting_jobs() {
         .map(|j| (j.key, j.reason))
         .collect();
     assert_eq!(status, RunStatus::Succeeded, "{failed:?}");
+}
+
+/// A provider whose listing shows every VM with its owner mark not written
+/// yet, as a lister that reads a VM's directory while it is being created
+/// does (the race that reaped a live job's VM in the fleet's restart test).
+struct HalfWrittenOwners(MockVmProvider);
+
+#[async_trait]
+impl solstice_vmm::VmProvider for HalfWrittenOwners {
+    fn name(&self) -> &'static str {
+        "half-written-owners"
+    }
+    async fn provision(
+        &self,
+        spec: &solstice_vmm::VmSpec,
+    ) -> Result<solstice_vmm::VmHandle, solstice_vmm::VmError> {
+        self.0.provision(spec).await
+    }
+    async fn state(
+        &self,
+        id: &solstice_vmm::VmId,
+    ) -> Result<solstice_vmm::VmState, solstice_vmm::VmError> {
+        self.0.state(id).await
+    }
+    async fn destroy(&self, id: &solstice_vmm::VmId) -> Result<(), solstice_vmm::VmError> {
+        self.0.destroy(id).await
+    }
+    async fn list(&self) -> Result<Vec<solstice_vmm::VmInfo>, solstice_vmm::VmError> {
+        Ok(self
+            .0
+            .list()
+            .await?
+            .into_iter()
+            .map(|vm| solstice_vmm::VmInfo::new(vm.id, String::new(), vm.state))
+            .collect())
+    }
+}
+
+/// The reaper never destroys a VM of an attempt this engine runs, whatever
+/// the listing or the store says: here every VM is listed without its owner
+/// mark, and a reaper pass runs while the job's step is running. Before the
+/// engine counted its own VMs as existing, the pass destroyed the VM and the
+/// job was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_spares_the_vms_this_engine_runs_whatever_the_listing_says() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn StateStore> = Arc::new(
+        SqlStore::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
+        .await
+        .expect("store"),
+    );
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let mock = MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor))));
+    let engine = Engine::start(
+        config(&[]),
+        store.clone(),
+        queue,
+        Arc::new(HalfWrittenOwners(mock.clone())),
+    )
+    .await
+    .expect("engine");
+    let wf = solstice_kdl::parse(
+        r#"workflow { job id="a" { step run="echo before"; step run="sleep 2"; step run="echo after"; } }"#,
+    )
+    .expect("valid");
+    let run = submit_until_step_starts(&engine, &wf, 1).await;
+    // The pass, while the step sleeps (deterministic: no waiting for the
+    // periodic one).
+    engine.reap_now().await.expect("reap");
+    let status = tokio::time::timeout(Duration::from_secs(60), engine.wait(run))
+        .await
+        .expect("ends")
+        .expect("wait");
+    let job = store.jobs(run).await.expect("jobs").remove(0);
+    let attempts = store.attempts(job.id).await.expect("attempts");
+    assert_eq!(status, RunStatus::Succeeded, "{:?}", job.reason);
+    assert_eq!(attempts.len(), 1, "the attempt was not lost: {attempts:?}");
+    // A VM nobody runs is still reaped.
+    use solstice_vmm::VmProvider as _;
+    let leftover = mock
+        .provision(&solstice_vmm::VmSpec::new(
+            "left-behind",
+            "999",
+            RunnerEndpoint::Tcp("127.0.0.1:9".into()),
+            "token",
+        ))
+        .await
+        .expect("provision");
+    assert!(
+        mock.list()
+            .await
+            .expect("list")
+            .iter()
+            .any(|v| v.id == leftover.id)
+    );
+    engine.reap_now().await.expect("reap");
+    assert!(
+        mock.list()
+            .await
+            .expect("list")
+            .iter()
+            .all(|v| v.id != leftover.id)
+    );
+    engine.shutdown().await;
 }
 
 /// Runners can reach the engine over a unix socket (for bridges such as

@@ -235,9 +235,7 @@ impl LocalProvider {
                 std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).map_err(io)?;
             }
         }
-        tokio::fs::write(dir.join("owner"), &spec.owner)
-            .await
-            .map_err(io)?;
+        crate::vmdir::write_owner(dir, &spec.owner).map_err(io)?;
         let log = std::fs::File::create(dir.join("runner.log")).map_err(io)?;
         let log2 = log.try_clone().map_err(io)?;
         let (program, args) = self

@@ -655,7 +655,7 @@ impl QemuProvider {
             .mode(0o700)
             .create(dir)
             .map_err(|e| io("create", e))?;
-        std::fs::write(dir.join("owner"), &spec.owner).map_err(|e| io("owner", e))?;
+        crate::vmdir::write_owner(dir, &spec.owner).map_err(|e| io("owner", e))?;
         // The token: in a file only this user reads, for this VM's QEMU only.
         let share = match &spec.share {
             Some(path) => {

@@ -35,6 +35,16 @@ pub(crate) fn new_vm(root: &Path, spec: &VmSpec) -> Result<(VmId, PathBuf), VmEr
     Ok((VmId(spec.name.clone()), dir))
 }
 
+/// Writes a VM's `owner` file all at once (a temporary file renamed into
+/// place): a lister never reads it half-written. (An empty owner read in
+/// the middle of a plain write made a reaper destroy a VM being started;
+/// found by the fleet's restart test on a second machine.)
+pub(crate) fn write_owner(dir: &Path, owner: &str) -> std::io::Result<()> {
+    let partial = dir.join(".owner.partial");
+    std::fs::write(&partial, owner)?;
+    std::fs::rename(&partial, dir.join("owner"))
+}
+
 /// The VMs under `root`: each directory with an `owner` file, with it.
 pub(crate) async fn owned(root: &Path) -> Result<Vec<(VmId, String)>, VmError> {
     let mut out = Vec::new();

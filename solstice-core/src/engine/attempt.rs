@@ -18,6 +18,72 @@ use crate::log::LogIngest;
 use crate::store::{Applied, Attempt, AttemptStatus, Change, Job, JobStatus};
 use crate::util::error_chain;
 
+/// How many times a job's attempts may be lost to the system (a VM that
+/// would not boot or died, a runner lost, its host lost) before the job
+/// fails, besides its `retry`. Losses are the system's, not the job's, so
+/// they do not spend its attempts; the bound stops a job that brings its
+/// VM or host down every time from looping for ever.
+pub const LOST_ATTEMPTS: u32 = 3;
+
+/// What becomes of a job whose attempt was lost.
+pub(super) enum LostAgain {
+    /// It runs again as a new attempt.
+    Retry,
+    /// It was lost this many times: it fails.
+    TooOften(u32),
+}
+
+/// A VM this engine holds (by name, then also by the provider's id) until
+/// dropped: after its destroy.
+struct OwnVm<'a> {
+    inner: &'a super::Inner,
+    keys: Vec<String>,
+}
+
+impl<'a> OwnVm<'a> {
+    fn new(inner: &'a super::Inner, name: &str) -> Self {
+        lock(&inner.own_vms).insert(name.to_string());
+        OwnVm {
+            inner,
+            keys: vec![name.to_string()],
+        }
+    }
+
+    fn add(&mut self, id: &str) {
+        lock(&self.inner.own_vms).insert(id.to_string());
+        self.keys.push(id.to_string());
+    }
+}
+
+impl Drop for OwnVm<'_> {
+    fn drop(&mut self) {
+        let mut own = lock(&self.inner.own_vms);
+        for k in &self.keys {
+            own.remove(k);
+        }
+    }
+}
+
+/// A provision in flight, counted while it lasts.
+struct Provisioning<'a>(&'a super::Inner);
+
+impl<'a> Provisioning<'a> {
+    fn new(inner: &'a super::Inner) -> Self {
+        inner
+            .provisioning
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Provisioning(inner)
+    }
+}
+
+impl Drop for Provisioning<'_> {
+    fn drop(&mut self) {
+        self.0
+            .provisioning
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Engine {
     /// Claims and runs the job of `msg`; acks `delivery` (taking it) once
     /// the claim is decided.
@@ -247,10 +313,18 @@ impl Engine {
             spec.share = Some(path.into());
         }
         let mut vm: Option<VmId> = None;
-        let outcome = match self.inner.provider.provision(&spec).await {
+        // Ours from before the provider is asked until after it destroyed
+        // it: no reaper pass of this engine touches it meanwhile.
+        let mut own = OwnVm::new(&self.inner, &spec.name);
+        let provisioned = {
+            let _in_flight = Provisioning::new(&self.inner);
+            self.inner.provider.provision(&spec).await
+        };
+        let outcome = match provisioned {
             Err(e @ solstice_vmm::VmError::Boot { .. }) => Outcome::Lost(error_chain(&e)),
             Err(e) => Outcome::Lost(format!("VM failed to boot: {}", error_chain(&e))),
             Ok(handle) => {
+                own.add(&handle.id.0);
                 self.inner
                     .recorder
                     .send(Change::SetVm {
@@ -294,6 +368,7 @@ impl Engine {
         }
         self.flush_log(&live).await;
         lock(&self.inner.live).remove(&attempt.id);
+        drop(own);
         self.finish(&job, &attempt, outcome).await
     }
 
@@ -306,10 +381,11 @@ impl Engine {
         outcome: Outcome,
     ) -> Result<(), EngineError> {
         let run = job.run_id;
-        // `job` is as claimed: its `max_attempts` can only have grown since
-        // if recovery ended this attempt, and then this finish does nothing.
-        let retry =
-            attempt.number < job.max_attempts && !lock(&self.inner.cancelled_runs).contains(&run);
+        let cancelled = lock(&self.inner.cancelled_runs).contains(&run);
+        // A lost attempt is the system's failure, not the job's: it does not
+        // spend the job's attempts (one more is granted), up to the job's
+        // share of lost attempts.
+        let mut extra_attempts = 0;
         let (status, reason, job_status, job_reason) = match outcome {
             Outcome::Succeeded => (AttemptStatus::Succeeded, None, JobStatus::Succeeded, None),
             Outcome::Failed(r) => (
@@ -324,18 +400,29 @@ impl Engine {
                 JobStatus::Cancelled,
                 Some("cancelled".to_string()),
             ),
-            Outcome::Lost(r) if retry => (
-                AttemptStatus::Lost,
-                Some(r.clone()),
-                JobStatus::Queued,
-                Some(r),
-            ),
-            Outcome::Lost(r) => (
-                AttemptStatus::Lost,
-                Some(r.clone()),
-                JobStatus::Failed,
-                Some(format!("{r} (no attempts left)")),
-            ),
+            Outcome::Lost(r) => match self.lost_again(job).await? {
+                _ if cancelled => (
+                    AttemptStatus::Lost,
+                    Some(r.clone()),
+                    JobStatus::Cancelled,
+                    Some("cancelled".to_string()),
+                ),
+                LostAgain::Retry => {
+                    extra_attempts = 1;
+                    (
+                        AttemptStatus::Lost,
+                        Some(r.clone()),
+                        JobStatus::Queued,
+                        Some(r),
+                    )
+                }
+                LostAgain::TooOften(n) => (
+                    AttemptStatus::Lost,
+                    Some(r.clone()),
+                    JobStatus::Failed,
+                    Some(format!("{r} (lost {n} times)")),
+                ),
+            },
         };
         let ended = self
             .inner
@@ -348,7 +435,7 @@ impl Engine {
                 job: job.id,
                 job_status,
                 job_reason: job_reason.clone(),
-                extra_attempts: 0,
+                extra_attempts,
             })
             .await?;
         if ended != Applied::Finished(true) {
@@ -372,6 +459,29 @@ impl Engine {
             reason: job_reason,
         });
         Ok(())
+    }
+
+    /// Whether a job whose attempt was just lost may run again: it may be
+    /// lost [`LOST_ATTEMPTS`] times, plus its `retry`, before it fails.
+    pub(super) async fn lost_again(&self, job: &Job) -> Result<LostAgain, EngineError> {
+        let lost = self
+            .inner
+            .store
+            .attempts(job.id)
+            .await?
+            .iter()
+            .filter(|a| a.status == AttemptStatus::Lost)
+            .count() as u32
+            // This one, not recorded as lost yet.
+            + 1;
+        let retry = serde_json::from_str::<StoredJob>(&job.spec)
+            .map(|s| s.planned.job.retry)
+            .unwrap_or(0);
+        Ok(if lost < LOST_ATTEMPTS + retry {
+            LostAgain::Retry
+        } else {
+            LostAgain::TooOften(lost)
+        })
     }
 
     /// Waits for the runner's result, the VM's death, the timeout or a cancel.

@@ -10,8 +10,8 @@
 //! | --- | --- | --- |
 //! | every step passed (or was allowed to fail) | succeeded | succeeded |
 //! | a step failed, or the job timed out | failed | failed |
-//! | VM did not boot, runner lost or exited without reporting | lost | queued again while `retry` allows, else failed |
-//! | the engine holding it died (lease expired) | lost | queued again as a new attempt, `retry` or not |
+//! | VM did not boot, runner lost or exited without reporting | lost | queued again with one more attempt (the system's failure, not the job's), until it was lost [`LOST_ATTEMPTS`] + `retry` times: then failed `(lost N times)` |
+//! | the engine holding it died (lease expired) | lost | the same |
 //! | a user cancelled | cancelled | cancelled |
 //! | something it needs did not succeed | (none) | skipped, with the reason |
 
@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
+pub use attempt::LOST_ATTEMPTS;
 pub use config::{
     CloneCredentials, EngineConfig, GitCredentials, Listen, runner_connection_limits,
 };
@@ -210,6 +211,15 @@ struct Inner {
     provider: Arc<dyn VmProvider>,
     endpoint: RunnerEndpoint,
     live: Mutex<HashMap<AttemptId, Arc<LiveAttempt>>>,
+    /// VMs this engine is starting, running or destroying: the names it
+    /// asked for and, once provisioned, the providers' ids. The reaper never
+    /// destroys one of these, whatever the store says or cannot say (a VM
+    /// whose owner mark is not written yet, a store away while its writes
+    /// are retried).
+    own_vms: Mutex<HashSet<String>>,
+    /// Provisions in flight: a VM without a readable owner may be one of
+    /// them, under an id the provider has not returned yet.
+    provisioning: std::sync::atomic::AtomicUsize,
     cancelled_runs: Mutex<HashSet<RunId>>,
     events: events::EventBus,
     /// Long-lived tasks (writer, endpoint, scheduler, consumer, recovery);
@@ -286,6 +296,8 @@ impl Engine {
                 provider,
                 endpoint,
                 live: Mutex::new(HashMap::new()),
+                own_vms: Mutex::new(HashSet::new()),
+                provisioning: std::sync::atomic::AtomicUsize::new(0),
                 cancelled_runs: Mutex::new(HashSet::new()),
                 events,
                 services: TaskTracker::new(),
@@ -608,6 +620,14 @@ impl Engine {
     pub fn kill(&self) {
         self.inner.killed.cancel();
         lock(&self.inner.live).clear();
+        lock(&self.inner.own_vms).clear();
+    }
+
+    /// Runs a reaper pass now (the `testing` feature): destroys the VMs no
+    /// attempt owns, as the periodic pass does.
+    #[cfg(feature = "testing")]
+    pub async fn reap_now(&self) -> Result<(), EngineError> {
+        self.reap().await
     }
 
     /// Cancels every run this engine is working on and waits until their

@@ -24,10 +24,22 @@ impl Engine {
                 "lease expired: engine `{}` stopped renewing it",
                 attempt.holder
             );
-            // One write: the attempt is lost, the job queued again, and
-            // (our failure, not the job's) `retry` is not used up. A crash
-            // before the publish below leaves a queued job without a
-            // message, which `reconcile_queue` repairs.
+            // One write: the attempt is lost and the job queued again with
+            // one more attempt (the system's failure, not the job's), unless
+            // it was lost too often. A crash before the publish below leaves
+            // a queued job without a message, which `reconcile_queue`
+            // repairs.
+            let Some(job) = store.job(attempt.job_id).await? else {
+                continue;
+            };
+            let (job_status, job_reason, extra_attempts) = match self.lost_again(&job).await? {
+                super::attempt::LostAgain::Retry => (JobStatus::Queued, None, 1),
+                super::attempt::LostAgain::TooOften(n) => (
+                    JobStatus::Failed,
+                    Some(format!("{reason} (lost {n} times)")),
+                    0,
+                ),
+            };
             let ended = self
                 .inner
                 .recorder
@@ -37,9 +49,9 @@ impl Engine {
                     reason: Some(reason.clone()),
                     now: now_ms(),
                     job: attempt.job_id,
-                    job_status: JobStatus::Queued,
-                    job_reason: None,
-                    extra_attempts: 1,
+                    job_status,
+                    job_reason: job_reason.clone(),
+                    extra_attempts,
                 })
                 .await?;
             if ended != Applied::Finished(true) {
@@ -61,9 +73,17 @@ impl Engine {
             if let Err(e) = store.append_logs(&[line]).await {
                 tracing::warn!(error = %crate::util::error_chain(&e), "cannot add the reason to a lost attempt's log");
             }
-            let Some(job) = store.job(attempt.job_id).await? else {
+            if job_status == JobStatus::Failed {
+                tracing::warn!(job = %job.key, attempt = attempt.number, "{reason}; lost too often, the job fails");
+                self.emit(EngineEvent::JobFinished {
+                    run: job.run_id,
+                    key: job.key.clone(),
+                    status: JobStatus::Failed,
+                    reason: job_reason,
+                });
+                self.schedule_soon(job.run_id);
                 continue;
-            };
+            }
             tracing::warn!(job = %job.key, attempt = attempt.number, "{reason}; running the job again");
             self.emit(EngineEvent::JobRetrying {
                 run: job.run_id,
@@ -98,7 +118,22 @@ impl Engine {
             .map(|a| a.id.to_string())
             .collect();
         owners.extend(lock(&self.inner.live).keys().map(|id| id.to_string()));
-        for vm in vms.into_iter().filter(|vm| !owners.contains(&vm.owner)) {
+        // What this engine holds in memory counts as existing, whatever the
+        // store says: its VMs by name and id, and, while it provisions one,
+        // any VM whose owner mark cannot be read yet.
+        let own = lock(&self.inner.own_vms).clone();
+        let provisioning = self
+            .inner
+            .provisioning
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0;
+        let held = |vm: &solstice_vmm::VmInfo| {
+            owners.contains(&vm.owner)
+                || own.contains(&vm.id.0)
+                || (provisioning && vm.owner.trim().is_empty())
+        };
+        let reapable = |vm: &solstice_vmm::VmInfo| !held(vm);
+        for vm in vms.into_iter().filter(reapable) {
             tracing::info!(vm = %vm.id, owner = %vm.owner, "reaping a VM no running attempt owns");
             if let Err(e) = self.inner.provider.destroy(&vm.id).await {
                 tracing::warn!(vm = %vm.id, error = %crate::util::error_chain(&e), "reaping failed");

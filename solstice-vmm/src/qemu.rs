@@ -610,17 +610,22 @@ impl QemuProvider {
             push("-device".into());
             push(format!("{blk},drive=share,serial=solstice-share"));
         }
+        // socat's own messages go to its log, never into the stream: QEMU
+        // gives the command the guest's connection as its stderr too, and a
+        // "Broken pipe" line there reached a runner as an HTTP/2 frame.
         let mut netdev = format!(
-            "user,id=net0,restrict={},guestfwd={GUESTFWD}-cmd:{} STDIO UNIX-CONNECT:{}",
+            "user,id=net0,restrict={},guestfwd={GUESTFWD}-cmd:{} -lf {} STDIO UNIX-CONNECT:{}",
             if image.egress { "off" } else { "on" },
             self.config.socat.display(),
+            dir.join("socat.log").display(),
             dir.join("runner.sock").display()
         );
         // Checked when the VM was created (and in `plan`): names and ports only.
         for (ip, host, port) in reach_plan(&image.reach).unwrap_or_default() {
             netdev.push_str(&format!(
-                ",guestfwd=tcp:{ip}:{port}-cmd:{} STDIO TCP:{host}:{port}",
-                self.config.socat.display()
+                ",guestfwd=tcp:{ip}:{port}-cmd:{} -lf {} STDIO TCP:{host}:{port}",
+                self.config.socat.display(),
+                dir.join("socat.log").display()
             ));
         }
         push("-netdev".into());

@@ -14,8 +14,14 @@
 //!    during 30 slow bodies that declare 25 MB and send a byte, and during
 //!    1,100 idle connections from 22 other addresses.
 //!
+//! 4. memory of job pages: a job whose log is near the 64 MiB cap; the
+//!    daemon's peak resident memory (VmHWM) grows by how much when 40
+//!    browsers open its page at once (the page reads only the log's end),
+//!    against 40 reads of the whole log through the API at once (what every
+//!    page view read before), in the same run.
+//!
 //! `cargo bench -p solstice --bench webhooks` (or `-- ack`, `-- first-log`,
-//! `-- flood`).
+//! `-- flood`, `-- pages`).
 
 #[path = "../tests/support.rs"]
 mod support;
@@ -250,6 +256,86 @@ async fn flood() {
     h.terminate();
 }
 
+/// The daemon's peak resident memory so far (VmHWM), in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+async fn pages() {
+    let mut h = Harness::new(true, "").await;
+    // About 60 MiB of output: 61 x 1 MiB of `x`, then a marker line.
+    let sha = h.commit(
+        "workflow {\n    job id=\"loud\" {\n        step run=\"head -c 63963136 /dev/zero | tr '\\\\0' x | fold -w 1023; echo the-end\"\n    }\n}\n",
+    );
+    h.start_with(&[("SOLSTICE_LOG", "warn")]).await;
+    let pid = h.daemon.as_ref().expect("running").id();
+    h.deliver(Forge::GitHub, "push", "loud", &push(&h.repo, &sha))
+        .await;
+    h.wait_for("the loud job", || h.completed(&sha) > 0).await;
+    let page = h.checks(&sha)[0].2["details_url"]
+        .as_str()
+        .expect("details_url")
+        .to_string();
+    let job = page.rsplit('/').next().expect("job id").to_string();
+    let h = Arc::new(h);
+    let at_once = |url: String| {
+        let h = h.clone();
+        async move {
+            let tasks: Vec<_> = (0..40)
+                .map(|_| {
+                    let http = h.http.clone();
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let resp = http
+                            .get(url)
+                            .bearer_auth(support::ADMIN_TOKEN)
+                            .send()
+                            .await
+                            .expect("get");
+                        resp.bytes().await.expect("body").len()
+                    })
+                })
+                .collect();
+            let mut bytes = 0;
+            for t in tasks {
+                bytes = t.await.expect("task");
+            }
+            bytes
+        }
+    };
+    let before = peak_mib(pid);
+    let shown = at_once(page).await;
+    let after_pages = peak_mib(pid);
+    let whole = at_once(format!("{}/api/v1/jobs/{job}/log", h.url)).await;
+    let after_api = peak_mib(pid);
+    println!(
+        "memory of 40 views at once of a job with a {:.0} MiB log:",
+        whole as f64 / 1048576.0
+    );
+    println!("  the daemon's peak before: {before:.0} MiB");
+    println!(
+        "  40 job pages ({:.1} MiB each):      peak +{:.0} MiB",
+        shown as f64 / 1048576.0,
+        after_pages - before
+    );
+    println!(
+        "  40 whole-log reads (the API; what a page read before): peak +{:.0} MiB",
+        after_api - after_pages.max(before)
+    );
+    if let Ok(mut h) = Arc::try_unwrap(h) {
+        h.terminate();
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -263,6 +349,9 @@ fn main() {
     rt.block_on(async {
         if wants("flood") {
             flood().await;
+        }
+        if wants("pages") {
+            pages().await;
         }
         if !wants("ack") && !wants("first-log") {
             return;

@@ -254,7 +254,7 @@ async fn job_reports(
     while let Some(change) = changes.recv().await {
         let last = matches!(change, Change::Finished(..));
         if let Some(forge) = forge {
-            match build(&daemon, run, &key, &target, change).await {
+            match build_patiently(&daemon, run, &key, &target, &change).await {
                 Ok(report) => send(&daemon, forge, &report).await,
                 Err(e) => {
                     tracing::warn!(%run, job = %key, error = %e, "cannot build a status report")
@@ -273,9 +273,10 @@ async fn job_reports(
             lock(&reports.jobs).remove(&(run, key.clone()));
             // What arrived between the check and the removal still goes out.
             while let Ok(change) = changes.try_recv() {
-                if let (Some(forge), Ok(report)) =
-                    (forge, build(&daemon, run, &key, &target, change).await)
-                {
+                if let (Some(forge), Ok(report)) = (
+                    forge,
+                    build_patiently(&daemon, run, &key, &target, &change).await,
+                ) {
                     send(&daemon, forge, &report).await;
                 }
                 if reports
@@ -305,19 +306,67 @@ fn seconds(ms: i64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
+/// Why a report could not be built.
+#[derive(Debug)]
+enum Unbuilt {
+    /// The store is away for now: try again.
+    Later(String),
+    /// It never will be (no such job, a store error that is not transient).
+    Gone(String),
+}
+
+impl Unbuilt {
+    fn from_store(e: &solstice_core::store::StoreError) -> Unbuilt {
+        if e.is_transient() {
+            Unbuilt::Later(chain(e))
+        } else {
+            Unbuilt::Gone(chain(e))
+        }
+    }
+}
+
+/// How long a report is tried again while the store is away (as the
+/// engine's writes are): a report is not dropped for a busy pool.
+const BUILD_PATIENCE: Duration = Duration::from_secs(120);
+
+/// [`build`], tried again while the store is away, for up to
+/// [`BUILD_PATIENCE`]: in the job's own worker, so its reports keep their
+/// order.
+async fn build_patiently(
+    daemon: &Daemon,
+    run: RunId,
+    key: &str,
+    target: &Target,
+    change: &Change,
+) -> Result<JobReport, String> {
+    let deadline = tokio::time::Instant::now() + BUILD_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match build(daemon, run, key, target, change.clone()).await {
+            Ok(report) => return Ok(report),
+            Err(Unbuilt::Later(why)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%run, job = %key, error = %why, "the store is busy or away; building the report again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(Unbuilt::Later(why) | Unbuilt::Gone(why)) => return Err(why),
+        }
+    }
+}
+
 async fn build(
     daemon: &Daemon,
     run: RunId,
     key: &str,
     target: &Target,
     change: Change,
-) -> Result<JobReport, String> {
+) -> Result<JobReport, Unbuilt> {
     let store = &daemon.store;
-    let jobs = store.jobs(run).await.map_err(|e| chain(&e))?;
-    let job: Job = jobs
-        .into_iter()
-        .find(|j| j.key == key)
-        .ok_or("no such job")?;
+    let job: Job = store
+        .job_by_key(run, key)
+        .await
+        .map_err(|e| Unbuilt::from_store(&e))?
+        .ok_or(Unbuilt::Gone("no such job".into()))?;
     let state = match &change {
         Change::Queued => JobState::Queued,
         Change::Started => JobState::InProgress,
@@ -333,7 +382,10 @@ async fn build(
         state,
     )
     .with_details_url(format!("{}/jobs/{}", daemon.config.public_url, job.id));
-    let attempts = store.attempts(job.id).await.map_err(|e| chain(&e))?;
+    let attempts = store
+        .attempts(job.id)
+        .await
+        .map_err(|e| Unbuilt::from_store(&e))?;
     let latest = attempts.iter().max_by_key(|a| a.number);
     match &change {
         Change::Queued => report = report.with_description("queued"),
@@ -353,7 +405,11 @@ async fn build(
             let mut steps = Vec::new();
             let mut failing: Option<u32> = None;
             if let Some(a) = latest {
-                for s in store.steps(a.id).await.map_err(|e| chain(&e))? {
+                for s in store
+                    .steps(a.id)
+                    .await
+                    .map_err(|e| Unbuilt::from_store(&e))?
+                {
                     let outcome = match (s.status, s.exit_code) {
                         (StepStatus::Succeeded, _) => "passed".to_string(),
                         (StepStatus::Running, _) => "did not finish".to_string(),
@@ -390,7 +446,10 @@ async fn build(
             if *status == JobStatus::Failed
                 && let Some(a) = latest
             {
-                let chunks = store.logs(a.id).await.map_err(|e| chain(&e))?;
+                let chunks = store
+                    .logs(a.id)
+                    .await
+                    .map_err(|e| Unbuilt::from_store(&e))?;
                 let mut tail: Vec<u8> = Vec::new();
                 for c in chunks
                     .iter()

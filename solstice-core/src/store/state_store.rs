@@ -110,6 +110,12 @@ pub trait StateStore: Send + Sync {
     async fn jobs(&self, run: RunId) -> Result<Vec<Job>>;
     /// A job.
     async fn job(&self, id: JobId) -> Result<Option<Job>>;
+    /// A run's job by its key (the expanded id). The default scans
+    /// [`StateStore::jobs`]; a store should look it up (a run of a thousand
+    /// jobs reported job by job otherwise reads a million rows).
+    async fn job_by_key(&self, run: RunId, key: &str) -> Result<Option<Job>> {
+        Ok(self.jobs(run).await?.into_iter().find(|j| j.key == key))
+    }
     /// A run's jobs in one status, in workflow order. The default filters
     /// [`StateStore::jobs`].
     async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
@@ -294,6 +300,9 @@ impl<S: StateStore + ?Sized> StateStore for Arc<S> {
     }
     async fn job(&self, id: JobId) -> Result<Option<Job>> {
         (**self).job(id).await
+    }
+    async fn job_by_key(&self, run: RunId, key: &str) -> Result<Option<Job>> {
+        (**self).job_by_key(run, key).await
     }
     async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
         (**self).jobs_in_status(run, status).await

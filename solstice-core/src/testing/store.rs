@@ -139,6 +139,11 @@ pub async fn runs_and_jobs_round_trip(s: &dyn StateStore) {
     );
     assert_eq!(s.job(jobs[1].id).await.expect("job"), Some(jobs[1].clone()));
     assert_eq!(
+        s.job_by_key(run, "build").await.expect("job by key"),
+        Some(jobs[0].clone())
+    );
+    assert_eq!(s.job_by_key(run, "nope").await.expect("job by key"), None);
+    assert_eq!(
         s.jobs_in_status(run, JobStatus::Pending)
             .await
             .expect("pending")

@@ -370,6 +370,19 @@ impl StateStore for SqlStore {
         self.one_by_id(sql, id.get(), job_from).await
     }
 
+    async fn job_by_key(&self, run: RunId, key: &str) -> Result<Option<Job>> {
+        let sql = self.dialect.dialect_sql(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 AND job_key = $2"
+        ));
+        let row = sqlx::query(&sql)
+            .bind(run.get())
+            .bind(key)
+            .fetch_optional(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
+        row.as_ref().map(job_from).transpose()
+    }
+
     async fn jobs_in_status(&self, run: RunId, status: JobStatus) -> Result<Vec<Job>> {
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 AND status = $2 ORDER BY position"

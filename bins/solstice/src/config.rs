@@ -1255,6 +1255,75 @@ mod tests {
     }
 
     #[test]
+    fn the_boundary_settings_are_read_and_checked() {
+        let c = load(
+            "state-dir \"/var/lib/ci\"\nmax-connections 100\nmax-connections-per-address 30\nrun-as \"ci-job\"\nallow-unisolated-jobs #true\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.run_as.as_deref(), Some("ci-job"));
+        assert!(c.allow_unisolated_jobs);
+        // Jobs beside the state, never in it.
+        assert_eq!(c.jobs_dir, PathBuf::from("/var/lib/ci-jobs"));
+        let limits = c.http_limits(1024);
+        assert_eq!(
+            (
+                limits.connections.max_connections,
+                limits.connections.per_address
+            ),
+            (100, 30)
+        );
+        // From the descriptors when not set.
+        let c = load("", &[]).expect("valid");
+        assert!(!c.allow_unisolated_jobs);
+        let limits = c.http_limits(1024);
+        assert_eq!(
+            (
+                limits.connections.max_connections,
+                limits.connections.per_address
+            ),
+            (384, 48)
+        );
+        for (text, key) in [
+            ("max-connections 0\n", "max-connections"),
+            (
+                "max-connections-per-address \"x\"\n",
+                "max-connections-per-address",
+            ),
+            ("run-as \"a b\"\n", "run-as"),
+            ("run-as \"../root\"\n", "run-as"),
+            ("allow-unisolated-jobs \"yes\"\n", "allow-unisolated-jobs"),
+            ("state-dir \"/s\"\njobs-dir \"/s/jobs\"\n", "jobs-dir"),
+        ] {
+            let err = load(text, &[]).expect_err(key).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_secret_of_the_configuration_is_masked_in_jobs() {
+        let c = load(
+            "admin-token-file \"secret\"\nforgejo {\n url \"https://codeberg.org\"\n token-file \"secret\"\n webhook-secret-file \"secret\"\n}\n",
+            &[
+                ("SOLSTICE_DATABASE", "postgres://ci:p%40ss%2Fword@db/ci"),
+                ("SOLSTICE_QUEUE", "amqp://ci:hunter22@mq/%2f"),
+            ],
+        )
+        .expect("valid");
+        let values = c.secret_values();
+        for want in [
+            "s3cret-value",
+            "postgres://ci:p%40ss%2Fword@db/ci",
+            "p%40ss%2Fword",
+            "p@ss/word",
+            "amqp://ci:hunter22@mq/%2f",
+            "hunter22",
+        ] {
+            assert!(values.iter().any(|v| v == want), "{want} not in {values:?}");
+        }
+    }
+
+    #[test]
     fn the_fleet_settings_are_read_and_checked() {
         let c = load(
             "database \"postgres://db.example/solstice\"\nqueue \"amqp://mq.example/%2f\"\nlabels \"linux, omnios\"\nhost-name \"orch-1\"\nlease-seconds 12\nvms {\n    label \"trusted\" provider=\"local\"\n}\n",

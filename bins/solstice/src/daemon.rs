@@ -226,12 +226,22 @@ fn links(config: &Config) -> Result<(Option<ForgeLink>, Option<ForgeLink>), BoxE
     Ok((github, forgejo))
 }
 
-/// Creates `dir` (and its parents) and sets its mode, also when it was
-/// there before with a looser one.
+/// Creates `dir` (and its parents) with `mode`, or sets its mode when it
+/// was there before with a looser one. A shared directory (world-writable
+/// or sticky, like `/tmp`) is refused rather than changed.
 fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(m) if m.permissions().mode() & 0o1002 != 0 => Err(std::io::Error::other(
+            "a shared directory (world-writable or sticky, like /tmp): give the daemon a directory of its own",
+        )),
+        Ok(_) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir),
+        Err(e) => Err(e),
+    }
 }
 
 /// The SQLite database file, created 0600 (and made so if it was not),
@@ -512,5 +522,45 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn state_directories_are_made_private_and_shared_ones_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Created with the mode.
+        let fresh = dir.path().join("a/state");
+        private_dir(&fresh, 0o700).expect("created");
+        assert_eq!(mode(&fresh), 0o700);
+        // An existing one, too loose: tightened.
+        let loose = dir.path().join("loose");
+        std::fs::create_dir(&loose).expect("mkdir");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&loose, 0o700).expect("tightened");
+        assert_eq!(mode(&loose), 0o700);
+        // A shared one (like /tmp) is refused and left as it was.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        assert!(private_dir(&shared, 0o711).is_err());
+        assert_eq!(mode(&shared), 0o1777);
+        // The database file: created 0600, and made so.
+        let db = fresh.join("solstice.db");
+        private_database(&db).expect("db");
+        assert_eq!(mode(&db), 0o600);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::write(fresh.join("solstice.db-wal"), b"").expect("wal");
+        private_database(&db).expect("db");
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!(mode(&fresh.join("solstice.db-wal")), 0o600);
     }
 }

@@ -34,6 +34,7 @@ tests=(
     "solstice fleet a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease"
     "solstice fleet the_fleet_rides_out_a_broker_restart_and_a_database_restart"
     "solstice fleet why_says_no_host_serves_a_label_and_every_host_is_full"
+    "solstice fleet an_orchestrator_started_while_the_broker_is_away_waits_for_it"
     "solstice e2e killed_right_after_acknowledging_the_run_happens_once_after_restart"
     "solstice e2e killed_while_processing_the_delivery_starts_one_run_after_restart"
     "solstice e2e sigterm_stops_accepting_cancels_what_is_still_running_and_exits"

@@ -293,6 +293,9 @@ impl QemuConfig {
 struct Running {
     child: Child,
     connected: Arc<AtomicBool>,
+    /// Being stopped for its boot timeout: still booting until its
+    /// processes are gone, then failed.
+    stopping: Arc<AtomicBool>,
     failed: Arc<Mutex<Option<String>>>,
     tasks: Tasks,
 }
@@ -740,6 +743,7 @@ impl QemuProvider {
         }
 
         let connected = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(None));
         let mut tasks = Tasks::default();
         let runner_sock = tokio::net::UnixListener::bind(dir.join("runner.sock"))
@@ -774,6 +778,7 @@ impl QemuProvider {
         // The boot timeout: no runner connection by then stops the VM.
         {
             let connected = connected.clone();
+            let stopping = stopping.clone();
             let failed = failed.clone();
             let pid = child.id();
             let timeout = self.config.boot_timeout;
@@ -781,13 +786,23 @@ impl QemuProvider {
                 tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
                     if !connected.load(Ordering::SeqCst) {
-                        *lock(&failed) = Some(format!(
+                        let why = format!(
                             "the runner did not connect within {} s of the VM's start (boot timeout)",
                             timeout.as_secs()
-                        ));
+                        );
+                        // Failed means stopped: QEMU and its socats are
+                        // killed and gone (up to 10 s) before it says so.
+                        stopping.store(true, Ordering::SeqCst);
                         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
                             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                            for _ in 0..500 {
+                                if !crate::vmdir::group_alive(pid) {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
                         }
+                        *lock(&failed) = Some(why);
                     }
                 })
                 .abort_handle(),
@@ -796,6 +811,7 @@ impl QemuProvider {
         Ok(Running {
             child,
             connected,
+            stopping,
             failed,
             tasks,
         })
@@ -1008,6 +1024,7 @@ impl VmProvider for QemuProvider {
             let failed = lock(&vm.failed).clone();
             return Ok(match (vm.child.try_wait(), failed) {
                 (_, Some(why)) => VmState::Failed(why),
+                (_, None) if vm.stopping.load(Ordering::SeqCst) => VmState::Booting,
                 (Ok(Some(status)), None) => VmState::Stopped(status.code()),
                 (Err(e), None) => VmState::Failed(e.to_string()),
                 (Ok(None), None) if vm.connected.load(Ordering::SeqCst) => VmState::Running,

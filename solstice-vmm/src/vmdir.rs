@@ -75,6 +75,30 @@ pub(crate) async fn remove(dir: &Path) -> Result<(), VmError> {
     }
 }
 
+/// Whether a process of process group `pgid` still runs (Linux `/proc`).
+/// A zombie does not: it has ended and only waits for its parent.
+pub(crate) fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let numeric = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        numeric
+            && std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                // `pid (comm) state ppid pgrp ...`: the command name may
+                // hold anything, so the fields are read after its last `)`.
+                let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                let mut fields = rest.split_whitespace();
+                let state = fields.next();
+                let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+                pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+            })
+    })
+}
+
 /// The process recorded in `file` (a pid file a provider wrote), if one
 /// with that number runs. Whether it is still the VM's is the caller's to
 /// check: after a reboot the number may be somebody else's.
@@ -88,4 +112,33 @@ pub(crate) fn live_pid(file: &Path) -> Option<i32> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
         .ok()
         .map(|()| pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    /// A group runs while a member does; a killed member that its parent
+    /// has not waited for yet (a zombie) does not count.
+    #[test]
+    fn a_group_is_alive_until_its_members_end() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        assert!(super::group_alive(pid));
+        child.kill().expect("kill");
+        // Not waited for: a zombie once the kill lands.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while super::group_alive(pid) {
+            assert!(std::time::Instant::now() < deadline, "still alive");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        assert!(zombie.contains(") Z "), "{zombie}");
+        child.wait().expect("wait");
+        assert!(!super::group_alive(pid));
+    }
 }

@@ -22,11 +22,73 @@ use crate::inbox::Target;
 const TAIL_BYTES: usize = 64 * 1024;
 
 /// What happened to a job, for its report.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Change {
+    /// Waiting for this attempt (1 for the first); `None`: the engine's
+    /// `JobQueued`, which does not say which (a new job, or one retried
+    /// after it ended).
+    Queued(Option<u32>),
+    /// This attempt started.
+    Started(u32),
+    /// Done.
+    Finished(JobStatus, Option<String>),
+}
+
+/// Where a job is in its life, as the forge was last told: its attempt and
+/// the phase of it. Reports go out in this order and never go back: a
+/// `queued` that arrives after the attempt's `in_progress` (as it can when
+/// another host claims the job before this host's event comes through) is
+/// dropped, as is a repeat; a retry's `queued` waits for a later attempt,
+/// so it goes out; after the final status only a later attempt does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    attempt: u32,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
     Queued,
     Started,
-    Finished(JobStatus, Option<String>),
+    Finished,
+}
+
+impl Change {
+    /// The change a job's stored state (its status, the attempts it made
+    /// and why it is there) says happened last.
+    fn of(status: JobStatus, attempts: u32, reason: Option<&str>) -> Option<Change> {
+        Some(match status {
+            JobStatus::Pending => return None,
+            JobStatus::Queued => Change::Queued(Some(attempts + 1)),
+            JobStatus::Running => Change::Started(attempts.max(1)),
+            status => Change::Finished(status, reason.map(str::to_string)),
+        })
+    }
+
+    /// [`Change::of`] a stored job.
+    fn of_job(job: &Job) -> Option<Change> {
+        Change::of(job.status, job.attempts, job.reason.as_deref())
+    }
+
+    /// Where this change puts the job after `last`, or `None` when it does
+    /// not move it forward (it is not sent).
+    fn after(&self, last: Option<Position>) -> Option<Position> {
+        let at = |attempt, phase| Position { attempt, phase };
+        let next = match (self, last) {
+            (Change::Queued(attempt), None) => at(attempt.unwrap_or(1), Phase::Queued),
+            (Change::Started(attempt), _) => at(*attempt, Phase::Started),
+            (Change::Queued(Some(attempt)), _) => at(*attempt, Phase::Queued),
+            // Queued again after it ended: retried, the next attempt.
+            (Change::Queued(None), Some(last)) if last.phase == Phase::Finished => {
+                at(last.attempt + 1, Phase::Queued)
+            }
+            (Change::Queued(None), Some(_)) => return None,
+            (Change::Finished(..), None) => at(0, Phase::Finished),
+            (Change::Finished(..), Some(last)) if last.phase == Phase::Finished => return None,
+            (Change::Finished(..), Some(last)) => at(last.attempt, Phase::Finished),
+        };
+        last.is_none_or(|last| next > last).then_some(next)
+    }
 }
 
 /// The reporter's shared state.
@@ -70,13 +132,18 @@ impl Reports {
     }
 }
 
-/// Sends a report through the forge's reporter, logging a failure.
-pub async fn send(daemon: &Daemon, forge: Forge, report: &JobReport) {
+/// Sends a report through the forge's reporter, logging a failure; true
+/// when the forge took it.
+pub async fn send(daemon: &Daemon, forge: Forge, report: &JobReport) -> bool {
     let Some(link) = daemon.forge(forge) else {
-        return;
+        return false;
     };
-    if let Err(e) = link.reporter.report(report).await {
-        tracing::warn!(repository = %report.repo.full_name, job = %report.name, error = %chain(&e), "the forge refused a status");
+    match link.reporter.report(report).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(repository = %report.repo.full_name, job = %report.name, error = %chain(&e), "the forge refused a status");
+            false
+        }
     }
 }
 
@@ -88,12 +155,16 @@ pub async fn run(daemon: Arc<Daemon>) {
         let event = events.recv().await;
         let _gate = daemon.reports.gate.lock().await;
         match event {
-            Ok(EngineEvent::JobQueued { run, key })
-            | Ok(EngineEvent::JobRetrying { run, key, .. }) => {
-                enqueue(&daemon, run, key, Change::Queued).await;
+            Ok(EngineEvent::JobQueued { run, key }) => {
+                enqueue(&daemon, run, key, Change::Queued(None)).await;
             }
-            Ok(EngineEvent::JobStarted { run, key, .. }) => {
-                enqueue(&daemon, run, key, Change::Started).await
+            Ok(EngineEvent::JobRetrying {
+                run, key, attempt, ..
+            }) => {
+                enqueue(&daemon, run, key, Change::Queued(Some(attempt + 1))).await;
+            }
+            Ok(EngineEvent::JobStarted { run, key, attempt }) => {
+                enqueue(&daemon, run, key, Change::Started(attempt)).await
             }
             Ok(EngineEvent::JobFinished {
                 run,
@@ -131,12 +202,24 @@ const STORE_POLL: Duration = Duration::from_millis(500);
 /// its first read as running until a read after it ended.
 pub async fn watch_store(daemon: Arc<Daemon>) {
     let mut seen: HashMap<RunId, HashMap<String, (JobStatus, u32)>> = HashMap::new();
+    // An outage is said once (not every 500 ms), and its end.
+    let mut away = false;
     loop {
         tokio::time::sleep(STORE_POLL).await;
         let running: Vec<RunId> = match daemon.store.running_runs().await {
-            Ok(runs) => runs.into_iter().map(|r| r.id).collect(),
+            Ok(runs) => {
+                if std::mem::take(&mut away) {
+                    tracing::info!("the running runs can be read again");
+                }
+                runs.into_iter().map(|r| r.id).collect()
+            }
+            Err(e) if away => {
+                tracing::debug!(error = %chain(&e), "still cannot list the running runs");
+                continue;
+            }
             Err(e) => {
-                tracing::warn!(error = %chain(&e), "cannot list the running runs");
+                tracing::warn!(error = %chain(&e), "cannot list the running runs; trying every 500 ms");
+                away = true;
                 continue;
             }
         };
@@ -154,11 +237,8 @@ pub async fn watch_store(daemon: Arc<Daemon>) {
                     continue;
                 }
                 known.insert(job.key.clone(), now);
-                let change = match job.status {
-                    JobStatus::Pending => continue,
-                    JobStatus::Queued => Change::Queued,
-                    JobStatus::Running => Change::Started,
-                    status => Change::Finished(status, job.reason.clone()),
+                let Some(change) = Change::of_job(&job) else {
+                    continue;
                 };
                 enqueue(&daemon, run, job.key, change).await;
             }
@@ -185,11 +265,7 @@ async fn resync(daemon: &Arc<Daemon>) {
             continue;
         };
         for job in jobs {
-            let change = match job.status {
-                JobStatus::Pending | JobStatus::Queued => Change::Queued,
-                JobStatus::Running => Change::Started,
-                status => Change::Finished(status, job.reason.clone()),
-            };
+            let change = Change::of_job(&job).unwrap_or(Change::Queued(Some(job.attempts + 1)));
             enqueue(daemon, run.id, job.key, change).await;
         }
     }
@@ -242,6 +318,35 @@ async fn enqueue(daemon: &Arc<Daemon>, run: RunId, key: String, change: Change) 
     }
 }
 
+/// Builds and sends one change's report unless it would take the job's
+/// status back; `sent` is where the forge last heard the job was.
+async fn report_one(
+    daemon: &Daemon,
+    run: RunId,
+    key: &str,
+    target: &Target,
+    change: &Change,
+    sent: &mut Option<Position>,
+) {
+    let Some(forge) = forge_of(&target.forge) else {
+        return;
+    };
+    let Some(position) = change.after(*sent) else {
+        tracing::debug!(%run, job = %key, ?change, "a status older than the one sent; not sent");
+        return;
+    };
+    match build_patiently(daemon, run, key, target, change).await {
+        Ok(report) => {
+            if send(daemon, forge, &report).await {
+                *sent = Some(position);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%run, job = %key, error = %e, "cannot build a status report")
+        }
+    }
+}
+
 /// One job's reports, in order.
 async fn job_reports(
     daemon: Arc<Daemon>,
@@ -250,17 +355,10 @@ async fn job_reports(
     target: Target,
     mut changes: mpsc::UnboundedReceiver<Change>,
 ) {
-    let forge = forge_of(&target.forge);
+    let mut sent = None;
     while let Some(change) = changes.recv().await {
         let last = matches!(change, Change::Finished(..));
-        if let Some(forge) = forge {
-            match build_patiently(&daemon, run, &key, &target, &change).await {
-                Ok(report) => send(&daemon, forge, &report).await,
-                Err(e) => {
-                    tracing::warn!(%run, job = %key, error = %e, "cannot build a status report")
-                }
-            }
-        }
+        report_one(&daemon, run, &key, &target, &change, &mut sent).await;
         let reports = &daemon.reports;
         if reports
             .pending
@@ -273,12 +371,7 @@ async fn job_reports(
             lock(&reports.jobs).remove(&(run, key.clone()));
             // What arrived between the check and the removal still goes out.
             while let Ok(change) = changes.try_recv() {
-                if let (Some(forge), Ok(report)) = (
-                    forge,
-                    build_patiently(&daemon, run, &key, &target, &change).await,
-                ) {
-                    send(&daemon, forge, &report).await;
-                }
+                report_one(&daemon, run, &key, &target, &change, &mut sent).await;
                 if reports
                     .pending
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
@@ -368,8 +461,8 @@ async fn build(
         .map_err(|e| Unbuilt::from_store(&e))?
         .ok_or(Unbuilt::Gone("no such job".into()))?;
     let state = match &change {
-        Change::Queued => JobState::Queued,
-        Change::Started => JobState::InProgress,
+        Change::Queued(_) => JobState::Queued,
+        Change::Started(_) => JobState::InProgress,
         Change::Finished(status, reason) => {
             JobState::Completed(conclusion(*status, reason.as_deref()))
         }
@@ -388,8 +481,8 @@ async fn build(
         .map_err(|e| Unbuilt::from_store(&e))?;
     let latest = attempts.iter().max_by_key(|a| a.number);
     match &change {
-        Change::Queued => report = report.with_description("queued"),
-        Change::Started => {
+        Change::Queued(_) => report = report.with_description("queued"),
+        Change::Started(_) => {
             report = report.with_description(format!(
                 "running (attempt {})",
                 latest.map_or(1, |a| a.number)
@@ -472,4 +565,124 @@ async fn build(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `changes` in turn; what went out.
+    fn sent(changes: &[Change]) -> Vec<Position> {
+        let mut last = None;
+        let mut out = Vec::new();
+        for change in changes {
+            if let Some(p) = change.after(last) {
+                out.push(p);
+                last = Some(p);
+            }
+        }
+        out
+    }
+
+    fn at(attempt: u32, phase: Phase) -> Position {
+        Position { attempt, phase }
+    }
+
+    /// The order a job's reports may take: forward through its attempts,
+    /// never back, the final one last.
+    #[test]
+    fn a_job_s_statuses_only_go_forward() {
+        let done = || Change::Finished(JobStatus::Succeeded, None);
+        use Phase::*;
+        // In order, each goes out.
+        assert_eq!(
+            sent(&[Change::Queued(None), Change::Started(1), done()]),
+            [at(1, Queued), at(1, Started), at(1, Finished)]
+        );
+        // The engine's queued event arriving after another host's start
+        // (the forge saw in_progress, queued, completed) is dropped, as
+        // are repeats.
+        assert_eq!(
+            sent(&[
+                Change::Queued(Some(1)),
+                Change::Started(1),
+                Change::Queued(None),
+                Change::Queued(Some(1)),
+                Change::Started(1),
+                done(),
+                done(),
+            ]),
+            [at(1, Queued), at(1, Started), at(1, Finished)]
+        );
+        // A lost attempt's retry waits for attempt 2: that goes out, and
+        // attempt 1's late start does not.
+        assert_eq!(
+            sent(&[
+                Change::Started(1),
+                Change::Queued(Some(2)),
+                Change::Started(1),
+                Change::Started(2),
+                done(),
+            ]),
+            [
+                at(1, Started),
+                at(2, Queued),
+                at(2, Started),
+                at(2, Finished)
+            ]
+        );
+        // Retried after it ended (the API's retry): the next attempt, on
+        // one host (an event that does not say which attempt) or through
+        // the store.
+        assert_eq!(
+            sent(&[
+                Change::Started(1),
+                done(),
+                Change::Queued(None),
+                Change::Started(2),
+                done()
+            ]),
+            [
+                at(1, Started),
+                at(1, Finished),
+                at(2, Queued),
+                at(2, Started),
+                at(2, Finished)
+            ]
+        );
+        assert_eq!(
+            sent(&[done(), Change::Queued(Some(2)), Change::Started(1)]),
+            [at(0, Finished), at(2, Queued)]
+        );
+        // Nothing of an attempt after it ended.
+        assert_eq!(
+            sent(&[Change::Started(2), done(), Change::Started(2)]),
+            [at(2, Started), at(2, Finished)]
+        );
+    }
+
+    #[test]
+    fn a_stored_job_says_where_it_is() {
+        assert_eq!(Change::of(JobStatus::Pending, 0, None), None);
+        assert_eq!(
+            Change::of(JobStatus::Queued, 0, None),
+            Some(Change::Queued(Some(1)))
+        );
+        assert_eq!(
+            Change::of(JobStatus::Running, 1, None),
+            Some(Change::Started(1))
+        );
+        // Lost once, queued again: it waits for attempt 2.
+        assert_eq!(
+            Change::of(JobStatus::Queued, 1, Some("lost")),
+            Some(Change::Queued(Some(2)))
+        );
+        assert_eq!(
+            Change::of(JobStatus::Failed, 1, Some("step 1 failed")),
+            Some(Change::Finished(
+                JobStatus::Failed,
+                Some("step 1 failed".into())
+            ))
+        );
+    }
 }

@@ -18,7 +18,9 @@ use crate::util::lock;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EngineEvent {
-    /// A job was published to the queue.
+    /// A job is queued: said once the store holds it as queued and before
+    /// its message is published, so that it comes before the job's
+    /// `JobStarted` on any engine.
     JobQueued {
         /// Run.
         run: RunId,

@@ -142,10 +142,15 @@ impl Engine {
                 .iter()
                 .map(|(id, _, label)| (run, *id, label.as_str()))
                 .collect();
-            self.publish_all(&batch).await?;
-            for (_, key, _) in to_queue {
-                self.emit(EngineEvent::JobQueued { run, key });
+            // Queued in the store now: said before the messages go out, so
+            // that no engine's `JobStarted` for them can come first.
+            for (_, key, _) in &to_queue {
+                self.emit(EngineEvent::JobQueued {
+                    run,
+                    key: key.clone(),
+                });
             }
+            self.publish_all(&batch).await?;
         }
         // While this engine runs one of its jobs, the run is not over;
         // that attempt's end schedules the run again.

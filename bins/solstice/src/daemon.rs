@@ -458,7 +458,12 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
             async move { stopped.notified().await },
         )));
     }
-    tracing::info!(role = role.name(), host = %daemon.config.host_name, listen = %daemon.config.listen, public_url = %daemon.config.public_url, "solstice is serving");
+    if server.is_some() {
+        tracing::info!(role = role.name(), host = %daemon.config.host_name, listen = %daemon.config.listen, public_url = %daemon.config.public_url, "solstice is serving");
+    } else {
+        // An orchestrator serves runners only: its `listen` is unused.
+        tracing::info!(role = role.name(), host = %daemon.config.host_name, runners = %engine.endpoint(), "solstice is serving runners");
+    }
     if integrates && daemon.github.is_none() && daemon.forgejo.is_none() {
         tracing::warn!(
             "no forge is configured: webhooks are refused until one is (see docs/deploy.md)"

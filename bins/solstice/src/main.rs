@@ -90,6 +90,20 @@ enum Command {
     Runner,
 }
 
+/// `SOLSTICE_LOG` (default `info`). The database pool's own warnings (a
+/// line per pooled connection when PostgreSQL restarts) are off unless the
+/// filter names `sqlx`: the daemon says once that the store is away.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    let spec = if spec.contains("sqlx") {
+        spec.to_string()
+    } else {
+        format!("{spec},sqlx_core::pool=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx_core::pool=error"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -98,10 +112,7 @@ fn main() -> ExitCode {
             std::env::var_os("NO_COLOR").is_none()
                 && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         )
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SOLSTICE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(log_filter(std::env::var("SOLSTICE_LOG").ok().as_deref()))
         .init();
     match cli.command {
         Command::Runner => ExitCode::from(solstice_core::runner::main_from_environment(
@@ -203,4 +214,23 @@ fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
         }
         ExitCode::from(2)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pools_warnings_are_off_unless_asked_for() {
+        for spec in [None, Some(""), Some("info"), Some("debug,solstice=trace")] {
+            let filter = super::log_filter(spec).to_string();
+            assert!(
+                filter.contains("sqlx_core::pool=error"),
+                "{spec:?}: {filter}"
+            );
+        }
+        let filter = super::log_filter(Some("info,sqlx=debug")).to_string();
+        assert!(!filter.contains("sqlx_core::pool=error"), "{filter}");
+        // A filter that does not parse: the default, not a crash.
+        let filter = super::log_filter(Some("[[[")).to_string();
+        assert!(filter.contains("sqlx_core::pool=error"), "{filter}");
+    }
 }

@@ -327,8 +327,20 @@ impl Engine {
         // Whatever the store says is queued gets a message: an in-process
         // queue starts empty, and a crash between marking a job queued and
         // publishing it leaves the job without one. (A duplicate is
-        // harmless: claiming is a compare-and-set.)
-        let mut stale = engine.reconcile_queue(None).await?;
+        // harmless: claiming is a compare-and-set.) A broker that is away
+        // at start is waited for, as the consumer waits for it: a host
+        // started before its broker, or during the broker's restart, runs
+        // once the broker is back, without a supervisor's restart.
+        let mut stale = match engine.reconcile_queue(None).await {
+            Ok(stale) => stale,
+            Err(EngineError::Queue(e)) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "the job queue is unreachable; publishing the queued jobs once it is back");
+                let publisher = engine.clone();
+                engine.spawn(async move { publisher.publish_queued_when_reachable().await });
+                HashSet::new()
+            }
+            Err(e) => return Err(e),
+        };
         let consumer = engine.clone();
         engine.spawn(async move { consumer.consume().await });
         let keeper = engine.clone();
@@ -360,6 +372,25 @@ impl Engine {
         });
         tracing::info!(holder = %engine.inner.config.holder, endpoint = %engine.inner.endpoint, "engine started");
         Ok(engine)
+    }
+
+    /// Publishes what the store says is queued, trying again (every 100 ms
+    /// at first, then every 5 s) until the queue takes it.
+    async fn publish_queued_when_reachable(&self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(backoff).await;
+            match self.reconcile_queue(None).await {
+                Ok(_) => {
+                    tracing::info!("the job queue is reachable; the queued jobs are published");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %crate::util::error_chain(&e), "the job queue is still unreachable");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Starts a long-lived task that ends with the engine.
@@ -584,12 +615,12 @@ impl Engine {
     /// API), say. A job already on the queue is not run twice: claiming is
     /// a compare-and-set.
     pub async fn publish_queued(&self, job: &crate::store::Job) -> Result<(), EngineError> {
-        self.publish(job.run_id, job.id, &job.label).await?;
+        // Said first: once published, another engine may start it.
         self.emit(EngineEvent::JobQueued {
             run: job.run_id,
             key: job.key.clone(),
         });
-        Ok(())
+        self.publish(job.run_id, job.id, &job.label).await
     }
 
     /// Waits until the run is final.

@@ -100,6 +100,9 @@ impl std::ops::DerefMut for Conn<'_> {
     }
 }
 
+/// Run first on every PostgreSQL connection (see `SqlStore::open`).
+const QUIET: &str = "SET client_min_messages TO warning";
+
 impl SqlStore {
     /// Connects and migrates: `sqlite:///path/to/state.db` (created when
     /// missing), `sqlite::memory:`, or `postgres://user@host/db`.
@@ -163,6 +166,10 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// PostgreSQL's notices below warnings (`relation "_sqlx_migrations"
+    /// already exists, skipping` on every start, `IF NOT EXISTS` in
+    /// general) are not the embedder's business: a session hears warnings
+    /// and errors only.
     async fn open(
         url: &str,
         dialect: Dialect,
@@ -179,6 +186,7 @@ impl SqlStore {
                 .max_connections(1)
                 .connect(&url)
                 .await?;
+            setup.execute(QUIET).await?;
             setup
                 .execute(format!("CREATE SCHEMA IF NOT EXISTS {s}").as_str())
                 .await?;
@@ -210,6 +218,7 @@ impl SqlStore {
             .after_connect(move |conn, _| {
                 let schema = schema.clone();
                 Box::pin(async move {
+                    conn.execute(QUIET).await?;
                     if let Some(s) = schema {
                         conn.execute(format!("SET search_path TO {s}").as_str())
                             .await?;

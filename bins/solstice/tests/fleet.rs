@@ -208,6 +208,18 @@ impl Drop for Fleet {
     }
 }
 
+/// The jobs of the newest run; none while there is no run or the store
+/// cannot be read (the waits below try again).
+async fn newest_jobs(store: &SqlStore) -> Vec<solstice_core::store::Job> {
+    let Ok(runs) = store.recent_runs(1, None).await else {
+        return Vec::new();
+    };
+    let Some(run) = runs.first() else {
+        return Vec::new();
+    };
+    store.jobs(run.id).await.unwrap_or_default()
+}
+
 /// Waits up to `limit` for `done`, panicking with every log.
 async fn wait_until(
     fleet: &Fleet,
@@ -351,15 +363,7 @@ async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
         "attempt 1 runs",
         Duration::from_secs(60),
         async || {
-            let Ok(runs) = store.recent_runs(1, None).await else {
-                return false;
-            };
-            let Some(run) = runs.first() else {
-                return false;
-            };
-            let Ok(jobs) = store.jobs(run.id).await else {
-                return false;
-            };
+            let jobs = newest_jobs(&store).await;
             let Some(job) = jobs.first() else {
                 return false;
             };
@@ -470,19 +474,11 @@ async fn the_fleet_rides_out_a_broker_restart_and_a_database_restart() {
     let sha = fleet.h.commit(&many(jobs, "sleep 0.2"));
     fleet.push(&sha, "d-restarts").await;
     let done = async |store: &SqlStore| -> usize {
-        let Ok(runs) = store.recent_runs(1, None).await else {
-            return 0;
-        };
-        let Some(run) = runs.first() else { return 0 };
-        store
-            .jobs(run.id)
+        newest_jobs(store)
             .await
-            .map(|j| {
-                j.iter()
-                    .filter(|j| j.status == JobStatus::Succeeded)
-                    .count()
-            })
-            .unwrap_or(0)
+            .iter()
+            .filter(|j| j.status == JobStatus::Succeeded)
+            .count()
     };
     wait_until(
         &fleet,
@@ -597,17 +593,10 @@ async fn an_orchestrator_started_while_the_broker_is_away_waits_for_it() {
         "the job is queued",
         Duration::from_secs(60),
         async || {
-            let Ok(runs) = store.recent_runs(1, None).await else {
-                return false;
-            };
-            let Some(run) = runs.first() else {
-                return false;
-            };
-            store
-                .jobs(run.id)
+            newest_jobs(&store)
                 .await
-                .map(|j| j.iter().any(|j| j.status == JobStatus::Queued))
-                .unwrap_or(false)
+                .iter()
+                .any(|j| j.status == JobStatus::Queued)
         },
     )
     .await;

@@ -145,22 +145,12 @@ fn kill_marked(dir: &Path) -> usize {
     let me = std::process::id();
     let mut killed = 0;
     for _ in 0..10 {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return killed;
-        };
         let mut found = 0;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for (pid, dir) in crate::vmdir::processes() {
             if pid == me {
                 continue;
             }
-            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            let Ok(env) = std::fs::read(dir.join("environ")) else {
                 continue;
             };
             if env.split(|b| *b == 0).any(|kv| kv == needle.as_slice())

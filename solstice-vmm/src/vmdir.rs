@@ -75,27 +75,32 @@ pub(crate) async fn remove(dir: &Path) -> Result<(), VmError> {
     }
 }
 
+/// Every process `/proc` lists (Linux; elsewhere none): its pid and its
+/// `/proc/PID` directory.
+pub(crate) fn processes() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
+}
+
 /// Whether a process of process group `pgid` still runs (Linux `/proc`).
 /// A zombie does not: it has ended and only waits for its parent.
 pub(crate) fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let numeric = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-        numeric
-            && std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
-                // `pid (comm) state ppid pgrp ...`: the command name may
-                // hold anything, so the fields are read after its last `)`.
-                let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-                let mut fields = rest.split_whitespace();
-                let state = fields.next();
-                let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
-                pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
-            })
+    processes().any(|(_, dir)| {
+        std::fs::read_to_string(dir.join("stat")).is_ok_and(|stat| {
+            // `pid (comm) state ppid pgrp ...`: the command name may hold
+            // anything, so the fields are read after its last `)`.
+            let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+        })
     })
 }
 

@@ -100,8 +100,8 @@ fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
     } else {
         format!("{spec},sqlx_core::pool=error")
     };
-    tracing_subscriber::EnvFilter::try_new(spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx_core::pool=error"))
+    // A filter that does not parse: the default.
+    tracing_subscriber::EnvFilter::try_new(spec).unwrap_or_else(|_| log_filter(None))
 }
 
 fn main() -> ExitCode {

@@ -125,9 +125,10 @@ impl StateStore for OnlyRequired {
         &self,
         attempt: AttemptId,
         holder: &str,
+        now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
-        self.0.renew_lease(attempt, holder, lease_until).await
+        self.0.renew_lease(attempt, holder, now, lease_until).await
     }
     async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>, StoreError> {
         self.0.expired_attempts(now).await

@@ -112,6 +112,20 @@ impl Fleet {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to `host`'s process alone (not to
+    /// its runners).
+    fn signal(&self, host: &str, signal: &str) {
+        let pid = self.orchestrators[host].id().to_string();
+        run_ok("kill", &[&format!("-{signal}"), &pid]);
+    }
+
+    /// Whether `host`'s process is still running.
+    fn alive(&mut self, host: &str) -> bool {
+        self.orchestrators
+            .get_mut(host)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// What `host` logged so far.
     fn log_of(&self, host: &str) -> String {
         std::fs::read_to_string(self.h.dir.path().join(format!("{host}.log"))).unwrap_or_default()
@@ -437,6 +451,128 @@ async fn a_killed_orchestrators_job_runs_again_elsewhere_within_the_lease() {
             .ends_with(&format!("engine `{victim}` stopped renewing it")),
         "{text}"
     );
+}
+
+/// Lines in `path` (0 while it does not exist).
+fn lines_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// A host paused (SIGSTOP) past its lease while its runner keeps running:
+/// the job runs again elsewhere; when the host resumes, nothing it sends
+/// is stored in the attempt it lost (no step, no log chunk after the lease
+/// ended, no "cancelled", no duplicate chunk number), its runner is
+/// stopped, it keeps running, and the lost attempt's log keeps what came
+/// before the lease ended and ends with why it was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_paused_past_its_lease_writes_nothing_more_and_stops_its_runner() {
+    let lease = 6;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::new("paused", lease).await;
+    fleet.start_orchestrator("orch-a", 1);
+    let store = fleet.store().await;
+    fleet.wait_for_hosts(&store, 2).await;
+    // Each attempt counts its ticks in a file of its own, outside the
+    // engine: the runner's own witness of whether it still runs.
+    let ticks = fleet.h.dir.path().join("ticks");
+    std::fs::create_dir(&ticks).expect("ticks");
+    let step = format!(
+        "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo tick $i; echo $i >> {}/$SOLSTICE_ATTEMPT; sleep 0.25; done",
+        ticks.display()
+    );
+    let sha = fleet.h.commit(&format!(
+        "workflow {{\n  job id=\"ticker\" {{\n    step run=\"{step}\"\n  }}\n}}"
+    ));
+    fleet.push(&sha, "d-paused").await;
+    let first = ticks.join("1");
+    wait_until(
+        &fleet,
+        "attempt 1 ticks",
+        Duration::from_secs(60),
+        async || lines_in(&first) >= 4,
+    )
+    .await;
+    fleet.start_orchestrator("orch-b", 1);
+    fleet.wait_for_hosts(&store, 3).await;
+    fleet.signal("orch-a", "STOP");
+    let job = newest_jobs(&store).await.remove(0).id;
+    wait_until(
+        &fleet,
+        "attempt 2 runs on orch-b",
+        Duration::from_secs(60),
+        async || lines_in(&ticks.join("2")) >= 2,
+    )
+    .await;
+    // The stale host's runner ran on through the pause (its output waits
+    // in the pipe to its paused host).
+    assert!(lines_in(&first) >= 4);
+    fleet.signal("orch-a", "CONT");
+    // Its runner stops: the tick count stands still.
+    let mut last = lines_in(&first);
+    wait_until(
+        &fleet,
+        "the stale host's runner stops",
+        Duration::from_secs(30),
+        async || {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let now = lines_in(&first);
+            let still = now == last && now < 40;
+            last = now;
+            still
+        },
+    )
+    .await;
+    fleet
+        .wait_for_the_run_to_end(&store, Duration::from_secs(60))
+        .await;
+    assert!(fleet.alive("orch-a"), "{}", fleet.log_of("orch-a"));
+    let attempts = store.attempts(job).await.expect("attempts");
+    assert_eq!(
+        attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![AttemptStatus::Lost, AttemptStatus::Succeeded],
+        "{}",
+        fleet.logs()
+    );
+    let (a1, a2) = (&attempts[0], &attempts[1]);
+    assert_eq!(
+        (a1.holder.as_str(), a2.holder.as_str()),
+        ("orch-a", "orch-b")
+    );
+    // Attempt 1 keeps what came before its lease ended, nothing after,
+    // and ends with why it was lost.
+    let log = store.logs(a1.id).await.expect("log");
+    let (reason, before) = log.split_last().expect("a log");
+    let text: String = log
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect();
+    assert!(text.contains("tick 1\n"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&reason.data).contains("lease expired: engine `orch-a`"),
+        "{text}"
+    );
+    assert!(!text.contains("cancelled"), "{text}");
+    let late: Vec<_> = before
+        .iter()
+        .filter(|c| c.at > a1.lease_expires_at)
+        .map(|c| (c.seq, c.at, String::from_utf8_lossy(&c.data).into_owned()))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "stored after the lease ended at {}: {late:?}",
+        a1.lease_expires_at
+    );
+    for step in store.steps(a1.id).await.expect("steps") {
+        assert!(
+            step.finished_at.is_none_or(|t| t <= a1.lease_expires_at),
+            "{step:?} ended after the lease ({})",
+            a1.lease_expires_at
+        );
+    }
+    let stale = fleet.log_of("orch-a");
+    assert!(stale.contains("lost the lease"), "{stale}");
+    assert!(!stale.contains("duplicate key"), "{stale}");
+    assert!(!stale.contains(" ERROR "), "{stale}");
 }
 
 /// Starts the broker's application and the database again when dropped,

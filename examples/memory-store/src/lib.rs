@@ -63,6 +63,13 @@ impl State {
     /// before the claim.)
     fn check(&self, changes: &[Change]) -> Result<()> {
         let mut new_chunks: HashSet<(AttemptId, i64)> = HashSet::new();
+        for change in changes {
+            self.check_one(change, &mut new_chunks)?;
+        }
+        Ok(())
+    }
+
+    fn check_one(&self, change: &Change, new_chunks: &mut HashSet<(AttemptId, i64)>) -> Result<()> {
         let known = |attempt: &AttemptId| {
             if self.attempts.contains_key(attempt) {
                 Ok(())
@@ -70,39 +77,53 @@ impl State {
                 Err(StoreError::Conflict(format!("no attempt {attempt}")))
             }
         };
-        for change in changes {
-            match change {
-                Change::Claim { .. } => {}
-                Change::SetVm { attempt, .. } => known(attempt)?,
-                Change::Step(step) => known(&step.attempt_id)?,
-                Change::Logs(chunks) => {
-                    for c in chunks {
-                        known(&c.attempt_id)?;
-                        let stored = self
-                            .attempts
-                            .get(&c.attempt_id)
-                            .is_some_and(|row| row.logs.contains_key(&c.seq));
-                        if stored || !new_chunks.insert((c.attempt_id, c.seq)) {
-                            return Err(StoreError::Conflict(format!(
-                                "log chunk {} of attempt {} is stored already",
-                                c.seq, c.attempt_id
-                            )));
-                        }
+        match change {
+            Change::Claim { .. } => {}
+            Change::SetVm { attempt, .. } => known(attempt)?,
+            Change::Step(step) => known(&step.attempt_id)?,
+            Change::Logs(chunks) => {
+                for c in chunks {
+                    known(&c.attempt_id)?;
+                    let stored = self
+                        .attempts
+                        .get(&c.attempt_id)
+                        .is_some_and(|row| row.logs.contains_key(&c.seq));
+                    if stored || !new_chunks.insert((c.attempt_id, c.seq)) {
+                        return Err(StoreError::Conflict(format!(
+                            "log chunk {} of attempt {} is stored already",
+                            c.seq, c.attempt_id
+                        )));
                     }
                 }
-                Change::Finish { attempt, job, .. } => {
-                    known(attempt)?;
-                    if !self.jobs.contains_key(job) {
-                        return Err(StoreError::Conflict(format!("no job {job}")));
-                    }
+            }
+            Change::Finish { attempt, job, .. } => {
+                known(attempt)?;
+                if !self.jobs.contains_key(job) {
+                    return Err(StoreError::Conflict(format!("no job {job}")));
                 }
-                // `Change` grows with the engine: refuse what this store
-                // does not know rather than pretend it applied.
-                other => {
-                    return Err(StoreError::Conflict(format!(
-                        "this store does not know {other:?}"
+            }
+            Change::Guarded {
+                attempt, change, ..
+            } => {
+                let written = change
+                    .attempts_written()
+                    .ok_or_else(|| StoreError::Invalid(format!("{change:?} cannot be guarded")))?;
+                if let Some(other) = written.iter().find(|a| *a != attempt) {
+                    return Err(StoreError::Invalid(format!(
+                        "a write guarded for attempt {attempt} writes attempt {other}"
                     )));
                 }
+                // An unknown attempt is refused by the guard, not an error.
+                if self.attempts.contains_key(attempt) {
+                    self.check_one(change, new_chunks)?;
+                }
+            }
+            // `Change` grows with the engine: refuse what this store
+            // does not know rather than pretend it applied.
+            other => {
+                return Err(StoreError::Conflict(format!(
+                    "this store does not know {other:?}"
+                )));
             }
         }
         Ok(())
@@ -201,6 +222,23 @@ impl State {
                     j.reason = job_reason.clone();
                 }
                 Applied::Finished(true)
+            }
+            Change::Guarded {
+                attempt,
+                guard,
+                change,
+            } => {
+                let admitted = self.attempts.get(attempt).is_some_and(|row| {
+                    guard.admits(
+                        row.attempt.status,
+                        &row.attempt.holder,
+                        row.attempt.lease_expires_at,
+                    )
+                });
+                if !admitted {
+                    return Ok(Applied::Fenced);
+                }
+                self.apply_one(change)?
             }
             other => {
                 return Err(StoreError::Conflict(format!(
@@ -355,12 +393,15 @@ impl StateStore for MemoryStore {
         &self,
         attempt: AttemptId,
         holder: &str,
+        now: i64,
         lease_until: i64,
     ) -> Result<bool> {
         let mut state = self.state();
         match state.attempts.get_mut(&attempt) {
             Some(row)
-                if row.attempt.status == AttemptStatus::Running && row.attempt.holder == holder =>
+                if row.attempt.status == AttemptStatus::Running
+                    && row.attempt.holder == holder
+                    && row.attempt.lease_expires_at >= now =>
             {
                 row.attempt.lease_expires_at = lease_until;
                 Ok(true)

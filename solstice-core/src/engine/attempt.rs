@@ -250,6 +250,7 @@ impl Engine {
             token_hash: hash_token(&token),
             token_used: std::sync::atomic::AtomicBool::new(false),
             lease_until: std::sync::atomic::AtomicI64::new(attempt.lease_expires_at),
+            lease_lost: std::sync::atomic::AtomicBool::new(false),
             cancel: Notify::new(),
             reporting: std::sync::atomic::AtomicBool::new(false),
             session_hash: Mutex::new(None),
@@ -269,8 +270,12 @@ impl Engine {
                         () = tokio::time::sleep(lease / 3) => {}
                         () = killed.cancelled() => return,
                     }
-                    let until = now_ms() + lease.as_millis() as i64;
-                    match store.renew_lease(live.attempt.id, &holder, until).await {
+                    let now = now_ms();
+                    let until = now + lease.as_millis() as i64;
+                    match store
+                        .renew_lease(live.attempt.id, &holder, now, until)
+                        .await
+                    {
                         Ok(true) => {
                             live.lease_until
                                 .store(until, std::sync::atomic::Ordering::SeqCst);
@@ -285,10 +290,7 @@ impl Engine {
                             }
                         }
                         Ok(false) => {
-                            tracing::warn!("lost the lease; stopping the attempt");
-                            live.lease_until
-                                .store(0, std::sync::atomic::Ordering::SeqCst);
-                            live.cancel.notify_one();
+                            live.lose_lease("it could not be renewed");
                             return;
                         }
                         Err(e) => {
@@ -327,16 +329,31 @@ impl Engine {
                 own.add(&handle.id.0);
                 self.inner
                     .recorder
-                    .send(Change::SetVm {
-                        attempt: attempt.id,
-                        vm_id: handle.id.0.clone(),
-                    })
+                    .send(self.as_holder(
+                        attempt.id,
+                        Change::SetVm {
+                            attempt: attempt.id,
+                            vm_id: handle.id.0.clone(),
+                        },
+                    ))
                     .await;
                 vm = Some(handle.id.clone());
                 self.watch(&live, &handle.id, result_rx, timeout).await
             }
         };
         heartbeat.abort();
+        if live.lease_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            // Someone else's now: the store refuses this host's writes of
+            // it (recovery declares it lost and the job runs again), so its
+            // VM and runner are stopped and nothing more is recorded.
+            if let Some(id) = &vm
+                && let Err(e) = self.inner.provider.destroy(id).await
+            {
+                tracing::warn!(vm = %id, error = %crate::util::error_chain(&e), "destroying the VM failed; the reaper will retry");
+            }
+            lock(&self.inner.live).remove(&attempt.id);
+            return Ok(());
+        }
         // A VM lost before its runner reported the end: its console says
         // why (a kernel panic, a missing driver, an OOM kill). Read before
         // destroy removes it.
@@ -427,19 +444,23 @@ impl Engine {
         let ended = self
             .inner
             .recorder
-            .apply(Change::Finish {
-                attempt: attempt.id,
-                status,
-                reason: reason.clone(),
-                now: now_ms(),
-                job: job.id,
-                job_status,
-                job_reason: job_reason.clone(),
-                extra_attempts,
-            })
+            .apply(self.as_holder(
+                attempt.id,
+                Change::Finish {
+                    attempt: attempt.id,
+                    status,
+                    reason: reason.clone(),
+                    now: now_ms(),
+                    job: job.id,
+                    job_status,
+                    job_reason: job_reason.clone(),
+                    extra_attempts,
+                },
+            ))
             .await?;
         if ended != Applied::Finished(true) {
-            // Someone else (recovery after a lost lease) already ended it.
+            // Someone else (recovery after a lost lease) already ended it,
+            // or the lease ran out first (the store refused the end).
             return Ok(());
         }
         if job_status == JobStatus::Queued {

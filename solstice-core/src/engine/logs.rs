@@ -57,7 +57,10 @@ impl Engine {
             data: data.clone(),
             at: now_ms(),
         };
-        self.inner.recorder.send(Change::Logs(vec![chunk])).await;
+        self.inner
+            .recorder
+            .send(self.as_holder(live.attempt.id, Change::Logs(vec![chunk])))
+            .await;
         self.emit(EngineEvent::Log {
             run: live.run,
             key: live.key.clone(),

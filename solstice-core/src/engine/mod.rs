@@ -195,6 +195,9 @@ struct LiveAttempt {
     token_used: std::sync::atomic::AtomicBool,
     /// The lease as last renewed (Unix ms); the token expires with it.
     lease_until: std::sync::atomic::AtomicI64,
+    /// The lease was lost (not renewed in time, or a write was fenced):
+    /// nothing more of the attempt is recorded, and its VM is stopped.
+    lease_lost: std::sync::atomic::AtomicBool,
     cancel: Notify,
     /// The runner's report stream is open or still being processed.
     reporting: std::sync::atomic::AtomicBool,
@@ -202,6 +205,28 @@ struct LiveAttempt {
     session_hash: Mutex<Option<String>>,
     /// A report stream was accepted: there is one per attempt.
     report_opened: std::sync::atomic::AtomicBool,
+}
+
+impl LiveAttempt {
+    /// Whether this host still holds the attempt's lease (as far as it
+    /// knows: the store is the judge, see [`crate::store::Guard`]).
+    fn holds_lease(&self) -> bool {
+        !self.lease_lost.load(std::sync::atomic::Ordering::SeqCst)
+            && self.lease_until.load(std::sync::atomic::Ordering::SeqCst) >= now_ms()
+    }
+
+    /// The lease is lost: the attempt stops (once) and records nothing more.
+    fn lose_lease(&self, why: &str) {
+        if !self
+            .lease_lost
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::warn!(attempt = %self.attempt.id, "lost the lease ({why}); stopping the attempt");
+            self.lease_until
+                .store(0, std::sync::atomic::Ordering::SeqCst);
+            self.cancel.notify_one();
+        }
+    }
 }
 
 struct Inner {
@@ -286,7 +311,7 @@ impl Engine {
         provider: Arc<dyn VmProvider>,
     ) -> Result<Engine, EngineError> {
         let (listener, endpoint) = config.listen.bind().await.map_err(EngineError::Listen)?;
-        let (recorder, writer) = Recorder::start(store.clone());
+        let (recorder, writer, mut fenced) = Recorder::start(store.clone());
         let events = events::EventBus::new(config.event_buffer_bytes);
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -318,6 +343,19 @@ impl Engine {
         let writer = AbortOnDropHandle::new(writer);
         engine.spawn(async move {
             let _ = writer.await;
+        });
+        // A write the store refused because its attempt's lease is lost
+        // (this host was paused or cut off past it): the attempt stops.
+        let fence = engine.clone();
+        engine.spawn(async move {
+            while let Some(attempt) = fenced.recv().await {
+                let live = lock(&fence.inner.live).get(&attempt).cloned();
+                if let Some(live) = live {
+                    live.lose_lease(
+                        "a write was refused: the attempt's lease is no longer this host's",
+                    );
+                }
+            }
         });
         let scheduler = engine.clone();
         engine.spawn(async move { scheduler.scheduler().await });
@@ -431,6 +469,18 @@ impl Engine {
     /// number of events it missed, then reads on.
     pub fn subscribe(&self) -> Events {
         self.inner.events.subscribe()
+    }
+
+    /// `change` of `attempt`, written as its lease holder: the store
+    /// refuses it once the lease is lost ([`crate::store::Guard::Holder`]).
+    fn as_holder(&self, attempt: AttemptId, change: crate::store::Change) -> crate::store::Change {
+        change.guarded(
+            attempt,
+            crate::store::Guard::Holder {
+                holder: self.inner.config.holder.clone(),
+                now: now_ms(),
+            },
+        )
     }
 
     fn emit(&self, event: EngineEvent) {

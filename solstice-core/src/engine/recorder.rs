@@ -8,13 +8,17 @@
 //! Writes are applied in the order they were queued, so a write that is
 //! waited for (an attempt's end) lands after every write queued before it
 //! (that attempt's steps and logs).
+//!
+//! A guarded write the store refused (its attempt's lease is lost) is also
+//! said on the `fenced` channel, with its attempt, whether or not anyone
+//! waits for it: the engine stops that attempt.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::store::{Applied, Change, StateStore, StoreError};
+use crate::store::{Applied, AttemptId, Change, Guard, StateStore, StoreError};
 
 /// Most writes in one batch.
 const MAX_BATCH: usize = 1024;
@@ -39,10 +43,18 @@ pub(super) struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the writer task.
-    pub(super) fn start(store: Arc<dyn StateStore>) -> (Recorder, JoinHandle<()>) {
+    /// Starts the writer task; the receiver hears the attempts of the
+    /// guarded writes the store refused.
+    pub(super) fn start(
+        store: Arc<dyn StateStore>,
+    ) -> (Recorder, JoinHandle<()>, mpsc::UnboundedReceiver<AttemptId>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Recorder { tx }, tokio::spawn(write_loop(store, rx)))
+        let (fenced_tx, fenced) = mpsc::unbounded_channel();
+        (
+            Recorder { tx },
+            tokio::spawn(write_loop(store, rx, fenced_tx)),
+            fenced,
+        )
     }
 
     /// Queues a write and waits until it is stored.
@@ -74,7 +86,27 @@ fn log_bytes(w: &Change) -> usize {
     }
 }
 
-async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
+/// Says the attempt of a holder's refused write (a refused
+/// [`Guard::Expired`] only means the holder renewed in time).
+fn tell_fenced(fenced: &mpsc::UnboundedSender<AttemptId>, write: &Change, result: &Applied) {
+    if let (
+        Change::Guarded {
+            attempt,
+            guard: Guard::Holder { .. },
+            ..
+        },
+        Applied::Fenced,
+    ) = (write, result)
+    {
+        let _ = fenced.send(*attempt);
+    }
+}
+
+async fn write_loop(
+    store: Arc<dyn StateStore>,
+    mut rx: mpsc::Receiver<Entry>,
+    fenced: mpsc::UnboundedSender<AttemptId>,
+) {
     while let Some(first) = rx.recv().await {
         let mut bytes = log_bytes(&first.write);
         let mut batch = vec![first];
@@ -112,7 +144,8 @@ async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
         );
         match result {
             Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
+                for ((reply, result), write) in replies.into_iter().zip(results).zip(&writes) {
+                    tell_fenced(&fenced, write, &result);
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(result));
                     }
@@ -143,6 +176,9 @@ async fn write_loop(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Entry>) {
                                     StoreError::Corrupt("the store returned no result".into())
                                 })
                             });
+                    if let Ok(applied) = &result {
+                        tell_fenced(&fenced, write, applied);
+                    }
                     report(reply, result);
                 }
             }
@@ -239,7 +275,7 @@ mod tests {
             assert!(tx.try_send(Entry { write, reply }).is_ok());
         }
         drop(tx);
-        write_loop(store.clone(), rx).await;
+        write_loop(store.clone(), rx, mpsc::unbounded_channel().0).await;
 
         assert!(
             bad.await.expect("answered").is_err(),

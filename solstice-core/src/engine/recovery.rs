@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::{Engine, EngineError, EngineEvent, lock, now_ms};
-use crate::store::{Applied, AttemptStatus, Change, JobId, JobStatus, LogChunk, LogStream};
+use crate::store::{Applied, AttemptStatus, Change, Guard, JobId, JobStatus, LogChunk, LogStream};
 
 impl Engine {
     /// Marks attempts with expired leases as lost and queues their jobs
@@ -40,26 +40,35 @@ impl Engine {
                     0,
                 ),
             };
+            // Only if the lease is still over when the write lands (its
+            // holder did not renew it meanwhile): checked with the attempt
+            // locked, so no write of the holder comes between.
             let ended = self
                 .inner
                 .recorder
-                .apply(Change::Finish {
-                    attempt: attempt.id,
-                    status: AttemptStatus::Lost,
-                    reason: Some(reason.clone()),
-                    now: now_ms(),
-                    job: attempt.job_id,
-                    job_status,
-                    job_reason: job_reason.clone(),
-                    extra_attempts,
-                })
+                .apply(
+                    Change::Finish {
+                        attempt: attempt.id,
+                        status: AttemptStatus::Lost,
+                        reason: Some(reason.clone()),
+                        now: now_ms(),
+                        job: attempt.job_id,
+                        job_status,
+                        job_reason: job_reason.clone(),
+                        extra_attempts,
+                    }
+                    .guarded(attempt.id, Guard::Expired { now: now_ms() }),
+                )
                 .await?;
             if ended != Applied::Finished(true) {
                 continue;
             }
             // The attempt's log ends with why, as a live attempt's does.
-            let seq = match store.logs(attempt.id).await {
-                Ok(chunks) => chunks.iter().map(|c| c.seq + 1).max().unwrap_or(0),
+            // Numbered after its last chunk: its holder's writes are refused
+            // from the end just written on, so nothing else is numbered
+            // after that chunk.
+            let seq = match store.log_tail(attempt.id, 1).await {
+                Ok(chunks) => chunks.last().map_or(0, |c| c.seq + 1),
                 Err(_) => 0,
             };
             let line = LogChunk {

@@ -141,6 +141,13 @@ impl pb::runner_server::Runner for RunnerService {
         };
         let ending = loop {
             let event = match stream.message().await {
+                // What a runner sends after the lease ran out (this host
+                // was paused past it) is not this host's to record: the
+                // job is someone else's now.
+                Ok(Some(_)) if !live.holds_lease() => {
+                    live.lose_lease("the runner reported after the lease had ended");
+                    break RunnerResult::Disconnected("the lease was lost".into());
+                }
                 Ok(Some(pb::RunnerEvent { event: Some(e) })) => e,
                 Ok(Some(_)) => continue,
                 Ok(None) => {
@@ -164,7 +171,11 @@ impl pb::runner_server::Runner for RunnerService {
                         started_at: Some(now_ms()),
                         finished_at: None,
                     };
-                    engine.inner.recorder.send(Change::Step(record)).await;
+                    engine
+                        .inner
+                        .recorder
+                        .send(engine.as_holder(live.attempt.id, Change::Step(record)))
+                        .await;
                     engine.emit(super::EngineEvent::StepStarted {
                         run: live.run,
                         key: live.key.clone(),
@@ -220,11 +231,22 @@ impl pb::runner_server::Runner for RunnerService {
                     // Waited for: once a step has ended, it and all its
                     // output are stored (the writes go in order), so an
                     // engine crash can lose only output of a running step.
-                    if let Err(e) = engine.inner.recorder.apply(Change::Step(record)).await {
-                        break RunnerResult::Disconnected(format!(
-                            "the orchestrator could not record a step: {}",
-                            crate::util::error_chain(&e)
-                        ));
+                    match engine
+                        .inner
+                        .recorder
+                        .apply(engine.as_holder(live.attempt.id, Change::Step(record)))
+                        .await
+                    {
+                        Ok(crate::store::Applied::Fenced) => {
+                            break RunnerResult::Disconnected("the lease was lost".into());
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            break RunnerResult::Disconnected(format!(
+                                "the orchestrator could not record a step: {}",
+                                crate::util::error_chain(&e)
+                            ));
+                        }
                     }
                     engine.emit(super::EngineEvent::StepFinished {
                         run: live.run,

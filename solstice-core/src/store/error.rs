@@ -23,6 +23,10 @@ pub enum StoreError {
     /// that someone else claimed first).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A change the store cannot apply as given (a guarded write of
+    /// another attempt than its guard's); nothing of it was applied.
+    #[error("invalid change: {0}")]
+    Invalid(String),
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -35,4 +35,4 @@ pub use model::{
 };
 #[cfg(feature = "sql")]
 pub use sql::SqlStore;
-pub use state_store::{Applied, Change, StateStore};
+pub use state_store::{Applied, Change, Guard, StateStore};

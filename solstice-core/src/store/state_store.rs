@@ -65,6 +65,85 @@ pub enum Change {
         /// died), so that "lost and queued again" is one atomic change.
         extra_attempts: u32,
     },
+    /// `change` (a [`Change::Step`], [`Change::Logs`], [`Change::SetVm`]
+    /// or [`Change::Finish`] of `attempt` alone) applied only if `guard`
+    /// holds for `attempt` when it is applied, checked in the same
+    /// transaction as the write (and, on a store shared by many hosts,
+    /// with the attempt's row locked against other writers until the
+    /// batch commits). When it does not hold, nothing of `change` is
+    /// applied and its result is [`Applied::Fenced`].
+    ///
+    /// This is the lease fence: an engine writes its attempts as
+    /// [`Guard::Holder`], so a host that lost its lease (paused past it,
+    /// cut off from the store) cannot write into an attempt that was
+    /// meanwhile declared lost and run again elsewhere; recovery ends an
+    /// attempt as [`Guard::Expired`], so it never takes one whose holder
+    /// has just renewed it.
+    Guarded {
+        /// The attempt every write of `change` is for.
+        attempt: AttemptId,
+        /// What must hold.
+        guard: Guard,
+        /// The write.
+        change: Box<Change>,
+    },
+}
+
+/// What a [`Change::Guarded`] write needs of its attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Guard {
+    /// The writer holds the attempt's lease at `now`: the attempt is
+    /// running, its holder is `holder`, and its lease ends at or after
+    /// `now`. (Every claim makes a new attempt, so the attempt's id is the
+    /// lease's generation: a lease once lost is never held again.)
+    Holder {
+        /// The lease holder ([`Change::Claim`]'s `holder`).
+        holder: String,
+        /// Unix ms, by the writer's clock.
+        now: i64,
+    },
+    /// The attempt is running and its lease ended before `now`: what
+    /// recovery needs before it declares an attempt lost.
+    Expired {
+        /// Unix ms, by the writer's clock.
+        now: i64,
+    },
+}
+
+impl Guard {
+    /// Whether the guard holds for an attempt in `status`, held by
+    /// `holder` until `lease_until` (for stores that check it in memory).
+    pub fn admits(&self, status: AttemptStatus, holder: &str, lease_until: i64) -> bool {
+        status == AttemptStatus::Running
+            && match self {
+                Guard::Holder { holder: h, now } => h == holder && lease_until >= *now,
+                Guard::Expired { now } => lease_until < *now,
+            }
+    }
+}
+
+impl Change {
+    /// `self` guarded by `guard` for `attempt` ([`Change::Guarded`]).
+    pub fn guarded(self, attempt: AttemptId, guard: Guard) -> Change {
+        Change::Guarded {
+            attempt,
+            guard,
+            change: Box::new(self),
+        }
+    }
+
+    /// The attempts a write touches, for checking that a
+    /// [`Change::Guarded`] writes only its own attempt: `None` for a change
+    /// that cannot be guarded (a claim, a guarded change).
+    pub fn attempts_written(&self) -> Option<Vec<AttemptId>> {
+        match self {
+            Change::Step(step) => Some(vec![step.attempt_id]),
+            Change::Logs(chunks) => Some(chunks.iter().map(|c| c.attempt_id).collect()),
+            Change::SetVm { attempt, .. } | Change::Finish { attempt, .. } => Some(vec![*attempt]),
+            Change::Claim { .. } | Change::Guarded { .. } => None,
+        }
+    }
 }
 
 /// What one [`Change`] did.
@@ -77,6 +156,9 @@ pub enum Applied {
     Claimed(Option<Box<(Job, Attempt)>>),
     /// A finish: `true` if the attempt was running and is now ended.
     Finished(bool),
+    /// A [`Change::Guarded`] whose guard did not hold: nothing of it was
+    /// applied.
+    Fenced,
     /// Any other change.
     Done,
 }
@@ -157,10 +239,17 @@ pub trait StateStore: Send + Sync {
         }
         Ok(moved)
     }
-    /// Extends a running attempt's lease; `false` if it is not running or
-    /// not held by `holder`.
-    async fn renew_lease(&self, attempt: AttemptId, holder: &str, lease_until: i64)
-    -> Result<bool>;
+    /// Extends a running attempt's lease to `lease_until`; `false` if it
+    /// is not running, not held by `holder`, or its lease already ended
+    /// before `now` (a lease that ran out is lost, even before recovery
+    /// has noticed: its attempt may be declared lost at any moment).
+    async fn renew_lease(
+        &self,
+        attempt: AttemptId,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool>;
     /// Running attempts whose lease expired before `now`.
     async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>>;
     /// Running attempts (for reaping VMs no live job owns).
@@ -335,9 +424,12 @@ impl<S: StateStore + ?Sized> StateStore for Arc<S> {
         &self,
         attempt: AttemptId,
         holder: &str,
+        now: i64,
         lease_until: i64,
     ) -> Result<bool> {
-        (**self).renew_lease(attempt, holder, lease_until).await
+        (**self)
+            .renew_lease(attempt, holder, now, lease_until)
+            .await
     }
     async fn expired_attempts(&self, now: i64) -> Result<Vec<Attempt>> {
         (**self).expired_attempts(now).await

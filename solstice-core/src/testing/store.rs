@@ -76,6 +76,144 @@ where
     steps_and_binary_logs_round_trip(&make().await).await;
     batched_writes_apply_as_if_one_by_one(&make().await).await;
     a_lost_attempt_is_queued_again_in_one_write(&make().await).await;
+    guarded_writes_land_only_while_their_guard_holds(&make().await).await;
+}
+
+/// [`Change::Guarded`]: a holder's writes land only while it holds the
+/// lease (running, its name, not run out), recovery's end only once the
+/// lease ran out; a refused write changes nothing and says
+/// [`Applied::Fenced`], also after an end earlier in the same batch.
+pub async fn guarded_writes_land_only_while_their_guard_holds(s: &dyn StateStore) {
+    use crate::store::Guard;
+    let id = queued_job(s, 1).await;
+    let a = s.claim(id, "e1", 1_000, "h1", 0).await.expect("claim");
+    let holder = |name: &str, now| Guard::Holder {
+        holder: name.into(),
+        now,
+    };
+    let chunk = |seq: i64| LogChunk {
+        attempt_id: a.id,
+        seq,
+        step: None,
+        stream: LogStream::Stdout,
+        data: vec![b'0' + seq as u8],
+        at: seq,
+    };
+    let logs = |seq| Change::Logs(vec![chunk(seq)]);
+    let unknown = AttemptId::new(a.id.get() + 1_000);
+    let applied = s
+        .apply(&[
+            logs(0).guarded(a.id, holder("e1", 500)),
+            logs(1).guarded(a.id, holder("e2", 500)),
+            logs(2).guarded(a.id, holder("e1", 1_001)),
+            logs(3).guarded(a.id, holder("e1", 1_000)),
+            Change::Logs(vec![LogChunk {
+                attempt_id: unknown,
+                ..chunk(4)
+            }])
+            .guarded(unknown, holder("e1", 500)),
+        ])
+        .await
+        .expect("apply");
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Done,
+            Applied::Fenced,
+            Applied::Fenced,
+            Applied::Done,
+            Applied::Fenced
+        ],
+        "the holder within its lease; not another host, not past the lease, not an unknown attempt"
+    );
+    let lost = finish(a.id, AttemptStatus::Lost, Some("lease expired"), 0, id);
+    assert_eq!(
+        s.apply(&[lost.clone().guarded(a.id, Guard::Expired { now: 1_000 })])
+            .await
+            .expect("apply"),
+        vec![Applied::Fenced],
+        "recovery does not end a lease that has not run out"
+    );
+    let ended = finish(a.id, AttemptStatus::Succeeded, None, 0, id);
+    let applied = s
+        .apply(&[
+            Change::Step(StepRecord {
+                attempt_id: a.id,
+                index: 0,
+                name: "s".into(),
+                status: StepStatus::Succeeded,
+                exit_code: Some(0),
+                started_at: Some(1),
+                finished_at: Some(2),
+            })
+            .guarded(a.id, holder("e1", 900)),
+            ended.clone().guarded(a.id, holder("e1", 900)),
+            logs(5).guarded(a.id, holder("e1", 900)),
+            ended.guarded(a.id, holder("e1", 900)),
+        ])
+        .await
+        .expect("apply");
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Done,
+            Applied::Finished(true),
+            Applied::Fenced,
+            Applied::Fenced
+        ],
+        "what comes after the attempt's end in the same batch finds it ended"
+    );
+    assert_eq!(
+        s.logs(a.id)
+            .await
+            .expect("logs")
+            .iter()
+            .map(|c| c.seq)
+            .collect::<Vec<_>>(),
+        vec![0, 3]
+    );
+    assert_eq!(s.steps(a.id).await.expect("steps").len(), 1);
+    assert_eq!(
+        s.attempt(a.id).await.expect("attempt").map(|a| a.status),
+        Some(AttemptStatus::Succeeded)
+    );
+
+    // Recovery's end of a lease that ran out lands; the holder's writes
+    // after it do not.
+    let id2 = queued_job(s, 1).await;
+    let a2 = s.claim(id2, "e1", 2_000, "h2", 1_000).await.expect("claim");
+    let lost = finish(
+        a2.id,
+        AttemptStatus::Lost,
+        Some("lease expired"),
+        2_001,
+        a2.job_id,
+    );
+    let late = Change::Logs(vec![LogChunk {
+        attempt_id: a2.id,
+        ..chunk(0)
+    }]);
+    assert_eq!(
+        s.apply(&[
+            lost.guarded(a2.id, Guard::Expired { now: 2_001 }),
+            late.guarded(a2.id, holder("e1", 1_500)),
+        ])
+        .await
+        .expect("apply"),
+        vec![Applied::Finished(true), Applied::Fenced]
+    );
+    assert!(s.logs(a2.id).await.expect("logs").is_empty());
+    assert_eq!(
+        s.attempt(a2.id).await.expect("attempt").map(|a| a.status),
+        Some(AttemptStatus::Lost)
+    );
+
+    // A guarded write of another attempt than its guard's is refused whole.
+    let wrong = Change::Logs(vec![chunk(9)]).guarded(a2.id, holder("e1", 0));
+    assert!(matches!(
+        s.apply(&[wrong]).await,
+        Err(StoreError::Invalid(_))
+    ));
 }
 
 /// `Change::Finish` with `extra_attempts` ends the attempt, queues the job
@@ -383,8 +521,12 @@ pub async fn leases_renew_only_for_their_holder_and_expire(s: &dyn StateStore) {
         .claim(jobs[1].id, "e2", 1_000, "hb", 0)
         .await
         .expect("claim");
-    assert!(s.renew_lease(a.id, "e1", 5_000).await.expect("renew"));
-    assert!(!s.renew_lease(a.id, "intruder", 9_000).await.expect("renew"));
+    assert!(s.renew_lease(a.id, "e1", 500, 5_000).await.expect("renew"));
+    assert!(
+        !s.renew_lease(a.id, "intruder", 500, 9_000)
+            .await
+            .expect("renew")
+    );
     let expired = s.expired_attempts(2_000).await.expect("expired");
     assert_eq!(expired.iter().map(|x| x.id).collect::<Vec<_>>(), vec![b.id]);
     assert_eq!(s.running_attempts().await.expect("running").len(), 2);
@@ -398,8 +540,20 @@ pub async fn leases_renew_only_for_their_holder_and_expire(s: &dyn StateStore) {
     .await
     .expect("finish");
     assert!(
-        !s.renew_lease(b.id, "e2", 9_000).await.expect("renew"),
+        !s.renew_lease(b.id, "e2", 500, 9_000).await.expect("renew"),
         "finished attempts are not renewed"
+    );
+    assert!(
+        !s.renew_lease(a.id, "e1", 5_001, 9_000)
+            .await
+            .expect("renew"),
+        "a lease that ran out is not renewed"
+    );
+    assert!(
+        s.renew_lease(a.id, "e1", 5_000, 9_000)
+            .await
+            .expect("renew"),
+        "a lease is renewed up to its last millisecond"
     );
     assert!(s.expired_attempts(2_000).await.expect("expired").is_empty());
 }

@@ -8,19 +8,118 @@ use super::rows::{
     ATTEMPT_COLUMNS, JOB_COLUMNS, SqlResult, attempt_from, col, job_from, step_number,
     stream_number,
 };
+use super::text::Dialect;
 use super::text::{BATCH_LOG_BYTES, BATCH_ROWS, case_by_id, ids_of, placeholders};
 use crate::store::{
     Applied, Attempt, AttemptId, AttemptStatus, Change, Job, JobId, JobStatus, LogChunk,
     StepRecord, StoreError,
 };
 
+/// What a refused guarded write is replaced by: a write of nothing.
+static NOTHING: Change = Change::Logs(Vec::new());
+
 type Result<T> = std::result::Result<T, StoreError>;
 
 impl SqlStore {
+    /// Checks the guards of a batch ([`Change::Guarded`]) against the
+    /// attempts' rows, in the batch's order (a guarded write after an end
+    /// of its attempt in the same batch finds it ended). On PostgreSQL the
+    /// rows stay locked until the batch commits, so no other host's write
+    /// of those attempts (recovery ending one, a stale holder writing one)
+    /// can come between the check and the writes.
+    ///
+    /// Returns the writes to apply, with each refused one replaced by a
+    /// write of nothing, and which were refused.
+    pub(super) async fn apply_guards<'w>(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        writes: &'w [Change],
+    ) -> Result<(Vec<&'w Change>, Vec<bool>)> {
+        let mut guarded: Vec<AttemptId> = Vec::new();
+        for w in writes {
+            if let Change::Guarded {
+                attempt, change, ..
+            } = w
+            {
+                let touched = change
+                    .attempts_written()
+                    .ok_or_else(|| StoreError::Invalid(format!("{change:?} cannot be guarded")))?;
+                if let Some(other) = touched.iter().find(|a| *a != attempt) {
+                    return Err(StoreError::Invalid(format!(
+                        "a write guarded for attempt {attempt} writes attempt {other}"
+                    )));
+                }
+                guarded.push(*attempt);
+            }
+        }
+        let mut refused = vec![false; writes.len()];
+        if guarded.is_empty() {
+            return Ok((writes.iter().collect(), refused));
+        }
+        guarded.sort_unstable();
+        guarded.dedup();
+        // Locked in id order: two batches lock the rows they share in the
+        // same order.
+        let lock = if self.dialect == Dialect::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let mut rows: HashMap<AttemptId, (AttemptStatus, String, i64)> = HashMap::new();
+        for ids in guarded.chunks(BATCH_ROWS) {
+            let sql = self.dialect.sequential_sql(format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id IN ({}) ORDER BY id{lock}",
+                ids_of(ids.len(), 1, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for id in ids {
+                q = q.bind(id.get());
+            }
+            for row in q.fetch_all(&mut *conn).await.db()? {
+                let a = attempt_from(&row)?;
+                rows.insert(a.id, (a.status, a.holder, a.lease_expires_at));
+            }
+        }
+        let mut out: Vec<&'w Change> = Vec::with_capacity(writes.len());
+        for (i, w) in writes.iter().enumerate() {
+            let (attempt, inner) = match w {
+                Change::Guarded {
+                    attempt,
+                    guard,
+                    change,
+                } => {
+                    let admitted = rows.get(attempt).is_some_and(|(status, holder, until)| {
+                        guard.admits(*status, holder, *until)
+                    });
+                    if !admitted {
+                        refused[i] = true;
+                        out.push(&NOTHING);
+                        continue;
+                    }
+                    (*attempt, &**change)
+                }
+                Change::Finish { attempt, .. } => (*attempt, w),
+                _ => {
+                    out.push(w);
+                    continue;
+                }
+            };
+            // An end of an attempt: what comes after it in the batch finds
+            // it ended.
+            if let (Change::Finish { status, .. }, Some(row)) = (inner, rows.get_mut(&attempt))
+                && row.0 == AttemptStatus::Running
+            {
+                row.0 = *status;
+            }
+            out.push(inner);
+        }
+        Ok((out, refused))
+    }
+
     pub(super) async fn apply_claims(
         &self,
         conn: &mut sqlx::AnyConnection,
-        writes: &[Change],
+        writes: &[&Change],
         out: &mut [Applied],
     ) -> Result<()> {
         // The first claim of a job in the batch is the one that can win.
@@ -101,7 +200,7 @@ impl SqlStore {
     pub(super) async fn apply_vms(
         &self,
         conn: &mut sqlx::AnyConnection,
-        writes: &[Change],
+        writes: &[&Change],
     ) -> Result<()> {
         // The last write for an attempt wins, as if applied one by one.
         let mut vms: Vec<(AttemptId, &str)> = Vec::new();
@@ -129,7 +228,7 @@ impl SqlStore {
     pub(super) async fn apply_steps(
         &self,
         conn: &mut sqlx::AnyConnection,
-        writes: &[Change],
+        writes: &[&Change],
     ) -> Result<()> {
         // One row per step: a step that started and ended within the batch
         // is written once, as if the two writes were applied in order.
@@ -179,7 +278,7 @@ impl SqlStore {
     pub(super) async fn apply_logs(
         &self,
         conn: &mut sqlx::AnyConnection,
-        writes: &[Change],
+        writes: &[&Change],
     ) -> Result<()> {
         let chunks: Vec<&LogChunk> = writes
             .iter()
@@ -221,7 +320,7 @@ impl SqlStore {
     pub(super) async fn apply_finishes(
         &self,
         conn: &mut sqlx::AnyConnection,
-        writes: &[Change],
+        writes: &[&Change],
         out: &mut [Applied],
     ) -> Result<()> {
         // A second finish of the same attempt finds it ended: only the

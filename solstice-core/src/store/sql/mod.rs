@@ -505,17 +505,21 @@ impl StateStore for SqlStore {
         &self,
         attempt: AttemptId,
         holder: &str,
+        now: i64,
         lease_until: i64,
     ) -> Result<bool> {
         let n = sqlx::query(&self.dialect.sql(
-            "UPDATE attempts SET lease_expires_at = $1 WHERE id = $2 AND holder = $3 AND status = $4",
+            "UPDATE attempts SET lease_expires_at = $1 \
+             WHERE id = $2 AND holder = $3 AND status = $4 AND lease_expires_at >= $5",
         ))
         .bind(lease_until)
         .bind(attempt.get())
         .bind(holder)
         .bind(AttemptStatus::Running.as_str())
+        .bind(now)
         .execute(&mut *self.conn().await.db()?)
-        .await.db()?
+        .await
+        .db()?
         .rows_affected();
         Ok(n == 1)
     }
@@ -592,29 +596,32 @@ impl StateStore for SqlStore {
     }
 
     async fn apply(&self, changes: &[Change]) -> Result<Vec<Applied>> {
-        let writes = changes;
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction, a handful of multi-row statements, in an order
+        // that respects what a batch can contain: an attempt's steps and
+        // logs before its end (an attempt claimed in this batch has no
+        // other writes in it: they need its id). The guards come first:
+        // they lock the attempts they check.
+        let mut conn = self.conn().await.db()?;
+        let mut tx = conn.begin().await.db()?;
+        let (writes, refused) = self.apply_guards(&mut tx, changes).await?;
         let mut out: Vec<Applied> = writes
             .iter()
-            .map(|w| match w {
+            .zip(&refused)
+            .map(|(w, refused)| match w {
+                _ if *refused => Applied::Fenced,
                 Change::Claim { .. } => Applied::Claimed(None),
                 Change::Finish { .. } => Applied::Finished(false),
                 _ => Applied::Done,
             })
             .collect();
-        if writes.is_empty() {
-            return Ok(out);
-        }
-        // One transaction, a handful of multi-row statements, in an order
-        // that respects what a batch can contain: an attempt's steps and
-        // logs before its end (an attempt claimed in this batch has no
-        // other writes in it: they need its id).
-        let mut conn = self.conn().await.db()?;
-        let mut tx = conn.begin().await.db()?;
-        self.apply_claims(&mut tx, writes, &mut out).await.db()?;
-        self.apply_vms(&mut tx, writes).await.db()?;
-        self.apply_steps(&mut tx, writes).await.db()?;
-        self.apply_logs(&mut tx, writes).await.db()?;
-        self.apply_finishes(&mut tx, writes, &mut out).await.db()?;
+        self.apply_claims(&mut tx, &writes, &mut out).await.db()?;
+        self.apply_vms(&mut tx, &writes).await.db()?;
+        self.apply_steps(&mut tx, &writes).await.db()?;
+        self.apply_logs(&mut tx, &writes).await.db()?;
+        self.apply_finishes(&mut tx, &writes, &mut out).await.db()?;
         tx.commit().await.db()?;
         Ok(out)
     }

@@ -436,10 +436,6 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
     if let Some(listener) = listener {
         // The reporter listens before anything can start a job.
         reporter = Some(tokio::spawn(crate::report::run(daemon.clone())));
-        if daemon.config.queue.is_some() {
-            // Jobs that other hosts run reach the forge through the store.
-            tasks.push(tokio::spawn(crate::report::watch_store(daemon.clone())));
-        }
         tasks.push(tokio::spawn(crate::inbox::run(daemon.clone())));
         tasks.push(tokio::spawn(crate::cron::run(daemon.clone())));
         let router = crate::http::router(daemon.clone());
@@ -502,7 +498,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
     }
     engine.shutdown().await;
     // The last reports (the cancellations) go out, within a bound.
-    let _ = tokio::time::timeout(Duration::from_secs(5), daemon.reports.idle()).await;
+    crate::report::flush(&daemon, Duration::from_secs(5)).await;
     if let Some(reporter) = reporter {
         reporter.abort();
     }

@@ -109,8 +109,11 @@ fn subject_of(repository: &str, commit: &str) -> String {
 
 /// The run source of a delivery.
 pub fn source_of(forge: &str, id: &str) -> String {
-    format!("delivery {forge}/{id}")
+    format!("{SOURCE_PREFIX}{forge}/{id}")
 }
+
+/// How the source of a run started by a delivery begins.
+pub const SOURCE_PREFIX: &str = "delivery ";
 
 /// Processes pending deliveries now and whenever woken, until aborted.
 pub async fn run(daemon: Arc<Daemon>) {

@@ -1,10 +1,14 @@
-//! Engine events to forge statuses. Each job's reports go out in order
-//! through its own queue (a slow forge delays that job's reports only);
-//! a reporter that fell behind the engine, or a daemon that restarted,
-//! reports the current state of every running job again (reports are
-//! idempotent).
+//! The status outbox to forge statuses. Every change of a job's status is
+//! written to the store's outbox by the transaction that makes it, on
+//! whichever host ([`IntegrationStore::unsent_statuses`]); the reporter
+//! reads it, sends each job's entries in order through the job's own queue
+//! (a slow forge delays that job's reports only), and removes each entry
+//! once the forge took it. A daemon that was down sends only what was not
+//! sent; the forge's updates are idempotent (the same check run, the same
+//! status context), so an entry sent just before a crash and sent again
+//! after it changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
@@ -65,11 +69,6 @@ impl Change {
         })
     }
 
-    /// [`Change::of`] a stored job.
-    fn of_job(job: &Job) -> Option<Change> {
-        Change::of(job.status, job.attempts, job.reason.as_deref())
-    }
-
     /// Where this change puts the job after `last`, or `None` when it does
     /// not move it forward (it is not sent).
     fn after(&self, last: Option<Position>) -> Option<Position> {
@@ -91,18 +90,32 @@ impl Change {
     }
 }
 
+/// An outbox entry on its way: its number and the change it says.
+#[derive(Debug)]
+struct Outgoing {
+    id: i64,
+    change: Change,
+}
+
 /// The reporter's shared state.
 #[derive(Debug, Default)]
 pub struct Reports {
-    /// Where each run reports to; `None`: nowhere (not from a forge).
-    targets: Mutex<HashMap<RunId, Option<Target>>>,
-    /// Held while a run is submitted, so that its first events find its target.
+    /// Where each run reports to (those known to report somewhere).
+    targets: Mutex<HashMap<RunId, Target>>,
+    /// Held while a run is submitted, so that its first statuses find its
+    /// target.
     gate: tokio::sync::Mutex<()>,
-    /// Each job's queue of changes.
-    jobs: Mutex<HashMap<(RunId, String), mpsc::UnboundedSender<Change>>>,
-    /// Reports not yet sent.
-    pending: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
+    /// Each job's queue of outbox entries.
+    jobs: Mutex<HashMap<(RunId, String), mpsc::UnboundedSender<Outgoing>>>,
+    /// Outbox entries handed to a job's queue and not yet removed from the
+    /// outbox: not handed over again.
+    in_flight: Mutex<HashSet<i64>>,
+    /// Entries done with (sent, or nothing to send), to remove.
+    done: Mutex<Vec<i64>>,
+    /// The newest entry handed over: the next read starts after it.
+    cursor: std::sync::atomic::AtomicI64,
+    /// Said when an entry is done with.
+    progress: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,33 +125,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Reports {
     /// Remembers where `run` reports to.
     pub fn watch(&self, run: RunId, target: Target) {
-        lock(&self.targets).insert(run, Some(target));
+        let mut targets = lock(&self.targets);
+        // A cache of the store: bounded.
+        if targets.len() >= MAX_TARGETS {
+            targets.clear();
+        }
+        targets.insert(run, target);
     }
 
-    /// Holds back event handling (while a run is submitted).
+    /// Holds back the reporter (while a run is submitted).
     pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.gate.lock().await
     }
 
-    /// Waits until no report is waiting to be sent.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.pending.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
+    /// An entry is done with: it leaves the outbox at the next pass.
+    fn finished(&self, id: i64) {
+        lock(&self.done).push(id);
+        self.progress.notify_waiters();
     }
 }
+
+/// Most runs whose target is kept in memory (the store has them all).
+const MAX_TARGETS: usize = 10_000;
 
 /// Sends a report through the forge's reporter, logging a failure; true
 /// when the forge took it.
 pub async fn send(daemon: &Daemon, forge: Forge, report: &JobReport) -> bool {
-    let Some(link) = daemon.forge(forge) else {
-        return false;
-    };
-    match link.reporter.report(report).await {
+    match try_send(daemon, forge, report).await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(repository = %report.repo.full_name, job = %report.name, error = %chain(&e), "the forge refused a status");
@@ -147,157 +160,230 @@ pub async fn send(daemon: &Daemon, forge: Forge, report: &JobReport) -> bool {
     }
 }
 
-/// Follows the engine's events until the engine stops.
+/// Why a status did not reach the forge.
+#[derive(Debug, thiserror::Error)]
+enum Unsent {
+    /// The forge is not configured (any more).
+    #[error("the forge is not configured")]
+    NoForge,
+    /// The forge failed or refused.
+    #[error(transparent)]
+    Forge(#[from] solstice_forge::ForgeError),
+}
+
+impl Unsent {
+    /// Whether the same status may be taken later: the forge could not
+    /// be reached, was busy or rate limited, or failed on its side.
+    fn is_transient(&self) -> bool {
+        use solstice_forge::ForgeError as E;
+        match self {
+            Unsent::NoForge => false,
+            Unsent::Forge(E::Connect { .. } | E::RateLimited { .. }) => true,
+            Unsent::Forge(E::Status { status, .. }) => *status >= 500 || *status == 429,
+            Unsent::Forge(_) => false,
+        }
+    }
+}
+
+async fn try_send(daemon: &Daemon, forge: Forge, report: &JobReport) -> Result<(), Unsent> {
+    let link = daemon.forge(forge).ok_or(Unsent::NoForge)?;
+    Ok(link.reporter.report(report).await?)
+}
+
+/// How often the outbox is read when nothing wakes the reporter: the
+/// changes other hosts make reach the forge within this.
+const OUTBOX_POLL: Duration = Duration::from_millis(250);
+/// Every this many passes, the outbox is read from its start (an entry
+/// that committed after a newer one was read is found there).
+const FULL_READ_EVERY: u32 = 4;
+/// Most outbox entries read in one pass.
+const OUTBOX_BATCH: usize = 2_000;
+/// Least time between two passes: a burst of the engine's events is one
+/// pass, not one per event.
+const PASS_GAP: Duration = Duration::from_millis(20);
+
+/// Sends the status outbox to the forges until the daemon stops: every
+/// change of a job's status is there, written by the transaction that
+/// made it (on any host), and leaves it once the forge took it. A pass
+/// runs when this host's engine says a job moved, and every
+/// [`OUTBOX_POLL`] for the others' jobs. A daemon that was down sends
+/// what was not sent when it comes back, in order.
 pub async fn run(daemon: Arc<Daemon>) {
     let mut events = daemon.engine.subscribe();
-    resync(&daemon).await;
-    loop {
-        let event = events.recv().await;
-        let _gate = daemon.reports.gate.lock().await;
-        match event {
-            Ok(EngineEvent::JobQueued { run, key }) => {
-                enqueue(&daemon, run, key, Change::Queued(None)).await;
-            }
-            Ok(EngineEvent::JobRetrying {
-                run, key, attempt, ..
-            }) => {
-                enqueue(&daemon, run, key, Change::Queued(Some(attempt + 1))).await;
-            }
-            Ok(EngineEvent::JobStarted { run, key, attempt }) => {
-                enqueue(&daemon, run, key, Change::Started(attempt)).await
-            }
-            Ok(EngineEvent::JobFinished {
-                run,
-                key,
-                status,
-                reason,
-            }) => {
-                enqueue(&daemon, run, key, Change::Finished(status, reason)).await;
-            }
-            Ok(EngineEvent::RunFinished { run, .. }) => {
-                // Its jobs' workers hold their own copy; the map stays bounded.
-                lock(&daemon.reports.targets).remove(&run);
-            }
-            Ok(_) => {}
-            Err(EventError::Lagged { missed }) => {
-                tracing::warn!(
-                    missed,
-                    "the status reporter fell behind; reporting every running job again"
-                );
-                resync(&daemon).await;
-            }
-            Err(_) => break,
-        }
-    }
-}
-
-/// How often the store is read for the changes of jobs other hosts run.
-const STORE_POLL: Duration = Duration::from_millis(500);
-
-/// Jobs that other hosts run: their changes read from the store and
-/// reported like this engine's own events. Each job's status and attempt
-/// count is compared with what was last reported, so a change is reported
-/// once; changes between two reads collapse into the latest (the forge
-/// sees the job's state move forward, never back). A run is watched from
-/// its first read as running until a read after it ended.
-pub async fn watch_store(daemon: Arc<Daemon>) {
-    let mut seen: HashMap<RunId, HashMap<String, (JobStatus, u32)>> = HashMap::new();
-    // An outage is said once (not every 500 ms), and its end.
+    let mut engine_running = true;
+    let mut passes = 0u32;
     let mut away = false;
     loop {
-        tokio::time::sleep(STORE_POLL).await;
-        let running: Vec<RunId> = match daemon.store.running_runs().await {
-            Ok(runs) => {
-                if std::mem::take(&mut away) {
-                    tracing::info!("the running runs can be read again");
-                }
-                runs.into_iter().map(|r| r.id).collect()
+        let full = passes.is_multiple_of(FULL_READ_EVERY);
+        passes = passes.wrapping_add(1);
+        match pass(&daemon, full).await {
+            Ok(()) if std::mem::take(&mut away) => {
+                tracing::info!("the status outbox can be read again");
             }
+            Ok(()) => {}
             Err(e) if away => {
-                tracing::debug!(error = %chain(&e), "still cannot list the running runs");
-                continue;
+                tracing::debug!(error = %chain(&e), "still cannot read the status outbox")
             }
             Err(e) => {
-                tracing::warn!(error = %chain(&e), "cannot list the running runs; trying every 500 ms");
+                tracing::warn!(error = %chain(&e), "cannot read the status outbox; trying again");
                 away = true;
-                continue;
-            }
-        };
-        let mut runs: Vec<RunId> = seen.keys().copied().collect();
-        runs.extend(running.iter().copied().filter(|r| !seen.contains_key(r)));
-        for run in runs {
-            let Ok(jobs) = daemon.store.jobs(run).await else {
-                continue;
-            };
-            let _gate = daemon.reports.gate.lock().await;
-            let known = seen.entry(run).or_default();
-            for job in jobs {
-                let now = (job.status, job.attempts);
-                if known.get(&job.key) == Some(&now) {
-                    continue;
-                }
-                known.insert(job.key.clone(), now);
-                let Some(change) = Change::of_job(&job) else {
-                    continue;
-                };
-                enqueue(&daemon, run, job.key, change).await;
-            }
-            if !running.contains(&run) {
-                // Read once more after it ended: its last changes are in.
-                seen.remove(&run);
-                lock(&daemon.reports.targets).remove(&run);
             }
         }
+        tokio::time::sleep(PASS_GAP).await;
+        let poll = tokio::time::sleep(OUTBOX_POLL);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                () = &mut poll => break,
+                event = events.recv(), if engine_running => match event {
+                    Ok(
+                        EngineEvent::JobQueued { .. }
+                        | EngineEvent::JobStarted { .. }
+                        | EngineEvent::JobRetrying { .. }
+                        | EngineEvent::JobFinished { .. },
+                    )
+                    | Err(EventError::Lagged { .. }) => break,
+                    Ok(_) => {}
+                    Err(_) => engine_running = false,
+                },
+            }
+        }
+        // What else came meanwhile is covered by this pass.
+        while let Some(Ok(_) | Err(EventError::Lagged { .. })) = events.try_recv() {}
     }
 }
 
-/// Reports every job of every running run as it is now.
-async fn resync(daemon: &Arc<Daemon>) {
-    let runs = match daemon.store.running_runs().await {
-        Ok(runs) => runs,
-        Err(e) => {
-            tracing::warn!(error = %chain(&e), "cannot list the running runs");
+/// Sends what the outbox still holds, waiting up to `limit` (the last
+/// statuses before the daemon stops).
+pub async fn flush(daemon: &Arc<Daemon>, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let progress = daemon.reports.progress.notified();
+        let _ = pass(daemon, true).await;
+        let busy = !lock(&daemon.reports.in_flight).is_empty();
+        if !busy {
             return;
         }
+        if tokio::time::timeout_at(deadline, progress).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Where a run's statuses go.
+enum Destination {
+    To(Box<Target>),
+    /// Nowhere: the run is not from a forge.
+    Nowhere,
+    /// Not known yet (its delivery is being processed, or the store is
+    /// away): its entries wait.
+    NotYet,
+}
+
+/// How long a run from a delivery may be without a target before its
+/// statuses are dropped (its delivery was never finished).
+const TARGET_PATIENCE_MS: i64 = 3600 * 1000;
+
+async fn destination(daemon: &Daemon, run: RunId) -> Destination {
+    if let Some(known) = lock(&daemon.reports.targets).get(&run) {
+        return Destination::To(Box::new(known.clone()));
+    }
+    match daemon.store.delivery_of_run(run).await {
+        Ok(Some(entry)) => match entry
+            .target
+            .and_then(|t| serde_json::from_str::<Target>(&t).ok())
+        {
+            Some(target) => {
+                daemon.reports.watch(run, target.clone());
+                Destination::To(Box::new(target))
+            }
+            None => Destination::Nowhere,
+        },
+        // A run from a delivery whose target is not stored yet (it is
+        // stored just after the run is made).
+        Ok(None) => match daemon.store.run(run).await {
+            Ok(Some(r))
+                if r.source.starts_with(crate::inbox::SOURCE_PREFIX)
+                    && solstice_core::engine::now_ms() - r.created_at < TARGET_PATIENCE_MS =>
+            {
+                Destination::NotYet
+            }
+            Ok(_) => Destination::Nowhere,
+            Err(_) => Destination::NotYet,
+        },
+        Err(e) => {
+            tracing::debug!(%run, error = %chain(&e), "cannot read where a run reports to");
+            Destination::NotYet
+        }
+    }
+}
+
+/// One pass over the outbox: removes what was done with, then hands each
+/// new entry to its job's queue (in order: a job's entries are numbered in
+/// the order of its changes). `full` reads from the start, else after the
+/// newest entry handed over.
+async fn pass(daemon: &Arc<Daemon>, full: bool) -> Result<(), solstice_core::store::StoreError> {
+    let reports = &daemon.reports;
+    let done = std::mem::take(&mut *lock(&reports.done));
+    if !done.is_empty() {
+        if let Err(e) = daemon.store.statuses_sent(&done).await {
+            lock(&reports.done).extend(done);
+            return Err(e);
+        }
+        let mut in_flight = lock(&reports.in_flight);
+        for id in &done {
+            in_flight.remove(id);
+        }
+    }
+    let after = if full {
+        0
+    } else {
+        reports.cursor.load(std::sync::atomic::Ordering::SeqCst)
     };
-    for run in runs {
-        let Ok(jobs) = daemon.store.jobs(run.id).await else {
+    let entries = daemon.store.unsent_statuses(after, OUTBOX_BATCH).await?;
+    let _gate = reports.gate.lock().await;
+    let mut destinations: HashMap<RunId, Destination> = HashMap::new();
+    let mut nowhere = Vec::new();
+    for entry in entries {
+        if lock(&reports.in_flight).contains(&entry.id) {
+            continue;
+        }
+        let Some(change) = Change::of(entry.status, entry.attempts, entry.reason.as_deref()) else {
+            nowhere.push(entry.id);
             continue;
         };
-        for job in jobs {
-            let change = Change::of_job(&job).unwrap_or(Change::Queued(Some(job.attempts + 1)));
-            enqueue(daemon, run.id, job.key, change).await;
+        if let std::collections::hash_map::Entry::Vacant(slot) = destinations.entry(entry.run) {
+            slot.insert(destination(daemon, entry.run).await);
+        }
+        match &destinations[&entry.run] {
+            Destination::To(target) => {
+                lock(&reports.in_flight).insert(entry.id);
+                reports
+                    .cursor
+                    .fetch_max(entry.id, std::sync::atomic::Ordering::SeqCst);
+                enqueue(
+                    daemon,
+                    entry.run,
+                    entry.key,
+                    (**target).clone(),
+                    Outgoing {
+                        id: entry.id,
+                        change,
+                    },
+                );
+            }
+            Destination::Nowhere => nowhere.push(entry.id),
+            Destination::NotYet => {}
         }
     }
-}
-
-async fn target_of(daemon: &Daemon, run: RunId) -> Option<Target> {
-    if let Some(known) = lock(&daemon.reports.targets).get(&run) {
-        return known.clone();
+    if !nowhere.is_empty() {
+        daemon.store.statuses_sent(&nowhere).await?;
     }
-    let target = match daemon.store.delivery_of_run(run).await {
-        Ok(Some(entry)) => entry
-            .target
-            .and_then(|t| serde_json::from_str::<Target>(&t).ok()),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(%run, error = %chain(&e), "cannot read where a run reports to");
-            return None;
-        }
-    };
-    lock(&daemon.reports.targets).insert(run, target.clone());
-    target
+    Ok(())
 }
 
-async fn enqueue(daemon: &Arc<Daemon>, run: RunId, key: String, change: Change) {
-    let Some(target) = target_of(daemon, run).await else {
-        return;
-    };
-    let reports = &daemon.reports;
-    reports
-        .pending
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let mut jobs = lock(&reports.jobs);
+fn enqueue(daemon: &Arc<Daemon>, run: RunId, key: String, target: Target, out: Outgoing) {
+    let mut jobs = lock(&daemon.reports.jobs);
     let sender = jobs.entry((run, key.clone())).or_insert_with(|| {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(job_reports(
@@ -309,17 +395,21 @@ async fn enqueue(daemon: &Arc<Daemon>, run: RunId, key: String, change: Change) 
         ));
         tx
     });
-    if let Err(mpsc::error::SendError(change)) = sender.send(change) {
+    if let Err(mpsc::error::SendError(out)) = sender.send(out) {
         // Its worker just ended (the job had finished): a new one.
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(change);
+        let _ = tx.send(out);
         tokio::spawn(job_reports(daemon.clone(), run, key.clone(), target, rx));
         jobs.insert((run, key), tx);
     }
 }
 
 /// Builds and sends one change's report unless it would take the job's
-/// status back; `sent` is where the forge last heard the job was.
+/// status back; `sent` is where the forge last heard the job was. A forge
+/// that cannot take it now (unreachable, rate limiting, failing) is asked
+/// again, with backoff, for as long as the daemon runs: the job's later
+/// statuses wait behind it, and a daemon stopped meanwhile sends it when
+/// it is back. A status the forge refuses for good is logged and dropped.
 async fn report_one(
     daemon: &Daemon,
     run: RunId,
@@ -335,14 +425,29 @@ async fn report_one(
         tracing::debug!(%run, job = %key, ?change, "a status older than the one sent; not sent");
         return;
     };
-    match build_patiently(daemon, run, key, target, change).await {
-        Ok(report) => {
-            if send(daemon, forge, &report).await {
-                *sent = Some(position);
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let report = match build_patiently(daemon, run, key, target, change).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::warn!(%run, job = %key, error = %e, "cannot build a status report");
+                return;
             }
-        }
-        Err(e) => {
-            tracing::warn!(%run, job = %key, error = %e, "cannot build a status report")
+        };
+        match try_send(daemon, forge, &report).await {
+            Ok(()) => {
+                *sent = Some(position);
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(repository = %report.repo.full_name, job = %report.name, error = %chain(&e), retry_in = ?pause, "the forge cannot take a status now; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => {
+                tracing::warn!(repository = %report.repo.full_name, job = %report.name, error = %chain(&e), "the forge refused a status");
+                return;
+            }
         }
     }
 }
@@ -353,32 +458,20 @@ async fn job_reports(
     run: RunId,
     key: String,
     target: Target,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut changes: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let mut sent = None;
-    while let Some(change) = changes.recv().await {
-        let last = matches!(change, Change::Finished(..));
-        report_one(&daemon, run, &key, &target, &change, &mut sent).await;
-        let reports = &daemon.reports;
-        if reports
-            .pending
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
-            reports.idle.notify_waiters();
-        }
+    let reports = &daemon.reports;
+    while let Some(out) = changes.recv().await {
+        let last = matches!(out.change, Change::Finished(..));
+        report_one(&daemon, run, &key, &target, &out.change, &mut sent).await;
+        reports.finished(out.id);
         if last && changes.is_empty() {
             lock(&reports.jobs).remove(&(run, key.clone()));
             // What arrived between the check and the removal still goes out.
-            while let Ok(change) = changes.try_recv() {
-                report_one(&daemon, run, &key, &target, &change, &mut sent).await;
-                if reports
-                    .pending
-                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-                    == 1
-                {
-                    reports.idle.notify_waiters();
-                }
+            while let Ok(out) = changes.try_recv() {
+                report_one(&daemon, run, &key, &target, &out.change, &mut sent).await;
+                reports.finished(out.id);
             }
             return;
         }

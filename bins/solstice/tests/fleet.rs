@@ -575,6 +575,141 @@ async fn a_host_paused_past_its_lease_writes_nothing_more_and_stops_its_runner()
     assert!(!stale.contains(" ERROR "), "{stale}");
 }
 
+/// A small pseudo-random sequence (xorshift), seeded from the clock and
+/// printed, so that a failing order of kills can be run again
+/// (`SOLSTICE_TEST_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("SOLSTICE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+            | 1;
+        eprintln!("SOLSTICE_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The integration daemon killed (SIGKILL) at twenty random moments of a
+/// run, the last time until the run has ended: every job's check run
+/// reaches `completed` exactly once (one check run per job, its states
+/// never going back), and nothing is left in the status outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_is_reported_once_and_in_order_through_twenty_kills_of_the_integration_daemon() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::new("outbox", 30).await;
+    fleet.start_orchestrator("orch-1", 2);
+    fleet.start_orchestrator("orch-2", 2);
+    let store = fleet.store().await;
+    fleet.wait_for_hosts(&store, 3).await;
+    let jobs = 40;
+    let sha = fleet.h.commit(&many(jobs, "sleep 2"));
+    fleet.push(&sha, "d-outbox").await;
+    wait_until(
+        &fleet,
+        "the run's jobs",
+        Duration::from_secs(60),
+        async || newest_jobs(&store).await.len() == jobs,
+    )
+    .await;
+    let mut rng = Rng::new();
+    for kill in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.below(700))).await;
+        fleet.h.kill();
+        if kill == 19 {
+            // The run ends while the daemon is away.
+            fleet
+                .wait_for_the_run_to_end(&store, Duration::from_secs(180))
+                .await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+        }
+        fleet
+            .h
+            .start_as("integration", &[("SOLSTICE_HOST_NAME", "integration")])
+            .await;
+    }
+    fleet
+        .wait_for_the_run_to_end(&store, Duration::from_secs(180))
+        .await;
+    wait_until(
+        &fleet,
+        "every job's final status on the forge",
+        Duration::from_secs(60),
+        async || fleet.h.completed(&sha) == jobs,
+    )
+    .await;
+    wait_until(
+        &fleet,
+        "an empty status outbox",
+        Duration::from_secs(30),
+        async || {
+            store
+                .unsent_statuses(0, 10)
+                .await
+                .is_ok_and(|left| left.is_empty())
+        },
+    )
+    .await;
+    let checks = fleet.h.checks(&sha);
+    let mut names: Vec<&str> = checks.iter().map(|(name, _, _)| name.as_str()).collect();
+    names.sort_unstable();
+    let runs = names.len();
+    names.dedup();
+    assert_eq!(
+        (runs, names.len()),
+        (jobs, jobs),
+        "one check run per job: {checks:?}"
+    );
+    // A restart sends again only what it had sent but not yet marked
+    // sent when it was killed (a pass's worth), not every job of the run
+    // (each restart did that before: about 20 x 40 more).
+    let sent: usize = fleet
+        .h
+        .forge
+        .check_runs()
+        .iter()
+        .filter(|r| r.head_sha == sha)
+        .map(|r| r.history.len())
+        .sum();
+    eprintln!("{sent} check run updates for {jobs} jobs through 20 kills");
+    assert!(
+        sent <= 3 * jobs + 5 * 20,
+        "{sent} check run updates for {jobs} jobs"
+    );
+    let rank = |state: &str| match state {
+        "queued" => 0,
+        "in_progress" => 1,
+        "completed" => 2,
+        other => panic!("unknown state {other}"),
+    };
+    for (name, history, fields) in &checks {
+        assert!(
+            history.windows(2).all(|w| rank(&w[0]) < rank(&w[1])),
+            "{name} went {history:?}"
+        );
+        assert_eq!(
+            history.last().map(String::as_str),
+            Some("completed"),
+            "{name}"
+        );
+        assert_eq!(fields["conclusion"], "success", "{name}: {fields}");
+    }
+}
+
 /// Starts the broker's application and the database again when dropped,
 /// also when the test fails.
 struct Services;

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{JobId, Run, RunId, StoreError};
+use super::{JobId, JobStatus, Run, RunId, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -150,6 +150,34 @@ impl<'a> NewDelivery<'a> {
     }
 }
 
+/// A status a forge must hear: one change of a job's status or attempt
+/// count, as the status outbox keeps it ([`IntegrationStore::unsent_statuses`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatusChange {
+    /// The entry's number: entries of one job are numbered in the order
+    /// of the changes.
+    pub id: i64,
+    /// The job's run.
+    pub run: RunId,
+    /// The job.
+    pub job: JobId,
+    /// The job's key (its expanded id).
+    pub key: String,
+    /// The job's status after the change.
+    pub status: JobStatus,
+    /// Its attempts after the change.
+    pub attempts: u32,
+    /// Its reason after the change.
+    pub reason: Option<String>,
+    /// When the change was made (Unix ms, by the database's clock).
+    pub at: i64,
+}
+
+/// How long a status nobody sent stays in the outbox (a store without an
+/// integration layer, a daemon away for longer): 7 days.
+pub const STATUS_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// The integration layer's records. Implemented by
 /// [`SqlStore`](super::SqlStore) on SQLite and PostgreSQL.
 #[async_trait]
@@ -238,6 +266,18 @@ pub trait IntegrationStore: Send + Sync {
 
     /// Every host that sent a heartbeat since `since` (Unix ms), by name.
     async fn hosts(&self, since: i64) -> Result<Vec<HostEntry>>;
+
+    /// Up to `limit` entries of the status outbox numbered above `after`
+    /// (0: all), oldest first: every
+    /// change of a job's status or attempt count, written in the same
+    /// transaction as the change (by whichever host made it), until
+    /// [`IntegrationStore::statuses_sent`] removes it or it is older than
+    /// [`STATUS_RETENTION_MS`].
+    async fn unsent_statuses(&self, after: i64, limit: usize) -> Result<Vec<StatusChange>>;
+
+    /// Removes entries from the status outbox: their statuses were sent
+    /// (or need not be).
+    async fn statuses_sent(&self, ids: &[i64]) -> Result<()>;
 
     /// Queues an ended job (`failed`, `cancelled` or `succeeded`) again for
     /// one more attempt, its earlier attempts kept, and reopens its run.

@@ -13,6 +13,172 @@ pub async fn run_all<S: StateStore + IntegrationStore>(store: &S) {
     schedules_follow_the_workflow(store).await;
     hosts_are_upserted_by_heartbeat(store).await;
     ended_jobs_are_retried_with_one_more_attempt(store).await;
+    every_status_change_is_in_the_outbox_until_sent(store).await;
+}
+
+/// The status outbox: every change of a job's status or attempt count
+/// (queued, claimed, lost and queued again, ended, skipped), in order,
+/// and nothing for a write that changes neither; an entry stays until it
+/// is marked sent, or is older than the retention when a run finishes.
+pub async fn every_status_change_is_in_the_outbox_until_sent<S: StateStore + IntegrationStore>(
+    store: &S,
+) {
+    use crate::store::{AttemptStatus, Change, JobStatus, RunStatus, STATUS_RETENTION_MS};
+    // What the checks before left.
+    let before: Vec<i64> = store
+        .unsent_statuses(0, 100_000)
+        .await
+        .expect("outbox")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    store.statuses_sent(&before).await.expect("sent");
+    assert!(
+        store
+            .unsent_statuses(0, 10)
+            .await
+            .expect("outbox")
+            .is_empty()
+    );
+
+    let run = store
+        .create_run(
+            "outbox",
+            "outbox-source",
+            &["a", "b"].map(|key| NewJob {
+                key: key.into(),
+                label: "default".into(),
+                spec: "{}".into(),
+                needs: Vec::new(),
+                max_attempts: 1,
+            }),
+            1,
+        )
+        .await
+        .expect("run");
+    let jobs = store.jobs(run).await.expect("jobs");
+    let (a, b) = (jobs[0].id, jobs[1].id);
+    assert!(
+        store
+            .unsent_statuses(0, 10)
+            .await
+            .expect("outbox")
+            .is_empty(),
+        "a new run's pending jobs are nothing to report"
+    );
+    let queued = store
+        .transition_job(a, &[JobStatus::Pending], JobStatus::Queued, None)
+        .await
+        .expect("queue");
+    assert!(queued);
+    store
+        .transition_job(b, &[JobStatus::Pending], JobStatus::Skipped, Some("needs"))
+        .await
+        .expect("skip");
+    store
+        .transition_job(a, &[JobStatus::Queued], JobStatus::Queued, None)
+        .await
+        .expect("queue again");
+    let end = |attempt, status, job_status, extra_attempts| Change::Finish {
+        attempt,
+        status,
+        reason: None,
+        now: 5,
+        job: a,
+        job_status,
+        job_reason: None,
+        extra_attempts,
+    };
+    let first = store.claim(a, "e", 100, "t1", 2).await.expect("claim");
+    store
+        .finish(end(first.id, AttemptStatus::Lost, JobStatus::Queued, 1))
+        .await
+        .expect("lost");
+    let second = store.claim(a, "e", 100, "t2", 3).await.expect("claim");
+    store
+        .finish(end(
+            second.id,
+            AttemptStatus::Succeeded,
+            JobStatus::Succeeded,
+            0,
+        ))
+        .await
+        .expect("end");
+    let entries = store.unsent_statuses(0, 100).await.expect("outbox");
+    let seen: Vec<(String, JobStatus, u32, Option<String>)> = entries
+        .iter()
+        .map(|e| (e.key.clone(), e.status, e.attempts, e.reason.clone()))
+        .collect();
+    let at = |key: &str, status, attempts, reason: Option<&str>| {
+        (
+            key.to_string(),
+            status,
+            attempts,
+            reason.map(str::to_string),
+        )
+    };
+    assert_eq!(
+        seen,
+        vec![
+            at("a", JobStatus::Queued, 0, None),
+            at("b", JobStatus::Skipped, 0, Some("needs")),
+            at("a", JobStatus::Running, 1, None),
+            at("a", JobStatus::Queued, 1, None),
+            at("a", JobStatus::Running, 2, None),
+            at("a", JobStatus::Succeeded, 2, None),
+        ]
+    );
+    assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(entries.iter().all(|e| e.run == run));
+    assert_eq!(
+        entries.iter().map(|e| e.job).collect::<Vec<_>>(),
+        vec![a, b, a, a, a, a]
+    );
+    assert_eq!(
+        store.unsent_statuses(0, 2).await.expect("outbox"),
+        entries[..2]
+    );
+    assert_eq!(
+        store
+            .unsent_statuses(entries[1].id, 2)
+            .await
+            .expect("outbox"),
+        entries[2..4]
+    );
+    let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    store.statuses_sent(&ids[..3]).await.expect("sent");
+    assert_eq!(
+        store.unsent_statuses(0, 100).await.expect("outbox"),
+        entries[3..]
+    );
+    // A run that finishes now keeps what is new; one after the retention
+    // drops it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    store
+        .finish_run(run, RunStatus::Succeeded, now)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.unsent_statuses(0, 100).await.expect("outbox").len(),
+        3
+    );
+    store
+        .finish_run(
+            run,
+            RunStatus::Succeeded,
+            now + STATUS_RETENTION_MS + 60_000,
+        )
+        .await
+        .expect("finish");
+    assert!(
+        store
+            .unsent_statuses(0, 100)
+            .await
+            .expect("outbox")
+            .is_empty()
+    );
 }
 
 /// A delivery id is recorded once per forge; the same id from another

@@ -4,11 +4,11 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 
 use super::rows::{SqlResult, col, run_from};
-use super::text::placeholders;
+use super::text::{BATCH_ROWS, ids_of, placeholders};
 use super::{Result, SqlStore};
 use crate::store::{
     HostEntry, InboxEntry, InboxState, IntegrationStore, JobId, JobStatus, NewDelivery, Run, RunId,
-    RunStatus, ScheduleEntry,
+    RunStatus, ScheduleEntry, StatusChange,
 };
 
 const COLUMNS: &str = "forge, id, event, body, received_at, state, outcome, run_id, target";
@@ -31,8 +31,49 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+fn status_from(r: &AnyRow) -> Result<StatusChange> {
+    Ok(StatusChange {
+        id: col(r, "id")?,
+        run: RunId::new(col(r, "run_id")?),
+        job: JobId::new(col(r, "job_id")?),
+        key: col(r, "job_key")?,
+        status: col::<String>(r, "status")?.parse()?,
+        attempts: u32::try_from(col::<i64>(r, "attempts")?).unwrap_or(u32::MAX),
+        reason: col(r, "reason")?,
+        at: col(r, "at")?,
+    })
+}
+
 #[async_trait]
 impl IntegrationStore for SqlStore {
+    async fn unsent_statuses(&self, after: i64, n: usize) -> Result<Vec<StatusChange>> {
+        let rows = sqlx::query(&self.dialect.sql(
+            "SELECT id, run_id, job_id, job_key, status, attempts, reason, at \
+             FROM status_outbox WHERE id > $1 ORDER BY id LIMIT $2",
+        ))
+        .bind(after)
+        .bind(limit(n))
+        .fetch_all(&mut *self.conn().await.db()?)
+        .await
+        .db()?;
+        rows.iter().map(status_from).collect()
+    }
+
+    async fn statuses_sent(&self, ids: &[i64]) -> Result<()> {
+        for chunk in ids.chunks(BATCH_ROWS) {
+            let sql = self.dialect.sequential_sql(format!(
+                "DELETE FROM status_outbox WHERE id IN ({})",
+                ids_of(chunk.len(), 1, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *self.conn().await.db()?).await.db()?;
+        }
+        Ok(())
+    }
+
     async fn record_delivery(
         &self,
         forge: &str,

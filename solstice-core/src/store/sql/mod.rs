@@ -355,6 +355,7 @@ impl StateStore for SqlStore {
     }
 
     async fn finish_run(&self, id: RunId, status: RunStatus, now: i64) -> Result<()> {
+        let mut conn = self.conn().await.db()?;
         sqlx::query(
             &self
                 .dialect
@@ -363,9 +364,16 @@ impl StateStore for SqlStore {
         .bind(status.as_str())
         .bind(now)
         .bind(id.get())
-        .execute(&mut *self.conn().await.db()?)
+        .execute(&mut *conn)
         .await
         .db()?;
+        // The status outbox keeps what nobody sent for a retention only
+        // (a store without an integration layer has nobody to send it).
+        sqlx::query(&self.dialect.sql("DELETE FROM status_outbox WHERE at < $1"))
+            .bind(now.saturating_sub(crate::store::STATUS_RETENTION_MS))
+            .execute(&mut *conn)
+            .await
+            .db()?;
         Ok(())
     }
 

@@ -94,6 +94,15 @@ pub struct QueueOptions {
     /// After this many deliveries a message that is requeued again is
     /// dead-lettered instead. Default 5.
     pub max_deliveries: u32,
+    /// Consumers take a message only while their owner waits in
+    /// [`Consumer::next`], one at a time, and hold none ahead: a broker
+    /// pushes nothing to them. For a lane whose messages must not wait at
+    /// a host that stopped asking (paused, hung, cut off): they stay in
+    /// the queue for the next host that asks. A broker-backed queue then
+    /// polls while its consumer waits. Default `false` (subscribed, with
+    /// the owner's room as its prefetch); a queue whose consumers never
+    /// hold anything unasked (the memory queue) is the same either way.
+    pub pull: bool,
 }
 
 impl QueueOptions {
@@ -102,11 +111,20 @@ impl QueueOptions {
         self.max_deliveries = max_deliveries;
         self
     }
+
+    /// These options with [`QueueOptions::pull`] set.
+    pub fn with_pull(mut self, pull: bool) -> Self {
+        self.pull = pull;
+        self
+    }
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { max_deliveries: 5 }
+        QueueOptions {
+            max_deliveries: 5,
+            pull: false,
+        }
     }
 }
 
@@ -188,6 +206,17 @@ where
     /// ahead. A hint; the default ignores it.
     fn set_room(&mut self, room: usize) {
         let _ = room;
+    }
+
+    /// A message that is there now, without waiting for one to come:
+    /// `None` when there is none, or when this consumer cannot tell
+    /// without waiting (the default, and a subscribed broker consumer
+    /// that has nothing in hand). A queue with [`QueueOptions::pull`]
+    /// answers it (one ask of the broker): that is how a consumer of
+    /// several queues takes one queue's messages before another's. While
+    /// `prefetch` deliveries are unacked it says `None`.
+    async fn try_next(&mut self) -> Result<Option<Delivery<M>>, QueueError> {
+        Ok(None)
     }
 }
 

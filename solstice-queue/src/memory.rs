@@ -232,19 +232,26 @@ where
     async fn next(&mut self) -> Result<Delivery<M>, QueueError> {
         loop {
             // Register for wake-ups before looking, so none is missed.
-            let changed = self.shared.changed.notified();
+            let shared = self.shared.clone();
+            let changed = shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some((tag, message, deliveries)) = self.try_take()? {
-                let settle = MemorySettle {
-                    shared: self.shared.clone(),
-                    tag,
-                    settled: false,
-                };
-                return Ok(Delivery::new(message, deliveries, Box::new(settle)));
+            if let Some(d) = self.try_next().await? {
+                return Ok(d);
             }
             changed.await;
         }
+    }
+
+    async fn try_next(&mut self) -> Result<Option<Delivery<M>>, QueueError> {
+        Ok(self.try_take()?.map(|(tag, message, deliveries)| {
+            let settle = MemorySettle {
+                shared: self.shared.clone(),
+                tag,
+                settled: false,
+            };
+            Delivery::new(message, deliveries, Box::new(settle))
+        }))
     }
 }
 

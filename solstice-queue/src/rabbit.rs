@@ -21,6 +21,14 @@ use crate::{Consumer, DeadLetter, Delivery, JobQueue, QueueError, QueueOptions, 
 
 /// The header that carries why Solstice dead-lettered a message itself.
 const REASON: &str = "x-solstice-reason";
+/// A label's queue being opened.
+type Opening<M> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Arc<dyn JobQueue<M>>, QueueError>> + Send>,
+>;
+
+/// How often a pulling consumer ([`QueueOptions::pull`]) asks while its
+/// owner waits.
+const PULL_EVERY: Duration = Duration::from_millis(250);
 /// How long `publish` keeps trying while the broker is away.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -264,8 +272,10 @@ impl<M> RabbitQueue<M> {
     }
 
     /// A queue per label (`runs_on`): `PREFIX.LABEL`, each with its own
-    /// dead letters, connected on first use. A label that is not 1 to 64
-    /// of `A-Z a-z 0-9 . _ -` is refused (it would name a queue).
+    /// dead letters, connected on first use; and each label's retry lane
+    /// ([`crate::LabelQueues::retries`]) `PREFIX.LABEL:retries`, pulled
+    /// ([`QueueOptions::pull`]). A label that is not 1 to 64 of
+    /// `A-Z a-z 0-9 . _ -` is refused (it would name a queue).
     pub fn per_label(
         url: impl Into<String>,
         prefix: impl Into<String>,
@@ -276,10 +286,26 @@ impl<M> RabbitQueue<M> {
     {
         let url = url.into();
         let prefix = prefix.into();
-        crate::PerLabel::new(move |label: String| {
+        let lanes = (url.clone(), prefix.clone());
+        crate::PerLabel::new(Self::label_opener(url, prefix, "", options)).with_retries(
+            Self::label_opener(lanes.0, lanes.1, ":retries", options.with_pull(true)),
+        )
+    }
+
+    /// Opens `PREFIX.LABEL` + `suffix` for a label.
+    fn label_opener(
+        url: String,
+        prefix: String,
+        suffix: &'static str,
+        options: QueueOptions,
+    ) -> impl Fn(String) -> Opening<M> + Send + Sync + 'static
+    where
+        M: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        move |label: String| {
             let url = url.clone();
-            let name = format!("{prefix}.{label}");
-            async move {
+            let name = format!("{prefix}.{label}{suffix}");
+            Box::pin(async move {
                 let usable = !label.is_empty()
                     && label.len() <= 64
                     && label
@@ -293,8 +319,8 @@ impl<M> RabbitQueue<M> {
                 let queue: Arc<dyn JobQueue<M>> =
                     Arc::new(RabbitQueue::<M>::connect(url, name, options).await?);
                 Ok(queue)
-            }
-        })
+            })
+        }
     }
 
     /// Deletes the queue and its dead letters (tests, operators).
@@ -453,6 +479,23 @@ struct RabbitConsumer<M> {
     fetching: Option<tokio::task::JoinHandle<Option<Fetched<M>>>>,
 }
 
+impl<M> RabbitConsumer<M> {
+    /// A fetched message as a delivery, counted as held until settled.
+    fn handed_out(&self, f: Fetched<M>) -> Delivery<M> {
+        self.held
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Delivery::new(
+            f.message,
+            f.deliveries,
+            Box::new(RabbitSettle {
+                acker: Some(f.acker),
+                held: Some(self.held.clone()),
+            }),
+        )
+    }
+}
+
 /// A decoded message and how to settle it.
 struct Fetched<M> {
     message: M,
@@ -587,42 +630,87 @@ async fn fetch_one<M: DeserializeOwned>(
             }
         };
         backoff = Duration::from_millis(100);
-        let deliveries = delivery_count(&delivery.properties);
-        match serde_json::from_slice::<M>(&delivery.data) {
-            Ok(message) => {
-                return Some(Fetched {
-                    message,
-                    deliveries,
-                    acker: delivery.acker,
-                    body: delivery.data,
-                });
+        match decoded(&shared, &mut link, delivery).await {
+            Some(fetched) => return Some(fetched),
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// A delivery decoded; `None` when it does not decode: it is then moved
+/// to the dead letters (a failure on the way leaves it on the queue:
+/// unacked, it comes back with the next connection, which is made).
+async fn decoded<M: DeserializeOwned>(
+    shared: &Shared,
+    link: &mut Link,
+    delivery: lapin::message::Delivery,
+) -> Option<Fetched<M>> {
+    let deliveries = delivery_count(&delivery.properties);
+    match serde_json::from_slice::<M>(&delivery.data) {
+        Ok(message) => Some(Fetched {
+            message,
+            deliveries,
+            acker: delivery.acker,
+            body: delivery.data,
+        }),
+        Err(e) => {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                ShortString::from(REASON),
+                AMQPValue::LongString(format!("cannot decode: {e}").into()),
+            );
+            let moved = shared
+                .move_to(
+                    &shared.dead(),
+                    &delivery.data,
+                    Some(headers),
+                    &delivery.acker,
+                )
+                .await;
+            if let Err(e) = moved {
+                tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot dead-letter an undecodable message yet; reconnecting");
+                link.disconnect().await;
             }
-            Err(e) => {
-                // Dead-lettered, then taken off the queue; a failure on the
-                // way leaves it on the queue (unacked, it comes back with
-                // the new connection) and the consumer goes on.
-                let mut headers = FieldTable::default();
-                headers.insert(
-                    ShortString::from(REASON),
-                    AMQPValue::LongString(format!("cannot decode: {e}").into()),
-                );
-                let moved = shared
-                    .move_to(
-                        &shared.dead(),
-                        &delivery.data,
-                        Some(headers),
-                        &delivery.acker,
-                    )
-                    .await;
-                if let Err(e) = moved {
-                    tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot dead-letter an undecodable message yet; reconnecting");
-                    link.disconnect().await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+            None
+        }
+    }
+}
+
+/// One ask of the broker for a message ([`QueueOptions::pull`]): `None`
+/// when the queue is empty (or the broker away: the consumer asks again
+/// later).
+async fn get_one<M: DeserializeOwned>(
+    shared: Arc<Shared>,
+    link: Arc<tokio::sync::Mutex<Link>>,
+) -> Option<Fetched<M>> {
+    let mut link = link.lock().await;
+    // A few undecodable messages in a row are dead-lettered on the way.
+    for _ in 0..16 {
+        if link.connection.is_none()
+            && let Err(e) = link.connect(&shared).await
+        {
+            tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot reach the queue yet");
+            return None;
+        }
+        let (_, channel) = link.connection.as_ref()?;
+        let got = channel
+            .basic_get(&shared.queue, BasicGetOptions { no_ack: false })
+            .await;
+        match got {
+            Ok(Some(got)) => {
+                if let Some(fetched) = decoded(&shared, &mut link, got.delivery).await {
+                    return Some(fetched);
                 }
+            }
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(queue = %shared.queue, error = %crate::chain(&broker(e)), "consumer lost its channel; reconnecting");
+                link.disconnect().await;
+                return None;
             }
         }
     }
+    None
 }
 
 impl<M> Drop for RabbitConsumer<M> {
@@ -660,6 +748,14 @@ where
                 }
                 settled.await;
             }
+            if self.shared.options.pull {
+                // Asked while the owner waits, never ahead of it.
+                if let Some(d) = self.try_next().await? {
+                    return Ok(d);
+                }
+                tokio::time::sleep(PULL_EVERY).await;
+                continue;
+            }
             let room = self
                 .room
                 .load(std::sync::atomic::Ordering::SeqCst)
@@ -676,23 +772,34 @@ where
             let fetched = task.await;
             self.fetching = None;
             match fetched {
-                Ok(Some(f)) => {
-                    self.held
-                        .count
-                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    return Ok(Delivery::new(
-                        f.message,
-                        f.deliveries,
-                        Box::new(RabbitSettle {
-                            acker: Some(f.acker),
-                            held: Some(self.held.clone()),
-                        }),
-                    ));
-                }
+                Ok(Some(f)) => return Ok(self.handed_out(f)),
                 // Paused before anything came, or the task died: ask again.
                 Ok(None) | Err(_) => continue,
             }
         }
+    }
+
+    async fn try_next(&mut self) -> Result<Option<Delivery<M>>, QueueError> {
+        if self.held.count.load(std::sync::atomic::Ordering::SeqCst) >= self.prefetch {
+            return Ok(None);
+        }
+        if !self.shared.options.pull {
+            // Subscribed: only what a `next` that was dropped already got.
+            if !self.fetching.as_ref().is_some_and(|t| t.is_finished()) {
+                return Ok(None);
+            }
+        }
+        // One ask, in a task of its own: a call dropped half-way loses
+        // nothing (the next call takes what it got).
+        let task = self.fetching.get_or_insert_with(|| {
+            tokio::spawn(get_one::<M>(self.shared.clone(), self.link.clone()))
+        });
+        let fetched = task.await;
+        self.fetching = None;
+        Ok(match fetched {
+            Ok(Some(f)) => Some(self.handed_out(f)),
+            Ok(None) | Err(_) => None,
+        })
     }
 
     async fn pause(&mut self) -> Result<(), QueueError> {

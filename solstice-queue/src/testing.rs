@@ -73,8 +73,64 @@ where
     dropped_consumer_returns_its_unacked_messages(&make(options).await).await;
     prefetch_bounds_unacked_deliveries(&make(options).await).await;
     undecodable_messages_are_dead_lettered(&make(options).await).await;
-    too_many_deliveries_dead_letter(&make(QueueOptions { max_deliveries: 3 }).await).await;
+    too_many_deliveries_dead_letter(&make(options.with_max_deliveries(3)).await).await;
     competing_consumers_each_get_every_message_once(&make(options).await).await;
+    // A pulled queue keeps the contract, and holds nothing unasked.
+    let pulled = options.with_pull(true);
+    delivers_in_order_and_ack_removes(&make(pulled).await).await;
+    dropped_consumer_returns_its_unacked_messages(&make(pulled).await).await;
+    competing_consumers_each_get_every_message_once(&make(pulled).await).await;
+    a_pulled_queue_holds_nothing_for_a_consumer_that_does_not_ask(&make(pulled).await).await;
+    try_next_takes_what_is_there_without_waiting(&make(pulled).await).await;
+}
+
+/// [`Consumer::try_next`] on a pulled queue: `None` at once when it is
+/// empty, the message when one is there, `None` while `prefetch`
+/// deliveries are unacked.
+pub async fn try_next_takes_what_is_there_without_waiting(q: &dyn JobQueue<TestMessage>) {
+    let mut c = q.consume(1).await.expect("consume");
+    let empty = tokio::time::timeout(ARRIVES, c.try_next())
+        .await
+        .expect("answers without waiting for a message")
+        .expect("open");
+    assert!(empty.is_none());
+    q.publish(&msg(7)).await.expect("publish");
+    q.publish(&msg(8)).await.expect("publish");
+    let d = tokio::time::timeout(ARRIVES, c.try_next())
+        .await
+        .expect("answers")
+        .expect("open")
+        .expect("the message that is there");
+    assert_eq!(d.message().id, 7);
+    let full = tokio::time::timeout(ARRIVES, c.try_next())
+        .await
+        .expect("answers")
+        .expect("open");
+    assert!(full.is_none(), "prefetch 1 and one unacked");
+    d.ack().await.expect("ack");
+    let (id, d) = next_id(&mut c).await;
+    assert_eq!(id, 8);
+    d.ack().await.expect("ack");
+}
+
+/// [`QueueOptions::pull`]: a consumer that took a message and does not ask
+/// again (its host paused) holds nothing more: a message published after
+/// goes to the next consumer that asks, at once.
+pub async fn a_pulled_queue_holds_nothing_for_a_consumer_that_does_not_ask(
+    q: &dyn JobQueue<TestMessage>,
+) {
+    q.publish(&msg(0)).await.expect("publish");
+    let mut quiet = q.consume(10).await.expect("consume");
+    quiet.set_room(10);
+    let (id, _held) = next_id(&mut quiet).await;
+    assert_eq!(id, 0);
+    q.publish(&msg(1)).await.expect("publish");
+    // Time for a broker to push it to the consumer that did not ask.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut asking = q.consume(10).await.expect("consume");
+    let (id, d) = next_id(&mut asking).await;
+    assert_eq!(id, 1, "the message went to the consumer that asked");
+    d.ack().await.expect("ack");
 }
 
 /// Published order is delivery order; an acked message never comes back.

@@ -288,7 +288,8 @@ async fn open_store(config: &Config) -> Result<Arc<SqlStore>, BoxError> {
     }
 }
 
-/// The job queues: RabbitMQ, a queue per label, or the in-process queue.
+/// The job queues: RabbitMQ, a queue per label, or the in-process queue;
+/// each with a retry lane.
 fn open_queues(config: &Config) -> Arc<dyn LabelQueues<JobMessage>> {
     match &config.queue {
         Some(url) => Arc::new(RabbitQueue::per_label(
@@ -296,9 +297,12 @@ fn open_queues(config: &Config) -> Arc<dyn LabelQueues<JobMessage>> {
             config.queue_prefix.clone(),
             QueueOptions::default(),
         )),
-        None => Arc::new(OneQueue::new(Arc::new(MemoryQueue::<JobMessage>::new(
-            QueueOptions::default(),
-        )))),
+        // Retries (lost attempts, the API's retries) in a lane of their
+        // own, taken before new work.
+        None => Arc::new(OneQueue::with_retries(
+            Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default())),
+            Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default())),
+        )),
     }
 }
 

@@ -710,6 +710,193 @@ async fn every_job_is_reported_once_and_in_order_through_twenty_kills_of_the_int
     }
 }
 
+/// The running attempts `holder` holds now.
+async fn held_by(store: &SqlStore, holder: &str) -> Vec<solstice_core::store::Attempt> {
+    store
+        .running_attempts()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.holder == holder)
+        .collect()
+}
+
+/// Two of three hosts killed in a busy run: their jobs start again on the
+/// third ahead of the backlog of new jobs (the retry lane), within the
+/// lease, a reaper pass, and the time a slot takes to free up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_jobs_start_again_ahead_of_the_backlog() {
+    let lease: i64 = 6;
+    let step_ms: i64 = 1500;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::new("backlog", lease as u32).await;
+    for host in ["orch-1", "orch-2", "orch-3"] {
+        fleet.start_orchestrator(host, 2);
+    }
+    let store = fleet.store().await;
+    fleet.wait_for_hosts(&store, 4).await;
+    let jobs = 48;
+    let sha = fleet.h.commit(&many(jobs, "sleep 1.5"));
+    fleet.push(&sha, "d-backlog").await;
+    wait_until(
+        &fleet,
+        "orch-1 and orch-2 running jobs",
+        Duration::from_secs(60),
+        async || {
+            !held_by(&store, "orch-1").await.is_empty()
+                && !held_by(&store, "orch-2").await.is_empty()
+        },
+    )
+    .await;
+    fleet.kill("orch-1");
+    fleet.kill("orch-2");
+    let killed_at = solstice_core::engine::now_ms();
+    let mut lost: Vec<_> = held_by(&store, "orch-1").await;
+    lost.extend(held_by(&store, "orch-2").await);
+    assert!(!lost.is_empty());
+    let mut again = Vec::new();
+    wait_until(
+        &fleet,
+        "the lost jobs start again",
+        Duration::from_secs(120),
+        async || {
+            again.clear();
+            for a in &lost {
+                let attempts = store.attempts(a.job_id).await.unwrap_or_default();
+                if let Some(next) = attempts.iter().find(|n| n.number == a.number + 1) {
+                    again.push(next.clone());
+                }
+            }
+            again.len() == lost.len()
+        },
+    )
+    .await;
+    // The lease, one reaper pass (a sixth of the lease), and a second of
+    // slack; plus the wait for a slot on the one host left (two slots,
+    // each freed by a job's end): the lost jobs go two by two, each pair a
+    // job's length after the one before. Before the retry lane they
+    // waited behind the whole backlog (about 40 jobs: 30 s).
+    let mut waits: Vec<i64> = again.iter().map(|a| a.started_at - killed_at).collect();
+    waits.sort_unstable();
+    let bounds: Vec<i64> = (0..waits.len() as i64)
+        .map(|i| lease * 1000 + lease * 1000 / 6 + (i / 2 + 1) * step_ms + 1000)
+        .collect();
+    eprintln!(
+        "{} lost jobs started again {waits:?} ms after the kill (bounds {bounds:?})",
+        lost.len()
+    );
+    assert!(
+        waits.iter().zip(&bounds).all(|(w, b)| w <= b),
+        "lost jobs started again {waits:?} ms after the kill (bounds {bounds:?})"
+    );
+    // They went ahead of new work that was queued before them.
+    let last = again.iter().map(|a| a.started_at).max().unwrap_or(0);
+    let fresh_still_queued = newest_jobs(&store)
+        .await
+        .iter()
+        .filter(|j| j.attempts == 0 && j.status == JobStatus::Queued)
+        .count();
+    let started_later = {
+        let mut n = 0;
+        for j in newest_jobs(&store).await {
+            for a in store.attempts(j.id).await.unwrap_or_default() {
+                if a.number == 1 && a.started_at > last {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    assert!(
+        fresh_still_queued + started_later > 0,
+        "no new job was waiting: the test shows nothing"
+    );
+}
+
+/// A host paused (SIGSTOP) with free slots while its job is lost: the job
+/// goes to the other host as soon as that host has room, not to the
+/// paused host's consumer (which the broker would push it to, and which
+/// would hold it until the broker gave up on the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_hosts_lost_job_is_not_handed_back_to_it() {
+    let lease = 6;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::new("pausedroom", lease).await;
+    // orch-a: room for two, serves `shared`; it takes the victim.
+    fleet.start_orchestrator_with("orch-a", 2, &[("SOLSTICE_LABELS", "shared")]);
+    let store = fleet.store().await;
+    fleet.wait_for_hosts(&store, 2).await;
+    let victim = fleet.h.commit(
+        "workflow {\n  job id=\"victim\" runs_on=\"shared\" {\n    step run=\"echo started; sleep 12\"\n  }\n}",
+    );
+    fleet.push(&victim, "d-victim").await;
+    wait_until(
+        &fleet,
+        "orch-a runs the victim",
+        Duration::from_secs(60),
+        async || !held_by(&store, "orch-a").await.is_empty(),
+    )
+    .await;
+    let victim_job = newest_jobs(&store).await.remove(0).id;
+    // orch-b: room for one, serves `shared` and `b`; kept busy with a job
+    // only it can take until after the victim is lost.
+    fleet.start_orchestrator_with("orch-b", 1, &[("SOLSTICE_LABELS", "shared,b")]);
+    fleet.wait_for_hosts(&store, 3).await;
+    let busy = fleet
+        .h
+        .commit("workflow {\n  job id=\"busy\" runs_on=\"b\" {\n    step run=\"sleep 10\"\n  }\n}");
+    fleet.push(&busy, "d-busy").await;
+    wait_until(
+        &fleet,
+        "orch-b is busy",
+        Duration::from_secs(60),
+        async || !held_by(&store, "orch-b").await.is_empty(),
+    )
+    .await;
+    fleet.signal("orch-a", "STOP");
+    let paused_at = solstice_core::engine::now_ms();
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let attempts = store.attempts(victim_job).await.unwrap_or_default();
+            if let Some(second) = attempts.iter().find(|a| a.number == 2) {
+                return second.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    fleet.signal("orch-a", "CONT");
+    let second = result.unwrap_or_else(|_| {
+        panic!(
+            "the victim did not start again within a minute of the pause; logs:\n{}",
+            fleet.logs()
+        )
+    });
+    assert_eq!(second.holder, "orch-b");
+    // As soon as both hold: the lease ran out and a reaper pass saw it,
+    // and orch-b has room (its busy job ended); plus slack. Before the
+    // retry lane, the broker pushed the job to orch-a's consumer, which
+    // held it until the broker gave up on orch-a's connection.
+    let busy_job = newest_jobs(&store).await.remove(0).id;
+    let busy_end = store
+        .attempts(busy_job)
+        .await
+        .expect("attempts")
+        .first()
+        .and_then(|a| a.finished_at)
+        .unwrap_or(i64::MAX);
+    let lost_at = paused_at + i64::from(lease) * 1000 + i64::from(lease) * 1000 / 6;
+    let bound = lost_at.max(busy_end) + 2500 - paused_at;
+    let waited = second.started_at - paused_at;
+    eprintln!(
+        "the victim started again on orch-b {waited} ms after orch-a was paused (bound {bound})"
+    );
+    assert!(
+        waited <= bound,
+        "{waited} ms after the pause (bound {bound})"
+    );
+}
+
 /// Starts the broker's application and the database again when dropped,
 /// also when the test fails.
 struct Services;

@@ -16,16 +16,22 @@ CREATE TABLE status_outbox (
 );
 CREATE INDEX status_outbox_at ON status_outbox (at);
 
+-- One INSERT per statement, from the statement's transition tables (a
+-- claim or an end of many jobs in one batch is one statement): a
+-- row-level trigger cost a PL/pgSQL call per job.
 CREATE FUNCTION status_outbox_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO status_outbox (run_id, job_id, job_key, status, attempts, reason, at)
-    VALUES (NEW.run_id, NEW.id, NEW.job_key, NEW.status, NEW.attempts, NEW.reason,
-            (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT);
+    SELECT n.run_id, n.id, n.job_key, n.status, n.attempts, n.reason,
+           (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
+    FROM status_outbox_new n JOIN status_outbox_old o ON o.id = n.id
+    WHERE o.status IS DISTINCT FROM n.status OR o.attempts IS DISTINCT FROM n.attempts
+    ORDER BY n.id;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER jobs_status_outbox AFTER UPDATE OF status, attempts ON jobs
-    FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.attempts IS DISTINCT FROM NEW.attempts)
+CREATE TRIGGER jobs_status_outbox AFTER UPDATE ON jobs
+    REFERENCING OLD TABLE AS status_outbox_old NEW TABLE AS status_outbox_new
+    FOR EACH STATEMENT
     EXECUTE FUNCTION status_outbox_write();

@@ -470,7 +470,8 @@ impl Engine {
                 attempt: attempt.number,
                 reason: reason.unwrap_or_default(),
             });
-            self.publish(run, job.id, &job.label).await?;
+            self.publish(run, job.id, &job.label, super::Lane::Retry)
+                .await?;
             return Ok(());
         }
         self.emit(EngineEvent::JobFinished {

@@ -670,7 +670,8 @@ impl Engine {
             run: job.run_id,
             key: job.key.clone(),
         });
-        self.publish(job.run_id, job.id, &job.label).await
+        self.publish(job.run_id, job.id, &job.label, Lane::of(job))
+            .await
     }
 
     /// Waits until the run is final.
@@ -738,11 +739,15 @@ impl Engine {
         self.inner.services.wait().await;
     }
 
-    /// Puts a job on its label's queue.
-    async fn publish(&self, run: RunId, job: JobId, label: &str) -> Result<(), EngineError> {
-        self.inner
-            .queues
-            .queue(label)
+    /// Puts a job on its label's queue, or on the label's retry lane.
+    async fn publish(
+        &self,
+        run: RunId,
+        job: JobId,
+        label: &str,
+        lane: Lane,
+    ) -> Result<(), EngineError> {
+        self.lane(label, lane)
             .await?
             .publish(&JobMessage {
                 run_id: run,
@@ -752,20 +757,30 @@ impl Engine {
         Ok(())
     }
 
-    /// Puts jobs on their labels' queues, a batch per label (a broker
-    /// pipelines a batch's confirms).
-    async fn publish_all(&self, jobs: &[(RunId, JobId, &str)]) -> Result<(), EngineError> {
-        let mut by_label: BTreeMap<&str, Vec<JobMessage>> = BTreeMap::new();
-        for &(run, job, label) in jobs {
-            by_label.entry(label).or_default().push(JobMessage {
+    /// The queue of `label` a job goes to in `lane`.
+    async fn lane(
+        &self,
+        label: &str,
+        lane: Lane,
+    ) -> Result<Arc<dyn JobQueue<JobMessage>>, EngineError> {
+        Ok(match lane {
+            Lane::Fresh => self.inner.queues.queue(label).await?,
+            Lane::Retry => self.inner.queues.retries(label).await?,
+        })
+    }
+
+    /// Puts jobs on their labels' queues (or retry lanes), a batch per
+    /// queue (a broker pipelines a batch's confirms).
+    async fn publish_all(&self, jobs: &[(RunId, JobId, &str, Lane)]) -> Result<(), EngineError> {
+        let mut by_queue: BTreeMap<(&str, Lane), Vec<JobMessage>> = BTreeMap::new();
+        for &(run, job, label, lane) in jobs {
+            by_queue.entry((label, lane)).or_default().push(JobMessage {
                 run_id: run,
                 job_id: job,
             });
         }
-        for (label, messages) in by_label {
-            self.inner
-                .queues
-                .queue(label)
+        for ((label, lane), messages) in by_queue {
+            self.lane(label, lane)
                 .await?
                 .publish_many(&messages)
                 .await?;
@@ -791,13 +806,38 @@ impl Engine {
             None => vec!["default".to_string()],
             Some(labels) => labels.clone(),
         };
-        let mut queues: Vec<Arc<dyn JobQueue<JobMessage>>> = Vec::new();
+        // Each label's queue, and its retry lane where it has its own.
+        let mut fresh: Vec<Arc<dyn JobQueue<JobMessage>>> = Vec::new();
+        let mut retries: Vec<Arc<dyn JobQueue<JobMessage>>> = Vec::new();
         for label in &labels {
             let q = self.inner.queues.queue(label).await?;
-            if !queues.iter().any(|known| Arc::ptr_eq(known, &q)) {
-                queues.push(q);
+            if !fresh.iter().any(|known| Arc::ptr_eq(known, &q)) {
+                fresh.push(q);
             }
         }
+        for label in &labels {
+            let q = self.inner.queues.retries(label).await?;
+            let known = |k: &Arc<dyn JobQueue<JobMessage>>| Arc::ptr_eq(k, &q);
+            if !fresh.iter().any(known) && !retries.iter().any(known) {
+                retries.push(q);
+            }
+        }
+        let fresh = match Self::merged(fresh, prefetch).await? {
+            Some(c) => c,
+            None => return Ok(None),
+        };
+        Ok(Some(match Self::merged(retries, prefetch).await? {
+            Some(retries) => Box::new(Lanes { retries, fresh }),
+            None => fresh,
+        }))
+    }
+
+    /// One consumer of `queues`: the queue's own when there is one, else
+    /// [`Merged`] over a consumer per queue; `None` for none.
+    async fn merged(
+        mut queues: Vec<Arc<dyn JobQueue<JobMessage>>>,
+        prefetch: usize,
+    ) -> Result<Option<Box<dyn solstice_queue::Consumer<JobMessage>>>, EngineError> {
         if queues.len() <= 1 {
             return Ok(match queues.pop() {
                 Some(q) => Some(q.consume(prefetch).await?),
@@ -906,6 +946,75 @@ impl Engine {
     }
 }
 
+/// Where a job's message goes: its label's queue, or the label's retry
+/// lane, which every engine takes from first
+/// ([`solstice_queue::LabelQueues::retries`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Lane {
+    /// Never tried yet.
+    Fresh,
+    /// Tried before: an attempt lost with its host, a retry.
+    Retry,
+}
+
+impl Lane {
+    /// The lane of a queued job: a retry once it has made an attempt.
+    pub(crate) fn of(job: &crate::store::Job) -> Lane {
+        if job.attempts > 0 {
+            Lane::Retry
+        } else {
+            Lane::Fresh
+        }
+    }
+}
+
+/// The retry lanes before the labels' queues: asked for a message, it
+/// takes one of `retries` whenever one is there, and one of `fresh` only
+/// when none is (a job lost with its host does not wait behind a backlog
+/// of new work).
+struct Lanes {
+    retries: Box<dyn solstice_queue::Consumer<JobMessage>>,
+    fresh: Box<dyn solstice_queue::Consumer<JobMessage>>,
+}
+
+#[async_trait::async_trait]
+impl solstice_queue::Consumer<JobMessage> for Lanes {
+    async fn next(&mut self) -> Result<Delivery<JobMessage>, solstice_queue::QueueError> {
+        // What the retry lane has now goes first, even when fresh work
+        // came ahead (a broker pushes it; a pulled lane must be asked).
+        if let Some(d) = self.retries.try_next().await? {
+            return Ok(d);
+        }
+        // Then whichever comes first, the retry lane when both are there.
+        // Dropping the wait that lost is safe (a consumer keeps what it
+        // was getting).
+        tokio::select! {
+            biased;
+            d = self.retries.next() => d,
+            d = self.fresh.next() => d,
+        }
+    }
+
+    async fn pause(&mut self) -> Result<(), solstice_queue::QueueError> {
+        self.retries.pause().await?;
+        self.fresh.pause().await
+    }
+
+    fn set_room(&mut self, room: usize) {
+        self.retries.set_room(room);
+        self.fresh.set_room(room);
+    }
+
+    async fn try_next(
+        &mut self,
+    ) -> Result<Option<Delivery<JobMessage>>, solstice_queue::QueueError> {
+        if let Some(d) = self.retries.try_next().await? {
+            return Ok(Some(d));
+        }
+        self.fresh.try_next().await
+    }
+}
+
 /// One consumer of several queues (one per label). Asked for a message,
 /// it waits on all of them and takes the first that comes; a message
 /// another one got meanwhile is taken by a later call, or handed back to
@@ -949,5 +1058,19 @@ impl solstice_queue::Consumer<JobMessage> for Merged {
         for c in &mut self.consumers {
             c.set_room(room);
         }
+    }
+
+    async fn try_next(
+        &mut self,
+    ) -> Result<Option<Delivery<JobMessage>>, solstice_queue::QueueError> {
+        let n = self.consumers.len();
+        for k in 0..n {
+            let i = (self.first + k) % n;
+            if let Some(d) = self.consumers[i].try_next().await? {
+                self.first = (i + 1) % n;
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
     }
 }

@@ -100,7 +100,8 @@ impl Engine {
                 attempt: attempt.number,
                 reason,
             });
-            self.publish(job.run_id, job.id, &job.label).await?;
+            self.publish(job.run_id, job.id, &job.label, super::Lane::Retry)
+                .await?;
         }
         Ok(())
     }
@@ -185,7 +186,7 @@ impl Engine {
         }
         let batch: Vec<_> = stranded_jobs
             .iter()
-            .map(|j| (j.run_id, j.id, j.label.as_str()))
+            .map(|j| (j.run_id, j.id, j.label.as_str(), super::Lane::of(j)))
             .collect();
         self.publish_all(&batch).await?;
         Ok(now)

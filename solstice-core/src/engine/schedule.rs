@@ -138,9 +138,9 @@ impl Engine {
                 .into_iter()
                 .filter(|(id, _, _)| queued.contains(id))
                 .collect();
-            let batch: Vec<(RunId, JobId, &str)> = to_queue
+            let batch: Vec<(RunId, JobId, &str, super::Lane)> = to_queue
                 .iter()
-                .map(|(id, _, label)| (run, *id, label.as_str()))
+                .map(|(id, _, label)| (run, *id, label.as_str(), super::Lane::Fresh))
                 .collect();
             // Queued in the store now: said before the messages go out, so
             // that no engine's `JobStarted` for them can come first.

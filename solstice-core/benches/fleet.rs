@@ -202,18 +202,8 @@ impl Drop for Place {
             ])
             .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
             .output();
-        if let Ok(out) = Command::new("rabbitmqctl")
-            .args(["list_queues", "-q", "--no-table-headers", "name"])
-            .output()
-        {
-            for q in String::from_utf8_lossy(&out.stdout).lines() {
-                if q.trim().starts_with(&format!("{}.", self.prefix)) {
-                    let _ = Command::new("rabbitmqctl")
-                        .args(["delete_queue", q.trim()])
-                        .output();
-                }
-            }
-        }
+        let prefix = format!("{}.", self.prefix);
+        solstice_queue::testing::delete_broker_objects(&amqp(), |name| name.starts_with(&prefix));
     }
 }
 

@@ -69,19 +69,8 @@ async fn run_ends(engine: &Engine, run: RunId, secs: u64) -> RunStatus {
 
 impl Drop for Queues {
     fn drop(&mut self) {
-        let Ok(out) = std::process::Command::new("rabbitmqctl")
-            .args(["list_queues", "-q", "--no-table-headers", "name"])
-            .output()
-        else {
-            return;
-        };
-        for name in String::from_utf8_lossy(&out.stdout).lines() {
-            if name.trim().starts_with(&format!("{}.", self.0)) {
-                let _ = std::process::Command::new("rabbitmqctl")
-                    .args(["delete_queue", name.trim()])
-                    .output();
-            }
-        }
+        let prefix = format!("{}.", self.0);
+        solstice_queue::testing::delete_broker_objects(&url(), |name| name.starts_with(&prefix));
     }
 }
 

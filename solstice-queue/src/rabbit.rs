@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -323,7 +323,8 @@ impl<M> RabbitQueue<M> {
         }
     }
 
-    /// Deletes the queue and its dead letters (tests, operators).
+    /// Deletes the queue, its dead letters and their exchange (tests,
+    /// operators).
     pub async fn delete(&self) -> Result<(), QueueError> {
         let (connection, channel) = self.shared.connect().await?;
         for q in [self.shared.queue.clone(), self.shared.dead()] {
@@ -332,6 +333,10 @@ impl<M> RabbitQueue<M> {
                 .await
                 .map_err(broker)?;
         }
+        channel
+            .exchange_delete(&self.shared.dlx(), ExchangeDeleteOptions::default())
+            .await
+            .map_err(broker)?;
         let _ = connection.close(200, "deleted").await;
         *self.shared.link.lock().await = None;
         Ok(())

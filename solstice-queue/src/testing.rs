@@ -298,3 +298,61 @@ pub async fn competing_consumers_each_get_every_message_once(q: &dyn JobQueue<Te
     assert_eq!(seen, (0..n).collect::<Vec<_>>());
     nothing_arrives(&mut a).await;
 }
+
+/// Deletes every queue and exchange of the broker at `url` whose name
+/// `matches` (what tests made: a dead-letter exchange outlives its
+/// queue otherwise), best-effort, blocking: for `Drop`s, also inside a
+/// runtime. They are listed with `rabbitmqctl` and deleted over AMQP
+/// (`rabbitmqctl` cannot delete an exchange).
+#[cfg(feature = "rabbitmq")]
+pub fn delete_broker_objects(url: &str, matches: impl Fn(&str) -> bool) {
+    let list = |what: &str| -> Vec<String> {
+        std::process::Command::new("rabbitmqctl")
+            .args([&format!("list_{what}"), "-q", "--no-table-headers", "name"])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|name| !name.is_empty() && matches(name))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let queues = list("queues");
+    let exchanges = list("exchanges");
+    if queues.is_empty() && exchanges.is_empty() {
+        return;
+    }
+    let url = url.to_string();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(connection) =
+                lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            let Ok(channel) = connection.create_channel().await else {
+                return;
+            };
+            for q in &queues {
+                let _ = channel
+                    .queue_delete(q, lapin::options::QueueDeleteOptions::default())
+                    .await;
+            }
+            for x in &exchanges {
+                let _ = channel
+                    .exchange_delete(x, lapin::options::ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "cleanup").await;
+        });
+    })
+    .join();
+}

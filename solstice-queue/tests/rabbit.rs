@@ -50,26 +50,12 @@ impl Drop for Restart {
 /// Deletes the queues of earlier runs of this test that failed before
 /// their own cleanup (`solstice-test-PID-...` of a process that is gone).
 fn delete_leftovers() {
-    let Ok(out) = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name"])
-        .output()
-    else {
-        return;
-    };
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(pid) = name
-            .strip_prefix("solstice-test-")
+    testing::delete_broker_objects(&url(), |name| {
+        name.strip_prefix("solstice-test-")
             .and_then(|rest| rest.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::process::Command::new("rabbitmqctl")
-                .args(["delete_queue", name.trim()])
-                .output();
-        }
-    }
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +86,19 @@ async fn rabbit_queue_conforms_and_survives_a_broker_restart() {
     let made = std::mem::take(&mut *made.lock().expect("lock"));
     for q in made {
         q.delete().await.expect("delete");
+    }
+    // Nothing of them is left: no queue, no dead letters, no exchange.
+    for what in ["queues", "exchanges"] {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([&format!("list_{what}"), "-q", "--no-table-headers", "name"])
+            .output()
+            .expect("rabbitmqctl");
+        let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| n.trim().starts_with(&format!("{run}-")))
+            .map(str::to_string)
+            .collect();
+        assert!(left.is_empty(), "{what} left after delete: {left:?}");
     }
 
     // The broker restarts while a consumer holds deliveries and a

@@ -98,9 +98,12 @@ pub struct Config {
     pub queue: Option<Secret>,
     /// The queues are named `PREFIX.LABEL`.
     pub queue_prefix: String,
-    /// This host's unique name in the fleet (default: the machine's host
-    /// name and the process id).
+    /// This host's unique name in the fleet, and its leases' holder
+    /// (default: the machine's host name and the daemon's role, the same
+    /// across restarts: `build-1-orchestrator`).
     pub host_name: String,
+    /// Whether `host-name` was set (else the role is added at start).
+    pub host_name_given: bool,
     /// The `runs_on` labels this host takes; none: every label the `vms`
     /// block routes, and `default`.
     pub labels: Option<Vec<String>>,
@@ -1106,15 +1109,15 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             "queue-prefix: `{queue_prefix}` is not 1 to 64 letters, digits, `.`, `_` or `-`"
         )));
     }
-    let host_name = match take("host-name") {
-        Some(h) => h,
+    let (host_name, host_name_given) = match take("host-name") {
+        Some(h) => (h, true),
         None => {
             let machine = std::fs::read_to_string("/etc/hostname")
                 .ok()
                 .map(|h| h.trim().to_string())
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "host".into());
-            format!("{machine}-{}", std::process::id())
+            (machine, false)
         }
     };
     if host_name.is_empty() || host_name.len() > 128 || host_name.chars().any(char::is_control) {
@@ -1226,6 +1229,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         queue: queue.map(Secret::new),
         queue_prefix,
         host_name,
+        host_name_given,
         labels,
         lease,
         max_connections,

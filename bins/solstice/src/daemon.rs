@@ -356,7 +356,12 @@ pub fn clone_origin(config: &Config, forge: Forge) -> Option<ForgeOrigin> {
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
-pub async fn serve(config: Config, role: Role) -> Result<(), BoxError> {
+pub async fn serve(mut config: Config, role: Role) -> Result<(), BoxError> {
+    // The same name across restarts (one row in `ciadm hosts`), one per
+    // role on a machine.
+    if !config.host_name_given {
+        config.host_name = format!("{}-{}", config.host_name, role.name());
+    }
     // Connections are capped below the descriptor limit, raised first to
     // what the system allows.
     let descriptors = solstice_core::net::raise_descriptor_limit();

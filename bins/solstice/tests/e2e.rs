@@ -264,6 +264,14 @@ async fn killed_right_after_acknowledging_the_run_happens_once_after_restart() {
     let checks = h.checks(&sha);
     assert_eq!(checks.len(), 1, "{checks:?}");
     assert_eq!(checks[0].2["conclusion"], "success");
+    // Both lives beat under the same name: one row in the fleet.
+    let hosts = h.get_json("/api/v1/hosts").await;
+    let names: Vec<&str> = hosts["hosts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|h| h["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names.len(), 1, "{hosts}");
+    assert!(names[0].ends_with("-all-in-one"), "{hosts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

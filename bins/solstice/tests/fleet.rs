@@ -206,19 +206,10 @@ impl Drop for Fleet {
                 self.name
             ))
             .output();
+        // The queues, their retry lanes and dead letters, and the
+        // dead-letter exchanges.
         let prefix = format!("{}.", self.name.replace('_', "-"));
-        if let Ok(out) = Command::new("rabbitmqctl")
-            .args(["list_queues", "-q", "--no-table-headers", "name"])
-            .output()
-        {
-            for queue in String::from_utf8_lossy(&out.stdout).lines() {
-                if queue.trim().starts_with(&prefix) {
-                    let _ = Command::new("rabbitmqctl")
-                        .args(["delete_queue", queue.trim()])
-                        .output();
-                }
-            }
-        }
+        solstice_queue::testing::delete_broker_objects(&amqp(), |name| name.starts_with(&prefix));
     }
 }
 

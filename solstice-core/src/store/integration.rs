@@ -178,6 +178,10 @@ pub struct StatusChange {
 /// integration layer, a daemon away for longer): 7 days.
 pub const STATUS_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// How long a host that stopped beating stays in the fleet's listing
+/// store: 7 days.
+pub const HOST_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// The integration layer's records. Implemented by
 /// [`SqlStore`](super::SqlStore) on SQLite and PostgreSQL.
 #[async_trait]
@@ -261,7 +265,8 @@ pub trait IntegrationStore: Send + Sync {
     /// Up to `limit` runs, newest first, older than `before` when given.
     async fn recent_runs(&self, limit: usize, before: Option<RunId>) -> Result<Vec<Run>>;
 
-    /// Records a host's heartbeat (inserts or replaces its row).
+    /// Records a host's heartbeat (inserts or replaces its row), and
+    /// forgets every host not seen for [`HOST_RETENTION_MS`] before it.
     async fn heartbeat(&self, host: &HostEntry) -> Result<()>;
 
     /// Every host that sent a heartbeat since `since` (Unix ms), by name.

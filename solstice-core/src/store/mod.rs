@@ -27,8 +27,8 @@ mod state_store;
 
 pub use error::{BoxError, StoreError};
 pub use integration::{
-    HostEntry, InboxEntry, InboxState, IntegrationStore, NewDelivery, STATUS_RETENTION_MS,
-    ScheduleEntry, StatusChange,
+    HOST_RETENTION_MS, HostEntry, InboxEntry, InboxState, IntegrationStore, NewDelivery,
+    STATUS_RETENTION_MS, ScheduleEntry, StatusChange,
 };
 pub use model::{
     Attempt, AttemptId, AttemptStatus, Job, JobId, JobStatus, LogChunk, LogStream, NewJob, Run,

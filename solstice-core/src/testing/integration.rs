@@ -483,7 +483,15 @@ pub async fn hosts_are_upserted_by_heartbeat<S: StateStore + IntegrationStore>(s
     a.running = 3;
     a.seen_at = 3_000;
     store.heartbeat(&a).await.expect("heartbeat again");
-    assert_eq!(store.hosts(1_000).await.expect("hosts"), vec![a]);
+    assert_eq!(store.hosts(1_000).await.expect("hosts"), vec![a.clone()]);
+    // A host not seen for the retention is forgotten at the next beat of
+    // another; one seen within it is kept.
+    a.seen_at = b.seen_at + crate::store::HOST_RETENTION_MS;
+    store.heartbeat(&a).await.expect("heartbeat");
+    assert_eq!(store.hosts(0).await.expect("hosts").len(), 2);
+    a.seen_at += 1;
+    store.heartbeat(&a).await.expect("heartbeat");
+    assert_eq!(store.hosts(0).await.expect("hosts"), vec![a]);
 }
 
 /// `retry_job` queues an ended job again with one more attempt allowed and

@@ -7,8 +7,8 @@ use super::rows::{SqlResult, col, run_from};
 use super::text::{BATCH_ROWS, ids_of, placeholders};
 use super::{Result, SqlStore};
 use crate::store::{
-    HostEntry, InboxEntry, InboxState, IntegrationStore, JobId, JobStatus, NewDelivery, Run, RunId,
-    RunStatus, ScheduleEntry, StatusChange,
+    HOST_RETENTION_MS, HostEntry, InboxEntry, InboxState, IntegrationStore, JobId, JobStatus,
+    NewDelivery, Run, RunId, RunStatus, ScheduleEntry, StatusChange,
 };
 
 const COLUMNS: &str = "forge, id, event, body, received_at, state, outcome, run_id, target";
@@ -340,6 +340,12 @@ impl IntegrationStore for SqlStore {
         .execute(&mut *self.conn().await.db()?)
         .await
         .db()?;
+        // Hosts that went away (renamed, retired) do not stay for ever.
+        sqlx::query(&self.dialect.sql("DELETE FROM hosts WHERE seen_at < $1"))
+            .bind(host.seen_at.saturating_sub(HOST_RETENTION_MS))
+            .execute(&mut *self.conn().await.db()?)
+            .await
+            .db()?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 #
 # - two of three hosts killed in a busy run (48 jobs of 1.5 s): each lost
 #   job's next start after the kill, with its bound (the lease, a reaper
-#   pass, the wait for a free slot, a second of slack);
+#   pass, the wait for a free slot, 2.5 s of slack);
 # - a host with free slots paused: its lost job's next start on the other
 #   host after the pause, with its bound.
 #

@@ -762,15 +762,15 @@ async fn lost_jobs_start_again_ahead_of_the_backlog() {
         },
     )
     .await;
-    // The lease, one reaper pass (a sixth of the lease), and a second of
-    // slack; plus the wait for a slot on the one host left (two slots,
+    // The lease, one reaper pass (a sixth of the lease), and 2.5 s of
+    // slack (a loaded machine); plus the wait for a slot on the one host left (two slots,
     // each freed by a job's end): the lost jobs go two by two, each pair a
     // job's length after the one before. Before the retry lane they
     // waited behind the whole backlog (about 40 jobs: 30 s).
     let mut waits: Vec<i64> = again.iter().map(|a| a.started_at - killed_at).collect();
     waits.sort_unstable();
     let bounds: Vec<i64> = (0..waits.len() as i64)
-        .map(|i| lease * 1000 + lease * 1000 / 6 + (i / 2 + 1) * step_ms + 1000)
+        .map(|i| lease * 1000 + lease * 1000 / 6 + (i / 2 + 1) * step_ms + 2500)
         .collect();
     eprintln!(
         "{} lost jobs started again {waits:?} ms after the kill (bounds {bounds:?})",

@@ -214,7 +214,13 @@ impl Shared {
             match attempt.await {
                 Ok(()) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() + backoff < deadline => {
-                    tracing::warn!(queue, error = %crate::chain(&e), "publishing failed; reconnecting");
+                    // Once at WARN per publish, then one line per try at
+                    // DEBUG.
+                    if backoff == Duration::from_millis(100) {
+                        tracing::warn!(queue, error = %crate::chain(&e), "publishing failed; reconnecting and trying again");
+                    } else {
+                        tracing::debug!(queue, error = %crate::chain(&e), "publishing failed again");
+                    }
                     *self.link.lock().await = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -519,13 +525,28 @@ struct Link {
     /// Messages that came before the subscription was cancelled, handed
     /// out first.
     arrived: std::collections::VecDeque<lapin::message::Delivery>,
+    /// The broker is away (said once, at WARN, until it is back).
+    away: bool,
 }
 
 impl Link {
     async fn connect(&mut self, shared: &Shared) -> Result<(), QueueError> {
         let (connection, channel) = shared.connect().await?;
         self.connection = Some((connection, channel));
+        if std::mem::take(&mut self.away) {
+            tracing::info!(queue = %shared.queue, "the consumer reached the broker again");
+        }
         Ok(())
+    }
+
+    /// Logs a failure to reach the broker: the first of an outage at WARN,
+    /// the others (one per try) at DEBUG.
+    fn trouble(&mut self, shared: &Shared, what: &str, e: &QueueError) {
+        if std::mem::replace(&mut self.away, true) {
+            tracing::debug!(queue = %shared.queue, error = %crate::chain(e), "{what}");
+        } else {
+            tracing::warn!(queue = %shared.queue, error = %crate::chain(e), "{what}; trying again until it is back");
+        }
     }
 
     /// Drops the connection (the broker returns what it held).
@@ -624,35 +645,50 @@ async fn fetch_one<M: DeserializeOwned>(
             Err(e) => {
                 // The connection or the channel went away: a new one,
                 // after a pause that grows while the broker is away.
-                tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "consumer lost its channel; reconnecting");
+                link.trouble(&shared, "consumer lost its channel", &e);
                 link.disconnect().await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 if let Err(e) = link.connect(&shared).await {
-                    tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot subscribe yet");
+                    link.trouble(&shared, "cannot subscribe", &e);
                 }
                 continue;
             }
         };
         backoff = Duration::from_millis(100);
         match decoded(&shared, &mut link, delivery).await {
-            Some(fetched) => return Some(fetched),
-            None => tokio::time::sleep(Duration::from_millis(10)).await,
+            Decoded::Message(fetched) => return Some(fetched),
+            Decoded::DeadLettered => {}
+            Decoded::Stuck => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }
 
-/// A delivery decoded; `None` when it does not decode: it is then moved
-/// to the dead letters (a failure on the way leaves it on the queue:
-/// unacked, it comes back with the next connection, which is made).
+/// What became of a delivery.
+enum Decoded<M> {
+    /// It decoded.
+    Message(Fetched<M>),
+    /// It did not, and is now in the dead letters.
+    DeadLettered,
+    /// It did not, and could not be moved to the dead letters: it stays on
+    /// the queue (unacked, it comes back with the next connection; this
+    /// one is dropped).
+    Stuck,
+}
+
+/// A delivery decoded, or moved to the dead letters when it does not
+/// decode.
 async fn decoded<M: DeserializeOwned>(
     shared: &Shared,
     link: &mut Link,
     delivery: lapin::message::Delivery,
-) -> Option<Fetched<M>> {
+) -> Decoded<M> {
     let deliveries = delivery_count(&delivery.properties);
     match serde_json::from_slice::<M>(&delivery.data) {
-        Ok(message) => Some(Fetched {
+        Ok(message) => Decoded::Message(Fetched {
             message,
             deliveries,
             acker: delivery.acker,
@@ -672,11 +708,14 @@ async fn decoded<M: DeserializeOwned>(
                     &delivery.acker,
                 )
                 .await;
-            if let Err(e) = moved {
-                tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot dead-letter an undecodable message yet; reconnecting");
-                link.disconnect().await;
+            match moved {
+                Ok(()) => Decoded::DeadLettered,
+                Err(e) => {
+                    tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot dead-letter an undecodable message yet; reconnecting");
+                    link.disconnect().await;
+                    Decoded::Stuck
+                }
             }
-            None
         }
     }
 }
@@ -694,7 +733,7 @@ async fn get_one<M: DeserializeOwned>(
         if link.connection.is_none()
             && let Err(e) = link.connect(&shared).await
         {
-            tracing::warn!(queue = %shared.queue, error = %crate::chain(&e), "cannot reach the queue yet");
+            link.trouble(&shared, "cannot reach the queue", &e);
             return None;
         }
         let (_, channel) = link.connection.as_ref()?;
@@ -702,14 +741,14 @@ async fn get_one<M: DeserializeOwned>(
             .basic_get(&shared.queue, BasicGetOptions { no_ack: false })
             .await;
         match got {
-            Ok(Some(got)) => {
-                if let Some(fetched) = decoded(&shared, &mut link, got.delivery).await {
-                    return Some(fetched);
-                }
-            }
+            Ok(Some(got)) => match decoded(&shared, &mut link, got.delivery).await {
+                Decoded::Message(fetched) => return Some(fetched),
+                Decoded::DeadLettered => {}
+                Decoded::Stuck => return None,
+            },
             Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(queue = %shared.queue, error = %crate::chain(&broker(e)), "consumer lost its channel; reconnecting");
+                link.trouble(&shared, "consumer lost its channel", &broker(e));
                 link.disconnect().await;
                 return None;
             }

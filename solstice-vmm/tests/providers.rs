@@ -99,8 +99,11 @@ async fn local_provider_passes_the_endpoint_by_environment_the_token_on_stdin_an
     let work = provider.workspace(&vm.id);
     let mut grandchild = None;
     for _ in 0..1000 {
-        if let Ok(pid) = std::fs::read_to_string(work.join("grandchild")) {
-            grandchild = pid.trim().parse::<i32>().ok();
+        // The file exists before `echo` writes it: only a whole number.
+        if let Ok(pid) = std::fs::read_to_string(work.join("grandchild"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            grandchild = Some(pid);
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

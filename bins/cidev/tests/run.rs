@@ -298,19 +298,21 @@ fn a_signal_cancels_and_leaves_nothing_behind(signal: nix::sys::signal::Signal, 
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
+    // The shell creates the file before `echo` writes it: wait for the
+    // whole line (an empty read failed once in CI).
     let started = Instant::now();
-    while !pidfile.exists() {
+    let written = loop {
+        let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        if text.ends_with('\n') {
+            break text;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the step never started"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid number");
+    };
+    let pid: i32 = written.trim().parse().expect("pid number");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("signal");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(exit), "{signal}");

@@ -216,6 +216,12 @@ impl LabelQueues<JobMessage> for Counting {
             delivered: self.delivered.clone(),
         }))
     }
+    async fn retries(&self, label: &str) -> Result<Arc<dyn JobQueue<JobMessage>>, QueueError> {
+        Ok(Arc::new(CountingQueue {
+            inner: self.inner.retries(label).await?,
+            delivered: self.delivered.clone(),
+        }))
+    }
 }
 
 #[async_trait]
@@ -243,6 +249,19 @@ impl Consumer<JobMessage> for CountingConsumer {
         let d = self.inner.next().await?;
         self.delivered.fetch_add(1, Ordering::SeqCst);
         Ok(d)
+    }
+    async fn try_next(&mut self) -> Result<Option<Delivery<JobMessage>>, QueueError> {
+        let d = self.inner.try_next().await?;
+        if d.is_some() {
+            self.delivered.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(d)
+    }
+    async fn pause(&mut self) -> Result<(), QueueError> {
+        self.inner.pause().await
+    }
+    fn set_room(&mut self, room: usize) {
+        self.inner.set_room(room);
     }
 }
 

@@ -67,6 +67,46 @@ async fn a_push_runs_and_the_app_sees_queued_in_progress_and_completed() {
     );
 }
 
+/// A forge that fails longer than its client's own retries (503 to a
+/// dozen requests in a row): the statuses wait in the outbox and reach it
+/// once it is back, in order (they were dropped before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_a_failing_forge_refused_reach_it_once_it_is_back() {
+    let mut h = Harness::new(true, "").await;
+    let sha =
+        h.commit("workflow {\n    job id=\"build\" {\n        step run=\"sleep 3\"\n    }\n}\n");
+    h.start().await;
+    let (status, _) = h
+        .deliver(Forge::GitHub, "push", "d-flaky-forge", &push(&h.repo, &sha))
+        .await;
+    assert_eq!(status, 202);
+    h.wait_for("the check run", || !h.checks(&sha).is_empty())
+        .await;
+    // Every request for a while: more than one report's worth of tries.
+    h.forge.fail_next(12, 503, &[]);
+    h.wait_for("the check run to complete", || h.completed(&sha) > 0)
+        .await;
+    let checks = h.checks(&sha);
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    let (_, history, fields) = &checks[0];
+    assert_eq!(history.last().map(String::as_str), Some("completed"));
+    let rank = |s: &str| {
+        ["queued", "in_progress", "completed"]
+            .iter()
+            .position(|k| *k == s)
+    };
+    assert!(
+        history.windows(2).all(|w| rank(&w[0]) < rank(&w[1])),
+        "statuses went back: {history:?}"
+    );
+    assert_eq!(fields["conclusion"], "success", "{fields}");
+    assert!(
+        h.daemon_log()
+            .contains("the forge cannot take a status now; trying again"),
+        "the reporter's own retry was not needed: the test shows nothing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_is_a_failure_with_the_end_of_its_log() {
     let mut h = Harness::new(true, "").await;

@@ -203,6 +203,12 @@ where
             changed.await;
         }
     }
+
+    /// What is there now, without waiting (a consumer of several queues
+    /// asks a retry lane this way before it takes new work).
+    async fn try_next(&mut self) -> Result<Option<Delivery<M>>, QueueError> {
+        Ok(self.take())
+    }
 }
 
 impl<M> Drop for SharedConsumer<M> {

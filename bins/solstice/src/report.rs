@@ -112,8 +112,10 @@ pub struct Reports {
     in_flight: Mutex<HashSet<i64>>,
     /// Entries done with (sent, or nothing to send), to remove.
     done: Mutex<Vec<i64>>,
-    /// The newest entry handed over: the next read starts after it.
-    cursor: std::sync::atomic::AtomicI64,
+    /// Where the forge last heard each job was, kept past its worker (a
+    /// job's worker ends with its final status; a later entry of it gets
+    /// a new one, which must not send anything older).
+    positions: Mutex<HashMap<(RunId, String), Position>>,
     /// Said when an entry is done with.
     progress: tokio::sync::Notify,
 }
@@ -193,9 +195,8 @@ async fn try_send(daemon: &Daemon, forge: Forge, report: &JobReport) -> Result<(
 /// How often the outbox is read when nothing wakes the reporter: the
 /// changes other hosts make reach the forge within this.
 const OUTBOX_POLL: Duration = Duration::from_millis(250);
-/// Every this many passes, the outbox is read from its start (an entry
-/// that committed after a newer one was read is found there).
-const FULL_READ_EVERY: u32 = 4;
+/// Most jobs whose last sent position is kept in memory.
+const MAX_POSITIONS: usize = 200_000;
 /// Most outbox entries read in one pass.
 const OUTBOX_BATCH: usize = 2_000;
 /// Least time between two passes: a burst of the engine's events is one
@@ -211,12 +212,9 @@ const PASS_GAP: Duration = Duration::from_millis(20);
 pub async fn run(daemon: Arc<Daemon>) {
     let mut events = daemon.engine.subscribe();
     let mut engine_running = true;
-    let mut passes = 0u32;
     let mut away = false;
     loop {
-        let full = passes.is_multiple_of(FULL_READ_EVERY);
-        passes = passes.wrapping_add(1);
-        match pass(&daemon, full).await {
+        match pass(&daemon).await {
             Ok(()) if std::mem::take(&mut away) => {
                 tracing::info!("the status outbox can be read again");
             }
@@ -259,7 +257,7 @@ pub async fn flush(daemon: &Arc<Daemon>, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let progress = daemon.reports.progress.notified();
-        let _ = pass(daemon, true).await;
+        let _ = pass(daemon).await;
         let busy = !lock(&daemon.reports.in_flight).is_empty();
         if !busy {
             return;
@@ -319,10 +317,14 @@ async fn destination(daemon: &Daemon, run: RunId) -> Destination {
 }
 
 /// One pass over the outbox: removes what was done with, then hands each
-/// new entry to its job's queue (in order: a job's entries are numbered in
-/// the order of its changes). `full` reads from the start, else after the
-/// newest entry handed over.
-async fn pass(daemon: &Arc<Daemon>, full: bool) -> Result<(), solstice_core::store::StoreError> {
+/// new entry to its job's queue, in order. It reads from the outbox's
+/// start every time (skipping what its workers hold): a job's entries are
+/// numbered in the order of its changes and each is visible before the
+/// next is even made, but entries of different jobs commit out of order,
+/// so a read that started after the newest entry seen could miss a job's
+/// earlier entry and hand over its later one first (a check run went
+/// completed, then in progress).
+async fn pass(daemon: &Arc<Daemon>) -> Result<(), solstice_core::store::StoreError> {
     let reports = &daemon.reports;
     let done = std::mem::take(&mut *lock(&reports.done));
     if !done.is_empty() {
@@ -335,12 +337,7 @@ async fn pass(daemon: &Arc<Daemon>, full: bool) -> Result<(), solstice_core::sto
             in_flight.remove(id);
         }
     }
-    let after = if full {
-        0
-    } else {
-        reports.cursor.load(std::sync::atomic::Ordering::SeqCst)
-    };
-    let entries = daemon.store.unsent_statuses(after, OUTBOX_BATCH).await?;
+    let entries = daemon.store.unsent_statuses(0, OUTBOX_BATCH).await?;
     let _gate = reports.gate.lock().await;
     let mut destinations: HashMap<RunId, Destination> = HashMap::new();
     let mut nowhere = Vec::new();
@@ -358,9 +355,6 @@ async fn pass(daemon: &Arc<Daemon>, full: bool) -> Result<(), solstice_core::sto
         match &destinations[&entry.run] {
             Destination::To(target) => {
                 lock(&reports.in_flight).insert(entry.id);
-                reports
-                    .cursor
-                    .fetch_max(entry.id, std::sync::atomic::Ordering::SeqCst);
                 enqueue(
                     daemon,
                     entry.run,
@@ -460,18 +454,28 @@ async fn job_reports(
     target: Target,
     mut changes: mpsc::UnboundedReceiver<Outgoing>,
 ) {
-    let mut sent = None;
     let reports = &daemon.reports;
+    let job = (run, key.clone());
+    let mut sent = lock(&reports.positions).get(&job).copied();
+    let one = async |out: Outgoing, sent: &mut Option<Position>| {
+        report_one(&daemon, run, &key, &target, &out.change, sent).await;
+        if let Some(position) = *sent {
+            let mut positions = lock(&reports.positions);
+            if positions.len() >= MAX_POSITIONS {
+                positions.clear();
+            }
+            positions.insert(job.clone(), position);
+        }
+        reports.finished(out.id);
+    };
     while let Some(out) = changes.recv().await {
         let last = matches!(out.change, Change::Finished(..));
-        report_one(&daemon, run, &key, &target, &out.change, &mut sent).await;
-        reports.finished(out.id);
+        one(out, &mut sent).await;
         if last && changes.is_empty() {
-            lock(&reports.jobs).remove(&(run, key.clone()));
+            lock(&reports.jobs).remove(&job);
             // What arrived between the check and the removal still goes out.
             while let Ok(out) = changes.try_recv() {
-                report_one(&daemon, run, &key, &target, &out.change, &mut sent).await;
-                reports.finished(out.id);
+                one(out, &mut sent).await;
             }
             return;
         }

@@ -313,13 +313,23 @@ async fn three_orchestrators_run_a_thousand_jobs_once_each_within_their_capacity
     }
     // The forge heard about every job, whichever host ran it, once
     // completed, after its other states.
-    wait_until(
-        &fleet,
-        "every job's final status",
-        Duration::from_secs(120),
-        async || fleet.h.completed(&sha) == jobs,
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while fleet.h.completed(&sha) != jobs {
+        if Instant::now() > deadline {
+            // What the forge has, and what the outbox still holds.
+            let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+            for (_, history, _) in fleet.h.checks(&sha) {
+                *seen.entry(history.join(">")).or_default() += 1;
+            }
+            let left = store.unsent_statuses(0, 100_000).await.map(|l| l.len());
+            panic!(
+                "timed out waiting for every job's final status: check runs by history {seen:?}, {} check runs, outbox {left:?}; logs:\n{}",
+                fleet.h.checks(&sha).len(),
+                fleet.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for (name, history, _) in fleet.h.checks(&sha) {
         assert_eq!(
             history.last().map(String::as_str),

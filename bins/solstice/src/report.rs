@@ -110,8 +110,10 @@ pub struct Reports {
     /// Outbox entries handed to a job's queue and not yet removed from the
     /// outbox: not handed over again.
     in_flight: Mutex<HashSet<i64>>,
-    /// Entries done with (sent, or nothing to send), to remove.
-    done: Mutex<Vec<i64>>,
+    /// Entries done with (sent, or nothing to send), and whether they
+    /// are already out of the outbox; the next pass removes the others
+    /// and lets go of all.
+    done: Mutex<Vec<(i64, bool)>>,
     /// Where the forge last heard each job was, kept past its worker (a
     /// job's worker ends with its final status; a later entry of it gets
     /// a new one, which must not send anything older).
@@ -140,9 +142,10 @@ impl Reports {
         self.gate.lock().await
     }
 
-    /// An entry is done with: it leaves the outbox at the next pass.
-    fn finished(&self, id: i64) {
-        lock(&self.done).push(id);
+    /// An entry is done with (`removed`: already out of the outbox); the
+    /// next pass removes it if not, and lets go of it.
+    fn finished(&self, id: i64, removed: bool) {
+        lock(&self.done).push((id, removed));
         self.progress.notify_waiters();
     }
 }
@@ -328,12 +331,19 @@ async fn pass(daemon: &Arc<Daemon>) -> Result<(), solstice_core::store::StoreErr
     let reports = &daemon.reports;
     let done = std::mem::take(&mut *lock(&reports.done));
     if !done.is_empty() {
-        if let Err(e) = daemon.store.statuses_sent(&done).await {
+        let left: Vec<i64> = done
+            .iter()
+            .filter(|(_, removed)| !removed)
+            .map(|(id, _)| *id)
+            .collect();
+        if !left.is_empty()
+            && let Err(e) = daemon.store.statuses_sent(&left).await
+        {
             lock(&reports.done).extend(done);
             return Err(e);
         }
         let mut in_flight = lock(&reports.in_flight);
-        for id in &done {
+        for (id, _) in &done {
             in_flight.remove(id);
         }
     }
@@ -457,6 +467,11 @@ async fn job_reports(
     let reports = &daemon.reports;
     let job = (run, key.clone());
     let mut sent = lock(&reports.positions).get(&job).copied();
+    // Each entry leaves the outbox before the job's next one is sent: a
+    // daemon killed in between sends again after its restart only the
+    // last status the forge heard of the job (the same state, not one it
+    // has moved past: a batch of removals once sent in_progress, queued,
+    // in_progress after a kill).
     let one = async |out: Outgoing, sent: &mut Option<Position>| {
         report_one(&daemon, run, &key, &target, &out.change, sent).await;
         if let Some(position) = *sent {
@@ -466,7 +481,8 @@ async fn job_reports(
             }
             positions.insert(job.clone(), position);
         }
-        reports.finished(out.id);
+        let removed = daemon.store.statuses_sent(&[out.id]).await.is_ok();
+        reports.finished(out.id, removed);
     };
     while let Some(out) = changes.recv().await {
         let last = matches!(out.change, Change::Finished(..));

@@ -16,6 +16,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+# The guest's two init scripts live with the provider (solstice-vmm embeds
+# them for `solstice image build`).
+guest=$repo/solstice-vmm/guest
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/solstice
 out=${1:-${SOLSTICE_GUEST_IMAGE:-$cache/linux-guest}}
@@ -42,39 +45,13 @@ if [ ! -f "$kdir/.done" ]; then
 fi
 
 # --- the runner: static, cached by the hash of its sources -----------------
-host=$(rustc -vV | sed -n 's/^host: //p')
-runner_key=$(
-    cd "$repo"
-    {
-        rustc -vV
-        echo "crt-static release $host"
-        if git rev-parse --git-dir >/dev/null 2>&1 && [ -z "$(git status --porcelain -- Cargo.lock Cargo.toml solstice-core solstice-kdl solstice-queue solstice-vmm bins/runner)" ]; then
-            git ls-files -s Cargo.lock Cargo.toml solstice-core solstice-kdl solstice-queue solstice-vmm bins/runner
-        else
-            # Not a clean checkout: hash the files themselves.
-            find Cargo.lock Cargo.toml solstice-core solstice-kdl solstice-queue solstice-vmm bins/runner -type f -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum
-        fi
-    } | sha256sum | cut -c1-16
-)
-runner=$cache/runner/$runner_key/solstice-runner
-if [ ! -x "$runner" ]; then
-    log "building the static solstice-runner"
-    (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p solstice-runner --target "$host")
-    mkdir -p "$(dirname "$runner")"
-    cp "$target_dir/$host/release/solstice-runner" "$runner.tmp"
-    strip "$runner.tmp"
-    mv "$runner.tmp" "$runner"
-fi
-if ! ldd "$runner" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
-    log "$runner is not statically linked"
-    exit 1
-fi
+runner=$("$repo/images/runner.sh")
 
 # --- is OUT up to date? ----------------------------------------------------
 key=$(
     {
         echo "$kver $disk_mib"
-        sha256sum "$here/build.sh" "$here/init" "$here/solstice-init" "$runner" /bin/busybox /usr/bin/git /usr/bin/curl
+        sha256sum "$here/build.sh" "$guest/init" "$guest/solstice-init" "$runner" /bin/busybox /usr/bin/git /usr/bin/curl
     } | sha256sum | cut -c1-16
 )
 if [ -f "$out/image-key" ] && [ "$(cat "$out/image-key")" = "$key" ]; then
@@ -113,9 +90,9 @@ mods=$kdir/root/lib/modules/$kver
 ird=$work/initramfs
 mkdir -p "$ird/bin" "$ird/lib/modules"
 cp /bin/busybox "$ird/bin/busybox"
-cp "$here/init" "$ird/init"
+cp "$guest/init" "$ird/init"
 : >"$ird/modules.load"
-for m in virtio_mmio virtio_blk virtio_net; do
+for m in virtio_mmio virtio_pci virtio_blk virtio_net; do
     modprobe -d "$kdir/root" -S "$kver" --show-depends "$m" | sed -n 's/^insmod \([^ ]*\).*/\1/p'
 done | awk '!seen[$0]++' | while read -r ko; do
     cp "$ko" "$ird/lib/modules/"
@@ -132,7 +109,7 @@ cp /bin/busybox "$r/bin/busybox"
 for applet in $(/bin/busybox --list); do
     [ -e "$r/bin/$applet" ] || ln -s busybox "$r/bin/$applet"
 done
-cp "$here/solstice-init" "$r/sbin/solstice-init"
+cp "$guest/solstice-init" "$r/sbin/solstice-init"
 cp "$runner" "$r/usr/bin/solstice-runner"
 copy_with_libs() {
     local f lib

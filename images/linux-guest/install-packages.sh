@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages images/linux-guest/build.sh needs, when they
+# Installs the Debian packages images/linux-guest/build.sh and images/build.sh
+# (debootstrap) need, when they
 # are missing. Run by build.sh; runnable alone (images/linux-guest/test-install.sh
 # runs it in a fresh debootstrap root).
 #
@@ -13,7 +14,7 @@
 set -euo pipefail
 log() { printf 'linux-guest: %s\n' "$*" >&2; }
 
-packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod lz4 e2fsprogs socat git curl ca-certificates binutils)
+packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod lz4 e2fsprogs socat git curl ca-certificates binutils debootstrap)
 
 installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'; }
 version_of() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null; }

@@ -641,6 +641,11 @@ async fn execute(
             )
             .await;
         }
+        if code != 0
+            && let Some(line) = disk_full(&dir)
+        {
+            system_line(events, index, line).await;
+        }
         finish_step(events, index, code, timed_out, error).await;
         if code != 0 && !step.continue_on_error {
             success = false;
@@ -648,6 +653,25 @@ async fn execute(
         }
     }
     Some(success)
+}
+
+/// A line for the log when the file system a failed step ran on has no
+/// room left (less than 1 % or 32 MiB free for the step's user): the
+/// step's own error ("No space left on device") may be lost in its output.
+fn disk_full(dir: &Path) -> Option<String> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    let unit = s.fragment_size() as u64;
+    let total = (s.blocks() as u64).saturating_mul(unit);
+    let free = (s.blocks_available() as u64).saturating_mul(unit);
+    if total == 0 || free > (total / 100).max(32 << 20) {
+        return None;
+    }
+    Some(format!(
+        "the disk is full: {} MiB free of {} MiB under {}; a VM's disk is its image's `disk_gib`\n",
+        free >> 20,
+        total >> 20,
+        dir.display()
+    ))
 }
 
 async fn finish_step(
@@ -730,48 +754,82 @@ async fn check_out(checkout: Option<&pb::Checkout>, dest: &Path) -> Result<(), S
     match checkout.and_then(|c| c.source.as_ref()) {
         None => Ok(()),
         Some(pb::checkout::Source::Git(g)) => {
-            check_git_source(&g.url, &g.commit)?;
-            if !g.fetch_ref.is_empty() {
-                check_fetch_ref(&g.fetch_ref)?;
+            clone_into(
+                &g.url,
+                &g.commit,
+                &g.fetch_ref,
+                &g.username,
+                &g.password,
+                dest,
+            )
+            .await
+        }
+        Some(pb::checkout::Source::Local(l)) => copy_tree(Path::new(&l.path), dest).await,
+    }
+}
+
+/// `git clone URL` into `dest` (made if missing) and check out `commit`,
+/// fetching `fetch_ref` first when it is not empty; the credentials, when
+/// given, travel in git's environment only. The runner's checkout, and the
+/// engine's on the host (`EngineConfig::checkout_dir`).
+pub(crate) async fn clone_into(
+    url: &str,
+    commit: &str,
+    fetch_ref: &str,
+    username: &str,
+    password: &str,
+    dest: &Path,
+) -> Result<(), String> {
+    tokio::fs::create_dir_all(dest)
+        .await
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    {
+        {
+            check_git_source(url, commit)?;
+            if !fetch_ref.is_empty() {
+                check_fetch_ref(fetch_ref)?;
             }
-            let auth = clone_auth_env(&g.username, &g.password);
+            let auth = clone_auth_env(username, password);
+            // A clone given up on (the job's timeout) stops with it.
             let ok = Command::new("git")
-                .args(["clone", "--quiet", "--no-checkout", "--", &g.url, "."])
+                .kill_on_drop(true)
+                .args(["clone", "--quiet", "--no-checkout", "--", url, "."])
                 .envs(auth.iter().map(|(k, v)| (k, v)))
                 .current_dir(dest)
                 .status()
                 .await;
             if !matches!(ok, Ok(s) if s.success()) {
-                return Err(format!("git clone {} failed", g.url));
+                return Err(format!("git clone {url} failed"));
             }
-            if !g.fetch_ref.is_empty() {
+            if !fetch_ref.is_empty() {
                 let ok = Command::new("git")
-                    .args(["fetch", "--quiet", "origin", "--", &g.fetch_ref])
+                    .kill_on_drop(true)
+                    .args(["fetch", "--quiet", "origin", "--", fetch_ref])
                     .envs(auth.iter().map(|(k, v)| (k, v)))
                     .current_dir(dest)
                     .status()
                     .await;
                 if !matches!(ok, Ok(s) if s.success()) {
-                    return Err(format!("git fetch {} failed", g.fetch_ref));
+                    return Err(format!("git fetch {fetch_ref} failed"));
                 }
             }
             let ok = Command::new("git")
+                .kill_on_drop(true)
                 .args([
                     "checkout",
                     "--quiet",
                     "--detach",
                     "--end-of-options",
-                    &g.commit,
+                    commit,
                 ])
                 .current_dir(dest)
                 .status()
                 .await;
             if !matches!(ok, Ok(s) if s.success()) {
-                return Err(format!("git checkout {} failed", g.commit));
+                return Err(format!("git checkout {commit} failed"));
             }
             Ok(())
         }
-        Some(pb::checkout::Source::Local(l)) => copy_tree(Path::new(&l.path), dest).await,
     }
 }
 
@@ -965,6 +1023,34 @@ fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_full_disk_is_named_and_a_roomy_one_is_not() {
+        let roomy = tempfile::tempdir().expect("temp dir");
+        // The test's own temporary directory has room (or nothing could run).
+        assert_eq!(super::disk_full(roomy.path()), None);
+        if !nix::unistd::geteuid().is_root() {
+            // Mounting the small file system below needs root (CI runs as root).
+            return;
+        }
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(roomy.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mount a 1 MiB tmpfs");
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(roomy.path());
+        // 1 MiB is under the 32 MiB floor: full even while empty.
+        let line = super::disk_full(roomy.path()).expect("a 1 MiB file system is full");
+        assert!(line.starts_with("the disk is full: "), "{line}");
+        assert!(line.contains("of 1 MiB"), "{line}");
+    }
+
     use super::*;
 
     #[tokio::test]

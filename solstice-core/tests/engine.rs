@@ -518,31 +518,60 @@ async fn a_declared_secret_without_a_value_is_refused_up_front() {
 
 /// A provider whose `list` takes a while (as a real one listing zones or
 /// processes can), so jobs start while a recovery pass is in progress.
-struct SlowList(MockVmProvider);
+/// The mock provider with a slow `list` or as one that copies shares into
+/// its VMs (QEMU does).
+struct Tweaked {
+    mock: MockVmProvider,
+    slow_list: bool,
+    copies_share: bool,
+}
+
+impl Tweaked {
+    fn slow_list(mock: MockVmProvider) -> Tweaked {
+        Tweaked {
+            mock,
+            slow_list: true,
+            copies_share: false,
+        }
+    }
+
+    fn sharing(mock: MockVmProvider) -> Tweaked {
+        Tweaked {
+            mock,
+            slow_list: false,
+            copies_share: true,
+        }
+    }
+}
 
 #[async_trait]
-impl solstice_vmm::VmProvider for SlowList {
+impl solstice_vmm::VmProvider for Tweaked {
     fn name(&self) -> &'static str {
-        "slow-list"
+        "tweaked"
+    }
+    fn copies_share(&self, _label: &str) -> bool {
+        self.copies_share
     }
     async fn provision(
         &self,
         spec: &solstice_vmm::VmSpec,
     ) -> Result<solstice_vmm::VmHandle, solstice_vmm::VmError> {
-        self.0.provision(spec).await
+        self.mock.provision(spec).await
     }
     async fn state(
         &self,
         id: &solstice_vmm::VmId,
     ) -> Result<solstice_vmm::VmState, solstice_vmm::VmError> {
-        self.0.state(id).await
+        self.mock.state(id).await
     }
     async fn destroy(&self, id: &solstice_vmm::VmId) -> Result<(), solstice_vmm::VmError> {
-        self.0.destroy(id).await
+        self.mock.destroy(id).await
     }
     async fn list(&self) -> Result<Vec<solstice_vmm::VmInfo>, solstice_vmm::VmError> {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.0.list().await
+        if self.slow_list {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.mock.list().await
     }
 }
 
@@ -562,7 +591,7 @@ async fn recovery_never_reaps_vms_of_starting_jobs() {
         .expect("store"),
     );
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
-    let provider = SlowList(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
+    let provider = Tweaked::slow_list(MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(
         FakeExecutor,
     )))));
     // A short lease makes recovery run all through the run.
@@ -1123,4 +1152,190 @@ async fn a_queued_job_without_a_message_is_published_again() {
         .expect("wait");
     assert_eq!(status, RunStatus::Succeeded);
     assert_eq!(job_status(&s, run, "b").await.0, JobStatus::Succeeded);
+}
+
+/// What a guest found of its share when it started: the path, whether it
+/// is whole, and whether `hello.txt` and `.git` were in it.
+type SeenShare = Arc<Mutex<Vec<(Option<std::path::PathBuf>, bool, bool, bool)>>>;
+
+struct ShareSpy {
+    inner: RunnerGuest,
+    seen: SeenShare,
+}
+
+#[async_trait]
+impl Guest for ShareSpy {
+    async fn run(&self, context: GuestContext) -> i32 {
+        let share = context.spec.share.clone();
+        let has = |name: &str| share.as_ref().is_some_and(|s| s.join(name).exists());
+        let entry = (
+            share.clone(),
+            context.spec.share_whole,
+            has("hello.txt"),
+            has(".git"),
+        );
+        self.seen.lock().expect("lock").push(entry);
+        self.inner.run(context).await
+    }
+}
+
+/// Serves the repositories under `base` over git:// on 127.0.0.1 for
+/// `connections` connections (each one a `git daemon --inetd`), then
+/// refuses: a second clone of the same job would fail.
+async fn git_server(base: std::path::PathBuf, connections: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        for _ in 0..connections {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let socket = socket.into_std().expect("std socket");
+            socket.set_nonblocking(false).expect("blocking");
+            let out = socket.try_clone().expect("dup");
+            let mut child = std::process::Command::new("git")
+                .args(["daemon", "--inetd", "--export-all"])
+                .arg(format!("--base-path={}", base.display()))
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                    socket,
+                )))
+                .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(out)))
+                .spawn()
+                .expect("git daemon");
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+    });
+    format!("git://127.0.0.1:{port}")
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// With `checkout_dir`, the engine clones on the host and the VM gets the
+/// tree (whole, `.git` too) as its share; the runner copies it and never
+/// clones (the git server answers one clone only); the directory is gone
+/// after the run. A `file://` URL is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_made_on_the_host_reaches_the_vm_as_its_share() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    git(&src, &["init", "-q"]);
+    std::fs::write(src.join("hello.txt"), "hello\n").expect("write");
+    git(&src, &["add", "hello.txt"]);
+    git(&src, &["commit", "-q", "-m", "first"]);
+    let commit = git(&src, &["rev-parse", "HEAD"]);
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).expect("mkdir");
+    git(
+        dir.path(),
+        &["clone", "-q", "--bare", "src", "served/repo.git"],
+    );
+    let url = format!("{}/repo.git", git_server(served, 1).await);
+
+    let seen = SeenShare::default();
+    let mock = MockVmProvider::new(Arc::new(ShareSpy {
+        inner: RunnerGuest::new(Arc::new(FakeExecutor)),
+        seen: seen.clone(),
+    }));
+    let mut cfg = config(&[]);
+    let checkouts = dir.path().join("checkouts");
+    cfg.checkout_dir = Some(checkouts.clone());
+    let store: Arc<dyn StateStore> = Arc::new(
+        SqlStore::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
+        .await
+        .expect("store"),
+    );
+    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
+    let engine = Engine::start(cfg, store.clone(), queue, Arc::new(Tweaked::sharing(mock)))
+        .await
+        .expect("engine");
+    // The helpers take a `Setup`; its own mock provider is not the engine's here.
+    let s = Setup {
+        engine,
+        store,
+        provider: MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
+        _dir: tempfile::tempdir().expect("temp dir"),
+    };
+    let wf = solstice_kdl::parse(r#"workflow { job id="a" { step run="true" } }"#).expect("wf");
+    let checkout = Checkout::Git {
+        url,
+        commit: commit.clone(),
+        fetch_ref: None,
+    };
+    let run = s.engine.submit(&wf, "{}", checkout).await.expect("submit");
+    let status = tokio::time::timeout(Duration::from_secs(60), s.engine.wait(run))
+        .await
+        .expect("run ends")
+        .expect("wait");
+    let (job, reason) = job_status(&s, run, "a").await;
+    assert_eq!(
+        status,
+        RunStatus::Succeeded,
+        "{job:?} {reason:?}: {}",
+        log_text(&s, run, "a", 0).await
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (share, whole, hello, dot_git) = seen[0].clone();
+    let share = share.expect("the VM got a share");
+    assert!(share.starts_with(&checkouts), "{share:?}");
+    assert!(whole && hello && dot_git, "{seen:?}");
+    // Removed off the runtime's threads, soon after the attempt.
+    let left = || {
+        std::fs::read_dir(&checkouts)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    for _ in 0..200 {
+        if left() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left(), 0, "the checkout is removed after the attempt");
+
+    // The host's own files are not a checkout.
+    let checkout = Checkout::Git {
+        url: format!("file://{}", src.display()),
+        commit,
+        fetch_ref: None,
+    };
+    let run = s.engine.submit(&wf, "{}", checkout).await.expect("submit");
+    let status = tokio::time::timeout(Duration::from_secs(60), s.engine.wait(run))
+        .await
+        .expect("run ends")
+        .expect("wait");
+    assert_eq!(status, RunStatus::Failed);
+    let (_, reason) = job_status(&s, run, "a").await;
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.contains("checkout on the host failed") && reason.contains("refusing clone URL"),
+        "{reason}"
+    );
+    s.engine.shutdown().await;
 }

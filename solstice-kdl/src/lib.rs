@@ -50,6 +50,7 @@ pub mod matrix;
 mod model;
 mod plan;
 mod print;
+pub mod recipe;
 mod schema;
 mod strict;
 pub mod text;

@@ -11,6 +11,11 @@
 //!   ends it): what the provider adds to booting a kernel;
 //! - concurrency: 4 and 8 VMs provisioned at once until all connected, vs 1.
 //!
+//! - Debian: provision -> runner connected with the Debian 12 image of
+//!   `images/debian-12` (`BENCH_DEBIAN_IMAGE`, default
+//!   ~/.cache/solstice/images/debian-12, skipped with a note when it is
+//!   not built), boots alternating with the busybox image's.
+//!
 //! `BENCH_BOOTS` sets the samples per measure (default 10).
 
 use std::process::Command;
@@ -131,6 +136,40 @@ fn main() {
             ms(bare),
             boots.as_secs_f64() / bare.as_secs_f64()
         );
+
+        let debian_dir = std::env::var_os("BENCH_DEBIAN_IMAGE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| {
+                    std::path::Path::new(&h).join(".cache/solstice/images/debian-12")
+                })
+            });
+        match debian_dir.and_then(|d| QemuImage::from_dir(&d).ok()) {
+            None => println!(
+                "debian image: not built (sudo images/build.sh images/debian-12); not measured"
+            ),
+            Some(debian) => {
+                let debian_provider = QemuProvider::new(QemuConfig::new(
+                    dir.path().join("vms-debian"),
+                    debian,
+                ))
+                .expect("provider");
+                let (mut deb, mut bb) = (Vec::new(), Vec::new());
+                for i in 0..samples {
+                    bb.push(until_connected(&provider, &spec(format!("bench-bb-{i}"))).await);
+                    deb.push(
+                        until_connected(&debian_provider, &spec(format!("bench-deb-{i}"))).await,
+                    );
+                }
+                let (deb, bb) = (median(deb), median(bb));
+                println!(
+                    "debian-12 image: provision -> runner connected   median of {samples}: {}   busybox image: {}   ratio {:.2}",
+                    ms(deb),
+                    ms(bb),
+                    deb.as_secs_f64() / bb.as_secs_f64()
+                );
+            }
+        }
 
         for n in [4usize, 8] {
             let t = Instant::now();

@@ -83,7 +83,23 @@ impl BhyveConfig {
 pub struct BhyveProvider {
     config: BhyveConfig,
     runner: Arc<dyn CommandRunner>,
+    /// The console of each VM this provider booted: what it printed, read
+    /// from the zone's console socket while it runs.
+    consoles: std::sync::Mutex<BTreeMap<String, Console>>,
 }
+
+/// The end of a zone's console output ([`BHYVE_CONSOLE_KEEP`] bytes) and
+/// the task reading it.
+#[derive(Debug)]
+struct Console {
+    text: Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: tokio::task::AbortHandle,
+}
+
+/// How much of a zone's console the provider keeps (the end of it).
+pub const BHYVE_CONSOLE_KEEP: usize = 64 << 10;
+/// How long the provider waits for a zone's console socket to appear.
+const CONSOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn safe_value(s: &str) -> bool {
     !s.is_empty()
@@ -118,7 +134,61 @@ impl BhyveProvider {
                 )));
             }
         }
-        Ok(BhyveProvider { config, runner })
+        Ok(BhyveProvider {
+            config,
+            runner,
+            consoles: std::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The zone's console socket as the host sees it: the zone's
+    /// `console=socket,/tmp/vm.com1` is inside the zone's root.
+    pub fn console_socket(&self, name: &str) -> std::path::PathBuf {
+        std::path::Path::new(&self.config.zone_root)
+            .join(name)
+            .join("root/tmp/vm.com1")
+    }
+
+    /// Reads a booted zone's console into memory until the zone stops,
+    /// keeping the last [`BHYVE_CONSOLE_KEEP`] bytes.
+    fn read_console(&self, name: &str) {
+        let path = self.console_socket(name);
+        let text = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = text.clone();
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let started = std::time::Instant::now();
+            let mut stream = loop {
+                match tokio::net::UnixStream::connect(&path).await {
+                    Ok(s) => break s,
+                    Err(_) if started.elapsed() < CONSOLE_WAIT => {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(_) => return,
+                }
+            };
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = into.lock().unwrap_or_else(|e| e.into_inner());
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > BHYVE_CONSOLE_KEEP {
+                    let cut = kept.len() - BHYVE_CONSOLE_KEEP;
+                    kept.drain(..cut);
+                }
+            }
+        })
+        .abort_handle();
+        let old = self
+            .consoles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), Console { text, reader });
+        if let Some(old) = old {
+            old.reader.abort();
+        }
     }
 
     fn dataset(&self, name: &str) -> String {
@@ -400,6 +470,7 @@ impl VmProvider for BhyveProvider {
                 return Err(VmError::boot(what));
             }
         }
+        self.read_console(&spec.name);
         Ok(VmHandle::new(VmId(spec.name.clone()), spec.owner.clone()))
     }
 
@@ -417,7 +488,29 @@ impl VmProvider for BhyveProvider {
         if !self.ours(&id.0) {
             return Ok(());
         }
+        let console = self
+            .consoles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id.0);
+        if let Some(console) = console {
+            console.reader.abort();
+        }
         self.teardown(&id.0).await
+    }
+
+    /// The end of what the zone printed on its console (read while it ran;
+    /// nothing for a zone an earlier process booted).
+    async fn console_tail(&self, id: &VmId) -> Option<String> {
+        let consoles = self.consoles.lock().unwrap_or_else(|e| e.into_inner());
+        let text = consoles
+            .get(&id.0)?
+            .text
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let text = String::from_utf8_lossy(&text).into_owned();
+        (!text.trim().is_empty()).then_some(text)
     }
 
     async fn list(&self) -> Result<Vec<VmInfo>, VmError> {

@@ -37,6 +37,8 @@
 
 mod bhyve;
 mod command;
+#[cfg(feature = "image")]
+pub mod image;
 mod local;
 mod mock;
 mod qemu;
@@ -51,15 +53,15 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use bhyve::{BhyveConfig, BhyveProvider, OWNER_ATTR, vnic_name};
+pub use bhyve::{BHYVE_CONSOLE_KEEP, BhyveConfig, BhyveProvider, OWNER_ATTR, vnic_name};
 pub use command::{
     CHILD_ENV, CommandOutput, CommandRunner, DryRun, HostCommand, OUTPUT_CAP, SystemRunner,
     child_environment, clean_command,
 };
 pub use local::{JobUser, LocalProvider};
 pub use qemu::{
-    Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_GUEST_CONNECTIONS, MAX_REACH, Machine,
-    QemuConfig, QemuImage, QemuProvider, SEED_MAGIC, host_tsc_khz, probe_accelerator,
+    Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_DISK_GIB, MAX_GUEST_CONNECTIONS, MAX_REACH,
+    Machine, QemuConfig, QemuImage, QemuProvider, SEED_MAGIC, host_tsc_khz, probe_accelerator,
 };
 pub use router::ByLabel;
 
@@ -127,6 +129,10 @@ pub struct VmSpec {
     /// lists (tracked, and untracked but not ignored), elsewhere everything
     /// but `.git`.
     pub share: Option<PathBuf>,
+    /// Copy all of `share`, `.git` included, not only what git lists: a
+    /// checkout the engine made on the host for the job.
+    #[serde(default)]
+    pub share_whole: bool,
 }
 
 impl fmt::Debug for VmSpec {
@@ -141,6 +147,7 @@ impl fmt::Debug for VmSpec {
             .field("token", &"<redacted>")
             .field("owner", &self.owner)
             .field("share", &self.share)
+            .field("share_whole", &self.share_whole)
             .finish()
     }
 }
@@ -165,6 +172,7 @@ impl VmSpec {
             token: token.into(),
             owner: owner.into(),
             share: None,
+            share_whole: false,
         }
     }
 
@@ -180,6 +188,7 @@ impl VmSpec {
             token: "token".into(),
             owner: name.to_string(),
             share: None,
+            share_whole: false,
         }
     }
 }
@@ -346,5 +355,14 @@ pub trait VmProvider: Send + Sync {
     async fn console_tail(&self, id: &VmId) -> Option<String> {
         let _ = id;
         None
+    }
+
+    /// Whether a VM of `label` gets a copy of [`VmSpec::share`] from this
+    /// provider. An engine that clones on the host sends the checkout that
+    /// way, and lets the runner clone where the answer is `false`. The
+    /// default is `false`.
+    fn copies_share(&self, label: &str) -> bool {
+        let _ = label;
+        false
     }
 }

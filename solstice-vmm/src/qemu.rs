@@ -183,7 +183,17 @@ pub struct QemuImage {
     /// connection to that address and port (through `socat`) to the host
     /// and port as the orchestrator resolves them. TLS stays end to end.
     pub reach: Vec<String>,
+    /// The size of each VM's root disk in GiB: the overlay is created this
+    /// big (when the golden disk is smaller) and the guest grows its file
+    /// system to fill it at boot. The overlay can never grow past it, which
+    /// is what bounds a job's use of the host's disk. `None`: the golden
+    /// disk's size. `from_dir` reads it from the image's `disk-gib` (a
+    /// recipe's `disk_gib`).
+    pub disk_gib: Option<u32>,
 }
+
+/// The largest root disk a VM may ask for, in GiB.
+pub const MAX_DISK_GIB: u32 = 1_024;
 
 impl QemuImage {
     /// An image of `kernel` alone (set the other fields on the result).
@@ -198,6 +208,7 @@ impl QemuImage {
             memory_mib: None,
             egress: false,
             reach: Vec::new(),
+            disk_gib: None,
         }
     }
 
@@ -239,6 +250,19 @@ impl QemuImage {
         image.cmdline = std::fs::read_to_string(dir.join("cmdline"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
+        image.disk_gib = match std::fs::read_to_string(dir.join("disk-gib")) {
+            Err(_) => None,
+            Ok(text) => match text.trim().parse::<u32>() {
+                Ok(n) if (1..=MAX_DISK_GIB).contains(&n) => Some(n),
+                _ => {
+                    return Err(VmError::provider(format!(
+                        "{}: `{}` is not a disk size in GiB (1 to {MAX_DISK_GIB})",
+                        dir.join("disk-gib").display(),
+                        text.trim()
+                    )));
+                }
+            },
+        };
         Ok(image)
     }
 }
@@ -486,7 +510,7 @@ impl QemuProvider {
         let dir = self.vm_dir(&VmId(spec.name.clone()));
         let mut out = Vec::new();
         if let Some(golden) = &image.disk {
-            out.push(self.overlay_command(golden, &dir));
+            out.push(self.overlay_command(image, golden, &dir));
         }
         let args: Vec<String> = self
             .arguments(spec, image, &dir)
@@ -500,26 +524,34 @@ impl QemuProvider {
         Ok(out)
     }
 
-    fn overlay_command(&self, golden: &Path, dir: &Path) -> crate::HostCommand {
+    fn overlay_command(&self, image: &QemuImage, golden: &Path, dir: &Path) -> crate::HostCommand {
         let format = if golden.extension().is_some_and(|e| e == "qcow2") {
             "qcow2"
         } else {
             "raw"
         };
-        crate::HostCommand::new(
-            self.config.qemu_img.to_string_lossy(),
-            [
-                "create".to_string(),
-                "-q".into(),
-                "-f".into(),
-                "qcow2".into(),
-                "-F".into(),
-                format.into(),
-                "-b".into(),
-                golden.to_string_lossy().into_owned(),
-                dir.join("disk.qcow2").to_string_lossy().into_owned(),
-            ],
-        )
+        let mut args = vec![
+            "create".to_string(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-F".into(),
+            format.into(),
+            "-b".into(),
+            golden.to_string_lossy().into_owned(),
+            dir.join("disk.qcow2").to_string_lossy().into_owned(),
+        ];
+        // Grown to `disk_gib` when the golden disk is smaller (a raw
+        // golden disk's size is its file's; qemu-img refuses to make an
+        // overlay smaller than its backing file).
+        if let Some(gib) = image.disk_gib.map(|g| g.min(MAX_DISK_GIB)) {
+            let want = u64::from(gib) << 30;
+            let have = std::fs::metadata(golden).map(|m| m.len()).unwrap_or(0);
+            if format == "raw" && want > have {
+                args.push(want.to_string());
+            }
+        }
+        crate::HostCommand::new(self.config.qemu_img.to_string_lossy(), args)
     }
 
     /// QEMU's arguments for a VM in `dir` booting `image`.
@@ -676,7 +708,7 @@ impl QemuProvider {
                         path.display()
                     )));
                 };
-                pack_share(path, &dir.join("share.tar")).await?;
+                pack_share(path, &dir.join("share.tar"), spec.share_whole).await?;
                 text
             }
             None => "",
@@ -708,7 +740,7 @@ impl QemuProvider {
             f.write_all(&seed).map_err(|e| io("seed.img", e))?;
         }
         if let Some(golden) = &image.disk {
-            let overlay = self.overlay_command(golden, dir);
+            let overlay = self.overlay_command(&image, golden, dir);
             let out = crate::command::clean_command(&self.config.qemu_img)
                 .args(&overlay.args)
                 .stdin(std::process::Stdio::null())
@@ -836,22 +868,28 @@ impl QemuProvider {
 /// Packs the directory `from` into the tar archive `to` (the share disk):
 /// in a git work tree the files `git ls-files` lists (tracked, and
 /// untracked but not ignored, so `target/` stays behind), elsewhere
-/// everything but `.git`. The guest unpacks it at the same path.
-async fn pack_share(from: &Path, to: &Path) -> Result<(), VmError> {
+/// everything but `.git`; with `whole`, everything (a checkout the engine
+/// made for the job). The guest unpacks it at the same path.
+async fn pack_share(from: &Path, to: &Path, whole: bool) -> Result<(), VmError> {
     let failed = |what: String| VmError::boot(format!("sharing {}: {what}", from.display()));
-    let listed = crate::command::clean_command("git")
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .current_dir(from)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .await;
+    let listed = if whole {
+        None
+    } else {
+        let listed = crate::command::clean_command("git")
+            .args([
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ])
+            .current_dir(from)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .await;
+        Some(listed)
+    };
     let mut tar = crate::command::clean_command("tar");
     // A file deleted between the listing and the archive is skipped, as
     // the runner's own copy skips it.
@@ -860,11 +898,15 @@ async fn pack_share(from: &Path, to: &Path) -> Result<(), VmError> {
         .arg("-C")
         .arg(from);
     let list = match listed {
-        Ok(out) if out.status.success() => {
+        None => {
+            tar.arg(".");
+            None
+        }
+        Some(Ok(out)) if out.status.success() => {
             tar.args(["--null", "--no-recursion", "-T", "-"]);
             Some(out.stdout)
         }
-        _ => {
+        Some(_) => {
             tar.args(["--exclude=./.git", "."]);
             None
         }
@@ -1001,6 +1043,11 @@ fn tail(path: &Path, max: u64) -> Option<String> {
 impl VmProvider for QemuProvider {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    /// Every QEMU guest gets the share, on a disk of its own.
+    fn copies_share(&self, _label: &str) -> bool {
+        true
     }
 
     async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {

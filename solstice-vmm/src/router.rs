@@ -84,6 +84,13 @@ impl VmProvider for ByLabel {
         "by-label"
     }
 
+    fn copies_share(&self, label: &str) -> bool {
+        self.routes
+            .get(label)
+            .or(self.default.as_ref())
+            .is_some_and(|p| p.copies_share(label))
+    }
+
     async fn provision(&self, spec: &VmSpec) -> Result<VmHandle, VmError> {
         let provider = self
             .routes

@@ -514,3 +514,53 @@ async fn a_dry_run_records_the_commands_it_would_run() {
     assert!(vnic_name("solstice-r1-j2-a1").len() <= 31);
     assert!(vnic_name("solstice-r1-j2-a1").ends_with('0'));
 }
+
+/// The zone's console (a socket bhyve serves inside the zone's root) is
+/// read while the VM runs; `console_tail` gives its end for the job's log
+/// and forgets it when the VM is destroyed.
+#[tokio::test]
+async fn the_zones_console_is_read_into_the_console_tail() {
+    let zones = tempfile::tempdir().expect("temp dir");
+    let host = FakeIllumos::new();
+    let mut config = config();
+    config.zone_root = zones.path().to_str().expect("utf-8").to_string();
+    let p = BhyveProvider::new(config, Arc::new(host.clone())).expect("provider");
+    let name = "solstice-r1-j3-a1";
+    let socket = p.console_socket(name);
+    assert_eq!(socket, zones.path().join(name).join("root/tmp/vm.com1"));
+    let vm = p.provision(&spec(name)).await.expect("provision");
+    // bhyve opens the socket once the zone boots: after the provider asked.
+    std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+    let (mut guest, _) = listener.accept().await.expect("the provider connects");
+    use tokio::io::AsyncWriteExt;
+    let noise = "x".repeat(100_000);
+    guest
+        .write_all(format!("{noise}\n").as_bytes())
+        .await
+        .expect("write");
+    guest
+        .write_all(b"Linux version 6.1\nsolstice-initramfs: no root disk\n")
+        .await
+        .expect("write");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let tail = loop {
+        let tail = p.console_tail(&vm.id).await.unwrap_or_default();
+        if tail.contains("no root disk") || std::time::Instant::now() > deadline {
+            break tail;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        tail.ends_with("solstice-initramfs: no root disk\n"),
+        "{}",
+        &tail[tail.len().saturating_sub(200)..]
+    );
+    assert!(
+        tail.len() <= solstice_vmm::BHYVE_CONSOLE_KEEP,
+        "{} bytes kept",
+        tail.len()
+    );
+    p.destroy(&vm.id).await.expect("destroy");
+    assert_eq!(p.console_tail(&vm.id).await, None);
+}

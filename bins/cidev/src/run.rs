@@ -51,6 +51,12 @@ pub struct RunArgs {
     /// else ~/.cache/solstice/linux-guest).
     #[arg(long, value_name = "DIR")]
     pub image: Option<PathBuf>,
+    /// `--provider qemu`: the image of one `runs_on` label, as LABEL=DIR
+    /// (a directory `solstice image build` made, for example
+    /// ~/.cache/solstice/images/debian-12); repeatable. Jobs of other
+    /// labels get `--image`'s.
+    #[arg(long, value_name = "LABEL=DIR", value_parser = label_image)]
+    pub label_image: Vec<(String, PathBuf)>,
     /// `--provider qemu`: let the VMs reach the network (by default they
     /// reach nothing but the runner endpoint).
     #[arg(long)]
@@ -364,13 +370,22 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
                 .clone()
                 .or_else(QemuImage::default_dir)
                 .ok_or("--provider qemu: no --image given and no default (set HOME)")?;
-            let mut image = QemuImage::from_dir(&dir).map_err(|e| Context::new("--image", e))?;
-            image.egress = args.egress;
-            image.reach = args.reach.clone();
-            Arc::new(
-                QemuProvider::new(QemuConfig::new(state_dir.join("vms"), image))
-                    .map_err(|e| Context::new("--provider qemu", e))?,
-            )
+            let load = |flag: &'static str, dir: &Path| {
+                QemuImage::from_dir(dir)
+                    .map(|mut image| {
+                        image.egress = args.egress;
+                        image.reach = args.reach.clone();
+                        image
+                    })
+                    .map_err(|e| Context::new(flag, e))
+            };
+            let mut config = QemuConfig::new(state_dir.join("vms"), load("--image", &dir)?);
+            for (label, dir) in &args.label_image {
+                config
+                    .images
+                    .insert(label.clone(), load("--label-image", dir)?);
+            }
+            Arc::new(QemuProvider::new(config).map_err(|e| Context::new("--provider qemu", e))?)
         }
     };
     let capacity = args
@@ -802,6 +817,20 @@ async fn summary(store: &dyn StateStore, run: solstice_core::store::RunId, statu
     }
     table.push_str(&format!("\nrun {run}: {status}\n"));
     terminal::out(table.as_bytes());
+}
+
+/// `--label-image LABEL=DIR`.
+fn label_image(text: &str) -> Result<(String, PathBuf), String> {
+    let (label, dir) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: write LABEL=DIR"))?;
+    if !solstice_kdl::valid_label(label) {
+        return Err(format!("`{label}` is not a runs_on label"));
+    }
+    if dir.is_empty() {
+        return Err(format!("`{text}`: no directory after `=`"));
+    }
+    Ok((label.to_string(), PathBuf::from(dir)))
 }
 
 #[cfg(test)]

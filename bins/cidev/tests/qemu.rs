@@ -340,3 +340,30 @@ fn reach_opens_exactly_the_hosts_it_names() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("write host:port"), "{}", text(&o));
 }
+
+/// A job that fills its VM's disk fails with a line that says so; the
+/// overlay on the host stops at the disk's size.
+#[test]
+fn a_job_that_fills_its_disk_is_told_so() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("fill.kdl");
+    std::fs::write(
+        &file,
+        r#"workflow { job id="fill" { step run="dd if=/dev/zero of=/work/fill bs=1M 2>/dev/null; exit 1"; } }"#,
+    )
+    .expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_cidev"))
+        .args(["run", "--provider", "qemu", "--state"])
+        .arg(dir.path().join("state"))
+        .arg(&file)
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .output()
+        .expect("cidev runs");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("[fill] the disk is full: 0 MiB free of "),
+        "{out}"
+    );
+}

@@ -260,8 +260,11 @@ pub enum ProviderChoice {
         vcpus: Option<u32>,
         /// Memory in MiB for this label's VMs (default: the engine's).
         memory_mib: Option<u32>,
+        /// The root disk of this label's VMs in GiB (default: the image's
+        /// `disk-gib`, its recipe's `disk_gib`).
+        disk_gib: Option<u32>,
         /// `host:port`s the guest may reach besides the runner (the
-        /// configured forges are added when the daemon starts).
+        /// forges are not among them: the daemon clones on the host).
         reach: Vec<String>,
     },
     /// A bhyve zone on a clone of this snapshot.
@@ -353,6 +356,7 @@ struct VmLine {
     machine: Option<String>,
     vcpus: Option<i128>,
     memory_mib: Option<i128>,
+    disk_gib: Option<i128>,
     reach: Option<String>,
 }
 
@@ -716,11 +720,11 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
                 }
                 continue;
             }
-            if let Some(k @ ("vcpus" | "memory-mib")) = key {
-                let slot = if k == "vcpus" {
-                    &mut line.vcpus
-                } else {
-                    &mut line.memory_mib
+            if let Some(k @ ("vcpus" | "memory-mib" | "disk-gib")) = key {
+                let slot = match k {
+                    "vcpus" => &mut line.vcpus,
+                    "memory-mib" => &mut line.memory_mib,
+                    _ => &mut line.disk_gib,
                 };
                 match entry.value() {
                     KdlValue::Integer(n) if slot.is_none() => *slot = Some(*n),
@@ -761,7 +765,7 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
                         entry.span(),
                         match other {
                             None => format!("`{kind}` takes one label"),
-                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot=, egress=, machine=, vcpus=, memory-mib= or reach=, once each)"),
+                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot=, egress=, machine=, vcpus=, memory-mib=, disk-gib= or reach=, once each)"),
                         },
                         "not expected",
                     ));
@@ -1010,6 +1014,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             machine,
             vcpus,
             memory_mib,
+            disk_gib,
             reach,
         } = line;
         let at = label
@@ -1019,6 +1024,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             || machine.is_some()
             || vcpus.is_some()
             || memory_mib.is_some()
+            || disk_gib.is_some()
             || reach.is_some();
         let bounded = |what: &str, n: Option<i128>, max: u32| -> Result<Option<u32>, ConfigError> {
             n.map(|n| {
@@ -1032,7 +1038,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         let choice = match (provider.as_str(), source) {
             (_, _) if qemu_only && provider != "qemu" => {
                 return Err(invalid(format!(
-                    "{at}: egress=, machine=, vcpus=, memory-mib= and reach= are QEMU settings"
+                    "{at}: egress=, machine=, vcpus=, memory-mib=, disk-gib= and reach= are QEMU settings"
                 )));
             }
             ("local", None) => ProviderChoice::Local,
@@ -1044,6 +1050,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
                     .transpose()?,
                 vcpus: bounded("vcpus", vcpus, 64)?,
                 memory_mib: bounded("memory-mib", memory_mib, 1 << 20)?,
+                disk_gib: bounded("disk-gib", disk_gib, solstice_vmm::MAX_DISK_GIB)?,
                 reach: reach
                     .iter()
                     .flat_map(|r| r.split(','))
@@ -1422,7 +1429,7 @@ mod tests {
     #[test]
     fn the_vms_block_routes_labels_to_providers() {
         let c = load(
-            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true machine=\"q35\" vcpus=2 memory-mib=2048 reach=\"mirror.example:80, git.example:22\"\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
+            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true machine=\"q35\" vcpus=2 memory-mib=2048 disk-gib=12 reach=\"mirror.example:80, git.example:22\"\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
             &[],
         )
         .expect("valid");
@@ -1433,7 +1440,7 @@ mod tests {
         let labels: Vec<&str> = c.vms.routes.iter().map(|(l, _)| l.as_str()).collect();
         assert_eq!(labels, ["linux", "omnios", "trusted"]);
         assert!(
-            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true, machine: Some(solstice_vmm::Machine::Q35), vcpus: Some(2), memory_mib: Some(2048), reach } if image.ends_with("images/linux") && image.is_absolute() && reach == &["mirror.example:80", "git.example:22"])
+            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true, machine: Some(solstice_vmm::Machine::Q35), vcpus: Some(2), memory_mib: Some(2048), disk_gib: Some(12), reach } if image.ends_with("images/linux") && image.is_absolute() && reach == &["mirror.example:80", "git.example:22"])
         );
         assert_eq!(
             c.vms.routes[1].1,

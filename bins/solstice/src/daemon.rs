@@ -405,6 +405,10 @@ pub async fn serve(mut config: Config, role: Role) -> Result<(), BoxError> {
         github: clone_origin(&config, Forge::GitHub).zip(github.clone()),
         forgejo: clone_origin(&config, Forge::Forgejo).zip(forgejo.clone()),
     }));
+    // QEMU jobs' repositories are cloned here and copied into the VM: the
+    // forge's credentials stay on this host and the VM reaches nothing but
+    // its runner (other providers' runners clone).
+    engine_config.checkout_dir = Some(config.state_dir.join("checkouts"));
     engine_config.runner_connections = solstice_core::engine::runner_connection_limits(descriptors);
     engine_config.listen = Listen::Tcp(
         config

@@ -85,9 +85,44 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Golden VM images from recipes (see docs/vms.md).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// The runner, for the local provider (reads SOLSTICE_ENDPOINT and SOLSTICE_JOB_TOKEN).
     #[command(hide = true)]
     Runner,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build the image of a recipe (as root): exit 0 built or up to date,
+    /// 1 the build failed, 2 the recipe has mistakes.
+    Build {
+        /// The recipe: a file, or a directory holding `image.kdl`.
+        recipe: PathBuf,
+        /// Where the image goes (default: CACHE/NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where images go, this one's bases too
+        /// (default: ~/.cache/solstice/images).
+        #[arg(long, env = "SOLSTICE_IMAGE_CACHE")]
+        cache: Option<PathBuf>,
+        /// The solstice-runner to put in the image, statically linked
+        /// (images/build.sh builds one); default: `solstice-runner` beside
+        /// this program.
+        #[arg(long, env = "SOLSTICE_RUNNER")]
+        runner: Option<PathBuf>,
+        /// Build again even when the image is up to date.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Check a recipe and exit (0 valid, 2 not).
+    Check {
+        /// The recipe: a file, or a directory holding `image.kdl`.
+        recipe: PathBuf,
+    },
 }
 
 /// `SOLSTICE_LOG` (default `info`). The database pool's own warnings (a
@@ -159,6 +194,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Image { command } => image(command),
         Command::Serve { config } => run_daemon(config, daemon::Role::AllInOne),
         Command::Integration { config } => run_daemon(config, daemon::Role::Integration),
         Command::Orchestrator { config } => run_daemon(config, daemon::Role::Orchestrator),
@@ -197,6 +233,71 @@ fn run_daemon(config: Option<PathBuf>, role: daemon::Role) -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", daemon::chain(&*e));
             ExitCode::from(1)
+        }
+    }
+}
+
+fn image(command: ImageCommand) -> ExitCode {
+    use solstice_vmm::image::{BuildOptions, ImageError, build, load_recipe};
+    let color = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = |e: ImageError| match e {
+        ImageError::Recipe { source, .. } => {
+            eprint!("{}", source.render(color, 100));
+            eprintln!("error: the recipe has mistakes");
+            ExitCode::from(2)
+        }
+        other => {
+            eprintln!("error: {}", daemon::chain(&other));
+            ExitCode::from(1)
+        }
+    };
+    match command {
+        ImageCommand::Check { recipe } => match load_recipe(&recipe) {
+            Ok((file, r)) => {
+                println!(
+                    "{}: image {} for {}",
+                    file.display(),
+                    r.name,
+                    r.labels.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(e),
+        },
+        ImageCommand::Build {
+            recipe,
+            out,
+            cache,
+            runner,
+            rebuild,
+        } => {
+            let Some(cache) = cache.or_else(BuildOptions::default_cache) else {
+                eprintln!("error: no image cache: set --cache, HOME or XDG_CACHE_HOME");
+                return ExitCode::from(2);
+            };
+            let runner = runner.or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("solstice-runner")))
+                    .filter(|p| p.is_file())
+            });
+            let Some(runner) = runner else {
+                eprintln!(
+                    "error: no solstice-runner to put in the image: give --runner (images/build.sh builds a static one)"
+                );
+                return ExitCode::from(2);
+            };
+            let mut options = BuildOptions::new(cache, runner);
+            options.out = out;
+            options.rebuild = rebuild;
+            match build(&recipe, &options, &mut |line| eprintln!("image: {line}")) {
+                Ok(built) => {
+                    println!("{}", built.dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(e),
+            }
         }
     }
 }

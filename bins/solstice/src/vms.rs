@@ -57,7 +57,7 @@ pub fn providers(
             ProviderChoice::Qemu { image, .. } => {
                 let mut loaded =
                     QemuImage::from_dir(image).map_err(|e| format!("vms: label {label:?}: {e}"))?;
-                apply(config, choice, &mut loaded);
+                apply(choice, &mut loaded);
                 qemu_images.insert(label, loaded);
             }
             ProviderChoice::Bhyve { snapshot } => {
@@ -111,61 +111,28 @@ pub fn providers(
     Ok(Arc::new(router))
 }
 
-/// The hosts a job clones from: each configured forge's git host, as
-/// `host:port` (github.com for the public API, the API's own host for
-/// GitHub Enterprise, Forgejo's base URL).
-pub fn forge_hosts(config: &Config) -> Vec<String> {
-    let host_port = |url: &str| -> Option<String> {
-        let (scheme, rest) = url.split_once("://")?;
-        let authority = rest.split('/').next()?;
-        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-        if authority.is_empty() {
-            return None;
-        }
-        Some(if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:{}", if scheme == "http" { 80 } else { 443 })
-        })
-    };
-    let mut hosts = Vec::new();
-    if let Some(g) = &config.github {
-        let api = host_port(&g.api_url);
-        hosts.extend(match api.as_deref() {
-            Some("api.github.com:443") => Some("github.com:443".to_string()),
-            _ => api,
-        });
-    }
-    if let Some(f) = &config.forgejo {
-        hosts.extend(host_port(&f.url));
-    }
-    hosts
-}
-
-/// A label's QEMU settings over its image's; the forges' hosts join what
-/// the label may reach (its jobs clone from them).
-fn apply(config: &Config, choice: &ProviderChoice, image: &mut QemuImage) {
+/// A label's QEMU settings over its image's. The forges' hosts are not
+/// among what a label may reach: the engine clones QEMU jobs' repositories
+/// on the host (`EngineConfig::checkout_dir`).
+fn apply(choice: &ProviderChoice, image: &mut QemuImage) {
     if let ProviderChoice::Qemu {
         egress,
         machine,
         vcpus,
         memory_mib,
+        disk_gib,
         reach,
         ..
     } = choice
     {
         image.reach = reach.clone();
-        for host in forge_hosts(config) {
-            if !image.reach.contains(&host) {
-                image.reach.push(host);
-            }
-        }
         image.egress = *egress;
         if let Some(m) = machine {
             image.machine = *m;
         }
         image.vcpus = vcpus.or(image.vcpus);
         image.memory_mib = memory_mib.or(image.memory_mib);
+        image.disk_gib = disk_gib.or(image.disk_gib);
     }
 }
 
@@ -226,7 +193,7 @@ pub async fn vm_check(config: &Config, label: &str, dry_run: bool) -> Result<(),
         match choice {
             ProviderChoice::Qemu { image, .. } => {
                 let mut image = QemuImage::from_dir(image)?;
-                apply(config, choice, &mut image);
+                apply(choice, &mut image);
                 let mut qc = QemuConfig::new(config.state_dir.join("qemu"), image);
                 qc.accelerator = config.vms.accelerator;
                 for command in QemuProvider::new(qc)?.plan(&spec)? {

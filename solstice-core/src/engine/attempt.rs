@@ -244,6 +244,7 @@ impl Engine {
             stored,
             secrets,
             clone_auth,
+            host_checkout: std::sync::OnceLock::new(),
             result: Mutex::new(Some(result_tx)),
             ingest: tokio::sync::Mutex::new((ingest, 0)),
             failed_step: Mutex::new(None),
@@ -314,18 +315,64 @@ impl Engine {
         if let super::Checkout::Local { path } = &live.stored.checkout {
             spec.share = Some(path.into());
         }
+        // The checkout on this host, when configured: removed when this
+        // function returns, whatever the outcome.
+        let (_host_checkout, checkout_failed) =
+            match (&self.inner.config.checkout_dir, &live.stored.checkout) {
+                (
+                    Some(root),
+                    super::Checkout::Git {
+                        url,
+                        commit,
+                        fetch_ref,
+                    },
+                ) if self.inner.provider.copies_share(&spec.label) => {
+                    let made = tokio::time::timeout(
+                        timeout,
+                        HostCheckout::clone(
+                            root.join(format!("a{}", attempt.id)),
+                            url,
+                            commit,
+                            fetch_ref.as_deref(),
+                            live.clone_auth.as_ref(),
+                        ),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "cloning took longer than the job's timeout ({}s)",
+                            timeout.as_secs()
+                        ))
+                    });
+                    match made {
+                        Ok(made) => {
+                            let _ = live.host_checkout.set(made.path.clone());
+                            spec.share = Some(made.path.clone().into());
+                            spec.share_whole = true;
+                            (Some(made), None)
+                        }
+                        Err(why) => (None, Some(format!("checkout on the host failed: {why}"))),
+                    }
+                }
+                _ => (None, None),
+            };
         let mut vm: Option<VmId> = None;
         // Ours from before the provider is asked until after it destroyed
         // it: no reaper pass of this engine touches it meanwhile.
         let mut own = OwnVm::new(&self.inner, &spec.name);
-        let provisioned = {
-            let _in_flight = Provisioning::new(&self.inner);
-            self.inner.provider.provision(&spec).await
+        let provisioned = match &checkout_failed {
+            Some(_) => None,
+            None => {
+                let _in_flight = Provisioning::new(&self.inner);
+                Some(self.inner.provider.provision(&spec).await)
+            }
         };
         let outcome = match provisioned {
-            Err(e @ solstice_vmm::VmError::Boot { .. }) => Outcome::Lost(error_chain(&e)),
-            Err(e) => Outcome::Lost(format!("VM failed to boot: {}", error_chain(&e))),
-            Ok(handle) => {
+            // The repository's failure (a bad commit, a refused clone), not the system's.
+            None => Outcome::Failed(checkout_failed.unwrap_or_default()),
+            Some(Err(e @ solstice_vmm::VmError::Boot { .. })) => Outcome::Lost(error_chain(&e)),
+            Some(Err(e)) => Outcome::Lost(format!("VM failed to boot: {}", error_chain(&e))),
+            Some(Ok(handle)) => {
                 own.add(&handle.id.0);
                 self.inner
                     .recorder
@@ -561,6 +608,61 @@ impl Engine {
                         Ok(_) => {}
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A checkout the engine made on the host (`EngineConfig::checkout_dir`);
+/// its directory is removed when this is dropped.
+struct HostCheckout {
+    path: String,
+}
+
+impl HostCheckout {
+    async fn clone(
+        dir: std::path::PathBuf,
+        url: &str,
+        commit: &str,
+        fetch_ref: Option<&str>,
+        auth: Option<&super::GitCredentials>,
+    ) -> Result<HostCheckout, String> {
+        if url.starts_with("file:") {
+            return Err(format!(
+                "refusing clone URL {url:?}: a checkout on the host does not copy the host's own files"
+            ));
+        }
+        let path = dir
+            .to_str()
+            .ok_or_else(|| format!("{}: not a UTF-8 path", dir.display()))?
+            .to_string();
+        // A directory left by a crash before is replaced.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let made = HostCheckout { path };
+        crate::runner::clone_into(
+            url,
+            commit,
+            fetch_ref.unwrap_or(""),
+            auth.map_or("", |a| a.username.as_str()),
+            auth.map_or("", |a| a.password.as_str()),
+            &dir,
+        )
+        .await?;
+        Ok(made)
+    }
+}
+
+impl Drop for HostCheckout {
+    /// Removed off the runtime's threads when there is a runtime (a large
+    /// checkout takes a while).
+    fn drop(&mut self) {
+        let path = std::mem::take(&mut self.path);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || std::fs::remove_dir_all(&path));
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&path);
             }
         }
     }

@@ -98,6 +98,17 @@ pub struct EngineConfig {
     pub memory_mib: u32,
     /// VM disk.
     pub disk_gib: u32,
+    /// Clone git checkouts on this host, into a directory of their own
+    /// under this one, and send the tree into the VM (`VmSpec::share`,
+    /// whole, `.git` included) where the provider copies shares in
+    /// (`VmProvider::copies_share`), instead of letting the runner clone: the
+    /// forge's credentials never enter the VM, and the VM needs no route to
+    /// the forge. `file://` URLs are refused (a URL from a webhook must not
+    /// copy this host's files into a job). Each directory is removed when
+    /// its attempt ends, and the engine empties the directory when it
+    /// starts (what a crash left): give each engine its own. `None` (the
+    /// default): the runner clones.
+    pub checkout_dir: Option<std::path::PathBuf>,
     /// Most bytes of events kept for subscribers that fall behind
     /// ([`crate::engine::Engine::subscribe`]); default
     /// [`EVENT_BUFFER_BYTES`]. A subscriber further behind misses events
@@ -145,6 +156,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("vcpus", &self.vcpus)
             .field("memory_mib", &self.memory_mib)
             .field("disk_gib", &self.disk_gib)
+            .field("checkout_dir", &self.checkout_dir)
             .field("event_buffer_bytes", &self.event_buffer_bytes)
             .field("runner_connections", &self.runner_connections)
             .field("always_masked", &self.always_masked.len())
@@ -169,6 +181,7 @@ impl Default for EngineConfig {
             vcpus: 2,
             memory_mib: 2048,
             disk_gib: 20,
+            checkout_dir: None,
             event_buffer_bytes: EVENT_BUFFER_BYTES,
             runner_connections: runner_connection_limits(1024),
             always_masked: Vec::new(),

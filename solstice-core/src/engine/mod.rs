@@ -183,8 +183,12 @@ struct LiveAttempt {
     key: String,
     stored: StoredJob,
     secrets: BTreeMap<String, String>,
-    /// Credentials for the checkout, when the run's repository needs them.
+    /// Credentials for the checkout, when the run's repository needs them
+    /// and the runner clones it.
     clone_auth: Option<GitCredentials>,
+    /// The checkout the engine made on the host (`EngineConfig::checkout_dir`):
+    /// the runner copies it instead of cloning.
+    host_checkout: std::sync::OnceLock<String>,
     result: Mutex<Option<oneshot::Sender<RunnerResult>>>,
     ingest: tokio::sync::Mutex<(LogIngest, i64)>,
     /// Why the job failed, from its first failing step (`step `x` timed out`).
@@ -311,6 +315,16 @@ impl Engine {
         provider: Arc<dyn VmProvider>,
     ) -> Result<Engine, EngineError> {
         let (listener, endpoint) = config.listen.bind().await.map_err(EngineError::Listen)?;
+        // Checkouts a crashed engine left behind: none of their attempts
+        // runs here any more (the directory is this engine's alone).
+        if let Some(dir) = config.checkout_dir.clone() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            })
+            .await;
+        }
         let (recorder, writer, mut fenced) = Recorder::start(store.clone());
         let events = events::EventBus::new(config.event_buffer_bytes);
         let engine = Engine {

@@ -387,6 +387,11 @@ fn job_spec(live: &LiveAttempt) -> pb::JobSpec {
     .collect();
     env.extend(live.stored.env.clone());
     let checkout = match &live.stored.checkout {
+        _ if live.host_checkout.get().is_some() => {
+            Some(pb::checkout::Source::Local(pb::LocalCheckout {
+                path: live.host_checkout.get().cloned().unwrap_or_default(),
+            }))
+        }
         super::Checkout::None => None,
         super::Checkout::Git {
             url,

@@ -11,6 +11,7 @@
 mod env;
 mod matrix;
 mod readers;
+mod recipe;
 mod triggers;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::model::{Job, Step, Workflow};
 use env::env_entries;
 pub(crate) use readers::suggest;
 use readers::{MAX_LISTED, list, name_span};
+pub(crate) use recipe::recipe;
 
 /// Most combinations one job's matrix may expand to.
 pub const MAX_MATRIX_COMBINATIONS: usize = 256;
@@ -36,15 +38,24 @@ pub(crate) fn workflow(
     problems: &mut Vec<Problem>,
     omitted: &mut usize,
 ) -> Option<Workflow> {
+    checked(problems, omitted, |cx| cx.root(doc))
+}
+
+/// Runs one document's rules; their result only when there were no problems.
+fn checked<T>(
+    problems: &mut Vec<Problem>,
+    omitted: &mut usize,
+    rules: impl FnOnce(&mut Cx) -> Option<T>,
+) -> Option<T> {
     let mut cx = Cx {
         problems: Vec::new(),
         omitted: 0,
     };
-    let wf = cx.root(doc);
+    let result = rules(&mut cx);
     let ok = cx.problems.is_empty();
     problems.append(&mut cx.problems);
     *omitted += cx.omitted;
-    if ok { wf } else { None }
+    if ok { result } else { None }
 }
 
 struct Cx {

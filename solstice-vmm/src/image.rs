@@ -245,6 +245,7 @@ fn build_inner(
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| options.cache.join(&recipe.name));
+    replaceable(&out)?;
     let copies = resolve_copies(&recipe, &dir)?;
     let key = image_key(&file, base.as_ref(), &copies, &options.runner)?;
     if !rebuild && std::fs::read_to_string(out.join("image-key")).is_ok_and(|k| k.trim() == key) {
@@ -420,6 +421,29 @@ fn build_inner(
         key,
         cached: false,
     })
+}
+
+/// A build replaces its output directory: only when it is missing, empty,
+/// or an image (it has `image-key`), never a directory of something else
+/// given by mistake as `--out`.
+fn replaceable(out: &Path) -> Result<(), ImageError> {
+    match std::fs::read_dir(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::Io {
+            what: format!("{}", out.display()),
+            source: e,
+        }),
+        Ok(mut entries) => {
+            if entries.next().is_none() || out.join("image-key").is_file() {
+                Ok(())
+            } else {
+                Err(ImageError::Invalid(format!(
+                    "{} is not an image directory (it has files and no image-key): the build would replace it; choose another --out",
+                    out.display()
+                )))
+            }
+        }
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -1053,6 +1077,36 @@ mod tests {
         assert_ne!(first, second, "a copied file changed");
         std::fs::write(&runner, "runner 2").expect("test setup");
         assert_ne!(second, key(), "the runner changed");
+    }
+
+    #[test]
+    fn a_directory_that_is_not_an_image_is_never_replaced() {
+        let dir = tempfile::tempdir().expect("test setup");
+        std::fs::write(
+            dir.path().join("image.kdl"),
+            "image name=\"x\" { label \"x\"; debootstrap suite=\"bookworm\" }",
+        )
+        .expect("test setup");
+        let precious = dir.path().join("home");
+        std::fs::create_dir_all(&precious).expect("test setup");
+        std::fs::write(precious.join("notes.txt"), "keep me").expect("test setup");
+        let mut options = BuildOptions::new(dir.path().join("cache"), dir.path().join("image.kdl"));
+        options.out = Some(precious.clone());
+        let err = build(dir.path(), &options, &mut |_| {}).expect_err("refused");
+        assert!(
+            err.to_string().contains("is not an image directory"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(precious.join("notes.txt")).expect("still there"),
+            "keep me"
+        );
+        // Missing, empty, or an image: fine.
+        assert!(replaceable(&dir.path().join("missing")).is_ok());
+        std::fs::create_dir_all(dir.path().join("empty")).expect("test setup");
+        assert!(replaceable(&dir.path().join("empty")).is_ok());
+        std::fs::write(precious.join("image-key"), "k").expect("test setup");
+        assert!(replaceable(&precious).is_ok());
     }
 
     #[test]

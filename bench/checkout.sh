@@ -14,7 +14,7 @@
 # with an empty checkout (the boot) measured in the same run; the median of
 # N runs (default 3) is printed. TCG, so slow: minutes per repository.
 #
-#   sudo images/build.sh images/debian-12     # first
+#   images/build.sh images/debian-12     # first
 #   bench/checkout.sh [--runs N] [--skip-large]
 #
 # The numbers go to docs/performance.md. Not part of .ci/run.
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 image=${BENCH_DEBIAN_IMAGE:-$HOME/.cache/solstice/images/debian-12}
-[ -f "$image/rootfs.ext4" ] || { echo "no image in $image: sudo images/build.sh images/debian-12" >&2; exit 2; }
+[ -f "$image/rootfs.ext4" ] || { echo "no image in $image: images/build.sh images/debian-12" >&2; exit 2; }
 cargo build -q -p cidev
 cidev=${CARGO_TARGET_DIR:-$repo/target}/debug/cidev
 work=$(mktemp -d "${TMPDIR:-/tmp}/solstice-bench-checkout.XXXXXX")

@@ -146,7 +146,7 @@ fn main() {
             });
         match debian_dir.and_then(|d| QemuImage::from_dir(&d).ok()) {
             None => println!(
-                "debian image: not built (sudo images/build.sh images/debian-12); not measured"
+                "debian image: not built (images/build.sh images/debian-12); not measured"
             ),
             Some(debian) => {
                 let debian_provider = QemuProvider::new(QemuConfig::new(

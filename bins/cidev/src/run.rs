@@ -286,9 +286,12 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
     tokio::pin!(signals);
     let secrets = parse_secrets(&args)?;
     if args.provider != Provider::Qemu
-        && (args.image.is_some() || args.egress || !args.reach.is_empty())
+        && (args.image.is_some()
+            || !args.label_image.is_empty()
+            || args.egress
+            || !args.reach.is_empty())
     {
-        return Err("--image, --egress and --reach are for --provider qemu".into());
+        return Err("--image, --label-image, --egress and --reach are for --provider qemu".into());
     }
     let workflow = if args.jobs.is_empty() {
         workflow

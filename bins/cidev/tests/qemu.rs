@@ -248,6 +248,7 @@ fn a_guest_that_cannot_boot_shows_its_console_in_the_log() {
 fn image_and_egress_without_the_qemu_provider_are_usage_errors() {
     for extra in [
         &["--image", "/nowhere"][..],
+        &["--label-image", "debian-12=/nowhere"][..],
         &["--egress"][..],
         &["--reach", "example.org:443"][..],
     ] {

@@ -255,12 +255,12 @@ fn image(command: ImageCommand) -> ExitCode {
     match command {
         ImageCommand::Check { recipe } => match load_recipe(&recipe) {
             Ok((file, r)) => {
-                println!(
+                say(&format!(
                     "{}: image {} for {}",
                     file.display(),
                     r.name,
                     r.labels.join(", ")
-                );
+                ));
                 ExitCode::SUCCESS
             }
             Err(e) => report(e),
@@ -291,15 +291,26 @@ fn image(command: ImageCommand) -> ExitCode {
             let mut options = BuildOptions::new(cache, runner);
             options.out = out;
             options.rebuild = rebuild;
-            match build(&recipe, &options, &mut |line| eprintln!("image: {line}")) {
+            let mut progress = |line: &str| {
+                use std::io::Write;
+                // A closed stderr does not stop the build.
+                let _ = writeln!(std::io::stderr(), "image: {line}");
+            };
+            match build(&recipe, &options, &mut progress) {
                 Ok(built) => {
-                    println!("{}", built.dir.display());
+                    say(&built.dir.display().to_string());
                     ExitCode::SUCCESS
                 }
                 Err(e) => report(e),
             }
         }
     }
+}
+
+/// One line on stdout; a closed pipe (`| head -0`) is not a panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {

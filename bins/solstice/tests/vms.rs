@@ -111,7 +111,8 @@ fn vm_check_dry_runs_print_the_commands_and_run_none() {
         "{out}"
     );
     assert!(out.contains("restrict=on"), "{out}");
-    // The label's own host, then the forge its jobs clone from.
+    // The label's own host, and not the forge: the daemon clones on the
+    // host and sends the tree in, so the VM has no route to it.
     // (socat logs to a file in the VM's directory, never into the stream.)
     let forward = |ip_port: &str, target: &str| {
         out.split(",guestfwd=").any(|f| {
@@ -124,7 +125,8 @@ fn vm_check_dry_runs_print_the_commands_and_run_none() {
         })
     };
     assert!(forward("10.0.2.101:80", "TCP:deb.debian.org:80"), "{out}");
-    assert!(forward("10.0.2.102:443", "TCP:codeberg.org:443"), "{out}");
+    assert!(!out.contains("codeberg.org"), "{out}");
+    assert!(!out.contains("10.0.2.102"), "{out}");
     assert!(
         !dir.path().join("state/qemu").exists()
             || std::fs::read_dir(dir.path().join("state/qemu"))

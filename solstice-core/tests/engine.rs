@@ -57,6 +57,16 @@ async fn submit_until_step_starts(
 }
 
 async fn setup_with(provider: MockVmProvider, config: EngineConfig) -> Setup {
+    setup_on(Arc::new(provider.clone()), provider, config).await
+}
+
+/// An engine on `engine_provider`, which wraps `provider` (kept in the
+/// `Setup` for the tests that script it).
+async fn setup_on(
+    engine_provider: Arc<dyn solstice_vmm::VmProvider>,
+    provider: MockVmProvider,
+    config: EngineConfig,
+) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn StateStore> = Arc::new(
         SqlStore::connect(&format!(
@@ -67,7 +77,7 @@ async fn setup_with(provider: MockVmProvider, config: EngineConfig) -> Setup {
         .expect("store"),
     );
     let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
-    let engine = Engine::start(config, store.clone(), queue, Arc::new(provider.clone()))
+    let engine = Engine::start(config, store.clone(), queue, engine_provider)
         .await
         .expect("engine");
     Setup {
@@ -1262,25 +1272,7 @@ async fn a_checkout_made_on_the_host_reaches_the_vm_as_its_share() {
     let mut cfg = config(&[]);
     let checkouts = dir.path().join("checkouts");
     cfg.checkout_dir = Some(checkouts.clone());
-    let store: Arc<dyn StateStore> = Arc::new(
-        SqlStore::connect(&format!(
-            "sqlite://{}",
-            dir.path().join("state.db").display()
-        ))
-        .await
-        .expect("store"),
-    );
-    let queue = Arc::new(MemoryQueue::<JobMessage>::new(QueueOptions::default()));
-    let engine = Engine::start(cfg, store.clone(), queue, Arc::new(Tweaked::sharing(mock)))
-        .await
-        .expect("engine");
-    // The helpers take a `Setup`; its own mock provider is not the engine's here.
-    let s = Setup {
-        engine,
-        store,
-        provider: MockVmProvider::new(Arc::new(RunnerGuest::new(Arc::new(FakeExecutor)))),
-        _dir: tempfile::tempdir().expect("temp dir"),
-    };
+    let s = setup_on(Arc::new(Tweaked::sharing(mock.clone())), mock, cfg).await;
     let wf = solstice_kdl::parse(r#"workflow { job id="a" { step run="true" } }"#).expect("wf");
     let checkout = Checkout::Git {
         url,

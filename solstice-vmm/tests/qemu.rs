@@ -174,23 +174,27 @@ async fn qemu_provider_conforms() {
     assert_clean(&root);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_guest_boots_and_its_runner_dials_the_endpoint() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path().join("vms");
-    let ep = endpoint().await;
-    let provider = provider(&root, guest_image());
-    let vm = provider
-        .provision(&spec("boot", &ep))
-        .await
-        .expect("provision");
-    let state = wait_for_state(&provider, &vm.id, |s| !matches!(s, VmState::Booting)).await;
+/// Provisions `spec` and waits until its runner connected (the console in
+/// the failure's message otherwise).
+async fn provision_until_running(provider: &QemuProvider, spec: &VmSpec) -> solstice_vmm::VmHandle {
+    let vm = provider.provision(spec).await.expect("provision");
+    let state = wait_for_state(provider, &vm.id, |s| !matches!(s, VmState::Booting)).await;
     assert_eq!(
         state,
         VmState::Running,
         "{:?}",
         provider.console_tail(&vm.id).await
     );
+    vm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_boots_and_its_runner_dials_the_endpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("vms");
+    let ep = endpoint().await;
+    let provider = provider(&root, guest_image());
+    let vm = provision_until_running(&provider, &spec("boot", &ep)).await;
     for _ in 0..600 {
         if !ep.first_bytes.lock().expect("lock").is_empty() {
             break;
@@ -357,17 +361,7 @@ async fn a_q35_guest_finds_its_pci_disks_and_dials_the_endpoint() {
     let mut image = guest_image();
     image.machine = solstice_vmm::Machine::Q35;
     let provider = provider(&root, image);
-    let vm = provider
-        .provision(&spec("q35", &ep))
-        .await
-        .expect("provision");
-    let state = wait_for_state(&provider, &vm.id, |s| !matches!(s, VmState::Booting)).await;
-    assert_eq!(
-        state,
-        VmState::Running,
-        "{:?}",
-        provider.console_tail(&vm.id).await
-    );
+    let vm = provision_until_running(&provider, &spec("q35", &ep)).await;
     provider.destroy(&vm.id).await.expect("destroy");
     assert_clean(&root);
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages images/linux-guest/build.sh and images/build.sh
-# (debootstrap) need, when they
+# (debootstrap; fdisk, dosfstools and mtools for a disk image's partitions)
+# need, and the UEFI firmware (ovmf) QEMU boots disk images with, when they
 # are missing. Run by build.sh; runnable alone (images/linux-guest/test-install.sh
 # runs it in a fresh debootstrap root).
 #
@@ -14,7 +15,8 @@
 set -euo pipefail
 log() { printf 'linux-guest: %s\n' "$*" >&2; }
 
-packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod lz4 e2fsprogs socat git curl ca-certificates binutils debootstrap)
+packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod lz4 e2fsprogs socat git curl ca-certificates binutils debootstrap
+    fdisk dosfstools mtools ovmf)
 
 installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'; }
 version_of() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null; }
@@ -90,7 +92,7 @@ fi
 log "installing ${asks[*]}"
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     ${downgrade[@]:+--allow-downgrades} "${asks[@]}" >/dev/null
-for tool in qemu-img qemu-system-x86_64 socat busybox cpio mke2fs git curl objcopy; do
+for tool in qemu-img qemu-system-x86_64 socat busybox cpio mke2fs git curl objcopy sfdisk mkfs.vfat mcopy; do
     command -v "$tool" >/dev/null || { log "$tool is missing after installing the packages"; exit 1; }
 done
 # Both QEMU programs run (a mismatched pair may install and still fail to load).

@@ -3,12 +3,14 @@
 //! user, files and commands, then the parts the QEMU provider boots: the
 //! image's own kernel as a PVH `vmlinux`, a small initramfs with the virtio
 //! drivers (MMIO for QEMU's microvm, PCI for q35 and bhyve) and an ext4
-//! root disk. The recipe language is `solstice_kdl::recipe`;
-//! `docs/vms.md` is the guide.
+//! root disk; and the same as one disk a UEFI firmware boots ([`efi`]).
+//! The recipe language is `solstice_kdl::recipe`; `docs/vms.md` is the
+//! guide.
 //!
 //! The output directory holds what [`crate::qemu::QemuImage::from_dir`]
-//! reads (`vmlinux`, `initrd.cpio`, `rootfs.ext4`, `cmdline`, `disk-gib`)
-//! plus `root.tar` (what a recipe built `from` this one starts with),
+//! reads (`vmlinux`, `initrd.cpio`, `rootfs.ext4`, `cmdline`, `disk-gib`),
+//! `disk.raw` (what [`crate::qemu::QemuImage::uefi_from_dir`] and a bhyve
+//! zone boot), `root.tar` (what a recipe built `from` this one starts with),
 //! `labels`, `kernel-version` and `image-key`: a hash of the recipe, its
 //! base's key, the files it copies in, the runner and the guest's init
 //! scripts. A build whose key matches the directory's does nothing.
@@ -18,8 +20,9 @@
 //! the key, package lists, caches, logs and the machine id are removed.
 //!
 //! Building needs root (`debootstrap`, `chroot`), and the host tools
-//! `debootstrap`, `tar`, `cpio`, `mke2fs`, `strip` and the decompressor of
-//! the kernel (`lz4`, `gzip`, `xz` or `zstd`).
+//! `debootstrap`, `tar`, `cpio`, `mke2fs`, `strip`, `objcopy`, `sfdisk`,
+//! `mkfs.vfat`, `mtools` and the decompressor of the kernel (`lz4`,
+//! `gzip`, `xz` or `zstd`).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -28,6 +31,8 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 use solstice_kdl::recipe::{Base, Recipe, RecipeStep};
+
+pub mod efi;
 
 /// The time every file in an image is dated at most (2024-01-01 UTC), so
 /// that two builds of one recipe give the same bytes where Debian's
@@ -38,13 +43,15 @@ pub const MAX_FROM_DEPTH: usize = 8;
 /// The packages every image gets besides the recipe's: the kernel (its
 /// modules stay in the image), `kmod` to list them, `iproute2` for the
 /// network, `e2fsprogs` to grow the disk, `busybox-static` for the
-/// initramfs.
+/// initramfs, `systemd-boot-efi` for the EFI stub of `disk.raw`'s unified
+/// kernel image (nothing of systemd runs).
 pub const BASE_PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
     "kmod",
     "iproute2",
     "e2fsprogs",
     "busybox-static",
+    "systemd-boot-efi",
 ];
 /// The drivers the initramfs loads (with what they depend on).
 pub const INITRAMFS_MODULES: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net"];
@@ -380,6 +387,15 @@ fn build_inner(
         &work.path().join("initramfs"),
         &staged.join("initrd.cpio"),
     )?;
+    let uki = work.path().join("uki.efi");
+    efi::unified_kernel(
+        &root,
+        &root.join(format!("boot/vmlinuz-{kver}")),
+        &staged.join("initrd.cpio"),
+        CMDLINE,
+        work.path(),
+        &uki,
+    )?;
     clean_root(&root)?;
     log(&format!("{}: the root disk", recipe.name));
     run(Command::new("tar")
@@ -389,6 +405,15 @@ fn build_inner(
         .arg(staged.join("root.tar"))
         .arg("."))?;
     make_ext4(&root, &staged.join("rootfs.ext4"), &key)?;
+    log(&format!("{}: the UEFI disk", recipe.name));
+    efi::disk(
+        &uki,
+        &staged.join("rootfs.ext4"),
+        recipe.disk_gib,
+        &key,
+        work.path(),
+        &staged.join("disk.raw"),
+    )?;
     let write = |name: &str, text: String| {
         std::fs::write(staged.join(name), text).map_err(io(format!("cannot write {name}")))
     };
@@ -921,18 +946,7 @@ fn make_ext4(root: &Path, out: &Path, key: &str) -> Result<(), ImageError> {
     let mib = (bytes + bytes / 4) / (1 << 20) + 256;
     let mib = mib.div_ceil(64) * 64;
     let inodes = (files * 2).max(65_536);
-    let uuid = |salt: &str| {
-        let d = Sha256::digest(format!("{salt}{key}").as_bytes());
-        let h: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-4{}-8{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[13..16],
-            &h[17..20],
-            &h[20..32]
-        )
-    };
+    let uuid = |salt: &str| key_uuid(key, salt);
     run(Command::new("mke2fs")
         .env("E2FSPROGS_FAKE_TIME", SOURCE_DATE_EPOCH.to_string())
         .args([
@@ -1001,6 +1015,20 @@ fn clamp_inode_times(image: &Path) -> Result<(), ImageError> {
         .stdout(Stdio::null()));
     let _ = std::fs::remove_file(&file);
     done
+}
+
+/// A UUID (version 4 in form) derived from the image's key and `salt`.
+fn key_uuid(key: &str, salt: &str) -> String {
+    let d = Sha256::digest(format!("{salt}{key}").as_bytes());
+    let h: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 fn tree_size(root: &Path) -> Result<(u64, u64), ImageError> {

@@ -60,8 +60,9 @@ pub use command::{
 };
 pub use local::{JobUser, LocalProvider};
 pub use qemu::{
-    Accelerator, CONSOLE_CAP, GUEST_ENDPOINT, MAX_DISK_GIB, MAX_GUEST_CONNECTIONS, MAX_REACH,
-    Machine, QemuConfig, QemuImage, QemuProvider, SEED_MAGIC, host_tsc_khz, probe_accelerator,
+    Accelerator, CONSOLE_CAP, DEFAULT_UEFI_FIRMWARE, GUEST_ENDPOINT, MAX_DISK_GIB,
+    MAX_GUEST_CONNECTIONS, MAX_REACH, Machine, QemuConfig, QemuImage, QemuProvider, SEED_MAGIC,
+    host_tsc_khz, probe_accelerator,
 };
 pub use router::ByLabel;
 

@@ -176,12 +176,15 @@ pub struct QemuImage {
     /// Let the guest reach other hosts. Off by default: the guest reaches
     /// the runner endpoint and nothing else.
     pub egress: bool,
-    /// Hosts the guest may reach besides the runner, as `host:port`
-    /// (at most [`MAX_REACH`]; the forge a job clones from, a package
-    /// mirror). Each host gets an address of its own, `10.0.2.101` and up,
-    /// written to the guest's `/etc/hosts` under its name; QEMU forwards a
-    /// connection to that address and port (through `socat`) to the host
-    /// and port as the orchestrator resolves them. TLS stays end to end.
+    /// Hosts the guest may reach besides the runner, as `host:port` or
+    /// `name=host:port` (at most [`MAX_REACH`]; a package mirror, a
+    /// database). Each name (the host's own when none is given) gets an
+    /// address of its own, `10.0.2.101` and up, written to the guest's
+    /// `/etc/hosts`; QEMU forwards a connection to that address and port
+    /// (through `socat`) to the host and port as the orchestrator resolves
+    /// them. TLS stays end to end. A name is how the guest reaches what the
+    /// orchestrator knows as `localhost` (`db=localhost:5432`): the guest's
+    /// `localhost` is its own, so `localhost` is refused as a name.
     pub reach: Vec<String>,
     /// The size of each VM's root disk in GiB: the overlay is created this
     /// big (when the golden disk is smaller) and the guest grows its file
@@ -190,7 +193,18 @@ pub struct QemuImage {
     /// disk's size. `from_dir` reads it from the image's `disk-gib` (a
     /// recipe's `disk_gib`).
     pub disk_gib: Option<u32>,
+    /// Boot through this UEFI firmware (OVMF) from the root disk's EFI
+    /// system partition, as a bhyve zone boots, instead of loading
+    /// `kernel` and `initrd` directly: the disk is an image's `disk.raw`
+    /// and the machine q35 ([`QemuImage::uefi_from_dir`]). Slower to boot
+    /// (the firmware's own start); what it tests is the image a bhyve
+    /// host boots.
+    pub firmware: Option<PathBuf>,
 }
+
+/// Debian's OVMF (the package `ovmf`): the firmware
+/// [`QemuImage::uefi_from_dir`] boots with unless told otherwise.
+pub const DEFAULT_UEFI_FIRMWARE: &str = "/usr/share/ovmf/OVMF.fd";
 
 /// The largest root disk a VM may ask for, in GiB.
 pub const MAX_DISK_GIB: u32 = 1_024;
@@ -209,6 +223,7 @@ impl QemuImage {
             egress: false,
             reach: Vec::new(),
             disk_gib: None,
+            firmware: None,
         }
     }
 
@@ -263,6 +278,31 @@ impl QemuImage {
                 }
             },
         };
+        Ok(image)
+    }
+
+    /// The image in `dir` booted through UEFI `firmware` from its
+    /// `disk.raw` (what `solstice image build` writes; the busybox test
+    /// image has none), on a q35 machine. The disk's size is the recipe's
+    /// `disk_gib`: its partition table ends there, so `disk_gib` is left
+    /// unset.
+    pub fn uefi_from_dir(dir: &Path, firmware: impl Into<PathBuf>) -> Result<QemuImage, VmError> {
+        let mut image = QemuImage::from_dir(dir)?;
+        let disk = image
+            .kernel
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("disk.raw");
+        if !disk.is_file() {
+            return Err(VmError::provider(format!(
+                "{}: no disk.raw here to boot through UEFI (images from recipes have one: solstice image build)",
+                dir.display()
+            )));
+        }
+        image.disk = Some(disk);
+        image.machine = Machine::Q35;
+        image.disk_gib = None;
+        image.firmware = Some(firmware.into());
         Ok(image)
     }
 }
@@ -388,44 +428,88 @@ fn qemu_safe_path(p: &Path) -> bool {
     })
 }
 
-/// `reach` as (guest address, host, port), hosts numbered from
-/// `10.0.2.101` in their first appearance's order; an error names the
-/// first entry that is not `host:port` with a plain host name or address.
-pub(crate) fn reach_plan(reach: &[String]) -> Result<Vec<(String, String, u16)>, VmError> {
+/// One entry of [`QemuImage::reach`], planned: the guest connects to
+/// `name:port` (its address is `ip`), the provider to `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reach {
+    pub ip: String,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A host name or IPv4 address as `reach` takes it, lower-cased; `None`
+/// when it is not one.
+fn reach_host(host: &str) -> Option<String> {
+    let host = host.to_ascii_lowercase();
+    (!host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['-', '.'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+    .then_some(host)
+}
+
+/// `reach` planned, each entry `[NAME=]HOST:PORT`: the guest's names are
+/// numbered from `10.0.2.101` in their first appearance's order, a name
+/// being `NAME` when given (the guest's name for a host it must not see by
+/// its own name, `db=127.0.0.1:5432`) and `HOST` otherwise. An error names
+/// the first entry that is malformed, a name that is the guest's own
+/// (`localhost`), or a name and port given twice for different hosts.
+pub(crate) fn reach_plan(reach: &[String]) -> Result<Vec<Reach>, VmError> {
     if reach.len() > MAX_REACH {
         return Err(VmError::provider(format!(
             "qemu provider: at most {MAX_REACH} hosts to reach, not {}",
             reach.len()
         )));
     }
-    let mut hosts: Vec<String> = Vec::new();
-    let mut out = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut out: Vec<Reach> = Vec::new();
     for entry in reach {
         let bad = || {
             VmError::provider(format!(
-                "qemu provider: cannot reach {entry:?}: write host:port (a host name or IPv4 address, a port from 1 to 65535)"
+                "qemu provider: cannot reach {entry:?}: write host:port or name=host:port (a host name or IPv4 address, a port from 1 to 65535)"
             ))
         };
-        let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
+        let (name, target) = match entry.split_once('=') {
+            Some((name, target)) => (Some(name), target),
+            None => (None, entry.as_str()),
+        };
+        let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
-        let host = host.to_ascii_lowercase();
-        if host.is_empty()
-            || host.len() > 253
-            || host.starts_with(['-', '.'])
-            || !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
-        {
-            return Err(bad());
+        let host = reach_host(host).ok_or_else(bad)?;
+        let name = match name {
+            Some(n) => reach_host(n).ok_or_else(bad)?,
+            None => host.clone(),
+        };
+        if name == "localhost" {
+            return Err(VmError::provider(format!(
+                "qemu provider: cannot reach {entry:?}: `{name}` is the guest's own loopback; give the host another name for the guest (db={host}:{port})"
+            )));
         }
-        let n = match hosts.iter().position(|h| *h == host) {
+        if let Some(other) = out.iter().find(|r| r.name == name && r.port == port) {
+            if other.host == host {
+                continue;
+            }
+            return Err(VmError::provider(format!(
+                "qemu provider: cannot reach {entry:?}: {name}:{port} already leads to {}",
+                other.host
+            )));
+        }
+        let n = match names.iter().position(|h| *h == name) {
             Some(n) => n,
             None => {
-                hosts.push(host.clone());
-                hosts.len() - 1
+                names.push(name.clone());
+                names.len() - 1
             }
         };
-        out.push((format!("10.0.2.{}", 101 + n), host, port));
+        out.push(Reach {
+            ip: format!("10.0.2.{}", 101 + n),
+            name,
+            host,
+            port,
+        });
     }
     Ok(out)
 }
@@ -467,6 +551,19 @@ impl QemuProvider {
         }
         for image in config.images.values().chain(config.default_image.iter()) {
             reach_plan(&image.reach)?;
+            if let Some(firmware) = &image.firmware {
+                if image.machine != Machine::Q35 {
+                    return Err(VmError::provider(
+                        "qemu provider: a UEFI boot needs the q35 machine (microvm has no firmware)",
+                    ));
+                }
+                if !firmware.is_file() || !qemu_safe_path(firmware) {
+                    return Err(VmError::provider(format!(
+                        "qemu provider: UEFI firmware {} not found (or not a plain path); images/linux-guest/install-packages.sh installs Debian's ovmf",
+                        firmware.display()
+                    )));
+                }
+            }
         }
         let (accelerator, why) = match config.accelerator {
             Accelerator::Auto => probe_accelerator(),
@@ -601,18 +698,34 @@ impl QemuProvider {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
-            "-kernel".into(),
         ] {
             push(s);
         }
-        a.push(image.kernel.clone().into_os_string());
-        if let Some(initrd) = &image.initrd {
-            a.push("-initrd".into());
-            a.push(initrd.clone().into_os_string());
+        match &image.firmware {
+            // The kernel, its initramfs and command line are the disk's
+            // unified kernel image.
+            Some(firmware) => {
+                a.push("-bios".into());
+                a.push(firmware.clone().into_os_string());
+            }
+            None => {
+                a.push("-kernel".into());
+                a.push(image.kernel.clone().into_os_string());
+                if let Some(initrd) = &image.initrd {
+                    a.push("-initrd".into());
+                    a.push(initrd.clone().into_os_string());
+                }
+                a.push("-append".into());
+                a.push(cmdline.trim().into());
+            }
         }
         let mut push = |s: String| a.push(s.into());
-        push("-append".into());
-        push(cmdline.trim().to_string());
+        // The firmware boots the root disk and nothing else (no network
+        // boot ROM to load and try).
+        let (bootindex, romfile) = match image.firmware {
+            Some(_) => (",bootindex=0", ",romfile="),
+            None => ("", ""),
+        };
         push("-chardev".into());
         push(format!(
             "socket,id=console,path={}",
@@ -627,7 +740,7 @@ impl QemuProvider {
                 opt_path(&dir.join("disk.qcow2"))
             ));
             push("-device".into());
-            push(format!("{blk},drive=root,serial=solstice-root"));
+            push(format!("{blk},drive=root,serial=solstice-root{bootindex}"));
         }
         push("-drive".into());
         push(format!(
@@ -656,7 +769,7 @@ impl QemuProvider {
             dir.join("runner.sock").display()
         );
         // Checked when the VM was created (and in `plan`): names and ports only.
-        for (ip, host, port) in reach_plan(&image.reach).unwrap_or_default() {
+        for Reach { ip, host, port, .. } in reach_plan(&image.reach).unwrap_or_default() {
             netdev.push_str(&format!(
                 ",guestfwd=tcp:{ip}:{port}-cmd:{} -lf {} STDIO TCP:{host}:{port}",
                 self.config.socat.display(),
@@ -666,7 +779,7 @@ impl QemuProvider {
         push("-netdev".into());
         push(netdev);
         push("-device".into());
-        push(format!("{net},netdev=net0"));
+        push(format!("{net},netdev=net0{romfile}"));
         a
     }
 
@@ -716,9 +829,9 @@ impl QemuProvider {
         // The names the guest resolves to the reachable hosts' addresses
         // (an address needs no name).
         let mut names: Vec<String> = Vec::new();
-        for (ip, host, _) in reach_plan(&image.reach)? {
-            let entry = format!("{ip}={host}");
-            if host.parse::<std::net::Ipv4Addr>().is_err() && !names.contains(&entry) {
+        for Reach { ip, name, .. } in reach_plan(&image.reach)? {
+            let entry = format!("{ip}={name}");
+            if name.parse::<std::net::Ipv4Addr>().is_err() && !names.contains(&entry) {
                 names.push(entry);
             }
         }
@@ -1161,6 +1274,49 @@ impl VmProvider for QemuProvider {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// `reach` entries: names numbered by first appearance, `name=` gives
+    /// the guest its own name for a host, `localhost` is never a guest
+    /// name, and one name and port cannot lead to two hosts.
+    #[test]
+    fn reach_plans_names_and_refuses_what_the_guest_cannot_use() {
+        let plan = |v: &[&str]| reach_plan(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let p = plan(&[
+            "deb.debian.org:80",
+            "db=LocalHost:5432",
+            "deb.debian.org:443",
+            "db=localhost:5432",
+        ])
+        .expect("plan");
+        let got: Vec<(&str, &str, &str, u16)> = p
+            .iter()
+            .map(|r| (r.ip.as_str(), r.name.as_str(), r.host.as_str(), r.port))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.2.101", "deb.debian.org", "deb.debian.org", 80),
+                ("10.0.2.102", "db", "localhost", 5432),
+                ("10.0.2.101", "deb.debian.org", "deb.debian.org", 443),
+            ]
+        );
+        let err = |v: &[&str]| plan(v).expect_err("refused").to_string();
+        assert!(err(&["localhost:5432"]).contains("(db=localhost:5432)"));
+        assert!(err(&["localhost=db.internal:5432"]).contains("the guest's own loopback"));
+        assert!(
+            err(&["db=a.example:5432", "db=b.example:5432"])
+                .contains("db:5432 already leads to a.example")
+        );
+        for bad in [
+            "db=:5432", "=h:1", "d b=h:1", "db=h", "db=h:0", "x=y=h:1", "-x=h:1",
+        ] {
+            assert!(
+                err(&[bad]).contains("write host:port or name=host:port"),
+                "{bad}"
+            );
+        }
+        assert!(plan(&["db=127.0.0.1:5432", "127.0.0.1:80"]).is_ok());
+    }
 
     /// The console keeps `CONSOLE_CAP` bytes and a note, and reads on past
     /// the limit (the guest never blocks on it).

@@ -63,9 +63,21 @@ pub struct RunArgs {
     pub egress: bool,
     /// `--provider qemu`: let the VMs reach HOST:PORT too (a package
     /// mirror, a git server); repeatable. Each host gets an address of its
-    /// own in the guest's /etc/hosts; nothing else opens.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// own in the guest's /etc/hosts; nothing else opens. NAME=HOST:PORT
+    /// gives the guest its own name for the host (db=localhost:5432: the
+    /// guest's localhost is the guest).
+    #[arg(long, value_name = "[NAME=]HOST:PORT")]
     pub reach: Vec<String>,
+    /// `--provider qemu`: boot each VM through UEFI firmware (OVMF, on a
+    /// q35 machine) from its image's disk.raw, as a bhyve zone boots it,
+    /// instead of loading its kernel directly. Images from recipes have a
+    /// disk.raw; the busybox test image has none, so without --image only
+    /// the --label-image labels run.
+    #[arg(long)]
+    pub uefi: bool,
+    /// The UEFI firmware for --uefi.
+    #[arg(long, value_name = "FILE", default_value = solstice_vmm::DEFAULT_UEFI_FIRMWARE)]
+    pub firmware: PathBuf,
     /// Most jobs at once (default: number of cores).
     #[arg(long)]
     pub capacity: Option<usize>,
@@ -289,9 +301,12 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
         && (args.image.is_some()
             || !args.label_image.is_empty()
             || args.egress
+            || args.uefi
             || !args.reach.is_empty())
     {
-        return Err("--image, --label-image, --egress and --reach are for --provider qemu".into());
+        return Err(
+            "--image, --label-image, --egress, --reach and --uefi are for --provider qemu".into(),
+        );
     }
     let workflow = if args.jobs.is_empty() {
         workflow
@@ -374,7 +389,12 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
                 .or_else(QemuImage::default_dir)
                 .ok_or("--provider qemu: no --image given and no default (set HOME)")?;
             let load = |flag: &'static str, dir: &Path| {
-                QemuImage::from_dir(dir)
+                let image = if args.uefi {
+                    QemuImage::uefi_from_dir(dir, &args.firmware)
+                } else {
+                    QemuImage::from_dir(dir)
+                };
+                image
                     .map(|mut image| {
                         image.egress = args.egress;
                         image.reach = args.reach.clone();
@@ -382,12 +402,22 @@ async fn execute(args: RunArgs, file: PathBuf, workflow: Workflow) -> Result<u8,
                     })
                     .map_err(|e| Context::new(flag, e))
             };
-            let mut config = QemuConfig::new(state_dir.join("vms"), load("--image", &dir)?);
+            let mut labels = BTreeMap::new();
             for (label, dir) in &args.label_image {
-                config
-                    .images
-                    .insert(label.clone(), load("--label-image", dir)?);
+                labels.insert(label.clone(), load("--label-image", dir)?);
             }
+            // With --uefi and no --image, only the --label-image labels have
+            // an image: the default one (the busybox test image) has no
+            // disk to boot through UEFI.
+            let mut config = match (&args.image, args.uefi, labels.values().next()) {
+                (None, true, Some(first)) => {
+                    let mut c = QemuConfig::new(state_dir.join("vms"), first.clone());
+                    c.default_image = None;
+                    c
+                }
+                _ => QemuConfig::new(state_dir.join("vms"), load("--image", &dir)?),
+            };
+            config.images = labels;
             Arc::new(QemuProvider::new(config).map_err(|e| Context::new("--provider qemu", e))?)
         }
     };

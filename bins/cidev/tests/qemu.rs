@@ -276,7 +276,8 @@ fn image_and_egress_without_the_qemu_provider_are_usage_errors() {
 }
 
 /// `--reach HOST:PORT`: the guest reaches that host and port (through its
-/// own address, named in /etc/hosts), and still nothing else. curl works
+/// own address, named in /etc/hosts), and still nothing else;
+/// `--reach NAME=HOST:PORT` by a name of its own (the host's `localhost`). curl works
 /// in the guest (busybox's static wget crashed resolving names).
 #[test]
 fn reach_opens_exactly_the_hosts_it_names() {
@@ -302,6 +303,7 @@ fn reach_opens_exactly_the_hosts_it_names() {
         step run="if nc -w 3 10.0.2.2 5432 </dev/null; then exit 1; fi; echo still-isolated"
         step run="echo curl: $(curl -sS --max-time 10 http://10.0.2.101:{port}/)"
         step run="code=0; curl -sS --max-time 5 http://localhost:1/ || code=$?; echo curl-by-name-exit-$code; test $code -eq 7"
+        step run="echo named: $(curl -sS --max-time 10 http://service:{port}/)"
     }}
 }}
 "#
@@ -316,6 +318,8 @@ fn reach_opens_exactly_the_hosts_it_names() {
         &format!("127.0.0.1:{port}"),
         "--reach",
         "forge.example:443",
+        "--reach",
+        &format!("service=localhost:{port}"),
         &file.display().to_string(),
     ]);
     let out = text(&o);
@@ -329,6 +333,11 @@ fn reach_opens_exactly_the_hosts_it_names() {
     );
     // A name resolves (exit 7: could not connect, not 6: could not resolve).
     assert!(out.contains("[reach] curl-by-name-exit-7"), "{out}");
+    // The orchestrator's own localhost, by the name the entry gives it.
+    assert!(
+        out.contains("[reach] named: hello-from-the-allowed-host"),
+        "{out}"
+    );
     // A malformed entry is refused before anything boots.
     let o = cidev(&[
         "run",

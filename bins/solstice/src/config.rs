@@ -235,6 +235,8 @@ pub struct VmsConfig {
     pub accelerator: solstice_vmm::Accelerator,
     /// QEMU's boot timeout.
     pub boot_timeout: std::time::Duration,
+    /// The UEFI firmware `boot="uefi"` labels boot with.
+    pub firmware: PathBuf,
     /// bhyve: the dataset the VMs' clones go under.
     pub jobs_dataset: String,
     /// bhyve: where zone paths go.
@@ -263,9 +265,12 @@ pub enum ProviderChoice {
         /// The root disk of this label's VMs in GiB (default: the image's
         /// `disk-gib`, its recipe's `disk_gib`).
         disk_gib: Option<u32>,
-        /// `host:port`s the guest may reach besides the runner (the
+        /// `[name=]host:port`s the guest may reach besides the runner (the
         /// forges are not among them: the daemon clones on the host).
         reach: Vec<String>,
+        /// Boot through UEFI from the image's `disk.raw` (`boot="uefi"`),
+        /// as a bhyve zone does, instead of loading its kernel.
+        uefi: bool,
     },
     /// A bhyve zone on a clone of this snapshot.
     Bhyve {
@@ -358,6 +363,7 @@ struct VmLine {
     memory_mib: Option<i128>,
     disk_gib: Option<i128>,
     reach: Option<String>,
+    boot: Option<String>,
 }
 
 struct Raw {
@@ -484,6 +490,7 @@ const ENV: &[(&str, &str)] = &[
     ("allow-unisolated-jobs", "SOLSTICE_ALLOW_UNISOLATED_JOBS"),
     ("jobs-dir", "SOLSTICE_JOBS_DIR"),
     ("qemu.accelerator", "SOLSTICE_QEMU_ACCELERATOR"),
+    ("qemu.firmware", "SOLSTICE_QEMU_FIRMWARE"),
     (
         "qemu.boot-timeout-seconds",
         "SOLSTICE_QEMU_BOOT_TIMEOUT_SECONDS",
@@ -759,13 +766,14 @@ fn read_vms(doc: &KdlDocument, raw: &mut Raw, problems: &mut Vec<Problem>) {
                 Some("image" | "snapshot") if line.source.is_none() => line.source = Some(value),
                 Some("machine") if line.machine.is_none() => line.machine = Some(value),
                 Some("reach") if line.reach.is_none() => line.reach = Some(value),
+                Some("boot") if line.boot.is_none() => line.boot = Some(value),
                 other => {
                     problems.push(Problem::new(
                         Code::UnexpectedArgument,
                         entry.span(),
                         match other {
                             None => format!("`{kind}` takes one label"),
-                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot=, egress=, machine=, vcpus=, memory-mib=, disk-gib= or reach=, once each)"),
+                            Some(n) => format!("`{n}` is not a property of `{kind}` here (provider=, image=, snapshot=, egress=, machine=, vcpus=, memory-mib=, disk-gib=, reach= or boot=, once each)"),
                         },
                         "not expected",
                     ));
@@ -1000,6 +1008,9 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
                     ))
                 })?,
         },
+        firmware: take("qemu.firmware")
+            .map(relative)
+            .unwrap_or_else(|| PathBuf::from(solstice_vmm::DEFAULT_UEFI_FIRMWARE)),
         jobs_dataset: take("bhyve.jobs-dataset").unwrap_or_else(|| "rpool/solstice/jobs".into()),
         zone_root: take("bhyve.zone-root").unwrap_or_else(|| "/zones/solstice".into()),
         link: take("bhyve.link"),
@@ -1016,6 +1027,7 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             memory_mib,
             disk_gib,
             reach,
+            boot,
         } = line;
         let at = label
             .as_ref()
@@ -1025,7 +1037,8 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
             || vcpus.is_some()
             || memory_mib.is_some()
             || disk_gib.is_some()
-            || reach.is_some();
+            || reach.is_some()
+            || boot.is_some();
         let bounded = |what: &str, n: Option<i128>, max: u32| -> Result<Option<u32>, ConfigError> {
             n.map(|n| {
                 u32::try_from(n)
@@ -1038,26 +1051,48 @@ fn build(mut raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         let choice = match (provider.as_str(), source) {
             (_, _) if qemu_only && provider != "qemu" => {
                 return Err(invalid(format!(
-                    "{at}: egress=, machine=, vcpus=, memory-mib=, disk-gib= and reach= are QEMU settings"
+                    "{at}: egress=, machine=, vcpus=, memory-mib=, disk-gib=, reach= and boot= are QEMU settings"
                 )));
             }
             ("local", None) => ProviderChoice::Local,
-            ("qemu", Some(image)) => ProviderChoice::Qemu {
-                image: relative(image),
-                egress: egress.unwrap_or(false),
-                machine: machine
-                    .map(|m| m.parse().map_err(|e| invalid(format!("{at}: {e}"))))
-                    .transpose()?,
-                vcpus: bounded("vcpus", vcpus, 64)?,
-                memory_mib: bounded("memory-mib", memory_mib, 1 << 20)?,
-                disk_gib: bounded("disk-gib", disk_gib, solstice_vmm::MAX_DISK_GIB)?,
-                reach: reach
-                    .iter()
-                    .flat_map(|r| r.split(','))
-                    .map(|r| r.trim().to_string())
-                    .filter(|r| !r.is_empty())
-                    .collect(),
-            },
+            ("qemu", Some(image)) => {
+                let uefi = match boot.as_deref() {
+                    None | Some("kernel") => false,
+                    Some("uefi") => true,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "{at}: unknown boot {other:?} (choices: kernel, uefi)"
+                        )));
+                    }
+                };
+                if uefi && machine.as_deref().is_some_and(|m| m != "q35") {
+                    return Err(invalid(format!(
+                        "{at}: boot=\"uefi\" runs on the q35 machine (microvm has no firmware)"
+                    )));
+                }
+                if uefi && disk_gib.is_some() {
+                    return Err(invalid(format!(
+                        "{at}: boot=\"uefi\" boots the image's disk.raw, whose size is its recipe's disk_gib: leave out disk-gib="
+                    )));
+                }
+                ProviderChoice::Qemu {
+                    image: relative(image),
+                    egress: egress.unwrap_or(false),
+                    machine: machine
+                        .map(|m| m.parse().map_err(|e| invalid(format!("{at}: {e}"))))
+                        .transpose()?,
+                    vcpus: bounded("vcpus", vcpus, 64)?,
+                    memory_mib: bounded("memory-mib", memory_mib, 1 << 20)?,
+                    disk_gib: bounded("disk-gib", disk_gib, solstice_vmm::MAX_DISK_GIB)?,
+                    reach: reach
+                        .iter()
+                        .flat_map(|r| r.split(','))
+                        .map(|r| r.trim().to_string())
+                        .filter(|r| !r.is_empty())
+                        .collect(),
+                    uefi,
+                }
+            }
             ("bhyve", Some(snapshot)) if snapshot.contains('@') => {
                 ProviderChoice::Bhyve { snapshot }
             }
@@ -1429,7 +1464,7 @@ mod tests {
     #[test]
     fn the_vms_block_routes_labels_to_providers() {
         let c = load(
-            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true machine=\"q35\" vcpus=2 memory-mib=2048 disk-gib=12 reach=\"mirror.example:80, git.example:22\"\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n}\nbhyve {\n    link \"igb0\"\n}\n",
+            "runner-listen \"10.0.0.1:7000\"\nvms {\n    label \"linux\" provider=\"qemu\" image=\"images/linux\" egress=#true machine=\"q35\" vcpus=2 memory-mib=2048 disk-gib=12 reach=\"mirror.example:80, git.example:22\"\n    label \"omnios\" provider=\"bhyve\" snapshot=\"rpool/img/omnios@golden\"\n    label \"trusted\" provider=\"local\"\n    label \"debian\" provider=\"qemu\" image=\"images/debian\" boot=\"uefi\"\n}\nqemu {\n    accelerator \"tcg\"\n    boot-timeout-seconds 30\n    firmware \"/opt/ovmf/OVMF.fd\"\n}\nbhyve {\n    link \"igb0\"\n}\n",
             &[],
         )
         .expect("valid");
@@ -1438,9 +1473,18 @@ mod tests {
             Some("10.0.0.1:7000".parse().expect("addr"))
         );
         let labels: Vec<&str> = c.vms.routes.iter().map(|(l, _)| l.as_str()).collect();
-        assert_eq!(labels, ["linux", "omnios", "trusted"]);
+        assert_eq!(labels, ["linux", "omnios", "trusted", "debian"]);
+        assert!(matches!(
+            &c.vms.routes[3].1,
+            ProviderChoice::Qemu {
+                uefi: true,
+                disk_gib: None,
+                ..
+            }
+        ));
+        assert_eq!(c.vms.firmware, PathBuf::from("/opt/ovmf/OVMF.fd"));
         assert!(
-            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true, machine: Some(solstice_vmm::Machine::Q35), vcpus: Some(2), memory_mib: Some(2048), disk_gib: Some(12), reach } if image.ends_with("images/linux") && image.is_absolute() && reach == &["mirror.example:80", "git.example:22"])
+            matches!(&c.vms.routes[0].1, ProviderChoice::Qemu { image, egress: true, machine: Some(solstice_vmm::Machine::Q35), vcpus: Some(2), memory_mib: Some(2048), disk_gib: Some(12), reach, uefi: false } if image.ends_with("images/linux") && image.is_absolute() && reach == &["mirror.example:80", "git.example:22"])
         );
         assert_eq!(
             c.vms.routes[1].1,
@@ -1457,6 +1501,10 @@ mod tests {
         let c = load("", &[]).expect("valid");
         assert_eq!(c.vms.default, Some(ProviderChoice::Local));
         assert!(c.vms.routes.is_empty());
+        assert_eq!(
+            c.vms.firmware,
+            PathBuf::from(solstice_vmm::DEFAULT_UEFI_FIRMWARE)
+        );
     }
 
     #[test]
@@ -1518,6 +1566,22 @@ mod tests {
             (
                 "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" machine=\"pc\"\n}\n",
                 "unknown machine",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" boot=\"bios\"\n}\n",
+                "unknown boot \"bios\" (choices: kernel, uefi)",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" boot=\"uefi\" machine=\"microvm\"\n}\n",
+                "runs on the q35 machine",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" boot=\"uefi\" disk-gib=20\n}\n",
+                "leave out disk-gib=",
+            ),
+            (
+                "vms {\n    label \"a\" provider=\"local\" boot=\"uefi\"\n}\n",
+                "are QEMU settings",
             ),
             (
                 "vms {\n    label \"a\" provider=\"qemu\" image=\"x\" egress=\"yes\"\n}\n",

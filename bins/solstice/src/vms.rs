@@ -54,10 +54,9 @@ pub fn providers(
     let default = vms.default.iter().map(|c| (String::new(), c));
     for (label, choice) in labelled.chain(default) {
         match choice {
-            ProviderChoice::Qemu { image, .. } => {
-                let mut loaded =
-                    QemuImage::from_dir(image).map_err(|e| format!("vms: label {label:?}: {e}"))?;
-                apply(choice, &mut loaded);
+            ProviderChoice::Qemu { .. } => {
+                let loaded =
+                    qemu_image(config, choice).map_err(|e| format!("vms: label {label:?}: {e}"))?;
                 qemu_images.insert(label, loaded);
             }
             ProviderChoice::Bhyve { snapshot } => {
@@ -111,6 +110,24 @@ pub fn providers(
     Ok(Arc::new(router))
 }
 
+/// The image of a QEMU label, with the label's settings over the image's
+/// (booted through the configured firmware with `boot="uefi"`).
+fn qemu_image(
+    config: &Config,
+    choice: &ProviderChoice,
+) -> Result<QemuImage, solstice_vmm::VmError> {
+    let ProviderChoice::Qemu { image, uefi, .. } = choice else {
+        return Err(solstice_vmm::VmError::provider("not a QEMU label"));
+    };
+    let mut loaded = if *uefi {
+        QemuImage::uefi_from_dir(image, &config.vms.firmware)?
+    } else {
+        QemuImage::from_dir(image)?
+    };
+    apply(choice, &mut loaded);
+    Ok(loaded)
+}
+
 /// A label's QEMU settings over its image's. The forges' hosts are not
 /// among what a label may reach: the engine clones QEMU jobs' repositories
 /// on the host (`EngineConfig::checkout_dir`).
@@ -151,10 +168,18 @@ pub fn check(config: &Config) -> Vec<String> {
         .iter()
         .map(|c| ("default".to_string(), c));
     for (what, choice) in routes.chain(default) {
-        if let ProviderChoice::Qemu { image, .. } = choice
-            && let Err(e) = QemuImage::from_dir(image)
+        if let ProviderChoice::Qemu { .. } = choice
+            && let Err(e) = qemu_image(config, choice)
         {
             warnings.push(format!("vms: {what}: {e}"));
+        }
+        if let ProviderChoice::Qemu { uefi: true, .. } = choice
+            && !config.vms.firmware.is_file()
+        {
+            warnings.push(format!(
+                "vms: {what}: the UEFI firmware {} is not there (qemu {{ firmware \"FILE\" }}; Debian's package ovmf)",
+                config.vms.firmware.display()
+            ));
         }
     }
     warnings
@@ -191,9 +216,8 @@ pub async fn vm_check(config: &Config, label: &str, dry_run: bool) -> Result<(),
     spec.label = label.to_string();
     if dry_run {
         match choice {
-            ProviderChoice::Qemu { image, .. } => {
-                let mut image = QemuImage::from_dir(image)?;
-                apply(choice, &mut image);
+            ProviderChoice::Qemu { .. } => {
+                let image = qemu_image(config, choice)?;
                 let mut qc = QemuConfig::new(config.state_dir.join("qemu"), image);
                 qc.accelerator = config.vms.accelerator;
                 for command in QemuProvider::new(qc)?.plan(&spec)? {

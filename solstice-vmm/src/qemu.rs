@@ -1275,6 +1275,60 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    /// A UEFI image boots its disk through the firmware: `-bios`, the
+    /// root disk first in the boot order, no network boot ROM, no kernel
+    /// loaded directly. The provider refuses one on microvm or without its
+    /// firmware, and an image without `disk.raw` cannot be one.
+    #[test]
+    fn a_uefi_image_boots_its_disk_through_the_firmware() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path();
+        std::fs::write(d.join("vmlinux"), b"").expect("kernel");
+        std::fs::write(d.join("disk.raw"), vec![0u8; 4096]).expect("disk");
+        std::fs::write(d.join("OVMF.fd"), b"firmware").expect("firmware");
+        let image = QemuImage::uefi_from_dir(d, d.join("OVMF.fd")).expect("image");
+        let config = |image: QemuImage| {
+            let mut c = QemuConfig::new(d.join("vms"), image);
+            c.accelerator = Accelerator::Tcg;
+            c
+        };
+        let provider = QemuProvider::new(config(image.clone())).expect("provider");
+        let spec = VmSpec::new(
+            "vm-1",
+            "owner",
+            RunnerEndpoint::Unix(d.join("runner.sock")),
+            "token",
+        );
+        let plan = provider.plan(&spec).expect("plan");
+        let overlay = plan[0].to_string();
+        assert!(overlay.contains("disk.raw"), "{overlay}");
+        let qemu = plan.last().expect("qemu").to_string();
+        for want in [
+            format!("-bios {}", d.join("OVMF.fd").display()),
+            "-M q35".to_string(),
+            "serial=solstice-root,bootindex=0".to_string(),
+            "netdev=net0,romfile=".to_string(),
+        ] {
+            assert!(qemu.contains(&want), "{want} not in {qemu}");
+        }
+        assert!(
+            !qemu.contains("-kernel") && !qemu.contains("-append"),
+            "{qemu}"
+        );
+
+        let mut microvm = image.clone();
+        microvm.machine = Machine::Microvm;
+        let e = QemuProvider::new(config(microvm)).expect_err("microvm");
+        assert!(e.to_string().contains("needs the q35 machine"), "{e}");
+        let mut missing = image;
+        missing.firmware = Some(d.join("nowhere.fd"));
+        let e = QemuProvider::new(config(missing)).expect_err("no firmware");
+        assert!(e.to_string().contains("UEFI firmware"), "{e}");
+        std::fs::remove_file(d.join("disk.raw")).expect("rm");
+        let e = QemuImage::uefi_from_dir(d, d.join("OVMF.fd")).expect_err("no disk");
+        assert!(e.to_string().contains("no disk.raw here"), "{e}");
+    }
+
     /// `reach` entries: names numbered by first appearance, `name=` gives
     /// the guest its own name for a host, `localhost` is never a guest
     /// name, and one name and port cannot lead to two hosts.
